@@ -1,0 +1,181 @@
+/**
+ * `AgentInstanceFactory` over an `AgentRegistry` and a `WebSocketBridge`.
+ *
+ * Each instance gets its own `AgentContext`, bound to the run's emitter at the
+ * instance's depth: thinking, tool calls and delegation all become events of
+ * that run and no other. `run` guarantees the instance's terminal events:
+ * whatever happens inside the agent (typed failure, defect, interruption), it
+ * sends `agent_error` (on failure) then exactly one `agent_completed`.
+ *
+ * @module
+ */
+import { Cause, Duration, Effect, Exit, Layer, Option } from "effect"
+import type { AgentErrorInfo } from "../protocol/Protocol.ts"
+import { type AgentContext, AgentError, ToolError, type ToolOptions } from "../services/Agent.ts"
+import { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
+import { AgentRegistry, type RegisteredAgent } from "../services/AgentRegistry.ts"
+import type { RunEmitter } from "../services/RunEmitter.ts"
+import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
+import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import * as RunEmitterLayer from "./RunEmitter.ts"
+
+/** Deepest sub-agent nesting allowed; deeper delegation fails with `MAX_DEPTH`. */
+export const MAX_DEPTH = 8
+
+const elapsedMs = (startedAt: number): number => Math.round((performance.now() - startedAt) * 1000) / 1000
+
+/** A value that survives `JSON.stringify`, or its string form. */
+const jsonSafe = (value: unknown): unknown => {
+  try {
+    return JSON.stringify(value) === undefined ? null : value
+  } catch {
+    return String(value)
+  }
+}
+
+const describe = (error: unknown): string =>
+  typeof error === "object" && error !== null && "message" in error && typeof error.message === "string"
+    ? error.message
+    : String(error)
+
+/** Turns how an agent's program ended into the error it reports. */
+const errorOf = (cause: Cause.Cause<AgentError | ToolError>): typeof AgentErrorInfo.Type => {
+  const failure = Cause.findErrorOption(cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    return error._tag === "AgentError"
+      ? { code: error.code, message: error.message }
+      : { code: error.status === "timeout" ? "TOOL_TIMEOUT" : "TOOL_FAILED", message: `${error.tool_name}: ${error.message}` }
+  }
+  if (Cause.hasInterruptsOnly(cause)) return { code: "CANCELLED", message: "the run was cancelled" }
+  return { code: "INTERNAL", message: `agent crashed: ${describe(Cause.squash(cause))}` }
+}
+
+/** Builds the factory from its dependencies; exposed for hand wiring. */
+export const make = Effect.gen(function*() {
+  const bridge = yield* WebSocketBridge
+  const registry = yield* AgentRegistry
+
+  const instance = (agent: RegisteredAgent, context: UserExecutionContext, emitter: RunEmitter, depth: number): AgentInstance => {
+    const emit = (body: Parameters<RunEmitter["emit"]>[2]) => emitter.emit(agent.name, depth, body)
+
+    const tool = <A, E, R>(
+      tool_name: string,
+      parameters: Readonly<Record<string, unknown>>,
+      effect: Effect.Effect<A, E, R>,
+      options?: ToolOptions<E>
+    ): Effect.Effect<A, ToolError, R> =>
+      Effect.suspend(() => {
+        const execution_id = `tool_${crypto.randomUUID().replaceAll("-", "")}`
+        const startedAt = performance.now()
+        const limited: Effect.Effect<Option.Option<A>, E, R> = options?.timeout === undefined
+          ? Effect.map(effect, Option.some)
+          : Effect.timeoutOption(effect, options.timeout)
+        const completed = (success: boolean, results: { status: "success" | "error" | "timeout"; output?: unknown; error?: string }) =>
+          emit({ type: "tool_completed", tool_name, execution_id, success, results, duration_ms: elapsedMs(startedAt) })
+        return emit({ type: "tool_executing", tool_name, execution_id, parameters: jsonSafe(parameters) as Record<string, unknown> }).pipe(
+          Effect.andThen(Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(Effect.exit(restore(limited)), (exit): Effect.Effect<A, ToolError> => {
+              if (Exit.isSuccess(exit)) {
+                if (Option.isSome(exit.value)) {
+                  return Effect.as(completed(true, { status: "success", output: jsonSafe(exit.value.value) }), exit.value.value)
+                }
+                const message = `timed out after ${Duration.format(Duration.fromInputUnsafe(options?.timeout ?? 0))}`
+                return Effect.andThen(
+                  completed(false, { status: "timeout", error: message }),
+                  Effect.fail(new ToolError({ tool_name, execution_id, status: "timeout", message }))
+                )
+              }
+              const failure = Cause.findErrorOption(exit.cause)
+              const message = Option.isSome(failure)
+                ? (options?.describeError?.(failure.value) ?? describe(failure.value))
+                : Cause.hasInterruptsOnly(exit.cause)
+                ? "cancelled"
+                : `tool crashed: ${describe(Cause.squash(exit.cause))}`
+              return Effect.andThen(
+                completed(false, { status: "error", error: message }),
+                Cause.hasInterruptsOnly(exit.cause)
+                  ? Effect.failCause(exit.cause as Cause.Cause<never>)
+                  : Effect.fail(new ToolError({ tool_name, execution_id, status: "error", message }))
+              )
+            })
+          ))
+        )
+      })
+
+    const delegate = (agent_name: string, request: string): Effect.Effect<string, AgentError> =>
+      depth + 1 > MAX_DEPTH
+        ? Effect.fail(new AgentError({ code: "MAX_DEPTH", message: `sub-agents may nest at most ${MAX_DEPTH} deep` }))
+        : create(agent_name, context, { emitter, depth: depth + 1 }).pipe(
+          Effect.mapError((e) => new AgentError({ code: "UNKNOWN_AGENT", message: e.message })),
+          Effect.flatMap((child) => child.run(request)),
+          Effect.flatMap((outcome) =>
+            outcome.status === "completed"
+              ? Effect.succeed(outcome.final_response)
+              : Effect.fail(new AgentError({ code: "SUBAGENT_FAILED", message: `${agent_name}: ${outcome.error?.message ?? "failed"}` }))
+          )
+        )
+
+    const agentContext: AgentContext = {
+      agent_name: agent.name,
+      depth,
+      user_id: context.user_id,
+      thread_id: context.thread_id,
+      run_id: context.run_id,
+      request_id: context.request_id,
+      think: (reasoning, step_number) =>
+        emit(step_number === undefined ? { type: "agent_thinking", reasoning } : { type: "agent_thinking", reasoning, step_number }),
+      tool,
+      delegate
+    }
+
+    const run = (request: string): Effect.Effect<AgentOutcome> =>
+      Effect.uninterruptibleMask((restore) => {
+        const startedAt = performance.now()
+        const started = emit(
+          depth === 0
+            ? { type: "agent_started", task_description: request, request_id: context.request_id }
+            : { type: "agent_started", task_description: request }
+        )
+        return Effect.exit(restore(Effect.andThen(started, agent.run(request, agentContext)))).pipe(
+          Effect.flatMap((exit) => {
+            const duration_ms = elapsedMs(startedAt)
+            if (Exit.isSuccess(exit)) {
+              const outcome: AgentOutcome = { status: "completed", final_response: exit.value, duration_ms }
+              return Effect.as(emit({ type: "agent_completed", status: "completed", final_response: exit.value, duration_ms }), outcome)
+            }
+            const error = errorOf(exit.cause)
+            const final_response = `${agent.name} failed: ${error.message}`
+            const outcome: AgentOutcome = { status: "failed", final_response, duration_ms, error }
+            return emit({ type: "agent_error", error }).pipe(
+              Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),
+              Effect.as(outcome)
+            )
+          })
+        )
+      })
+
+    return { agent_name: agent.name, depth, context, run }
+  }
+
+  const create: AgentInstanceFactory["Service"]["create"] = (agent_name, context, options) =>
+    Effect.map(registry.get(agent_name), (agent) =>
+      instance(
+        agent,
+        context,
+        options?.emitter ?? RunEmitterLayer.make(context, bridge.emit),
+        options?.depth ?? 0
+      ))
+
+  return AgentInstanceFactory.of({
+    agentNames: [registry.defaultAgent, ...registry.agents.map((a) => a.name).filter((n) => n !== registry.defaultAgent)],
+    resolve: (agent_name) => Effect.map(registry.get(agent_name), (agent) => agent.name),
+    create
+  })
+})
+
+/** The factory. Requires the bridge and the agent registry. */
+export const layer: Layer.Layer<AgentInstanceFactory, never, WebSocketBridge | AgentRegistry> = Layer.effect(
+  AgentInstanceFactory,
+  make
+)

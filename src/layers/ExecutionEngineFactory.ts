@@ -1,0 +1,94 @@
+/**
+ * `ExecutionEngineFactory` over an `AgentInstanceFactory` and a `WebSocketBridge`.
+ *
+ * An engine is allocated per run and holds only that run's state: its context
+ * and its emitter (the run's sequence counter). `start` forks each run into a
+ * `FiberMap` keyed by `run_id`, so a run can be found and interrupted by id;
+ * closing the layer interrupts every run, and each still sends its terminal
+ * events before the bridge goes away.
+ *
+ * @module
+ */
+import { Effect, Exit, Fiber, FiberMap, Layer } from "effect"
+import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
+import { ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
+import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
+import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import * as RunEmitter from "./RunEmitter.ts"
+
+const cancelledOutcome: AgentOutcome = {
+  status: "failed",
+  final_response: "the run was cancelled",
+  duration_ms: 0,
+  error: { code: "CANCELLED", message: "the run was cancelled" }
+}
+
+/** Builds the factory from its dependencies; exposed for hand wiring. */
+export const make = Effect.gen(function*() {
+  const instances = yield* AgentInstanceFactory
+  const bridge = yield* WebSocketBridge
+  const runs = yield* FiberMap.make<string, AgentOutcome>()
+  let liveEngines = 0
+
+  const engineFor = (context: UserExecutionContext): UserExecutionEngine => {
+    const emitter = RunEmitter.make(context, bridge.emit)
+    return {
+      context,
+      emitter,
+      run: (agent_name, request) =>
+        Effect.gen(function*() {
+          const agent = yield* instances.create(agent_name, context, { emitter })
+          yield* Effect.logInfo("run started")
+          const outcome = yield* agent.run(request)
+          yield* Effect.logInfo("run ended").pipe(
+            Effect.annotateLogs({
+              outcome: outcome.status,
+              duration_ms: Math.round(outcome.duration_ms),
+              events: emitter.lastSeq(),
+              ...(outcome.error ? { error_code: outcome.error.code } : {})
+            })
+          )
+          return outcome
+        }).pipe(Effect.annotateLogs({ user_id: context.user_id, run_id: context.run_id, agent: agent_name ?? "(default)" }))
+    }
+  }
+
+  const createForUser = (context: UserExecutionContext) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        liveEngines++
+        return engineFor(context)
+      }),
+      () => Effect.sync(() => void liveEngines--)
+    )
+
+  return ExecutionEngineFactory.of({
+    createForUser,
+    start: (context, agent_name, request) =>
+      Effect.gen(function*() {
+        const resolved = yield* instances.resolve(agent_name)
+        const run = Effect.scoped(Effect.flatMap(createForUser(context), (engine) => engine.run(resolved, request))).pipe(
+          // resolved above, so the agent exists; a registry that changed meanwhile is a defect
+          Effect.orDie
+        )
+        const fiber = yield* FiberMap.run(runs, context.run_id, run, { onlyIfMissing: true })
+        return {
+          run_id: context.run_id,
+          thread_id: context.thread_id,
+          request_id: context.request_id,
+          agent_name: resolved,
+          await: Effect.map(Fiber.await(fiber), (exit) => Exit.isSuccess(exit) ? exit.value : cancelledOutcome)
+        }
+      }),
+    interrupt: (run_id) =>
+      Effect.flatMap(FiberMap.has(runs, run_id), (running) => running ? Effect.as(FiberMap.remove(runs, run_id), true) : Effect.succeed(false)),
+    activeRuns: FiberMap.size(runs),
+    liveEngines: Effect.sync(() => liveEngines)
+  })
+})
+
+/** The factory. Requires the agent instance factory and the bridge. */
+export const layer: Layer.Layer<ExecutionEngineFactory, never, AgentInstanceFactory | WebSocketBridge> = Layer.effect(
+  ExecutionEngineFactory,
+  make
+)

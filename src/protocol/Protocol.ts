@@ -1,0 +1,260 @@
+/**
+ * Wire protocol v1: every frame that crosses `GET /ws`, as Effect Schemas.
+ *
+ * The server, the tests and clients import this one module. Frames are JSON text.
+ * `docs/protocol.md` describes the same protocol in prose.
+ *
+ * @module
+ */
+import { Schema } from "effect"
+
+/** Version announced in `connection_established`. */
+export const PROTOCOL_VERSION = 1
+
+/** Subprotocol a client may offer beside `jwt.<token>`; selected when offered. */
+export const SUBPROTOCOL = "agentwire.v1"
+
+/** Ids that look like leftovers from wiring bugs rather than real ids. */
+export const PLACEHOLDER_IDS: ReadonlyArray<string> = ["registry", "placeholder", "none", "null", "undefined"]
+
+/**
+ * An id (user, thread, run, request): 1 to 128 characters of `[A-Za-z0-9._:-]`,
+ * never a placeholder such as `none` or `undefined` (any case).
+ */
+export const Id = Schema.String.check(
+  Schema.isMinLength(1),
+  Schema.isMaxLength(128),
+  Schema.isPattern(/^[A-Za-z0-9._:-]+$/, { message: "Expected only the characters A-Z a-z 0-9 . _ : -" }),
+  Schema.makeFilter((s: string) => !PLACEHOLDER_IDS.includes(s.toLowerCase()), {
+    message: "Expected a real id, not a placeholder (registry, placeholder, none, null, undefined)"
+  })
+)
+
+// ---------------------------------------------------------------------------
+// client -> server
+
+/** Start a run of `agent` (default agent when absent) on `user_request`. */
+export const StartAgent = Schema.Struct({
+  type: Schema.Literal("start_agent"),
+  agent: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(128))),
+  user_request: Schema.String.check(Schema.isMinLength(1)),
+  thread_id: Schema.optionalKey(Id),
+  request_id: Schema.optionalKey(Id)
+})
+export type StartAgent = typeof StartAgent.Type
+
+/** A chat message: starts a run of the default agent on `text`. */
+export const UserMessage = Schema.Struct({
+  type: Schema.Literal("user_message"),
+  text: Schema.String.check(Schema.isMinLength(1)),
+  thread_id: Schema.optionalKey(Id),
+  request_id: Schema.optionalKey(Id)
+})
+export type UserMessage = typeof UserMessage.Type
+
+/** Liveness check; answered with `pong`. */
+export const Ping = Schema.Struct({ type: Schema.Literal("ping") })
+export type Ping = typeof Ping.Type
+
+/** Every message a client may send. */
+export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping]).pipe(Schema.toTaggedUnion("type"))
+export type ClientMessage = typeof ClientMessage.Type
+
+/** The `type` values a client may send. */
+export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping"]
+
+// ---------------------------------------------------------------------------
+// server -> client: connection-level frames
+
+/** First frame on every accepted connection. */
+export const ConnectionEstablished = Schema.Struct({
+  type: Schema.Literal("connection_established"),
+  connection_id: Schema.String,
+  user_id: Schema.String,
+  protocol_version: Schema.Literal(PROTOCOL_VERSION),
+  max_message_bytes: Schema.Int
+})
+export type ConnectionEstablished = typeof ConnectionEstablished.Type
+
+/** Answer to `ping`. */
+export const Pong = Schema.Struct({ type: Schema.Literal("pong"), timestamp: Schema.String })
+export type Pong = typeof Pong.Type
+
+/** Codes of protocol `error` frames. */
+export const ErrorCode = Schema.Literals(["INVALID_JSON", "INVALID_MESSAGE", "UNKNOWN_TYPE", "UNKNOWN_AGENT"])
+export type ErrorCode = typeof ErrorCode.Type
+
+/** A client frame was refused; the connection stays open. */
+export const ProtocolError = Schema.Struct({
+  type: Schema.Literal("error"),
+  code: ErrorCode,
+  message: Schema.String,
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type ProtocolError = typeof ProtocolError.Type
+
+// ---------------------------------------------------------------------------
+// server -> client: agent events
+
+/** Fields every agent event carries. `seq` counts 1, 2, 3… per run with no gaps. */
+const EventBase = {
+  event_id: Schema.String,
+  run_id: Schema.String,
+  thread_id: Schema.String,
+  user_id: Schema.String,
+  agent_name: Schema.String,
+  depth: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+  seq: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)),
+  timestamp: Schema.String
+} as const
+
+/** JSON-compatible value carried in tool parameters and outputs. */
+export const JsonValue = Schema.Unknown
+
+export const AgentStarted = Schema.Struct({
+  type: Schema.Literal("agent_started"),
+  ...EventBase,
+  task_description: Schema.String,
+  request_id: Schema.optionalKey(Schema.String)
+})
+
+export const AgentThinking = Schema.Struct({
+  type: Schema.Literal("agent_thinking"),
+  ...EventBase,
+  reasoning: Schema.String,
+  step_number: Schema.optionalKey(Schema.Int)
+})
+
+export const ToolExecuting = Schema.Struct({
+  type: Schema.Literal("tool_executing"),
+  ...EventBase,
+  tool_name: Schema.String,
+  execution_id: Schema.String,
+  parameters: Schema.Record(Schema.String, JsonValue)
+})
+
+/** Outcome of one tool call. */
+export const ToolResults = Schema.Struct({
+  status: Schema.Literals(["success", "error", "timeout"]),
+  output: Schema.optionalKey(JsonValue),
+  error: Schema.optionalKey(Schema.String)
+})
+export type ToolResults = typeof ToolResults.Type
+
+export const ToolCompleted = Schema.Struct({
+  type: Schema.Literal("tool_completed"),
+  ...EventBase,
+  tool_name: Schema.String,
+  execution_id: Schema.String,
+  success: Schema.Boolean,
+  results: ToolResults,
+  duration_ms: Schema.Number
+})
+
+/** Why a run (or sub-agent) failed. */
+export const AgentErrorInfo = Schema.Struct({ code: Schema.String, message: Schema.String })
+
+export const AgentErrorEvent = Schema.Struct({
+  type: Schema.Literal("agent_error"),
+  ...EventBase,
+  error: AgentErrorInfo
+})
+
+export const AgentCompleted = Schema.Struct({
+  type: Schema.Literal("agent_completed"),
+  ...EventBase,
+  status: Schema.Literals(["completed", "failed"]),
+  final_response: Schema.String,
+  duration_ms: Schema.Number
+})
+
+/** Every agent event. Each run ends with exactly one `agent_completed` at depth 0, last. */
+export const AgentEvent = Schema.Union([
+  AgentStarted,
+  AgentThinking,
+  ToolExecuting,
+  ToolCompleted,
+  AgentErrorEvent,
+  AgentCompleted
+]).pipe(Schema.toTaggedUnion("type"))
+export type AgentEvent = typeof AgentEvent.Type
+
+/** The fields the run emitter stamps on every event. */
+export type EventStamp = "event_id" | "run_id" | "thread_id" | "user_id" | "agent_name" | "depth" | "seq" | "timestamp"
+
+/** An agent event before stamping: what an agent (through its context) reports. */
+export type AgentEventBody = AgentEvent extends infer E ? E extends AgentEvent ? Omit<E, EventStamp> : never : never
+
+/** Every frame a server may send. */
+export const ServerMessage = Schema.Union([
+  ConnectionEstablished,
+  Pong,
+  ProtocolError,
+  AgentStarted,
+  AgentThinking,
+  ToolExecuting,
+  ToolCompleted,
+  AgentErrorEvent,
+  AgentCompleted
+]).pipe(Schema.toTaggedUnion("type"))
+export type ServerMessage = typeof ServerMessage.Type
+
+/** Decodes one server frame (JSON text) for clients and tests. */
+export const decodeServerMessage = Schema.decodeUnknownSync(Schema.fromJsonString(ServerMessage))
+
+// ---------------------------------------------------------------------------
+// decoding client frames into a message or a protocol error
+
+const decodeStartAgent = Schema.decodeUnknownResult(StartAgent)
+const decodeUserMessage = Schema.decodeUnknownResult(UserMessage)
+const decodePing = Schema.decodeUnknownResult(Ping)
+
+const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
+
+const requestIdOf = (value: Record<string, unknown>): { readonly request_id?: string } =>
+  typeof value.request_id === "string" && value.request_id.length > 0 && value.request_id.length <= 128
+    ? { request_id: value.request_id }
+    : {}
+
+/**
+ * Decodes one client text frame. Never throws: a bad frame becomes a
+ * `ProtocolError` whose message names the offending field.
+ */
+export const decodeClientFrame = (text: string): ClientMessage | ProtocolError => {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    return { type: "error", code: "INVALID_JSON", message: "frame is not valid JSON" }
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { type: "error", code: "INVALID_MESSAGE", message: "frame must be a JSON object with a string field \"type\"" }
+  }
+  const record = value as Record<string, unknown>
+  const type = record.type
+  if (typeof type !== "string") {
+    return { type: "error", code: "INVALID_MESSAGE", message: "field \"type\" is missing or not a string", ...requestIdOf(record) }
+  }
+  const result = type === "start_agent"
+    ? decodeStartAgent(value, { errors: "all" })
+    : type === "user_message"
+    ? decodeUserMessage(value, { errors: "all" })
+    : type === "ping"
+    ? decodePing(value)
+    : undefined
+  if (result === undefined) {
+    return {
+      type: "error",
+      code: "UNKNOWN_TYPE",
+      message: `unknown message type "${type.slice(0, 64)}"; expected one of ${CLIENT_MESSAGE_TYPES.join(", ")}`,
+      ...requestIdOf(record)
+    }
+  }
+  if (result._tag === "Success") return result.success
+  return {
+    type: "error",
+    code: "INVALID_MESSAGE",
+    message: `invalid ${type}: ${describeIssue(result.failure)}`,
+    ...requestIdOf(record)
+  }
+}

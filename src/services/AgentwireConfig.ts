@@ -1,0 +1,36 @@
+/**
+ * AgentwireConfig: the server's settings, read once at startup.
+ *
+ * `layers/AgentwireConfig.ts` reads them from environment variables
+ * (`layerFromEnv`) or takes them as values (`layer`). A bad value is a
+ * `ConfigInvalidError` naming the variable.
+ *
+ * @module
+ */
+import { Context, Data, type LogLevel, type Option, type Redacted } from "effect"
+
+export interface AgentwireSettings {
+  readonly host: string
+  /** 0 picks a free port. */
+  readonly port: number
+  /** HS256 secret; none means "generate one for this process" (refused in production). */
+  readonly jwtSecret: Option.Option<Redacted.Redacted<string>>
+  /** Largest client frame accepted; larger ones close the connection with 1009. */
+  readonly maxMessageBytes: number
+  readonly logLevel: LogLevel.LogLevel
+  /** `NODE_ENV=production`. */
+  readonly production: boolean
+}
+
+/** A configuration value is invalid; the message names the variable. */
+export class ConfigInvalidError extends Data.TaggedError("ConfigInvalidError")<{
+  readonly variable: string
+  readonly value: string
+  readonly expected: string
+}> {
+  override get message(): string {
+    return `${this.variable} must be ${this.expected} (got ${JSON.stringify(this.value.slice(0, 64))})`
+  }
+}
+
+export class AgentwireConfig extends Context.Service<AgentwireConfig, AgentwireSettings>()("agentwire/AgentwireConfig") {}

@@ -1,0 +1,60 @@
+/**
+ * UserExecutionContext: who a run belongs to and which run it is.
+ *
+ * Immutable. Built only through `make`, which validates every id and generates
+ * `run_id` and `request_id` when they are absent.
+ *
+ * @module
+ */
+import { Data, Effect, Schema } from "effect"
+import { Id } from "../protocol/Protocol.ts"
+
+/** The immutable identity of one run. */
+export interface UserExecutionContext {
+  readonly user_id: string
+  readonly thread_id: string
+  readonly run_id: string
+  readonly request_id: string
+}
+
+/** Raised when an id is empty, too long, has characters outside `[A-Za-z0-9._:-]` or is a placeholder. */
+export class InvalidContextError extends Data.TaggedError("InvalidContextError")<{
+  readonly field: keyof UserExecutionContext
+  readonly value: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `invalid ${this.field} ${JSON.stringify(this.value.slice(0, 140))}: ${this.reason}`
+  }
+}
+
+/** What `make` accepts: thread, run and request ids are generated when absent. */
+export interface UserExecutionContextInput {
+  readonly user_id: string
+  readonly thread_id?: string | undefined
+  readonly run_id?: string | undefined
+  readonly request_id?: string | undefined
+}
+
+const validateId = Schema.decodeUnknownResult(Id)
+
+const check = (field: keyof UserExecutionContext, value: string): Effect.Effect<string, InvalidContextError> => {
+  const result = validateId(value)
+  return result._tag === "Success"
+    ? Effect.succeed(result.success)
+    : Effect.fail(new InvalidContextError({ field, value, reason: result.failure.message.split("\n")[0] ?? "invalid" }))
+}
+
+/** Generates an id with a readable prefix, e.g. `run_3f2a…`. */
+export const generateId = (prefix: "run" | "req" | "thread" | "conn"): string =>
+  `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
+
+/** Validates the input and returns a frozen context. */
+export const make = (input: UserExecutionContextInput): Effect.Effect<UserExecutionContext, InvalidContextError> =>
+  Effect.gen(function*() {
+    const user_id = yield* check("user_id", input.user_id)
+    const thread_id = yield* check("thread_id", input.thread_id ?? generateId("thread"))
+    const run_id = yield* check("run_id", input.run_id ?? generateId("run"))
+    const request_id = yield* check("request_id", input.request_id ?? generateId("req"))
+    return Object.freeze({ user_id, thread_id, run_id, request_id })
+  })

@@ -1,0 +1,29 @@
+/**
+ * WebSocketBridge: the only way agent events reach users.
+ *
+ * Keeps the registry of live connections per user. `emit` delivers one event to
+ * every live connection of the event's `user_id`, in emit order, and to nobody
+ * else. Implementations: `layers/WebSocketBridgeMemory.ts` (one process) and
+ * `layers/WebSocketBridgeRecording.ts` (a test double that records events).
+ *
+ * @module
+ */
+import { Context, type Effect, type Scope } from "effect"
+import type { AgentEvent } from "../protocol/Protocol.ts"
+
+/** One live client connection as the bridge sees it: an id, its user, and a way to send text. */
+export interface BridgeConnection {
+  readonly id: string
+  readonly user_id: string
+  /** Sends one already-encoded frame. Must not throw; a dead socket drops it. */
+  readonly send: (frame: string) => void
+}
+
+export class WebSocketBridge extends Context.Service<WebSocketBridge, {
+  /** Registers a connection until the surrounding scope closes. */
+  readonly register: (connection: BridgeConnection) => Effect.Effect<void, never, Scope.Scope>
+  /** Delivers one event to every live connection of `event.user_id`, encoded once. */
+  readonly emit: (event: AgentEvent) => Effect.Effect<void>
+  /** Live connections of one user, or of everyone when `user_id` is omitted. */
+  readonly connectionCount: (user_id?: string) => Effect.Effect<number>
+}>()("agentwire/WebSocketBridge") {}
