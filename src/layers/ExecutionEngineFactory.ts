@@ -39,16 +39,17 @@ export const make = Effect.gen(function*() {
         Effect.gen(function*() {
           const agent = yield* instances.create(agent_name, context, { emitter })
           yield* Effect.logInfo("run started")
-          const outcome = yield* agent.run(request)
-          yield* Effect.logInfo("run ended").pipe(
-            Effect.annotateLogs({
+          const startedAt = performance.now()
+          // onExit runs even when the run is interrupted, so every run gets its "run ended" line
+          return yield* agent.run(request).pipe(Effect.onExit((exit) => {
+            const outcome = Exit.isSuccess(exit) ? exit.value : cancelledOutcome
+            return Effect.logInfo("run ended").pipe(Effect.annotateLogs({
               outcome: outcome.status,
-              duration_ms: Math.round(outcome.duration_ms),
+              duration_ms: Math.round(performance.now() - startedAt),
               events: emitter.lastSeq(),
               ...(outcome.error ? { error_code: outcome.error.code } : {})
-            })
-          )
-          return outcome
+            }))
+          }))
         }).pipe(Effect.annotateLogs({ user_id: context.user_id, run_id: context.run_id, agent: agent_name ?? "(default)" }))
     }
   }
@@ -82,6 +83,7 @@ export const make = Effect.gen(function*() {
       }),
     interrupt: (run_id) =>
       Effect.flatMap(FiberMap.has(runs, run_id), (running) => running ? Effect.as(FiberMap.remove(runs, run_id), true) : Effect.succeed(false)),
+    interruptAll: FiberMap.clear(runs),
     activeRuns: FiberMap.size(runs),
     liveEngines: Effect.sync(() => liveEngines)
   })

@@ -217,16 +217,10 @@ const requestIdOf = (value: Record<string, unknown>): { readonly request_id?: st
     : {}
 
 /**
- * Decodes one client text frame. Never throws: a bad frame becomes a
+ * Decodes one parsed client message. Never throws: a bad message becomes a
  * `ProtocolError` whose message names the offending field.
  */
-export const decodeClientFrame = (text: string): ClientMessage | ProtocolError => {
-  let value: unknown
-  try {
-    value = JSON.parse(text)
-  } catch {
-    return { type: "error", code: "INVALID_JSON", message: "frame is not valid JSON" }
-  }
+export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError => {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return { type: "error", code: "INVALID_MESSAGE", message: "frame must be a JSON object with a string field \"type\"" }
   }
@@ -257,4 +251,15 @@ export const decodeClientFrame = (text: string): ClientMessage | ProtocolError =
     message: `invalid ${type}: ${describeIssue(result.failure)}`,
     ...requestIdOf(record)
   }
+}
+
+/** Parses and decodes one client text frame; invalid JSON gives `INVALID_JSON`. */
+export const decodeClientFrame = (text: string): ClientMessage | ProtocolError => {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    return { type: "error", code: "INVALID_JSON", message: "frame is not valid JSON" }
+  }
+  return decodeClientValue(value)
 }

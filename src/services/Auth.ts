@@ -34,3 +34,12 @@ export class Auth extends Context.Service<Auth, {
   /** Signs a token for `user_id`, valid for `ttlSeconds`. */
   readonly issue: (user_id: string, ttlSeconds: number) => Effect.Effect<string>
 }>()("agentwire/Auth") {}
+
+/** No secret was configured where one is required (production). */
+export class MissingSecretError extends Data.TaggedError("MissingSecretError")<{
+  readonly variable: string
+}> {
+  override get message(): string {
+    return `${this.variable} must be set when NODE_ENV=production (at least 32 characters)`
+  }
+}

@@ -48,6 +48,8 @@ export class ExecutionEngineFactory extends Context.Service<ExecutionEngineFacto
   ) => Effect.Effect<RunHandle, UnknownAgentError>
   /** Interrupts a running run; its terminal events are still sent. False when no such run runs. */
   readonly interrupt: (run_id: string) => Effect.Effect<boolean>
+  /** Interrupts every run in flight (shutdown); each still sends its terminal events. */
+  readonly interruptAll: Effect.Effect<void>
   /** Runs in flight. */
   readonly activeRuns: Effect.Effect<number>
   /** Engines currently allocated (released ones are not counted). */

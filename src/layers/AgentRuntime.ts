@@ -1,0 +1,30 @@
+/**
+ * The agent runtime in one layer: `ExecutionEngineFactory`,
+ * `AgentInstanceFactory` and `WebSocketBridge`, wired in the one order that
+ * type-checks. It requires only the `AgentRegistry`, which is where an
+ * embedder's agents (and their own requirements) come in.
+ *
+ * @module
+ */
+import { Layer } from "effect"
+import type { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
+import type { AgentRegistry } from "../services/AgentRegistry.ts"
+import type { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import type { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import * as AgentInstanceFactoryLayer from "./AgentInstanceFactory.ts"
+import * as ExecutionEngineFactoryLayer from "./ExecutionEngineFactory.ts"
+import * as WebSocketBridgeMemory from "./WebSocketBridgeMemory.ts"
+
+/**
+ * The two factories, still requiring a `WebSocketBridge`: provide the in-memory
+ * one, a recording test double, or your own.
+ */
+export const layerWithoutBridge: Layer.Layer<
+  ExecutionEngineFactory | AgentInstanceFactory,
+  never,
+  WebSocketBridge | AgentRegistry
+> = ExecutionEngineFactoryLayer.layer.pipe(Layer.provideMerge(AgentInstanceFactoryLayer.layer))
+
+/** The runtime over the in-memory bridge. */
+export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge, never, AgentRegistry> =
+  layerWithoutBridge.pipe(Layer.provideMerge(WebSocketBridgeMemory.layer))

@@ -1,0 +1,40 @@
+/**
+ * Entrypoint: read config, compose layers, run. `npm start` runs this file.
+ *
+ * Every startup failure (bad config value, missing secret in production, port
+ * in use, bad agent registry) prints one line naming the cause and exits 3.
+ *
+ * @module
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Cause, Console, Effect, Exit, Layer, Option, References } from "effect"
+import * as BuiltinAgents from "./agents/BuiltinAgents.ts"
+import * as Agentwire from "./Agentwire.ts"
+import * as AgentwireConfig from "./layers/AgentwireConfig.ts"
+
+/** Exit code of a startup failure. */
+const STARTUP_FAILURE = 3
+
+const main = Effect.gen(function*() {
+  const settings = yield* AgentwireConfig.fromEnv
+  const app = Agentwire.layerServerWithBanner(BuiltinAgents.layer).pipe(Layer.provide(AgentwireConfig.layer(settings)))
+  return yield* Layer.launch(app).pipe(Effect.provideService(References.MinimumLogLevel, settings.logLevel))
+}).pipe(
+  Effect.tapCause((cause) => {
+    const failure = Cause.findErrorOption(cause)
+    if (Option.isSome(failure)) return Console.error(`agentwire: cannot start: ${failure.value.message}`)
+    return Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`agentwire: crashed\n${Cause.pretty(cause)}`)
+  })
+)
+
+NodeRuntime.runMain(main, {
+  disableErrorReporting: true,
+  teardown: (exit, onExit) =>
+    onExit(
+      Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause)
+        ? 0
+        : Option.isSome(Cause.findErrorOption(exit.cause))
+        ? STARTUP_FAILURE
+        : 1
+    )
+})
