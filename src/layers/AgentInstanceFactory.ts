@@ -73,9 +73,11 @@ export const make = Effect.gen(function*() {
           : Effect.timeoutOption(effect, options.timeout)
         const completed = (success: boolean, results: { status: "success" | "error" | "timeout"; output?: unknown; error?: string }) =>
           emit({ type: "tool_completed", tool_name, execution_id, success, results, duration_ms: elapsedMs(startedAt) })
-        return emit({ type: "tool_executing", tool_name, execution_id, parameters: jsonSafe(parameters) as Record<string, unknown> }).pipe(
-          Effect.andThen(Effect.uninterruptibleMask((restore) =>
-            Effect.flatMap(Effect.exit(restore(limited)), (exit): Effect.Effect<A, ToolError> => {
+        // executing and completed are sent uninterruptibly as a pair; only the tool itself can be interrupted
+        return Effect.uninterruptibleMask((restore) =>
+          emit({ type: "tool_executing", tool_name, execution_id, parameters: jsonSafe(parameters) as Record<string, unknown> }).pipe(
+            Effect.andThen(Effect.exit(restore(limited))),
+            Effect.flatMap((exit): Effect.Effect<A, ToolError> => {
               if (Exit.isSuccess(exit)) {
                 if (Option.isSome(exit.value)) {
                   return Effect.as(completed(true, { status: "success", output: jsonSafe(exit.value.value) }), exit.value.value)
@@ -99,7 +101,7 @@ export const make = Effect.gen(function*() {
                   : Effect.fail(new ToolError({ tool_name, execution_id, status: "error", message }))
               )
             })
-          ))
+          )
         )
       })
 
@@ -137,7 +139,8 @@ export const make = Effect.gen(function*() {
             ? { type: "agent_started", task_description: request, request_id: context.request_id }
             : { type: "agent_started", task_description: request }
         )
-        return Effect.exit(restore(Effect.andThen(started, agent.run(request, agentContext)))).pipe(
+        // started is sent before anything can interrupt the agent, so the terminal pair always follows it
+        return Effect.andThen(started, Effect.exit(restore(agent.run(request, agentContext)))).pipe(
           Effect.flatMap((exit) => {
             const duration_ms = elapsedMs(startedAt)
             if (Exit.isSuccess(exit)) {

@@ -1,0 +1,89 @@
+/**
+ * agentwire: run AI agents per user request and stream every step live to
+ * that user's WebSocket connections.
+ *
+ * Service classes are exported by name (`yield* ExecutionEngineFactory`);
+ * their layers are namespaces with a distinct name (`AgentRegistryLayer.layer`,
+ * `AgentRuntime.layer`, `AgentwireConfigLayer.layer`), so the two never clash.
+ * `examples/embedding.ts` shows the pieces together.
+ *
+ * @module
+ */
+
+// ---------------------------------------------------------------------------
+// protocol and agent API
+
+/** Wire protocol v1: the schema of every frame on `GET /ws`, decoders and constants. */
+export * as Protocol from "./protocol/Protocol.ts"
+
+/** The agent API: `Agent.make`, `AgentContext` (think / tool / delegate), `AgentError`, `ToolError`. */
+export * as Agent from "./services/Agent.ts"
+
+// ---------------------------------------------------------------------------
+// services (contracts) and their errors
+
+/** Delivers agent events to the live connections of their user; the only way events reach users. */
+export { type BridgeConnection, WebSocketBridge } from "./services/WebSocketBridge.ts"
+
+/** Creates agent instances bound to one run; requires `WebSocketBridge` and `AgentRegistry`. */
+export { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "./services/AgentInstanceFactory.ts"
+
+/** One scoped engine per request (`createForUser`) or a background run (`start`). */
+export { ExecutionEngineFactory, type RunHandle, type UserExecutionEngine } from "./services/ExecutionEngineFactory.ts"
+
+/** The registered agents by name, and the errors of looking one up or building the registry. */
+export { AgentRegistry, AgentRegistryError, type RegisteredAgent, UnknownAgentError } from "./services/AgentRegistry.ts"
+
+/** Who a run belongs to: `UserExecutionContext.make({ user_id })` validates ids and generates the missing ones. */
+export * as UserExecutionContext from "./services/UserExecutionContext.ts"
+
+/** Raised by `UserExecutionContext.make` for an invalid or placeholder id. */
+export { InvalidContextError } from "./services/UserExecutionContext.ts"
+
+/** Turns a bearer token into a user id; `AuthError` never contains the token. */
+export { Auth, AuthError, MissingSecretError } from "./services/Auth.ts"
+
+/** The server's settings and the error naming a bad environment variable. */
+export { AgentwireConfig, type AgentwireSettings, ConfigInvalidError } from "./services/AgentwireConfig.ts"
+
+/** The listening HTTP + WebSocket server (bound host, port, url) and its startup error. */
+export { AgentwireServer, ServerStartError } from "./services/AgentwireServer.ts"
+
+/** The per-run emitter that stamps `seq`, `event_id`, ids and timestamps on every event. */
+export type { RunEmitter } from "./services/RunEmitter.ts"
+
+// ---------------------------------------------------------------------------
+// layers
+
+/** `AgentRuntime.layer` (engines + instances + in-memory bridge) and `layerWithoutBridge`. */
+export * as AgentRuntime from "./layers/AgentRuntime.ts"
+
+/** `AgentRegistryLayer.layer(agents, { defaultAgent })`: requires what the agents require. */
+export * as AgentRegistryLayer from "./layers/AgentRegistry.ts"
+
+/** The in-memory `WebSocketBridge` for one process. */
+export * as WebSocketBridgeMemory from "./layers/WebSocketBridgeMemory.ts"
+
+/** A `WebSocketBridge` test double that also records every event (`RecordedEvents`). */
+export * as WebSocketBridgeRecording from "./layers/WebSocketBridgeRecording.ts"
+
+/** Reads what a recording bridge captured: `all`, `ofRun`, `waitFor`, `clear`. */
+export { RecordedEvents } from "./layers/WebSocketBridgeRecording.ts"
+
+/** `AgentwireConfigLayer.layer({ port: 0 })` from values, `layerFromEnv` from `AGENTWIRE_*` variables. */
+export * as AgentwireConfigLayer from "./layers/AgentwireConfig.ts"
+
+/** `Auth` with HS256 JWTs; the secret comes from `AgentwireConfig`. */
+export * as AuthJwt from "./layers/AuthJwt.ts"
+
+/** The HTTP + WebSocket server layer; requires config, auth and the agent runtime. */
+export * as Server from "./layers/Server.ts"
+
+// ---------------------------------------------------------------------------
+// agents and compositions
+
+/** The built-in agents (supervisor, triage, calculator, echo, ticker) and a registry layer of them. */
+export * as BuiltinAgents from "./agents/BuiltinAgents.ts"
+
+/** Whole-service compositions: `Agentwire.layerServer(registry)`, `layerServerFromEnv`. */
+export * as Agentwire from "./Agentwire.ts"

@@ -1,0 +1,51 @@
+import { describe, expect, it } from "@effect/vitest"
+import { decodeClientFrame, decodeServerMessage } from "../../src/protocol/Protocol.ts"
+
+describe("decodeClientFrame", () => {
+  it("decodes the three client messages", () => {
+    expect(decodeClientFrame(`{"type":"ping"}`)).toEqual({ type: "ping" })
+    expect(decodeClientFrame(`{"type":"start_agent","agent":"echo","user_request":"hi","thread_id":"t1","request_id":"r1"}`))
+      .toEqual({ type: "start_agent", agent: "echo", user_request: "hi", thread_id: "t1", request_id: "r1" })
+    expect(decodeClientFrame(`{"type":"user_message","text":"hello"}`)).toEqual({ type: "user_message", text: "hello" })
+  })
+
+  it("INVALID_JSON for text that is not JSON", () => {
+    expect(decodeClientFrame("{nope")).toMatchObject({ type: "error", code: "INVALID_JSON" })
+    expect(decodeClientFrame("")).toMatchObject({ type: "error", code: "INVALID_JSON" })
+  })
+
+  it("INVALID_MESSAGE for JSON that is not an object with a type", () => {
+    for (const frame of ["[]", "42", "null", `"ping"`, "{}", `{"type":7}`]) {
+      expect(decodeClientFrame(frame)).toMatchObject({ type: "error", code: "INVALID_MESSAGE" })
+    }
+  })
+
+  it("UNKNOWN_TYPE names the type and keeps the request_id", () => {
+    const error = decodeClientFrame(`{"type":"stop_everything","request_id":"r-9"}`)
+    expect(error).toMatchObject({ type: "error", code: "UNKNOWN_TYPE", request_id: "r-9" })
+    expect(error.type === "error" && error.message).toContain("stop_everything")
+  })
+
+  it("INVALID_MESSAGE names the offending field", () => {
+    const cases: ReadonlyArray<[string, string]> = [
+      [`{"type":"start_agent"}`, "user_request"],
+      [`{"type":"start_agent","user_request":""}`, "user_request"],
+      [`{"type":"start_agent","user_request":42}`, "user_request"],
+      [`{"type":"start_agent","user_request":"x","agent":""}`, "agent"],
+      [`{"type":"start_agent","user_request":"x","thread_id":"none"}`, "thread_id"],
+      [`{"type":"start_agent","user_request":"x","request_id":"has space"}`, "request_id"],
+      [`{"type":"user_message"}`, "text"],
+      [`{"type":"user_message","text":"x","thread_id":"${"t".repeat(129)}"}`, "thread_id"]
+    ]
+    for (const [frame, field] of cases) {
+      const decoded = decodeClientFrame(frame)
+      expect(decoded).toMatchObject({ type: "error", code: "INVALID_MESSAGE" })
+      expect(decoded.type === "error" && decoded.message).toContain(`"${field}"`)
+    }
+  })
+
+  it("decodeServerMessage validates server frames for clients", () => {
+    expect(decodeServerMessage(`{"type":"pong","timestamp":"2026-01-01T00:00:00.000Z"}`)).toMatchObject({ type: "pong" })
+    expect(() => decodeServerMessage(`{"type":"agent_thinking"}`)).toThrow()
+  })
+})

@@ -1,0 +1,47 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+
+describe("UserExecutionContext.make", () => {
+  it.effect("keeps given ids, generates run_id, request_id and thread_id when absent, and freezes", () =>
+    Effect.gen(function*() {
+      const given = yield* UserExecutionContext.make({ user_id: "alice", thread_id: "t-1", run_id: "r:1", request_id: "q.1" })
+      expect(given).toEqual({ user_id: "alice", thread_id: "t-1", run_id: "r:1", request_id: "q.1" })
+      expect(Object.isFrozen(given)).toBe(true)
+
+      const a = yield* UserExecutionContext.make({ user_id: "alice" })
+      const b = yield* UserExecutionContext.make({ user_id: "alice" })
+      expect(a.run_id).toMatch(/^run_[0-9a-f]{32}$/)
+      expect(a.request_id).toMatch(/^req_[0-9a-f]{32}$/)
+      expect(a.thread_id).toMatch(/^thread_[0-9a-f]{32}$/)
+      expect(a.run_id).not.toBe(b.run_id)
+    }))
+
+  const bad: ReadonlyArray<[string, Record<string, string>, string]> = [
+    ["empty user", { user_id: "" }, "user_id"],
+    ["placeholder user", { user_id: "none" }, "user_id"],
+    ["placeholder in any case", { user_id: "alice", thread_id: "UNDEFINED" }, "thread_id"],
+    ["registry", { user_id: "registry" }, "user_id"],
+    ["placeholder run", { user_id: "alice", run_id: "placeholder" }, "run_id"],
+    ["null request", { user_id: "alice", request_id: "null" }, "request_id"],
+    ["space", { user_id: "al ice" }, "user_id"],
+    ["slash", { user_id: "alice", thread_id: "a/b" }, "thread_id"],
+    ["too long", { user_id: "x".repeat(129) }, "user_id"]
+  ]
+  for (const [label, input, field] of bad) {
+    it.effect(`rejects ${label} with a typed error naming ${field}`, () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(UserExecutionContext.make(input as unknown as UserExecutionContext.UserExecutionContextInput))
+        expect(error._tag).toBe("InvalidContextError")
+        expect(error.field).toBe(field)
+        expect(error.message).toContain(field)
+      }))
+  }
+
+  it.effect("accepts exactly 128 characters of the allowed alphabet", () =>
+    Effect.gen(function*() {
+      const id = "aZ09._:-".repeat(16)
+      expect(id.length).toBe(128)
+      expect((yield* UserExecutionContext.make({ user_id: id })).user_id).toBe(id)
+    }))
+})
