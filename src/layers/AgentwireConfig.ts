@@ -39,7 +39,7 @@ const raw = (variable: string) =>
     Config.option,
     Effect.map(Option.filter((value) => value.trim().length > 0)),
     // a provider that cannot be read at all is reported with the variable's name too
-    Effect.mapError((error) => new ConfigInvalidError({ variable, value: "", expected: `readable (${error.message})` }))
+    Effect.mapError((error) => new ConfigInvalidError({ variable, expected: `readable (${error.message})` }))
   )
 
 const integer = (variable: string, fallback: number, min: number, max: number) =>
@@ -69,7 +69,6 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   if (Option.isSome(secret) && secret.value.length < MIN_SECRET_LENGTH) {
     return yield* new ConfigInvalidError({
       variable: "AGENTWIRE_JWT_SECRET",
-      value: "(hidden)",
       expected: `at least ${MIN_SECRET_LENGTH} characters long (it is ${secret.value.length})`
     })
   }

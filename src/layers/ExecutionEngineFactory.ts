@@ -72,7 +72,10 @@ export const make = Effect.gen(function*() {
           // resolved above, so the agent exists; a registry that changed meanwhile is a defect
           Effect.orDie
         )
-        const fiber = yield* FiberMap.run(runs, context.run_id, run, { onlyIfMissing: true })
+        if (yield* FiberMap.has(runs, context.run_id)) {
+          return yield* Effect.die(new Error(`run ${context.run_id} is already running: every run needs a fresh run_id`))
+        }
+        const fiber = yield* FiberMap.run(runs, context.run_id, run)
         return {
           run_id: context.run_id,
           thread_id: context.thread_id,

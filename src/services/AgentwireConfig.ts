@@ -25,11 +25,13 @@ export interface AgentwireSettings {
 /** A configuration value is invalid; the message names the variable. */
 export class ConfigInvalidError extends Data.TaggedError("ConfigInvalidError")<{
   readonly variable: string
-  readonly value: string
+  /** The offending value; absent for secrets, which are never echoed. */
+  readonly value?: string | undefined
   readonly expected: string
 }> {
   override get message(): string {
-    return `${this.variable} must be ${this.expected} (got ${JSON.stringify(this.value.slice(0, 64))})`
+    const got = this.value === undefined ? "" : ` (got ${JSON.stringify(this.value.slice(0, 64))})`
+    return `${this.variable} must be ${this.expected}${got}`
   }
 }
 

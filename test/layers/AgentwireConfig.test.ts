@@ -1,0 +1,56 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Option, Redacted } from "effect"
+import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+
+const read = (env: Record<string, string>) =>
+  AgentwireConfig.fromEnv.pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
+
+describe("AgentwireConfig.fromEnv", () => {
+  it.effect("defaults", () =>
+    Effect.gen(function*() {
+      const settings = yield* read({})
+      expect(settings).toMatchObject({ host: "127.0.0.1", port: 8080, maxMessageBytes: 65536, logLevel: "Info", production: false })
+      expect(Option.isNone(settings.jwtSecret)).toBe(true)
+    }))
+
+  it.effect("reads every variable", () =>
+    Effect.gen(function*() {
+      const secret = "s".repeat(40)
+      const settings = yield* read({
+        AGENTWIRE_HOST: "0.0.0.0",
+        AGENTWIRE_PORT: "0",
+        AGENTWIRE_JWT_SECRET: secret,
+        AGENTWIRE_MAX_MESSAGE_BYTES: "1024",
+        AGENTWIRE_LOG_LEVEL: "WARN",
+        NODE_ENV: "production"
+      })
+      expect(settings).toMatchObject({ host: "0.0.0.0", port: 0, maxMessageBytes: 1024, logLevel: "Warn", production: true })
+      expect(settings.jwtSecret.pipe(Option.map(Redacted.value))).toEqual(Option.some(secret))
+    }))
+
+  const bad: ReadonlyArray<[Record<string, string>, string]> = [
+    [{ AGENTWIRE_PORT: "abc" }, "AGENTWIRE_PORT"],
+    [{ AGENTWIRE_PORT: "70000" }, "AGENTWIRE_PORT"],
+    [{ AGENTWIRE_PORT: "-1" }, "AGENTWIRE_PORT"],
+    [{ AGENTWIRE_PORT: "80.5" }, "AGENTWIRE_PORT"],
+    [{ AGENTWIRE_MAX_MESSAGE_BYTES: "10" }, "AGENTWIRE_MAX_MESSAGE_BYTES"],
+    [{ AGENTWIRE_MAX_MESSAGE_BYTES: "lots" }, "AGENTWIRE_MAX_MESSAGE_BYTES"],
+    [{ AGENTWIRE_LOG_LEVEL: "loud" }, "AGENTWIRE_LOG_LEVEL"],
+    [{ AGENTWIRE_JWT_SECRET: "too-short" }, "AGENTWIRE_JWT_SECRET"]
+  ]
+  for (const [env, variable] of bad) {
+    it.effect(`${JSON.stringify(env)} fails naming ${variable}`, () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(read(env))
+        expect(error._tag).toBe("ConfigInvalidError")
+        expect(error.variable).toBe(variable)
+        expect(error.message.startsWith(variable)).toBe(true)
+      }))
+  }
+
+  it.effect("never prints the secret in its error", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(read({ AGENTWIRE_JWT_SECRET: "hunter2-secret" }))
+      expect(error.message).not.toContain("hunter2")
+    }))
+})
