@@ -1,0 +1,125 @@
+/**
+ * The entrypoint as `npm start` runs it: a child process on Node 24.
+ * Startup failures print one line naming the cause and exit 3; a good start
+ * prints a usable demo token and URL, and SIGINT shuts down cleanly.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { createServer, type Server } from "node:net"
+import { fileURLToPath } from "node:url"
+import { connect } from "./fixtures/client.ts"
+
+const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url))
+
+interface Started {
+  readonly child: ChildProcess
+  readonly stdout: () => string
+  readonly stderr: () => string
+  /** Resumes when stdout or stderr has printed text matching `pattern`. */
+  readonly printed: (pattern: RegExp) => Effect.Effect<string>
+  readonly exit: Effect.Effect<number | null>
+}
+
+const start = (env: Record<string, string>) =>
+  Effect.acquireRelease(
+    Effect.sync((): Started => {
+      const child = spawn(process.execPath, [MAIN], {
+        env: { PATH: process.env.PATH ?? "", AGENTWIRE_PORT: "0", ...env },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      let out = ""
+      let err = ""
+      const listeners = new Set<() => void>()
+      child.stdout!.on("data", (c: Buffer) => {
+        out += c.toString()
+        for (const l of listeners) l()
+      })
+      child.stderr!.on("data", (c: Buffer) => {
+        err += c.toString()
+        for (const l of listeners) l()
+      })
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+      return {
+        child,
+        stdout: () => out,
+        stderr: () => err,
+        printed: (pattern) =>
+          Effect.callback((resume) => {
+            const check = () => {
+              const match = pattern.exec(out + err)
+              if (match !== null) {
+                listeners.delete(check)
+                resume(Effect.succeed(match[0]))
+              }
+            }
+            listeners.add(check)
+            check()
+          }),
+        exit: Effect.promise(() => exited)
+      }
+    }),
+    (s) => Effect.sync(() => s.child.kill("SIGKILL"))
+  )
+
+const listenOnFreePort = Effect.acquireRelease(
+  Effect.callback<{ server: Server; port: number }>((resume) => {
+    const server = createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      resume(Effect.succeed({ server, port: typeof address === "object" && address !== null ? address.port : 0 }))
+    })
+  }),
+  ({ server }) => Effect.sync(() => server.close())
+)
+
+describe("src/main.ts", () => {
+  const failures: ReadonlyArray<[string, Record<string, string>, RegExp]> = [
+    ["a bad port", { AGENTWIRE_PORT: "eighty" }, /AGENTWIRE_PORT must be an integer from 0 to 65535 \(got "eighty"\)/],
+    ["a bad log level", { AGENTWIRE_LOG_LEVEL: "chatty" }, /AGENTWIRE_LOG_LEVEL must be one of/],
+    ["a bad message size", { AGENTWIRE_MAX_MESSAGE_BYTES: "-5" }, /AGENTWIRE_MAX_MESSAGE_BYTES must be/],
+    ["a short secret", { AGENTWIRE_JWT_SECRET: "abc" }, /AGENTWIRE_JWT_SECRET must be at least 32 characters/],
+    ["no secret in production", { NODE_ENV: "production" }, /AGENTWIRE_JWT_SECRET must be set when NODE_ENV=production/]
+  ]
+  for (const [label, env, message] of failures) {
+    it.live(`exits 3 with one clear line for ${label}`, () =>
+      Effect.gen(function*() {
+        const proc = yield* start(env)
+        expect(yield* proc.exit).toBe(3)
+        const lines = proc.stderr().trim().split("\n")
+        expect(lines).toHaveLength(1)
+        expect(lines[0]).toMatch(/^agentwire: cannot start: /)
+        expect(lines[0]).toMatch(message)
+        expect(proc.stdout()).toBe("")
+      }).pipe(Effect.scoped))
+  }
+
+  it.live("exits 3 naming the port when it is already in use", () =>
+    Effect.gen(function*() {
+      const { port } = yield* listenOnFreePort
+      const proc = yield* start({ AGENTWIRE_PORT: String(port) })
+      expect(yield* proc.exit).toBe(3)
+      expect(proc.stderr().trim()).toBe(
+        `agentwire: cannot start: port ${port} on 127.0.0.1 is already in use (set AGENTWIRE_PORT to another port)`
+      )
+    }).pipe(Effect.scoped))
+
+  it.live("without a secret it prints a usable demo token and URL; logs never carry the token; SIGINT exits 0", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({})
+      const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
+      const token = url.split("token=")[1]!
+      const client = yield* connect(url)
+      expect(yield* client.next("connection_established")).toMatchObject({ user_id: "demo-user" })
+      client.send({ type: "start_agent", agent: "echo", user_request: "hello" })
+      yield* client.runEvents()
+      yield* proc.printed(/run ended/)
+      client.ws.close()
+      yield* proc.printed(/connection closed/)
+      const logLines = (proc.stdout() + proc.stderr()).split("\n").filter((l) => /(INFO|WARN|ERROR|DEBUG)/.test(l))
+      expect(logLines.some((l) => l.includes("connection opened"))).toBe(true)
+      expect(logLines.some((l) => l.includes(token))).toBe(false)
+      proc.child.kill("SIGINT")
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped))
+})
