@@ -126,6 +126,15 @@ layer(TestServer)("agentwire server", (it) => {
       expect(events.at(-1)).toMatchObject({ status: "completed", final_response: "still here" })
     }))
 
+  it.effect("a burst of frames is handled completely and in order (backpressure, nothing dropped)", () =>
+    Effect.gen(function*() {
+      const client = yield* connectAs("burst-user")
+      for (let i = 0; i < 500; i++) client.send({ type: "launch", request_id: `r-${i}` })
+      for (let i = 0; i < 500; i++) {
+        expect(yield* client.next("error")).toMatchObject({ code: "UNKNOWN_TYPE", request_id: `r-${i}` })
+      }
+    }))
+
   it.effect("a frame over max_message_bytes closes the connection with 1009", () =>
     Effect.gen(function*() {
       const client = yield* connectAs("big-frame")

@@ -8,6 +8,7 @@
  * | `AGENTWIRE_JWT_SECRET` | none | HS256 secret, at least 32 characters |
  * | `AGENTWIRE_MAX_MESSAGE_BYTES` | `65536` | largest client frame |
  * | `AGENTWIRE_LOG_LEVEL` | `info` | trace, debug, info, warn, error, fatal, none |
+ * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket silent for one interval is dropped (0 = off) |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure |
  *
  * Values come from the current `ConfigProvider` (the process environment by
@@ -56,6 +57,7 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const host = Option.getOrElse(yield* raw("AGENTWIRE_HOST"), () => "127.0.0.1").trim()
   const port = yield* integer("AGENTWIRE_PORT", 8080, 0, 65535)
   const maxMessageBytes = yield* integer("AGENTWIRE_MAX_MESSAGE_BYTES", 65536, 256, 16 * 1024 * 1024)
+  const heartbeatIntervalMs = yield* integer("AGENTWIRE_HEARTBEAT_MS", 30_000, 0, 3_600_000)
   const levelText = Option.getOrElse(yield* raw("AGENTWIRE_LOG_LEVEL"), () => "info")
   const logLevel = LOG_LEVELS[levelText.trim().toLowerCase()]
   if (logLevel === undefined) {
@@ -78,6 +80,7 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     port,
     jwtSecret: Option.map(secret, Redacted.make),
     maxMessageBytes,
+    heartbeatIntervalMs,
     logLevel,
     production
   }
@@ -93,6 +96,7 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     port: 0,
     jwtSecret: Option.none(),
     maxMessageBytes: 65536,
+    heartbeatIntervalMs: 30_000,
     logLevel: "Info",
     production: false,
     ...settings

@@ -7,6 +7,9 @@
  * bad token gets `401` on the raw connection. Frames over
  * `maxMessageBytes` close the connection with 1009 (`ws`'s `maxPayload`).
  *
+ * Every `heartbeatIntervalMs` each socket is pinged; one that has not answered
+ * the previous ping is terminated (its close is logged like any other).
+ *
  * Startup failures are typed (`ServerStartError`). Shutdown, when the layer's
  * scope closes: `/ready` turns 503, listening stops, runs in flight are
  * interrupted (each still sends its terminal events), then sockets are closed
@@ -15,7 +18,7 @@
  * @module
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Deferred, Effect, FiberSet, Layer, Option, Scope } from "effect"
+import { Deferred, Effect, FiberSet, Layer, Option, Schedule, Scope } from "effect"
 import { HttpRouter } from "effect/http"
 import { createServer, type IncomingMessage, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
@@ -86,8 +89,26 @@ export const layer: Layer.Layer<
       handleProtocols: WebSocketConnection.selectProtocol
     })
 
+    // sockets that answered (or were accepted) since the last heartbeat
+    const answered = new WeakSet<WebSocket>()
+    const heartbeat = Effect.sync(() => {
+      for (const ws of sockets) {
+        if (!answered.has(ws)) {
+          ws.terminate()
+          continue
+        }
+        answered.delete(ws)
+        ws.ping()
+      }
+    })
+    if (config.heartbeatIntervalMs > 0) {
+      yield* Effect.forkScoped(Effect.repeat(heartbeat, Schedule.spaced(config.heartbeatIntervalMs)))
+    }
+
     const accept = (ws: WebSocket, user_id: string) => {
       sockets.add(ws)
+      answered.add(ws)
+      ws.on("pong", () => answered.add(ws))
       ws.once("close", () => {
         sockets.delete(ws)
         if (shuttingDown && sockets.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)

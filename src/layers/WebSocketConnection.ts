@@ -29,6 +29,11 @@ import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 /** A socket whose unsent output exceeds this is closed with 1013: it cannot keep up. */
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
+/** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
+const INBOX_HIGH_WATER = 64
+/** Reading resumes when the waiting frames fall to this. */
+const INBOX_LOW_WATER = 8
+
 const TOKEN_PROTOCOL_PREFIX = "jwt."
 
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
@@ -93,6 +98,8 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
     ws.on("message", (data, isBinary) => {
       const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8")
       Queue.offerUnsafe(inbox, frame)
+      // a client sending faster than frames are handled is slowed down by TCP, not by dropping frames
+      if (Queue.sizeUnsafe(inbox) >= INBOX_HIGH_WATER) ws.pause()
     })
     ws.on("error", (error) => {
       socketError = error.message
@@ -145,10 +152,12 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
       }
     }
 
-    const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) =>
-      typeof frame === "string"
+    const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) => {
+      if (ws.isPaused && Queue.sizeUnsafe(inbox) <= INBOX_LOW_WATER) ws.resume()
+      return typeof frame === "string"
         ? handle(decodeClientFrame(frame))
-        : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" }))
+        : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
+    })
     yield* Effect.forever(next).pipe(Effect.catchTag("Done", () => Effect.void))
 
     yield* Effect.logInfo("connection closed").pipe(

@@ -17,6 +17,8 @@ export interface AgentwireSettings {
   readonly jwtSecret: Option.Option<Redacted.Redacted<string>>
   /** Largest client frame accepted; larger ones close the connection with 1009. */
   readonly maxMessageBytes: number
+  /** Ping every socket this often; one that has not answered the previous ping is dropped. 0 = off. */
+  readonly heartbeatIntervalMs: number
   readonly logLevel: LogLevel.LogLevel
   /** `NODE_ENV=production`. */
   readonly production: boolean
