@@ -211,5 +211,20 @@ layer(TestServer)("agentwire server", (it) => {
       expect(yield* httpPost("/api/runs", JSON.stringify({ agent: "wizard", user_request: "x" }), auth))
         .toMatchObject({ status: 404, body: { error: { code: "UNKNOWN_AGENT" } } })
       expect((yield* httpPost("/api/runs", JSON.stringify({ user_request: "x".repeat(MAX_BYTES) }), auth)).status).toBe(413)
+      // a chunked body has no Content-Length: its bytes are counted while reading (2-byte characters here)
+      const chunked = yield* Effect.flatMap(httpUrl("/api/runs"), (url) =>
+        Effect.promise(async () => {
+          const half = new TextEncoder().encode(JSON.stringify({ user_request: "é".repeat(MAX_BYTES / 2) }))
+          const body = new ReadableStream<Uint8Array>({
+            start(controller) {
+              controller.enqueue(half.subarray(0, 100))
+              controller.enqueue(half.subarray(100))
+              controller.close()
+            }
+          })
+          const res = await fetch(url, { method: "POST", body, headers: auth, duplex: "half" } as RequestInit)
+          return res.status
+        }))
+      expect(chunked).toBe(413)
     }))
 })

@@ -9,7 +9,8 @@
  *
  * @module
  */
-import { Effect, Exit, Fiber, FiberMap, Layer } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
+import type { AgentEvent } from "../protocol/Protocol.ts"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
@@ -30,8 +31,18 @@ export const make = Effect.gen(function*() {
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   let liveEngines = 0
 
-  const engineFor = (context: UserExecutionContext): UserExecutionEngine => {
-    const emitter = RunEmitter.make(context, bridge.emit)
+  const engineFor = (context: UserExecutionContext, outcome?: Deferred.Deferred<AgentOutcome>): UserExecutionEngine => {
+    // the root agent's terminal events pass through here: they are the run's outcome, even when interrupted
+    let rootError: AgentOutcome["error"]
+    const sink = outcome === undefined ? bridge.emit : (event: AgentEvent) => {
+      if (event.depth === 0 && event.type === "agent_error") rootError = event.error
+      if (event.depth === 0 && event.type === "agent_completed") {
+        const { duration_ms, final_response, status } = event
+        Deferred.doneUnsafe(outcome, Effect.succeed(rootError === undefined ? { status, final_response, duration_ms } : { status, final_response, duration_ms, error: rootError }))
+      }
+      return bridge.emit(event)
+    }
+    const emitter = RunEmitter.make(context, sink)
     return {
       context,
       emitter,
@@ -54,21 +65,23 @@ export const make = Effect.gen(function*() {
     }
   }
 
-  const createForUser = (context: UserExecutionContext) =>
+  const allocate = (context: UserExecutionContext, outcome?: Deferred.Deferred<AgentOutcome>) =>
     Effect.acquireRelease(
       Effect.sync(() => {
         liveEngines++
-        return engineFor(context)
+        return engineFor(context, outcome)
       }),
       () => Effect.sync(() => void liveEngines--)
     )
+  const createForUser = (context: UserExecutionContext) => allocate(context)
 
   return ExecutionEngineFactory.of({
     createForUser,
     start: (context, agent_name, request) =>
       Effect.gen(function*() {
         const resolved = yield* instances.resolve(agent_name)
-        const run = Effect.scoped(Effect.flatMap(createForUser(context), (engine) => engine.run(resolved, request))).pipe(
+        const outcome = Deferred.makeUnsafe<AgentOutcome>()
+        const run = Effect.scoped(Effect.flatMap(allocate(context, outcome), (engine) => engine.run(resolved, request))).pipe(
           // resolved above, so the agent exists; a registry that changed meanwhile is a defect
           Effect.orDie
         )
@@ -81,7 +94,12 @@ export const make = Effect.gen(function*() {
           thread_id: context.thread_id,
           request_id: context.request_id,
           agent_name: resolved,
-          await: Effect.map(Fiber.await(fiber), (exit) => Exit.isSuccess(exit) ? exit.value : cancelledOutcome)
+          // what the run reported on the wire; the fiber's own result only if it never got that far
+          await: Effect.flatMap(Fiber.await(fiber), (exit) =>
+            Effect.flatMap(Deferred.poll(outcome), (reported) =>
+              Option.isSome(reported)
+                ? reported.value
+                : Effect.succeed(Exit.isSuccess(exit) ? exit.value : cancelledOutcome)))
         }
       }),
     interrupt: (run_id) =>

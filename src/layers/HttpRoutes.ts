@@ -12,8 +12,8 @@
  *
  * @module
  */
-import { Effect, Layer } from "effect"
-import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import { ByteSize, Effect, Layer } from "effect"
+import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
@@ -77,13 +77,16 @@ export const make = (options: RouteOptions) =>
         if (length > options.maxMessageBytes) {
           return problem(413, "PAYLOAD_TOO_LARGE", `body is larger than ${options.maxMessageBytes} bytes`)
         }
-        const text = yield* Effect.orElseSucceed(request.text, () => "")
-        if (text.length > options.maxMessageBytes) {
+        // counted in bytes while reading, so a chunked body cannot exceed the limit either
+        const read = yield* Effect.result(
+          request.arrayBuffer.pipe(Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(options.maxMessageBytes)))
+        )
+        if (read._tag === "Failure") {
           return problem(413, "PAYLOAD_TOO_LARGE", `body is larger than ${options.maxMessageBytes} bytes`)
         }
         let body: unknown
         try {
-          body = JSON.parse(text)
+          body = JSON.parse(new TextDecoder().decode(read.success))
         } catch {
           return problem(400, "INVALID_JSON", "body is not valid JSON")
         }

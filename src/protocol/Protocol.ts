@@ -168,15 +168,10 @@ export const AgentCompleted = Schema.Struct({
   duration_ms: Schema.Number
 })
 
+const agentEventMembers = [AgentStarted, AgentThinking, ToolExecuting, ToolCompleted, AgentErrorEvent, AgentCompleted] as const
+
 /** Every agent event. Each run ends with exactly one `agent_completed` at depth 0, last. */
-export const AgentEvent = Schema.Union([
-  AgentStarted,
-  AgentThinking,
-  ToolExecuting,
-  ToolCompleted,
-  AgentErrorEvent,
-  AgentCompleted
-]).pipe(Schema.toTaggedUnion("type"))
+export const AgentEvent = Schema.Union(agentEventMembers).pipe(Schema.toTaggedUnion("type"))
 export type AgentEvent = typeof AgentEvent.Type
 
 /** The fields the run emitter stamps on every event. */
@@ -186,17 +181,9 @@ export type EventStamp = "event_id" | "run_id" | "thread_id" | "user_id" | "agen
 export type AgentEventBody = AgentEvent extends infer E ? E extends AgentEvent ? Omit<E, EventStamp> : never : never
 
 /** Every frame a server may send. */
-export const ServerMessage = Schema.Union([
-  ConnectionEstablished,
-  Pong,
-  ProtocolError,
-  AgentStarted,
-  AgentThinking,
-  ToolExecuting,
-  ToolCompleted,
-  AgentErrorEvent,
-  AgentCompleted
-]).pipe(Schema.toTaggedUnion("type"))
+export const ServerMessage = Schema.Union([ConnectionEstablished, Pong, ProtocolError, ...agentEventMembers]).pipe(
+  Schema.toTaggedUnion("type")
+)
 export type ServerMessage = typeof ServerMessage.Type
 
 /** Decodes one server frame (JSON text) for clients and tests. */
@@ -211,10 +198,11 @@ const decodePing = Schema.decodeUnknownResult(Ping)
 
 const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
 
+const isId = Schema.is(Id)
+
+/** The frame's `request_id`, echoed in its error only when it is a valid id. */
 const requestIdOf = (value: Record<string, unknown>): { readonly request_id?: string } =>
-  typeof value.request_id === "string" && value.request_id.length > 0 && value.request_id.length <= 128
-    ? { request_id: value.request_id }
-    : {}
+  isId(value.request_id) ? { request_id: value.request_id } : {}
 
 /**
  * Decodes one parsed client message. Never throws: a bad message becomes a

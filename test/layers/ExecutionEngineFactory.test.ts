@@ -84,8 +84,16 @@ describe("ExecutionEngineFactory", () => {
       expect(yield* engines.activeRuns).toBe(1)
       expect(yield* engines.interrupt(context.run_id)).toBe(true)
       expect(yield* engines.interrupt(context.run_id)).toBe(false)
-      expect((yield* handle.await).status).toBe("failed")
+      const outcome = yield* handle.await
       const events = yield* recorded.ofRun(context.run_id)
+      // the awaited outcome is exactly what the client was told
+      const completed = events.at(-1)
+      expect(completed?.type === "agent_completed" && {
+        status: completed.status,
+        final_response: completed.final_response,
+        duration_ms: completed.duration_ms,
+        error: { code: "CANCELLED", message: "the run was cancelled" }
+      }).toEqual(outcome)
       expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_error", "agent_completed"])
       expect(events.at(-2)).toMatchObject({ error: { code: "CANCELLED" } })
       expect(runInvariants(events)).toEqual([])
