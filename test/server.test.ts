@@ -43,7 +43,8 @@ const httpPost = (path: string, body: string, headers: Record<string, string> = 
       return { status: res.status, body: await res.json() as Record<string, unknown> }
     }))
 
-layer(TestServer)("agentwire server", (it) => {
+// the server runs on the real clock, as in production (runs sleep between ticker steps)
+layer(TestServer, { excludeTestServices: true })("agentwire server", (it) => {
   it.effect("connection_established is the first frame, with the user and protocol facts", () =>
     Effect.gen(function*() {
       const client = yield* connectAs("alice")
@@ -76,6 +77,19 @@ layer(TestServer)("agentwire server", (it) => {
       other.send({ type: "ping" })
       yield* other.next("pong")
       expect(eventTypes(other.received)).toEqual(["connection_established", "pong"])
+    }))
+
+  it.effect("a run outlives the tab that started it: the user's other tab still gets every event", () =>
+    Effect.gen(function*() {
+      const starter = yield* connectAs("two-tabs")
+      const watcher = yield* connectAs("two-tabs")
+      starter.send({ type: "start_agent", agent: "ticker", user_request: "steps=5 interval_ms=20" })
+      yield* watcher.next("agent_thinking", (e) => e.step_number === 1)
+      starter.ws.close()
+      yield* starter.closed
+      const events = yield* watcher.runEvents()
+      expect(events.filter((e) => e.type === "agent_thinking")).toHaveLength(5)
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed" })
     }))
 
   it.effect("user_message runs the default supervisor with depth-1 sub-agents", () =>
