@@ -26,7 +26,7 @@ import { type WebSocket, WebSocketServer } from "ws"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { AgentwireServer, ServerStartError } from "../services/AgentwireServer.ts"
-import { Auth } from "../services/Auth.ts"
+import { Auth, AuthError } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
@@ -123,7 +123,7 @@ export const layer: Layer.Layer<
       if (shuttingDown) return refuseUpgrade(socket, 503, "server is shutting down")
       const token = WebSocketConnection.tokenOf(request, url)
       if (token === undefined) {
-        return refuseUpgrade(socket, 401, "no token: send Authorization: Bearer <jwt>, the subprotocol jwt.<jwt>, or ?token=<jwt>")
+        return refuseUpgrade(socket, 401, new AuthError({ reason: "missing" }).message)
       }
       runFork(auth.verify(token).pipe(
         Effect.match({
