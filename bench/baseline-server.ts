@@ -1,0 +1,169 @@
+/**
+ * The baseline: the smallest honest raw `ws` server that does agentwire's work
+ * on the wire for the bench's traffic, and nothing more.
+ *
+ * - `GET /ws` only; the token from `Authorization: Bearer` or `?token=`,
+ *   verified with `jose` HS256 (`sub` = user id) before the upgrade; 401 otherwise.
+ * - `connection_established` first, then every event of a user's runs to every
+ *   socket of that user.
+ * - `start_agent` for `ticker` (`steps=N interval_ms=M`): the same events with
+ *   the same fields, field order and sizes as agentwire's (`agent_started`,
+ *   N × `agent_thinking`, `agent_completed`), each stamped with `seq` and an
+ *   ISO `timestamp`, `JSON.stringify`-ed once and sent to each socket; with
+ *   M > 0 the steps are `setTimeout`s apart. `ping` gets `pong`.
+ * - The same slow-client guard (close 1013 above 8 MiB buffered), no
+ *   compression, the same `maxPayload`.
+ *
+ * No logging, no validation beyond what the bench sends, no shutdown protocol.
+ *
+ * Env: BASELINE_HOST, BASELINE_PORT, BASELINE_JWT_SECRET, BASELINE_MAX_MESSAGE_BYTES.
+ *
+ * @module
+ */
+import { jwtVerify } from "jose"
+import { createServer, type IncomingMessage } from "node:http"
+import type { Duplex } from "node:stream"
+import { type WebSocket, WebSocketServer } from "ws"
+
+const host = process.env.BASELINE_HOST ?? "127.0.0.1"
+const port = Number(process.env.BASELINE_PORT ?? "8090")
+const key = new TextEncoder().encode(process.env.BASELINE_JWT_SECRET ?? "")
+const maxPayload = Number(process.env.BASELINE_MAX_MESSAGE_BYTES ?? "65536")
+const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+const ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+const byUser = new Map<string, Array<WebSocket>>()
+const newId = (prefix: string) => `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
+
+const deliver = (user_id: string, event: object) => {
+  const sockets = byUser.get(user_id)
+  if (sockets === undefined) return
+  const frame = JSON.stringify(event)
+  for (let i = 0; i < sockets.length; i++) {
+    const ws = sockets[i]!
+    if (ws.readyState !== ws.OPEN) continue
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) ws.close(1013, "client too slow: send buffer full")
+    else ws.send(frame)
+  }
+}
+
+const setting = (request: string, name: string, fallback: number) => {
+  const match = new RegExp(`\\b${name}\\s*=\\s*(\\d+)`).exec(request)
+  return match === null ? fallback : Number(match[1])
+}
+
+/** One ticker run: the events agentwire's ticker sends, in the same shape. */
+const tick = (user_id: string, request: string, request_id: string | undefined) => {
+  const steps = setting(request, "steps", 10)
+  const interval = setting(request, "interval_ms", 100)
+  const run_id = newId("run")
+  const thread_id = newId("thread")
+  const startedAt = performance.now()
+  let seq = 0
+  const stamp = () => {
+    seq++
+    return {
+      event_id: `${run_id}:${seq}`,
+      run_id,
+      thread_id,
+      user_id,
+      agent_name: "ticker",
+      depth: 0,
+      seq,
+      timestamp: new Date().toISOString()
+    }
+  }
+  deliver(user_id, {
+    type: "agent_started",
+    task_description: request,
+    request_id: request_id ?? newId("req"),
+    ...stamp()
+  })
+  const think = (step: number) =>
+    deliver(user_id, { type: "agent_thinking", reasoning: `tick ${step} of ${steps}`, step_number: step, ...stamp() })
+  const complete = () =>
+    deliver(user_id, {
+      type: "agent_completed",
+      status: "completed",
+      final_response: `ticked ${steps} times`,
+      duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+      ...stamp()
+    })
+  if (interval === 0) {
+    for (let step = 1; step <= steps; step++) think(step)
+    complete()
+    return
+  }
+  let step = 1
+  const next = () => {
+    think(step)
+    if (step++ < steps) setTimeout(next, interval)
+    else complete()
+  }
+  if (steps === 0) complete()
+  else next()
+}
+
+const accept = (ws: WebSocket, user_id: string) => {
+  const sockets = byUser.get(user_id)
+  if (sockets === undefined) byUser.set(user_id, [ws])
+  else sockets.push(ws)
+  ws.on("close", () => {
+    const list = byUser.get(user_id)
+    if (list === undefined) return
+    const i = list.indexOf(ws)
+    if (i >= 0) list.splice(i, 1)
+    if (list.length === 0) byUser.delete(user_id)
+  })
+  ws.on("error", () => {})
+  ws.on("message", (data, isBinary) => {
+    if (isBinary) return
+    let message: { type?: unknown; agent?: unknown; user_request?: unknown; request_id?: unknown }
+    try {
+      message = JSON.parse((data as Buffer).toString("utf8"))
+    } catch {
+      return
+    }
+    if (message.type === "ping") {
+      ws.send(JSON.stringify({ type: "pong", timestamp: new Date().toISOString() }))
+    } else if (message.type === "start_agent" && message.agent === "ticker" && typeof message.user_request === "string") {
+      tick(user_id, message.user_request, typeof message.request_id === "string" ? message.request_id : undefined)
+    }
+  })
+  ws.send(JSON.stringify({
+    type: "connection_established",
+    connection_id: newId("conn"),
+    user_id,
+    protocol_version: 1,
+    max_message_bytes: maxPayload
+  }))
+}
+
+const refuse = (socket: Duplex, status: number) => {
+  if (!socket.destroyed) socket.end(`HTTP/1.1 ${status} Refused\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`)
+}
+
+const wss = new WebSocketServer({ noServer: true, maxPayload, perMessageDeflate: false, clientTracking: false })
+const server = createServer((_request, response) => {
+  response.writeHead(404).end()
+})
+server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+  socket.on("error", () => socket.destroy())
+  const url = new URL(request.url ?? "/", "http://localhost")
+  if (url.pathname !== "/ws") return refuse(socket, 404)
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "")
+  const token = bearer?.[1] ?? url.searchParams.get("token")
+  if (token === null || token === "") return refuse(socket, 401)
+  jwtVerify(token, key, { algorithms: ["HS256"] }).then(
+    ({ payload }) => {
+      if (typeof payload.sub !== "string" || !ID.test(payload.sub)) return refuse(socket, 401)
+      if (socket.destroyed) return
+      const user_id = payload.sub
+      wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id))
+    },
+    () => refuse(socket, 401)
+  )
+})
+server.listen(port, host, () => {
+  console.log(`baseline listening on http://${host}:${port}`)
+})

@@ -1,0 +1,188 @@
+/**
+ * Child processes of the bench: spawned through `bash` so the open-files limit
+ * can be raised first (`ulimit -n`), with an IPC channel for request/reply
+ * messages; every child is tracked and killed by pid when the bench ends, on
+ * success or failure.
+ *
+ * @module
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { closeSync, openSync, readFileSync } from "node:fs"
+import { createServer } from "node:net"
+
+export interface Child {
+  readonly name: string
+  readonly pid: number
+  readonly process: ChildProcess
+  /** Sends `message` (which carries `id`) and waits at most `timeoutMs` for the reply with that id. */
+  readonly request: <R>(message: { readonly id: number }, timeoutMs: number) => Promise<R>
+  /** Resolves with the exit code (or signal) when the child exits. */
+  readonly exited: Promise<string>
+}
+
+const children = new Set<Child>()
+let nextId = 1
+
+export const newRequestId = () => nextId++
+
+export interface SpawnOptions {
+  readonly name: string
+  readonly args: ReadonlyArray<string>
+  readonly env?: Record<string, string>
+  /** Open-files limit to ask for (soft and hard; falls back to the hard limit). */
+  readonly nofile: number
+  /** stdout and stderr go to this file (a server's logs must go somewhere that never blocks it). */
+  readonly logFile: string
+  readonly cwd: string
+}
+
+/** Spawns `node <args>` (the Node running this script) with an IPC channel. */
+export const spawnNode = (options: SpawnOptions): Child => {
+  const log = openSync(options.logFile, "a")
+  const script = `ulimit -Hn ${options.nofile} 2>/dev/null; ulimit -n ${options.nofile} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`
+  const proc = spawn("bash", ["-c", script, "bash", process.execPath, ...options.args], {
+    cwd: options.cwd,
+    env: { ...process.env, ...options.env },
+    stdio: ["ignore", log, log, "ipc"],
+    serialization: "json"
+  })
+  closeSync(log)
+  if (proc.pid === undefined) throw new Error(`cannot start ${options.name}`)
+  const waiting = new Map<number, (reply: unknown) => void>()
+  proc.on("message", (message: unknown) => {
+    const id = typeof message === "object" && message !== null ? (message as { id?: unknown }).id : undefined
+    if (typeof id !== "number") return
+    const resolve = waiting.get(id)
+    if (resolve !== undefined) {
+      waiting.delete(id)
+      resolve(message)
+    }
+  })
+  const exited = new Promise<string>((resolve) => {
+    proc.once("exit", (code, signal) => resolve(signal ?? String(code)))
+  })
+  const child: Child = {
+    name: options.name,
+    pid: proc.pid,
+    process: proc,
+    exited,
+    request: <R>(message: { readonly id: number }, timeoutMs: number) =>
+      new Promise<R>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiting.delete(message.id)
+          reject(new Error(`${options.name}: no reply within ${timeoutMs} ms`))
+        }, timeoutMs)
+        waiting.set(message.id, (reply) => {
+          clearTimeout(timer)
+          resolve(reply as R)
+        })
+        exited.then((how) => {
+          if (waiting.delete(message.id)) {
+            clearTimeout(timer)
+            reject(new Error(`${options.name} exited (${how}) before replying`))
+          }
+        })
+        if (!proc.connected || !proc.send(message)) {
+          // send() returning false only means backpressure; a closed channel throws or is not connected
+          if (!proc.connected) {
+            clearTimeout(timer)
+            waiting.delete(message.id)
+            reject(new Error(`${options.name}: IPC channel closed`))
+          }
+        }
+      })
+  }
+  children.add(child)
+  exited.then(() => children.delete(child))
+  return child
+}
+
+/** Waits for the first message of a child (its "ready"), at most `timeoutMs`. */
+export const firstMessage = (child: Child, timeoutMs: number) =>
+  new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${child.name}: not ready within ${timeoutMs} ms`)), timeoutMs)
+    child.process.once("message", () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.exited.then((how) => {
+      clearTimeout(timer)
+      reject(new Error(`${child.name} exited (${how}) while starting`))
+    })
+  })
+
+/** Stops one child: `signal`, then SIGKILL after `graceMs`. */
+export const stop = async (child: Child, signal: NodeJS.Signals = "SIGTERM", graceMs = 3000) => {
+  if (child.process.exitCode !== null || child.process.signalCode !== null) return
+  try {
+    process.kill(child.pid, signal)
+  } catch {
+    return
+  }
+  const timer = setTimeout(() => {
+    try {
+      process.kill(child.pid, "SIGKILL")
+    } catch {
+      // already gone
+    }
+  }, graceMs)
+  await child.exited
+  clearTimeout(timer)
+}
+
+/** Kills every child still running, by pid (SIGKILL). Synchronous: safe in `exit` handlers. */
+export const killAll = () => {
+  for (const child of children) {
+    try {
+      process.kill(child.pid, "SIGKILL")
+    } catch {
+      // already gone
+    }
+  }
+  children.clear()
+}
+
+/** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
+export const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+
+/** Polls until something accepts TCP connections on `port` and answers HTTP, at most `timeoutMs`. */
+export const waitForHttp = async (port: number, path: string, timeoutMs: number, child: Child) => {
+  const deadline = performance.now() + timeoutMs
+  let exitedHow: string | undefined
+  child.exited.then((how) => {
+    exitedHow = how
+  })
+  while (performance.now() < deadline) {
+    if (exitedHow !== undefined) throw new Error(`${child.name} exited (${exitedHow}) while starting`)
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(1000) })
+      await response.arrayBuffer()
+      return
+    } catch {
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  throw new Error(`${child.name}: no HTTP answer on port ${port} within ${timeoutMs} ms`)
+}
+
+/** Resident set size of a process, bytes, read from outside it (`/proc/<pid>/status`). */
+export const rssOf = (pid: number): number => {
+  const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  return match === null ? Number.NaN : Number(match[1]) * 1024
+}
+
+/** Soft and hard open-files limits of a process (`/proc/<pid>/limits`). */
+export const openFilesLimit = (pid: number): { readonly soft: number; readonly hard: number } => {
+  const line = readFileSync(`/proc/${pid}/limits`, "utf8").split("\n").find((l) => l.startsWith("Max open files"))
+  const [soft, hard] = (line ?? "").slice("Max open files".length).trim().split(/\s+/)
+  return { soft: Number(soft), hard: Number(hard) }
+}
