@@ -18,6 +18,17 @@ export const make = (
   sink: (event: AgentEvent) => Effect.Effect<void>
 ): RunEmitter => {
   let seq = 0
+  // events of this run stamped within the same millisecond share one ISO string
+  let lastMs = -1
+  let lastIso = ""
+  const isoNow = (): string => {
+    const now = Date.now()
+    if (now !== lastMs) {
+      lastMs = now
+      lastIso = new Date(now).toISOString()
+    }
+    return lastIso
+  }
   return {
     context,
     lastSeq: () => seq,
@@ -33,7 +44,7 @@ export const make = (
         agent_name,
         depth,
         seq,
-        timestamp: new Date().toISOString()
+        timestamp: isoNow()
       } as AgentEvent
       return sink(event)
     }

@@ -32,6 +32,9 @@ import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
 import * as WebSocketConnection from "./WebSocketConnection.ts"
 
+/** Sockets pinged per slice of a heartbeat sweep. */
+const HEARTBEAT_SLICE = 256
+
 /** How long closing sockets get to finish the close handshake at shutdown. */
 const CLOSE_GRACE = "1 second"
 
@@ -91,21 +94,24 @@ export const layer: Layer.Layer<
 
     // sockets that answered (or were accepted) since the last heartbeat
     const answered = new WeakSet<WebSocket>()
-    const heartbeat = Effect.sync(() => {
-      for (const ws of sockets) {
+    // in slices, yielding between them: one sweep over many sockets must not stall every other connection
+    const heartbeat = Effect.gen(function*() {
+      let n = 0
+      for (const ws of Array.from(sockets)) {
         if (!answered.has(ws)) {
           ws.terminate()
-          continue
+        } else {
+          answered.delete(ws)
+          ws.ping()
         }
-        answered.delete(ws)
-        ws.ping()
+        if (++n % HEARTBEAT_SLICE === 0) yield* Effect.yieldNow
       }
     })
     if (config.heartbeatIntervalMs > 0) {
       yield* Effect.forkScoped(Effect.repeat(heartbeat, Schedule.spaced(config.heartbeatIntervalMs)))
     }
 
-    const accept = (ws: WebSocket, user_id: string) => {
+    const accept = (ws: WebSocket, user_id: string, socket: Duplex) => {
       sockets.add(ws)
       answered.add(ws)
       ws.on("pong", () => answered.add(ws))
@@ -113,7 +119,7 @@ export const layer: Layer.Layer<
         sockets.delete(ws)
         if (shuttingDown && sockets.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
       })
-      runFork(WebSocketConnection.run(ws, user_id, { maxMessageBytes: config.maxMessageBytes }))
+      runFork(WebSocketConnection.run(ws, user_id, { maxMessageBytes: config.maxMessageBytes, socket }))
     }
 
     const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -130,7 +136,7 @@ export const layer: Layer.Layer<
           onFailure: (error) => refuseUpgrade(socket, 401, error.message),
           onSuccess: (user_id) => {
             if (socket.destroyed) return
-            wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id))
+            wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id, socket))
           }
         })
       ))

@@ -29,6 +29,9 @@ import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 /** A socket whose unsent output exceeds this is closed with 1013: it cannot keep up. */
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
+/** Frames queued in one tick are written together, in writes of at most about this many bytes. */
+const CORK_FLUSH_BYTES = 64 * 1024
+
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
 const INBOX_HIGH_WATER = 64
 /** Reading resumes when the waiting frames fall to this. */
@@ -70,6 +73,8 @@ export const selectProtocol = (protocols: Set<string>): string | false => {
 /** Settings a connection needs. */
 export interface ConnectionOptions {
   readonly maxMessageBytes: number
+  /** The connection's TCP socket: corked while one tick's frames are queued, so they leave in one write. */
+  readonly socket?: { cork(): void; uncork(): void; readonly writableLength: number }
 }
 
 /** Runs one connection until its socket closes. */
@@ -86,13 +91,29 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
     const reply = (message: ServerMessage) => {
       if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message))
     }
+    const socket = options.socket
+    let corked = false
+    const uncork = () => {
+      corked = false
+      socket?.uncork()
+    }
     const send = (frame: string) => {
       if (ws.readyState !== ws.OPEN) return
       if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
         ws.close(1013, "client too slow: send buffer full")
         return
       }
+      if (socket !== undefined && !corked) {
+        corked = true
+        socket.cork()
+        process.nextTick(uncork)
+      }
       ws.send(frame)
+      // never hold more than this back: a long burst still leaves in 64 KiB writes
+      if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+        socket.uncork()
+        socket.cork()
+      }
     }
 
     ws.on("message", (data, isBinary) => {
