@@ -31,18 +31,19 @@ export const make = Effect.gen(function*() {
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   let liveEngines = 0
 
-  const engineFor = (context: UserExecutionContext, outcome?: Deferred.Deferred<AgentOutcome>): UserExecutionEngine => {
+  const engineFor = (context: UserExecutionContext, onOutcome?: (outcome: AgentOutcome) => void): UserExecutionEngine => {
     // the root agent's terminal events pass through here: they are the run's outcome, even when interrupted
     let rootError: AgentOutcome["error"]
-    const sink = outcome === undefined ? bridge.emit : (event: AgentEvent) => {
+    let reported: AgentOutcome | undefined
+    const emitter = RunEmitter.make(context, (event: AgentEvent) => {
       if (event.depth === 0 && event.type === "agent_error") rootError = event.error
       if (event.depth === 0 && event.type === "agent_completed") {
         const { duration_ms, final_response, status } = event
-        Deferred.doneUnsafe(outcome, Effect.succeed(rootError === undefined ? { status, final_response, duration_ms } : { status, final_response, duration_ms, error: rootError }))
+        reported = rootError === undefined ? { status, final_response, duration_ms } : { status, final_response, duration_ms, error: rootError }
+        onOutcome?.(reported)
       }
       return bridge.emit(event)
-    }
-    const emitter = RunEmitter.make(context, sink)
+    })
     return {
       context,
       emitter,
@@ -52,8 +53,8 @@ export const make = Effect.gen(function*() {
           yield* Effect.logInfo("run started")
           const startedAt = performance.now()
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
-          return yield* agent.run(request).pipe(Effect.onExit((exit) => {
-            const outcome = Exit.isSuccess(exit) ? exit.value : cancelledOutcome
+          return yield* agent.run(request).pipe(Effect.onExit(() => {
+            const outcome = reported ?? cancelledOutcome
             return Effect.logInfo("run ended").pipe(Effect.annotateLogs({
               outcome: outcome.status,
               duration_ms: Math.round(performance.now() - startedAt),
@@ -65,11 +66,11 @@ export const make = Effect.gen(function*() {
     }
   }
 
-  const allocate = (context: UserExecutionContext, outcome?: Deferred.Deferred<AgentOutcome>) =>
+  const allocate = (context: UserExecutionContext, onOutcome?: (outcome: AgentOutcome) => void) =>
     Effect.acquireRelease(
       Effect.sync(() => {
         liveEngines++
-        return engineFor(context, outcome)
+        return engineFor(context, onOutcome)
       }),
       () => Effect.sync(() => void liveEngines--)
     )
@@ -81,7 +82,8 @@ export const make = Effect.gen(function*() {
       Effect.gen(function*() {
         const resolved = yield* instances.resolve(agent_name)
         const outcome = Deferred.makeUnsafe<AgentOutcome>()
-        const run = Effect.scoped(Effect.flatMap(allocate(context, outcome), (engine) => engine.run(resolved, request))).pipe(
+        const report = (reported: AgentOutcome) => Deferred.doneUnsafe(outcome, Effect.succeed(reported))
+        const run = Effect.scoped(Effect.flatMap(allocate(context, report), (engine) => engine.run(resolved, request))).pipe(
           // resolved above, so the agent exists; a registry that changed meanwhile is a defect
           Effect.orDie
         )
