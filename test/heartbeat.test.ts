@@ -6,9 +6,10 @@ import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
 import { AgentwireServer } from "../src/services/AgentwireServer.ts"
 import { Auth } from "../src/services/Auth.ts"
 import { connect } from "./fixtures/client.ts"
-import { registry } from "./fixtures/runtime.ts"
+import { QuietLogs, registry } from "./fixtures/runtime.ts"
 
 const FastHeartbeat = Agentwire.layerServer(registry).pipe(
+  Layer.provide(QuietLogs),
   Layer.provideMerge(AgentwireConfig.layer({
     port: 0,
     heartbeatIntervalMs: 50,

@@ -11,12 +11,13 @@ import type { ServerMessage } from "../src/protocol/Protocol.ts"
 import { AgentwireServer } from "../src/services/AgentwireServer.ts"
 import { Auth } from "../src/services/Auth.ts"
 import { connect, type ConnectOptions } from "./fixtures/client.ts"
-import { registry } from "./fixtures/runtime.ts"
+import { QuietLogs, registry } from "./fixtures/runtime.ts"
 
 const SECRET = "behavioural-suite-secret-0123456789"
 const MAX_BYTES = 4096
 
 const TestServer = Agentwire.layerServer(registry).pipe(
+  Layer.provide(QuietLogs),
   Layer.provideMerge(AgentwireConfig.layer({ port: 0, jwtSecret: Option.some(Redacted.make(SECRET)), maxMessageBytes: MAX_BYTES }))
 )
 
