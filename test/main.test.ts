@@ -104,6 +104,23 @@ describe("src/main.ts", () => {
       )
     }).pipe(Effect.scoped))
 
+  it.live("SIGINT with a run in flight: the run ends with CANCELLED events, then the socket closes with 1001", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({})
+      const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
+      const client = yield* connect(url)
+      client.send({ type: "start_agent", agent: "ticker", user_request: "steps=1000 interval_ms=50" })
+      yield* client.next("agent_thinking")
+      proc.child.kill("SIGINT")
+      const events = yield* client.runEvents()
+      expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_error", "agent_completed"])
+      expect(events.at(-2)).toMatchObject({ error: { code: "CANCELLED" } })
+      expect(events.at(-1)).toMatchObject({ status: "failed", depth: 0 })
+      expect(events.map((e) => ("seq" in e ? e.seq : 0))).toEqual(events.map((_, i) => i + 1))
+      expect(yield* client.closed).toMatchObject({ code: 1001, reason: "server shutting down" })
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped))
+
   it.live("without a secret it prints a usable demo token and URL; logs never carry the token; SIGINT exits 0", () =>
     Effect.gen(function*() {
       const proc = yield* start({})
