@@ -12,7 +12,7 @@ const FastHeartbeat = Agentwire.layerServer(registry).pipe(
   Layer.provide(QuietLogs),
   Layer.provideMerge(AgentwireConfig.layer({
     port: 0,
-    heartbeatIntervalMs: 50,
+    heartbeatIntervalMs: 200,
     jwtSecret: Option.some(Redacted.make("heartbeat-suite-secret-0123456789abcdef"))
   }))
 )
