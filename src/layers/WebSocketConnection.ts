@@ -39,6 +39,9 @@ const INBOX_LOW_WATER = 8
 
 const TOKEN_PROTOCOL_PREFIX = "jwt."
 
+/** `WebSocket.OPEN` */
+const OPEN = 1
+
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
   (request.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter((p) => p.length > 0)
 
@@ -74,7 +77,54 @@ export const selectProtocol = (protocols: Set<string>): string | false => {
 export interface ConnectionOptions {
   readonly maxMessageBytes: number
   /** The connection's TCP socket: corked while one tick's frames are queued, so they leave in one write. */
-  readonly socket?: { cork(): void; uncork(): void; readonly writableLength: number }
+  readonly socket?: CorkableSocket
+}
+
+/** What `makeSend` needs of a `ws` socket. */
+export interface SendTarget {
+  readonly readyState: number
+  readonly bufferedAmount: number
+  readonly send: (frame: string) => void
+  readonly close: (code: number, reason: string) => void
+}
+
+/** What `makeSend` needs of the TCP socket under it. */
+export interface CorkableSocket {
+  cork(): void
+  uncork(): void
+  readonly writableLength: number
+}
+
+/**
+ * The bridge's per-socket send: the hot path. Drops frames for a socket that
+ * is no longer open, closes with 1013 a socket that cannot keep up, and corks
+ * the TCP socket for the rest of the tick so a tick's frames leave in one
+ * write (flushing early every 64 KiB).
+ */
+export const makeSend = (ws: SendTarget, socket?: CorkableSocket): (frame: string) => void => {
+  let corked = false
+  const uncork = () => {
+    corked = false
+    socket?.uncork()
+  }
+  return (frame) => {
+    if (ws.readyState !== OPEN) return
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      ws.close(1013, "client too slow: send buffer full")
+      return
+    }
+    if (socket !== undefined && !corked) {
+      corked = true
+      socket.cork()
+      process.nextTick(uncork)
+    }
+    ws.send(frame)
+    // never hold more than this back: a long burst still leaves in 64 KiB writes
+    if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+      socket.uncork()
+      socket.cork()
+    }
+  }
 }
 
 /** Runs one connection until its socket closes. */
@@ -91,30 +141,7 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
     const reply = (message: ServerMessage) => {
       if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message))
     }
-    const socket = options.socket
-    let corked = false
-    const uncork = () => {
-      corked = false
-      socket?.uncork()
-    }
-    const send = (frame: string) => {
-      if (ws.readyState !== ws.OPEN) return
-      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
-        ws.close(1013, "client too slow: send buffer full")
-        return
-      }
-      if (socket !== undefined && !corked) {
-        corked = true
-        socket.cork()
-        process.nextTick(uncork)
-      }
-      ws.send(frame)
-      // never hold more than this back: a long burst still leaves in 64 KiB writes
-      if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
-        socket.uncork()
-        socket.cork()
-      }
-    }
+    const send = makeSend(ws, options.socket)
 
     ws.on("message", (data, isBinary) => {
       const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8")
