@@ -15,7 +15,7 @@ import { type AgentContext, AgentError, ToolError, type ToolOptions } from "../s
 import { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { AgentRegistry, type RegisteredAgent } from "../services/AgentRegistry.ts"
 import type { RunEmitter } from "../services/RunEmitter.ts"
-import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
+import { generateId, type UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as RunEmitterLayer from "./RunEmitter.ts"
 
@@ -66,7 +66,7 @@ export const make = Effect.gen(function*() {
       options?: ToolOptions<E>
     ): Effect.Effect<A, ToolError, R> =>
       Effect.suspend(() => {
-        const execution_id = `tool_${crypto.randomUUID().replaceAll("-", "")}`
+        const execution_id = generateId("tool")
         const startedAt = performance.now()
         const limited: Effect.Effect<Option.Option<A>, E, R> = options?.timeout === undefined
           ? Effect.map(effect, Option.some)

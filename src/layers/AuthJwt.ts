@@ -7,12 +7,11 @@
  *
  * @module
  */
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted, Schema } from "effect"
 import { errors as JoseErrors, jwtVerify, SignJWT } from "jose"
 import { Id } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { Auth, AuthError, MissingSecretError } from "../services/Auth.ts"
-import { Schema } from "effect"
 
 const isUserId = Schema.is(Id)
 

@@ -13,9 +13,9 @@
  * @module
  */
 import { ByteSize, Effect, Layer } from "effect"
-import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import { HttpIncomingMessage, HttpRouter, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
-import { Auth } from "../services/Auth.ts"
+import { Auth, bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
@@ -30,11 +30,6 @@ export interface RouteOptions {
 
 const problem = (status: number, code: string, message: string) =>
   HttpServerResponse.jsonUnsafe({ error: { code, message } }, { status })
-
-const bearerToken = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "")
-  return match?.[1]
-}
 
 /** Builds the routes layer for `HttpRouter.toHttpEffect`. */
 export const make = (options: RouteOptions) =>
@@ -67,7 +62,7 @@ export const make = (options: RouteOptions) =>
 
     const startRun = HttpRouter.add("POST", "/api/runs", (request) =>
       Effect.gen(function*() {
-        const token = bearerToken(request)
+        const token = bearerToken(request.headers.authorization)
         if (token === undefined) return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
         const verified = yield* Effect.result(auth.verify(token))
         if (verified._tag === "Failure") return problem(401, "UNAUTHORIZED", verified.failure.message)

@@ -22,6 +22,7 @@ import {
   type ServerMessage,
   SUBPROTOCOL
 } from "../protocol/Protocol.ts"
+import { bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
@@ -50,11 +51,8 @@ const offeredProtocols = (request: IncomingMessage): Array<string> =>
  * subprotocol `jwt.<token>`, or the `token` query parameter.
  */
 export const tokenOf = (request: IncomingMessage, url: URL): string | undefined => {
-  const authorization = request.headers.authorization
-  if (authorization !== undefined) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization)
-    if (match !== null) return match[1]
-  }
+  const fromHeader = bearerToken(request.headers.authorization)
+  if (fromHeader !== undefined) return fromHeader
   const fromProtocol = offeredProtocols(request).find((p) => p.startsWith(TOKEN_PROTOCOL_PREFIX))
   if (fromProtocol !== undefined && fromProtocol.length > TOKEN_PROTOCOL_PREFIX.length) {
     return fromProtocol.slice(TOKEN_PROTOCOL_PREFIX.length)

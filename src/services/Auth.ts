@@ -28,6 +28,10 @@ export class AuthError extends Data.TaggedError("AuthError")<{
   }
 }
 
+/** The token of an `Authorization: Bearer <token>` header value, if it is one. */
+export const bearerToken = (authorization: string | undefined): string | undefined =>
+  /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "")?.[1]
+
 export class Auth extends Context.Service<Auth, {
   /** Verifies a token and returns the user id from its `sub`. */
   readonly verify: (token: string) => Effect.Effect<string, AuthError>
