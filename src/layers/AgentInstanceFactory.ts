@@ -161,19 +161,42 @@ export const make = Effect.gen(function*() {
     return { agent_name: agent.name, depth, context, run }
   }
 
-  const create: AgentInstanceFactory["Service"]["create"] = (agent_name, context, options) =>
-    Effect.map(registry.get(agent_name), (agent) =>
-      instance(
-        agent,
+  // the one sequence of each live run: shared by its engine, its root agent and every sub-agent
+  const emitters = new Map<string, { readonly emitter: RunEmitter; holders: number }>()
+  const acquireEmitter = (context: UserExecutionContext): RunEmitter => {
+    const held = emitters.get(context.run_id)
+    if (held !== undefined) {
+      held.holders++
+      return held.emitter
+    }
+    const emitter = RunEmitterLayer.make(context, bridge.emit)
+    emitters.set(context.run_id, { emitter, holders: 1 })
+    return emitter
+  }
+  const releaseEmitter = (run_id: string) => {
+    const held = emitters.get(run_id)
+    if (held !== undefined && --held.holders === 0) emitters.delete(run_id)
+  }
+  const emitterFor = (context: UserExecutionContext) =>
+    Effect.acquireRelease(Effect.sync(() => acquireEmitter(context)), (emitter) => Effect.sync(() => releaseEmitter(emitter.context.run_id)))
+
+  // a sub-agent shares its parent's emitter; a root instance holds the run's emitter while it runs
+  const create = (agent_name: string | undefined, context: UserExecutionContext, parent?: { readonly emitter: RunEmitter; readonly depth: number }) =>
+    Effect.map(registry.get(agent_name), (agent): AgentInstance => {
+      if (parent !== undefined) return instance(agent, context, parent.emitter, parent.depth)
+      return {
+        agent_name: agent.name,
+        depth: 0,
         context,
-        options?.emitter ?? RunEmitterLayer.make(context, bridge.emit),
-        options?.depth ?? 0
-      ))
+        run: (request) => Effect.scoped(Effect.flatMap(emitterFor(context), (emitter) => instance(agent, context, emitter, 0).run(request)))
+      }
+    })
 
   return AgentInstanceFactory.of({
     agentNames: [registry.defaultAgent, ...registry.agents.map((a) => a.name).filter((n) => n !== registry.defaultAgent)],
     resolve: (agent_name) => Effect.map(registry.get(agent_name), (agent) => agent.name),
-    create
+    create: (agent_name, context) => create(agent_name, context),
+    emitterFor
   })
 })
 

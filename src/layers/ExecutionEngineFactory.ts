@@ -9,13 +9,12 @@
  *
  * @module
  */
-import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
-import type { AgentEvent } from "../protocol/Protocol.ts"
+import { Effect, Exit, Fiber, FiberMap, Layer } from "effect"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
-import * as RunEmitter from "./RunEmitter.ts"
+import type { RunEmitter } from "../services/RunEmitter.ts"
 
 const cancelledOutcome: AgentOutcome = {
   status: "failed",
@@ -27,34 +26,25 @@ const cancelledOutcome: AgentOutcome = {
 /** Builds the factory from its dependencies; exposed for hand wiring. */
 export const make = Effect.gen(function*() {
   const instances = yield* AgentInstanceFactory
-  const bridge = yield* WebSocketBridge
+  // events reach the bridge through the instances' emitters; requiring it here keeps the
+  // wiring order in the types: no engine factory exists before a bridge does
+  yield* WebSocketBridge
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   let liveEngines = 0
 
-  const engineFor = (context: UserExecutionContext, onOutcome?: (outcome: AgentOutcome) => void): UserExecutionEngine => {
-    // the root agent's terminal events pass through here: they are the run's outcome, even when interrupted
-    let rootError: AgentOutcome["error"]
-    let reported: AgentOutcome | undefined
-    const emitter = RunEmitter.make(context, (event: AgentEvent) => {
-      if (event.depth === 0 && event.type === "agent_error") rootError = event.error
-      if (event.depth === 0 && event.type === "agent_completed") {
-        const { duration_ms, final_response, status } = event
-        reported = rootError === undefined ? { status, final_response, duration_ms } : { status, final_response, duration_ms, error: rootError }
-        onOutcome?.(reported)
-      }
-      return bridge.emit(event)
-    })
+  const engineFor = (emitter: RunEmitter): UserExecutionEngine => {
+    const context = emitter.context
     return {
       context,
       emitter,
       run: (agent_name, request) =>
         Effect.gen(function*() {
-          const agent = yield* instances.create(agent_name, context, { emitter })
+          const agent = yield* instances.create(agent_name, context)
           yield* Effect.logInfo("run started")
           const startedAt = performance.now()
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
           return yield* agent.run(request).pipe(Effect.onExit(() => {
-            const outcome = reported ?? cancelledOutcome
+            const outcome = emitter.outcome() ?? cancelledOutcome
             return Effect.logInfo("run ended").pipe(Effect.annotateLogs({
               outcome: outcome.status,
               duration_ms: Math.round(performance.now() - startedAt),
@@ -66,24 +56,26 @@ export const make = Effect.gen(function*() {
     }
   }
 
-  const allocate = (context: UserExecutionContext, onOutcome?: (outcome: AgentOutcome) => void) =>
+  // the engine holds the run's one emitter (shared with the agent instances of that run_id)
+  const createForUser = (context: UserExecutionContext) =>
     Effect.acquireRelease(
-      Effect.sync(() => {
+      Effect.map(instances.emitterFor(context), (emitter) => {
         liveEngines++
-        return engineFor(context, onOutcome)
+        return engineFor(emitter)
       }),
       () => Effect.sync(() => void liveEngines--)
     )
-  const createForUser = (context: UserExecutionContext) => allocate(context)
 
   return ExecutionEngineFactory.of({
     createForUser,
     start: (context, agent_name, request) =>
       Effect.gen(function*() {
         const resolved = yield* instances.resolve(agent_name)
-        const outcome = Deferred.makeUnsafe<AgentOutcome>()
-        const report = (reported: AgentOutcome) => Deferred.doneUnsafe(outcome, Effect.succeed(reported))
-        const run = Effect.scoped(Effect.flatMap(allocate(context, report), (engine) => engine.run(resolved, request))).pipe(
+        let emitter: RunEmitter | undefined
+        const run = Effect.scoped(Effect.flatMap(createForUser(context), (engine) => {
+          emitter = engine.emitter
+          return engine.run(resolved, request)
+        })).pipe(
           // resolved above, so the agent exists; a registry that changed meanwhile is a defect
           Effect.orDie
         )
@@ -97,11 +89,8 @@ export const make = Effect.gen(function*() {
           request_id: context.request_id,
           agent_name: resolved,
           // what the run reported on the wire; the fiber's own result only if it never got that far
-          await: Effect.flatMap(Fiber.await(fiber), (exit) =>
-            Effect.flatMap(Deferred.poll(outcome), (reported) =>
-              Option.isSome(reported)
-                ? reported.value
-                : Effect.succeed(Exit.isSuccess(exit) ? exit.value : cancelledOutcome)))
+          await: Effect.map(Fiber.await(fiber), (exit) =>
+            emitter?.outcome() ?? (Exit.isSuccess(exit) ? exit.value : cancelledOutcome))
         }
       }),
     interrupt: (run_id) =>

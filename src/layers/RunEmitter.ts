@@ -1,14 +1,21 @@
 /**
  * Builds the `RunEmitter` of one run.
  *
- * Stamping is synchronous and the sink is called in the same step, so `seq`
- * order is delivery order. `event_id` is `<run_id>:<seq>`: unique, and stable
- * for clients that deduplicate after a reconnect.
+ * Each `emit` effect, when it runs, takes this run's lock, stamps the event
+ * (`seq`, `event_id` `<run_id>:<seq>`, timestamp) and runs the sink while still
+ * holding the lock, uninterruptibly: `seq` order is delivery order, a stamped
+ * event is always delivered, and an emit interrupted while waiting for the lock
+ * takes no `seq`. `event_id` is unique and stable for clients that deduplicate
+ * after a reconnect.
+ *
+ * Use one emitter per run: `AgentInstanceFactory` owns them (one per live
+ * `run_id`); calling `make` twice for one run makes two sequences.
  *
  * @module
  */
-import type { Effect } from "effect"
+import { Effect, Semaphore } from "effect"
 import type { AgentEvent } from "../protocol/Protocol.ts"
+import type { AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import type { RunEmitter } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 
@@ -18,6 +25,8 @@ export const make = (
   sink: (event: AgentEvent) => Effect.Effect<void>
 ): RunEmitter => {
   let seq = 0
+  let rootError: AgentOutcome["error"]
+  let outcome: AgentOutcome | undefined
   // events of this run stamped within the same millisecond share one ISO string
   let lastMs = -1
   let lastIso = ""
@@ -29,24 +38,39 @@ export const make = (
     }
     return lastIso
   }
+  const lock = Semaphore.makeUnsafe(1)
+
+  const stamp = (agent_name: string, depth: number, body: Parameters<RunEmitter["emit"]>[2]): AgentEvent => {
+    seq++
+    // The body's own fields come first; the stamp cannot be overridden by an agent.
+    const event = {
+      ...body,
+      event_id: `${context.run_id}:${seq}`,
+      run_id: context.run_id,
+      thread_id: context.thread_id,
+      user_id: context.user_id,
+      agent_name,
+      depth,
+      seq,
+      timestamp: isoNow()
+    } as AgentEvent
+    if (depth === 0) {
+      if (event.type === "agent_error") rootError = event.error
+      else if (event.type === "agent_completed") {
+        const { duration_ms, final_response, status } = event
+        outcome = rootError === undefined
+          ? { status, final_response, duration_ms }
+          : { status, final_response, duration_ms, error: rootError }
+      }
+    }
+    return event
+  }
+
   return {
     context,
     lastSeq: () => seq,
-    emit: (agent_name, depth, body) => {
-      seq++
-      // The body's own fields come first; the stamp cannot be overridden by an agent.
-      const event = {
-        ...body,
-        event_id: `${context.run_id}:${seq}`,
-        run_id: context.run_id,
-        thread_id: context.thread_id,
-        user_id: context.user_id,
-        agent_name,
-        depth,
-        seq,
-        timestamp: isoNow()
-      } as AgentEvent
-      return sink(event)
-    }
+    outcome: () => outcome,
+    emit: (agent_name, depth, body) =>
+      lock.withPermit(Effect.uninterruptible(Effect.suspend(() => sink(stamp(agent_name, depth, body)))))
   }
 }

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { Context, type Effect } from "effect"
+import { Context, type Effect, type Scope } from "effect"
 import type { UnknownAgentError } from "./AgentRegistry.ts"
 import type { RunEmitter } from "./RunEmitter.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
@@ -37,12 +37,15 @@ export class AgentInstanceFactory extends Context.Service<AgentInstanceFactory, 
   /** Resolves an optional agent name (the default when absent) to a registered one. */
   readonly resolve: (agent_name: string | undefined) => Effect.Effect<string, UnknownAgentError>
   /**
-   * Creates an instance of `agent_name` for the run `context`. Without `emitter`
-   * a new one is made on the bridge; `depth` defaults to 0.
+   * Creates a root (depth 0) instance of `agent_name` for the run `context`.
+   * Its events go through the run's one emitter (see `emitterFor`), so two
+   * instances of one `run_id` share one sequence.
    */
-  readonly create: (
-    agent_name: string | undefined,
-    context: UserExecutionContext,
-    options?: { readonly emitter?: RunEmitter | undefined; readonly depth?: number | undefined }
-  ) => Effect.Effect<AgentInstance, UnknownAgentError>
+  readonly create: (agent_name: string | undefined, context: UserExecutionContext) => Effect.Effect<AgentInstance, UnknownAgentError>
+  /**
+   * The emitter of the run `context.run_id`, held until the scope closes: the
+   * one owner of that run's sequence while anyone holds it (engine, root
+   * instance, sub-agents). A second holder of a live run gets the same emitter.
+   */
+  readonly emitterFor: (context: UserExecutionContext) => Effect.Effect<RunEmitter, never, Scope.Scope>
 }>()("agentwire/AgentInstanceFactory") {}

@@ -1,21 +1,34 @@
 /**
  * RunEmitter: the one place a run's events pass through.
  *
- * Bound to one run (its `UserExecutionContext`). Stamps each event with
- * `run_id`, `thread_id`, `user_id`, `seq` (1, 2, 3… with no gaps), `event_id`
- * and `timestamp`, then hands it on (to the bridge; later also to a run log).
+ * Bound to one run (its `UserExecutionContext`), and the only owner of that
+ * run's sequence: the `AgentInstanceFactory` keeps at most one emitter per live
+ * `run_id`, shared by the run's engine, its root agent and every sub-agent.
+ *
+ * Stamping happens when an `emit` effect *runs*, never when it is built: each
+ * run of the effect takes the next `seq` (1, 2, 3… with no gaps), `event_id`
+ * `<run_id>:<seq>` and the timestamp, then hands the event on (to the bridge;
+ * later also to a run log). Emits of one run are serialised, so `seq` order is
+ * delivery order even when concurrent fibers emit. An effect that is built and
+ * never run takes no `seq`; one that runs three times takes three.
  * Built by `layers/RunEmitter.ts`.
  *
  * @module
  */
 import type { Effect } from "effect"
 import type { AgentEventBody } from "../protocol/Protocol.ts"
+import type { AgentOutcome } from "./AgentInstanceFactory.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
 
 export interface RunEmitter {
   readonly context: UserExecutionContext
-  /** Stamps and delivers one event of `agent_name` at `depth`. */
+  /** Stamps and delivers one event of `agent_name` at `depth`, when run. */
   readonly emit: (agent_name: string, depth: number, body: AgentEventBody) => Effect.Effect<void>
   /** The `seq` of the last event emitted (0 before the first). */
   readonly lastSeq: () => number
+  /**
+   * The run's outcome as its clients saw it: set when the root (depth 0)
+   * `agent_completed` passes, with the root `agent_error` before it if any.
+   */
+  readonly outcome: () => AgentOutcome | undefined
 }
