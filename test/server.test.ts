@@ -201,7 +201,13 @@ layer(TestServer, { excludeTestServices: true })("agentwire server", (it) => {
       expect(ready.status).toBe(200)
       expect(ready.body).toMatchObject({
         status: "ready",
-        components: { bridge: { status: "up" }, engine: { status: "up" }, agents: { status: "up" }, auth: { status: "up", secret: "configured" } }
+        components: {
+          http: { status: "up" },
+          admission: { status: "up" },
+          event_loop: { status: "up" },
+          bridge: { status: "up" },
+          auth: { secret: "configured" }
+        }
       })
     }))
 
@@ -237,7 +243,7 @@ layer(TestServer, { excludeTestServices: true })("agentwire server", (it) => {
               controller.close()
             }
           })
-          const res = await fetch(url, { method: "POST", body, headers: auth, duplex: "half" } as RequestInit)
+          const res = await fetch(url, { method: "POST", body, headers: { ...auth, "content-type": "application/json" }, duplex: "half" } as RequestInit)
           return res.status
         }))
       expect(chunked).toBe(413)

@@ -8,7 +8,9 @@
  * | `AGENTWIRE_JWT_SECRET` | none | HS256 secret, at least 32 characters |
  * | `AGENTWIRE_MAX_MESSAGE_BYTES` | `65536` | largest client frame |
  * | `AGENTWIRE_LOG_LEVEL` | `info` | trace, debug, info, warn, error, fatal, none |
- * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket silent for one interval is dropped (0 = off) |
+ * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket that made no progress for one interval is dropped (0 = off) |
+ * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped |
+ * | `AGENTWIRE_PROCESS_BUFFER_BYTES` | `268435456` (256 MiB) | unsent bytes all sockets may hold; the largest is dropped first |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure |
  *
  * Values come from the current `ConfigProvider` (the process environment by
@@ -31,6 +33,11 @@ const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
   fatal: "Fatal",
   none: "None"
 }
+
+/** Default `AGENTWIRE_SOCKET_BUFFER_BYTES`: 8 MiB, a few seconds of a busy run on a slow link. */
+export const DEFAULT_SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+/** Default `AGENTWIRE_PROCESS_BUFFER_BYTES`: 256 MiB, about 32 sockets at their own bound. */
+export const DEFAULT_PROCESS_BUFFER_BYTES = 256 * 1024 * 1024
 
 /** Shortest accepted `AGENTWIRE_JWT_SECRET` (HS256 wants at least 256 bits). */
 export const MIN_SECRET_LENGTH = 32
@@ -58,6 +65,8 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const port = yield* integer("AGENTWIRE_PORT", 8080, 0, 65535)
   const maxMessageBytes = yield* integer("AGENTWIRE_MAX_MESSAGE_BYTES", 65536, 256, 16 * 1024 * 1024)
   const heartbeatIntervalMs = yield* integer("AGENTWIRE_HEARTBEAT_MS", 30_000, 0, 3_600_000)
+  const maxSocketBufferBytes = yield* integer("AGENTWIRE_SOCKET_BUFFER_BYTES", DEFAULT_SOCKET_BUFFER_BYTES, 65536, 1024 ** 3)
+  const maxProcessBufferBytes = yield* integer("AGENTWIRE_PROCESS_BUFFER_BYTES", DEFAULT_PROCESS_BUFFER_BYTES, 65536, 64 * 1024 ** 3)
   const levelText = Option.getOrElse(yield* raw("AGENTWIRE_LOG_LEVEL"), () => "info")
   const logLevel = LOG_LEVELS[levelText.trim().toLowerCase()]
   if (logLevel === undefined) {
@@ -81,6 +90,8 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     jwtSecret: Option.map(secret, Redacted.make),
     maxMessageBytes,
     heartbeatIntervalMs,
+    maxSocketBufferBytes,
+    maxProcessBufferBytes,
     logLevel,
     production
   }
@@ -97,6 +108,8 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     jwtSecret: Option.none(),
     maxMessageBytes: 65536,
     heartbeatIntervalMs: 30_000,
+    maxSocketBufferBytes: DEFAULT_SOCKET_BUFFER_BYTES,
+    maxProcessBufferBytes: DEFAULT_PROCESS_BUFFER_BYTES,
     logLevel: "Info",
     production: false,
     ...settings

@@ -32,7 +32,7 @@ export const layer: Layer.Layer<never, never, AgentwireConfig | AgentwireServer 
         "  Connect:",
         `    ${ws}/ws?token=${token}`,
         `  Start a run over HTTP:`,
-        `    curl -H 'Authorization: Bearer ${token}' -d '{"agent":"calculator","user_request":"2+3*4"}' ${server.url}/api/runs`,
+        `    curl -H 'Authorization: Bearer ${token}' -H 'Content-Type: application/json' -d '{"agent":"calculator","user_request":"2+3*4"}' ${server.url}/api/runs`,
         ""
       ].join("\n")
     )

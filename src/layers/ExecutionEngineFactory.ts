@@ -11,7 +11,7 @@
  */
 import { Effect, Exit, Fiber, FiberMap, Layer } from "effect"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
-import { ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
+import { AdmissionClosedError, ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import type { RunEmitter } from "../services/RunEmitter.ts"
@@ -31,6 +31,7 @@ export const make = Effect.gen(function*() {
   yield* WebSocketBridge
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   let liveEngines = 0
+  let admissionOpen = true
 
   const engineFor = (emitter: RunEmitter): UserExecutionEngine => {
     const context = emitter.context
@@ -66,6 +67,11 @@ export const make = Effect.gen(function*() {
       () => Effect.sync(() => void liveEngines--)
     )
 
+  // repeated until empty: a run forked while the previous clear was running is interrupted too
+  const interruptAll: Effect.Effect<void> = Effect.suspend(() =>
+    Effect.andThen(FiberMap.clear(runs), Effect.flatMap(FiberMap.size(runs), (left) => (left > 0 ? interruptAll : Effect.void)))
+  )
+
   return ExecutionEngineFactory.of({
     createForUser,
     start: (context, agent_name, request) =>
@@ -79,6 +85,8 @@ export const make = Effect.gen(function*() {
           // resolved above, so the agent exists; a registry that changed meanwhile is a defect
           Effect.orDie
         )
+        // checked right before the fork, with no suspension between: no run starts after admission closed
+        if (!admissionOpen) return yield* new AdmissionClosedError()
         if (yield* FiberMap.has(runs, context.run_id)) {
           return yield* Effect.die(new Error(`run ${context.run_id} is already running: every run needs a fresh run_id`))
         }
@@ -95,7 +103,12 @@ export const make = Effect.gen(function*() {
       }),
     interrupt: (run_id) =>
       Effect.flatMap(FiberMap.has(runs, run_id), (running) => running ? Effect.as(FiberMap.remove(runs, run_id), true) : Effect.succeed(false)),
-    interruptAll: FiberMap.clear(runs),
+    closeAdmission: Effect.sync(() => {
+      admissionOpen = false
+    }),
+    admissionOpen: Effect.sync(() => admissionOpen),
+    // repeated until empty: a run forked while the previous clear was running is interrupted too
+    interruptAll,
     activeRuns: FiberMap.size(runs),
     liveEngines: Effect.sync(() => liveEngines)
   })

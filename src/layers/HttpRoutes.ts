@@ -2,11 +2,13 @@
  * The HTTP routes beside the WebSocket endpoint.
  *
  * - `GET /health`: 200 while the process serves.
- * - `GET /ready`: 200 with each component's status once startup finished; 503
- *   while shutting down.
- * - `POST /api/runs {agent?, user_request, thread_id?}` with a bearer token:
- *   202 `{run_id, thread_id, request_id}`; the run's events go to that user's
- *   sockets. Errors are `{error: {code, message}}` with 400, 401, 404 or 413.
+ * - `GET /ready`: each component's status, measured when asked (see
+ *   `Readiness`); 200 when every required component is up, else 503.
+ * - `POST /api/runs {agent?, user_request, thread_id?}` with a bearer token and
+ *   `Content-Type: application/json`: 202 `{run_id, thread_id, request_id}`; the
+ *   run's events go to that user's sockets. Errors are `{error: {code, message}}`
+ *   with 400, 401, 404, 413, 415 or 503 (`SHUTTING_DOWN`).
+ * - Any other method on these paths: 405 with `Allow`.
  *
  * Health and readiness are unauthenticated (probes); the run API is not.
  *
@@ -19,13 +21,44 @@ import { Auth, bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
-import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+
+/** One component of `/ready`: a status measured from a real signal, plus facts about it. */
+export interface ComponentStatus {
+  readonly status: "up" | "down"
+  /** A required component that is down makes `/ready` answer 503. */
+  readonly required: boolean
+  readonly [fact: string]: unknown
+}
+
+/** What `/ready` reports, measured when asked. */
+export interface Readiness {
+  readonly shuttingDown: boolean
+  readonly components: Readonly<Record<string, ComponentStatus>>
+}
 
 /** What the routes need to know about the server around them. */
 export interface RouteOptions {
   readonly maxMessageBytes: number
   readonly secretSource: "configured" | "generated"
-  readonly isShuttingDown: () => boolean
+  readonly readiness: Effect.Effect<Readiness>
+}
+
+/** `application/json`, with or without parameters such as `charset=utf-8`. */
+const isJson = (contentType: string | undefined): boolean =>
+  /^application\/json\s*(;|$)/i.test(contentType?.trim() ?? "")
+
+const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"] as const
+
+/** 405 with `Allow` for every method `path` does not serve. */
+const notAllowed = (path: `/${string}`, allow: (typeof METHODS)[number]) => {
+  const [first, ...rest] = METHODS.filter((m) => m !== allow).map((method) =>
+    HttpRouter.add(method, path, () =>
+      Effect.succeed(HttpServerResponse.jsonUnsafe(
+        { error: { code: "METHOD_NOT_ALLOWED", message: `${method} is not allowed on ${path}; use ${allow}` } },
+        { status: 405, headers: { allow } }
+      )))
+  )
+  return Layer.mergeAll(first!, ...rest)
 }
 
 const problem = (status: number, code: string, message: string) =>
@@ -37,7 +70,6 @@ export const make = (options: RouteOptions) =>
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
     const instances = yield* AgentInstanceFactory
-    const bridge = yield* WebSocketBridge
 
     const health = HttpRouter.add("GET", "/health", HttpServerResponse.jsonUnsafe({ status: "ok" }))
 
@@ -45,18 +77,18 @@ export const make = (options: RouteOptions) =>
       "GET",
       "/ready",
       Effect.gen(function*() {
-        const shuttingDown = options.isShuttingDown()
+        const { components, shuttingDown } = yield* options.readiness
+        const down = Object.entries(components).filter(([, c]) => c.required && c.status === "down").map(([name]) => name)
         const body = {
-          status: shuttingDown ? "shutting_down" : "ready",
+          status: shuttingDown ? "shutting_down" : down.length === 0 ? "ready" : "not_ready",
+          ...(down.length === 0 ? {} : { down }),
           components: {
-            http: { status: shuttingDown ? "closing" : "up" },
-            bridge: { status: "up", connections: yield* bridge.connectionCount() },
-            engine: { status: "up", active_runs: yield* engines.activeRuns },
-            agents: { status: "up", names: instances.agentNames },
-            auth: { status: "up", secret: options.secretSource }
+            ...components,
+            agents: { names: instances.agentNames },
+            auth: { secret: options.secretSource }
           }
         }
-        return HttpServerResponse.jsonUnsafe(body, { status: shuttingDown ? 503 : 200 })
+        return HttpServerResponse.jsonUnsafe(body, { status: down.length === 0 && !shuttingDown ? 200 : 503 })
       })
     )
 
@@ -68,6 +100,9 @@ export const make = (options: RouteOptions) =>
         if (verified._tag === "Failure") return problem(401, "UNAUTHORIZED", verified.failure.message)
         const user_id = verified.success
 
+        if (!isJson(request.headers["content-type"])) {
+          return problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with Content-Type: application/json")
+        }
         const length = Number(request.headers["content-length"] ?? "0")
         if (length > options.maxMessageBytes) {
           return problem(413, "PAYLOAD_TOO_LARGE", `body is larger than ${options.maxMessageBytes} bytes`)
@@ -95,10 +130,25 @@ export const make = (options: RouteOptions) =>
         const context = yield* Effect.result(UserExecutionContext.make({ user_id, thread_id: message.thread_id, request_id: message.request_id }))
         if (context._tag === "Failure") return problem(400, "INVALID_MESSAGE", context.failure.message)
         const started = yield* Effect.result(engines.start(context.success, message.agent, message.user_request))
-        if (started._tag === "Failure") return problem(404, "UNKNOWN_AGENT", started.failure.message)
+        if (started._tag === "Failure") {
+          return started.failure._tag === "AdmissionClosedError"
+            ? HttpServerResponse.jsonUnsafe(
+              { error: { code: "SHUTTING_DOWN", message: started.failure.message } },
+              { status: 503, headers: { "retry-after": "5" } }
+            )
+            : problem(404, "UNKNOWN_AGENT", started.failure.message)
+        }
         const { request_id, run_id, thread_id } = started.success
         return HttpServerResponse.jsonUnsafe({ run_id, thread_id, request_id }, { status: 202 })
       }))
 
-    return Layer.mergeAll(health, ready, startRun)
+    return Layer.mergeAll(
+      health,
+      ready,
+      startRun,
+      notAllowed("/health", "GET"),
+      notAllowed("/ready", "GET"),
+      notAllowed("/api/runs", "POST"),
+      notAllowed("/ws", "GET")
+    )
   })

@@ -4,14 +4,22 @@
  * plain `ws.send` of a frame encoded once by the bridge).
  *
  * The handshake is authenticated before any socket is accepted: a missing or
- * bad token gets `401` on the raw connection. Frames over
- * `maxMessageBytes` close the connection with 1009 (`ws`'s `maxPayload`).
+ * bad token gets `401` on the raw connection, a request target that is not a
+ * valid URL `400`; every refusal is logged (without the token). Nothing a client
+ * sends can throw out of the `upgrade` listener. Frames over `maxMessageBytes`
+ * close the connection with 1009 (`ws`'s `maxPayload`).
  *
- * Every `heartbeatIntervalMs` each socket is pinged; one that has not answered
- * the previous ping is terminated (its close is logged like any other).
+ * Every frame to a socket takes its one write path (`SocketOutput`): the
+ * per-socket bound, the process-wide budget of unsent bytes and corking.
+ *
+ * Every `heartbeatIntervalMs` each socket is pinged; one that made no progress
+ * at all since the previous sweep (no pong, no byte read, no backlog drained,
+ * and no frame of its own handled while the server held its reading paused)
+ * is terminated (`heartbeat_timeout`).
  *
  * Startup failures are typed (`ServerStartError`). Shutdown, when the layer's
- * scope closes: `/ready` turns 503, listening stops, runs in flight are
+ * scope closes: admission closes (new runs get `SHUTTING_DOWN`; other frames are
+ * still handled), `/ready` turns 503, listening stops, runs in flight are
  * interrupted (each still sends its terminal events), then sockets are closed
  * with 1001 and, after a second, terminated.
  *
@@ -21,6 +29,8 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Deferred, Effect, FiberSet, Layer, Option, Schedule, Scope } from "effect"
 import { HttpRouter } from "effect/http"
 import { createServer, type IncomingMessage, STATUS_CODES } from "node:http"
+import { Socket } from "node:net"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
@@ -30,6 +40,7 @@ import { Auth, AuthError } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
+import * as SocketOutput from "./SocketOutput.ts"
 import * as WebSocketConnection from "./WebSocketConnection.ts"
 
 /** Sockets pinged per slice of a heartbeat sweep. */
@@ -37,6 +48,9 @@ const HEARTBEAT_SLICE = 256
 
 /** How long closing sockets get to finish the close handshake at shutdown. */
 const CLOSE_GRACE = "1 second"
+
+/** `/ready` reports the event loop down when it was blocked longer than this within the last second. */
+export const READY_MAX_EVENT_LOOP_DELAY_MS = 500
 
 const reasonOf = (code: string | undefined): ServerStartError["reason"] =>
   code === "EADDRINUSE"
@@ -47,16 +61,64 @@ const reasonOf = (code: string | undefined): ServerStartError["reason"] =>
     ? "AddressNotAvailable"
     : "Unknown"
 
-/** Answers a refused handshake on the raw connection and closes it. */
-const refuseUpgrade = (socket: Duplex, status: number, message: string) => {
-  if (socket.destroyed) return
-  const body = JSON.stringify({ error: { code: status === 401 ? "UNAUTHORIZED" : "REFUSED", message } })
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n` +
-      "Connection: close\r\nContent-Type: application/json\r\n" +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
-  )
+/** Answers a refused handshake on the raw connection and closes it. Never throws. */
+const refuseUpgrade = (socket: Duplex, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
+  try {
+    if (socket.destroyed) return
+    const body = JSON.stringify({ error: { code, message } })
+    const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n` +
+        `Connection: close\r\nContent-Type: application/json\r\n${extra}` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+    )
+  } catch {
+    socket.destroy()
+  }
 }
+
+/** The path of a request target, or undefined when the target is not a valid URL. Never throws. */
+export const targetOf = (target: string | undefined): URL | undefined => {
+  try {
+    const url = new URL(target ?? "/", "http://localhost")
+    return url
+  } catch {
+    return undefined
+  }
+}
+
+/** What the heartbeat remembered of a connection at the previous sweep. */
+interface Marks {
+  readonly bytesRead: number
+  readonly dispatched: number
+  readonly backlog: number
+  readonly handled: number
+}
+
+const marksOf = (connection: WebSocketConnection.Connection): Marks => {
+  const socket = connection.socket as Duplex & { readonly bytesRead?: number; readonly bytesWritten?: number }
+  const backlog = socket.writableLength
+  return {
+    bytesRead: socket.bytesRead ?? 0,
+    // bytes the kernel took (Node counts queued bytes in bytesWritten)
+    dispatched: (socket.bytesWritten ?? 0) - backlog,
+    backlog,
+    handled: connection.liveness.handled
+  }
+}
+
+/**
+ * A connection is alive when, since the previous sweep, it answered a ping, sent
+ * anything, drained part of a backlog it had, or had frames handled while the
+ * server itself held its reading paused. Only a connection with no progress at
+ * all is dead.
+ */
+export const isAlive = (connection: WebSocketConnection.Connection, previous: Marks | undefined, now: Marks): boolean =>
+  previous === undefined ||
+  connection.liveness.pong ||
+  now.bytesRead !== previous.bytesRead ||
+  (previous.backlog > 0 && now.dispatched !== previous.dispatched) ||
+  (connection.liveness.pausedForInbox && now.handled !== previous.handled)
 
 /** Listens on the configured host and port; requires the agent runtime, auth and config. */
 export const layer: Layer.Layer<
@@ -69,20 +131,65 @@ export const layer: Layer.Layer<
     const config = yield* AgentwireConfig
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
+    const bridge = yield* WebSocketBridge
     const scope = yield* Scope.Scope
     // every connection and handshake fiber lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory>()
     let shuttingDown = false
+    let server: ReturnType<typeof createServer> | undefined
+
+    const budget = SocketOutput.makeBudget(config.maxProcessBufferBytes)
+    const limits: SocketOutput.OutputLimits = { maxSocketBytes: config.maxSocketBufferBytes }
+
+    // event-loop delay: the worst stall of the last full second, sampled by a timer fiber
+    const loopDelay = monitorEventLoopDelay({ resolution: 20 })
+    loopDelay.enable()
+    yield* Effect.addFinalizer(() => Effect.sync(() => loopDelay.disable()))
+    let worstDelayMs = 0
+    yield* Effect.forkScoped(Effect.repeat(
+      Effect.sync(() => {
+        worstDelayMs = loopDelay.max / 1e6
+        loopDelay.reset()
+      }),
+      Schedule.spaced("1 second")
+    ))
+
+    const readiness: Effect.Effect<HttpRoutes.Readiness> = Effect.gen(function*() {
+      const admissionOpen = yield* engines.admissionOpen
+      const listening = server?.listening === true && !shuttingDown
+      const loopUp = worstDelayMs <= READY_MAX_EVENT_LOOP_DELAY_MS
+      return {
+        shuttingDown,
+        components: {
+          http: { status: listening ? "up" : "down", required: true },
+          admission: { status: admissionOpen ? "up" : "down", required: true, active_runs: yield* engines.activeRuns },
+          event_loop: {
+            status: loopUp ? "up" : "down",
+            required: true,
+            max_delay_ms: Math.round(worstDelayMs),
+            threshold_ms: READY_MAX_EVENT_LOOP_DELAY_MS
+          },
+          bridge: { status: "up", required: true, connections: yield* bridge.connectionCount() },
+          send_buffers: {
+            status: budget.tracked() <= budget.maxProcessBytes ? "up" : "down",
+            required: false,
+            tracked_bytes: budget.tracked(),
+            budget_bytes: budget.maxProcessBytes,
+            dropped_sockets: budget.dropped()
+          }
+        }
+      }
+    })
 
     const routes = yield* HttpRoutes.make({
       maxMessageBytes: config.maxMessageBytes,
       secretSource: Option.isSome(config.jwtSecret) ? "configured" : "generated",
-      isShuttingDown: () => shuttingDown
+      readiness
     })
     const httpEffect = yield* HttpRouter.toHttpEffect(routes)
     const onRequest = yield* NodeHttpServer.makeHandler(httpEffect, { scope })
 
-    const sockets = new Set<WebSocket>()
+    const connections = new Set<WebSocketConnection.Connection>()
     const allClosed = yield* Deferred.make<void>()
     const wss = new WebSocketServer({
       noServer: true,
@@ -92,17 +199,23 @@ export const layer: Layer.Layer<
       handleProtocols: WebSocketConnection.selectProtocol
     })
 
-    // sockets that answered (or were accepted) since the last heartbeat
-    const answered = new WeakSet<WebSocket>()
+    // what each connection looked like at the previous sweep
+    const marks = new WeakMap<WebSocketConnection.Connection, Marks>()
     // in slices, yielding between them: one sweep over many sockets must not stall every other connection
     const heartbeat = Effect.gen(function*() {
       let n = 0
-      for (const ws of Array.from(sockets)) {
-        if (!answered.has(ws)) {
-          ws.terminate()
+      for (const connection of Array.from(connections)) {
+        const now = marksOf(connection)
+        if (!isAlive(connection, marks.get(connection), now)) {
+          connection.output.destroy("heartbeat_timeout")
         } else {
-          answered.delete(ws)
-          ws.ping()
+          connection.liveness.pong = false
+          try {
+            connection.ws.ping()
+          } catch {
+            connection.output.destroy("heartbeat_timeout")
+          }
+          marks.set(connection, marksOf(connection))
         }
         if (++n % HEARTBEAT_SLICE === 0) yield* Effect.yieldNow
       }
@@ -112,38 +225,59 @@ export const layer: Layer.Layer<
     }
 
     const accept = (ws: WebSocket, user_id: string, socket: Duplex) => {
-      sockets.add(ws)
-      answered.add(ws)
-      ws.on("pong", () => answered.add(ws))
+      const connection = WebSocketConnection.make(ws, socket as Duplex & SocketOutput.CorkableSocket, limits, budget)
+      connections.add(connection)
       ws.once("close", () => {
-        sockets.delete(ws)
-        if (shuttingDown && sockets.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
+        connections.delete(connection)
+        if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
       })
-      runFork(WebSocketConnection.run(ws, user_id, { maxMessageBytes: config.maxMessageBytes, socket }))
+      runFork(WebSocketConnection.run(connection, user_id, { maxMessageBytes: config.maxMessageBytes }))
     }
 
-    const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const refused = (socket: Duplex, status: number, code: string, reason: string, message: string) => {
+      refuseUpgrade(socket, status, code, message)
+      runFork(Effect.logInfo("handshake refused").pipe(
+        Effect.annotateLogs({ status, reason, remote: socket instanceof Socket ? socket.remoteAddress ?? "" : "" })
+      ))
+    }
+
+    const handshake = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       socket.on("error", () => socket.destroy())
-      const url = new URL(request.url ?? "/", "http://localhost")
-      if (url.pathname !== "/ws") return refuseUpgrade(socket, 404, "WebSocket endpoint is GET /ws")
-      if (shuttingDown) return refuseUpgrade(socket, 503, "server is shutting down")
+      const url = targetOf(request.url)
+      if (url === undefined) return refused(socket, 400, "BAD_REQUEST", "bad_target", "the request target is not a valid URL")
+      if (url.pathname !== "/ws") return refused(socket, 404, "NOT_FOUND", "not_found", "WebSocket endpoint is GET /ws")
+      if (shuttingDown) return refused(socket, 503, "SHUTTING_DOWN", "shutting_down", "server is shutting down")
       const token = WebSocketConnection.tokenOf(request, url)
       if (token === undefined) {
-        return refuseUpgrade(socket, 401, new AuthError({ reason: "missing" }).message)
+        return refused(socket, 401, "UNAUTHORIZED", "missing", new AuthError({ reason: "missing" }).message)
       }
       runFork(auth.verify(token).pipe(
         Effect.match({
-          onFailure: (error) => refuseUpgrade(socket, 401, error.message),
+          onFailure: (error) => refused(socket, 401, "UNAUTHORIZED", error.reason, error.message),
           onSuccess: (user_id) => {
             if (socket.destroyed) return
-            wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id, socket))
+            try {
+              wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id, socket))
+            } catch {
+              socket.destroy()
+            }
           }
         })
       ))
     }
 
-    const server = createServer(onRequest)
-    server.on("upgrade", onUpgrade)
+    // a Node callback: client input must never throw out of it (an uncaught exception ends the process)
+    const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      try {
+        handshake(request, socket, head)
+      } catch {
+        refuseUpgrade(socket, 400, "BAD_REQUEST", "the handshake could not be read")
+      }
+    }
+
+    server = createServer(onRequest)
+    const httpServer = server
+    httpServer.on("upgrade", onUpgrade)
 
     const port = yield* Effect.acquireRelease(
       Effect.callback<number, ServerStartError>((resume) => {
@@ -151,27 +285,28 @@ export const layer: Layer.Layer<
           resume(Effect.fail(
             new ServerStartError({ reason: reasonOf(error.code), host: config.host, port: config.port, detail: error.message })
           ))
-        server.once("error", onError)
-        server.listen(config.port, config.host, () => {
-          server.off("error", onError)
-          const address = server.address()
+        httpServer.once("error", onError)
+        httpServer.listen(config.port, config.host, () => {
+          httpServer.off("error", onError)
+          const address = httpServer.address()
           resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : config.port))
         })
       }),
       () =>
         Effect.gen(function*() {
+          // admission first: from here no run starts, so every run that did start is interrupted below
           shuttingDown = true
-          server.close()
+          yield* engines.closeAdmission
+          httpServer.close()
           yield* engines.interruptAll
-          if (sockets.size > 0) {
-            for (const ws of sockets) ws.close(1001, "server shutting down")
+          if (connections.size > 0) {
+            for (const connection of connections) connection.output.close(1001, "server shutting down", "server_shutdown")
             yield* Deferred.await(allClosed).pipe(Effect.timeoutOption(CLOSE_GRACE))
-            for (const ws of sockets) ws.terminate()
+            for (const connection of connections) connection.output.destroy("server_shutdown")
           }
-          server.closeAllConnections()
+          httpServer.closeAllConnections()
         })
     )
-
     const host = config.host.includes(":") ? `[${config.host}]` : config.host
     yield* Effect.logInfo(`listening on http://${host}:${port} (WebSocket: ws://${host}:${port}/ws)`)
     return AgentwireServer.of({ host: config.host, port, url: `http://${host}:${port}` })

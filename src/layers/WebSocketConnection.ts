@@ -13,6 +13,7 @@
  */
 import { type Cause, Effect, Queue } from "effect"
 import type { IncomingMessage } from "node:http"
+import type { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
 import {
   type ClientMessage,
@@ -26,12 +27,7 @@ import { bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
-
-/** A socket whose unsent output exceeds this is closed with 1013: it cannot keep up. */
-export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
-
-/** Frames queued in one tick are written together, in writes of at most about this many bytes. */
-const CORK_FLUSH_BYTES = 64 * 1024
+import * as SocketOutput from "./SocketOutput.ts"
 
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
 const INBOX_HIGH_WATER = 64
@@ -40,8 +36,6 @@ const INBOX_LOW_WATER = 8
 
 const TOKEN_PROTOCOL_PREFIX = "jwt."
 
-/** `WebSocket.OPEN` */
-const OPEN = 1
 
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
   (request.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter((p) => p.length > 0)
@@ -74,60 +68,52 @@ export const selectProtocol = (protocols: Set<string>): string | false => {
 /** Settings a connection needs. */
 export interface ConnectionOptions {
   readonly maxMessageBytes: number
-  /** The connection's TCP socket: corked while one tick's frames are queued, so they leave in one write. */
-  readonly socket?: CorkableSocket
-}
-
-/** What `makeSend` needs of a `ws` socket. */
-export interface SendTarget {
-  readonly readyState: number
-  readonly bufferedAmount: number
-  readonly send: (frame: string) => void
-  readonly close: (code: number, reason: string) => void
-}
-
-/** What `makeSend` needs of the TCP socket under it. */
-export interface CorkableSocket {
-  cork(): void
-  uncork(): void
-  readonly writableLength: number
 }
 
 /**
- * The bridge's per-socket send: the hot path. Drops frames for a socket that
- * is no longer open, closes with 1013 a socket that cannot keep up, and corks
- * the TCP socket for the rest of the tick so a tick's frames leave in one
- * write (flushing early every 64 KiB).
+ * What the heartbeat needs to judge a connection: the server pings every
+ * socket once per interval, and drops one only when it made no progress at
+ * all since the previous sweep (see `Liveness.check`).
  */
-export const makeSend = (ws: SendTarget, socket?: CorkableSocket): (frame: string) => void => {
-  let corked = false
-  const uncork = () => {
-    corked = false
-    socket?.uncork()
-  }
-  return (frame) => {
-    if (ws.readyState !== OPEN) return
-    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
-      ws.close(1013, "client too slow: send buffer full")
-      return
-    }
-    if (socket !== undefined && !corked) {
-      corked = true
-      socket.cork()
-      process.nextTick(uncork)
-    }
-    ws.send(frame)
-    // never hold more than this back: a long burst still leaves in 64 KiB writes
-    if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
-      socket.uncork()
-      socket.cork()
-    }
-  }
+export interface Liveness {
+  /** A pong arrived since the last sweep. */
+  pong: boolean
+  /** Client frames handled so far. */
+  handled: number
+  /** The connection paused reading because its inbox is full (its own backlog, not the client's fault). */
+  pausedForInbox: boolean
 }
 
+/** One accepted socket: its write path and what the heartbeat reads. */
+export interface Connection {
+  readonly ws: WebSocket
+  readonly socket: Duplex
+  readonly output: SocketOutput.SocketOutput
+  readonly liveness: Liveness
+}
+
+/** Wraps an accepted socket in its write path (every frame to it goes through `output`). */
+export const make = (
+  ws: WebSocket,
+  socket: Duplex & SocketOutput.CorkableSocket,
+  limits: SocketOutput.OutputLimits,
+  budget?: SocketOutput.OutputBudget
+): Connection => ({
+  ws,
+  socket,
+  output: SocketOutput.make(ws, socket, limits, budget),
+  liveness: { pong: true, handled: 0, pausedForInbox: false }
+})
+
 /** Runs one connection until its socket closes. */
-export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) => {
-  const connection_id = UserExecutionContext.generateId("conn")
+export const run = (connection: Connection, user_id: string, options: ConnectionOptions) =>
+  Effect.suspend(() => {
+    const connection_id = UserExecutionContext.generateId("conn")
+    return runWithId(connection, user_id, connection_id, options).pipe(Effect.annotateLogs({ user_id, connection_id }))
+  })
+
+const runWithId = (connection: Connection, user_id: string, connection_id: string, options: ConnectionOptions) => {
+  const { liveness, output, ws } = connection
   return Effect.gen(function*() {
     const bridge = yield* WebSocketBridge
     const engines = yield* ExecutionEngineFactory
@@ -136,22 +122,32 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
     let closeCode = 1006
     let socketError: string | undefined
 
-    const reply = (message: ServerMessage) => {
-      if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message))
-    }
-    const send = makeSend(ws, options.socket)
+    // every frame to this socket, events and replies alike, takes the one write path
+    const reply = (message: ServerMessage) => output.send(JSON.stringify(message))
 
+    // Node callbacks: nothing a client sends may throw out of them
     ws.on("message", (data, isBinary) => {
-      const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8")
-      Queue.offerUnsafe(inbox, frame)
-      // a client sending faster than frames are handled is slowed down by TCP, not by dropping frames
-      if (Queue.sizeUnsafe(inbox) >= INBOX_HIGH_WATER) ws.pause()
+      try {
+        const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8")
+        Queue.offerUnsafe(inbox, frame)
+        // a client sending faster than frames are handled is slowed down by TCP, not by dropping frames
+        if (Queue.sizeUnsafe(inbox) >= INBOX_HIGH_WATER && !ws.isPaused) {
+          liveness.pausedForInbox = true
+          ws.pause()
+        }
+      } catch {
+        output.destroy("protocol_error")
+      }
+    })
+    ws.on("pong", () => {
+      liveness.pong = true
     })
     ws.on("error", (error) => {
       socketError = error.message
     })
     ws.on("close", (code) => {
       closeCode = code
+      output.release()
       Queue.endUnsafe(inbox)
     })
     // the socket may have closed before the listeners were attached
@@ -164,10 +160,11 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
       protocol_version: PROTOCOL_VERSION,
       max_message_bytes: options.maxMessageBytes
     })
-    yield* bridge.register({ id: connection_id, user_id, send })
+    yield* bridge.register({ id: connection_id, user_id, send: output.send })
     yield* Effect.logInfo("connection opened")
 
     const refuse = (error: ProtocolError) => Effect.sync(() => reply(error))
+    const withRequestId = (request_id: string | undefined) => (request_id === undefined ? {} : { request_id })
 
     const startRun = (
       agent: string | undefined,
@@ -178,10 +175,9 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
         Effect.flatMap((context) => engines.start(context, agent, request)),
         Effect.asVoid,
         Effect.catchTags({
-          InvalidContextError: (e) =>
-            refuse({ type: "error", code: "INVALID_MESSAGE", message: e.message, ...(ids.request_id ? { request_id: ids.request_id } : {}) }),
-          UnknownAgentError: (e) =>
-            refuse({ type: "error", code: "UNKNOWN_AGENT", message: e.message, ...(ids.request_id ? { request_id: ids.request_id } : {}) })
+          InvalidContextError: (e) => refuse({ type: "error", code: "INVALID_MESSAGE", message: e.message, ...withRequestId(ids.request_id) }),
+          UnknownAgentError: (e) => refuse({ type: "error", code: "UNKNOWN_AGENT", message: e.message, ...withRequestId(ids.request_id) }),
+          AdmissionClosedError: (e) => refuse({ type: "error", code: "SHUTTING_DOWN", message: e.message, ...withRequestId(ids.request_id) })
         })
       )
 
@@ -198,24 +194,35 @@ export const run = (ws: WebSocket, user_id: string, options: ConnectionOptions) 
       }
     }
 
-    const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) => {
-      if (ws.isPaused && Queue.sizeUnsafe(inbox) <= INBOX_LOW_WATER) ws.resume()
-      return typeof frame === "string"
-        ? handle(decodeClientFrame(frame))
-        : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
-    })
+    const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) =>
+      Effect.suspend(() => {
+        liveness.handled++
+        if (ws.isPaused && Queue.sizeUnsafe(inbox) <= INBOX_LOW_WATER) {
+          liveness.pausedForInbox = false
+          ws.resume()
+        }
+        return typeof frame === "string"
+          ? handle(decodeClientFrame(frame))
+          : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
+      }).pipe(
+        // while the client does not read what it is sent, its frames wait (and its socket stops being read)
+        Effect.andThen(output.drained)
+      ))
     yield* Effect.forever(next).pipe(Effect.catchTag("Done", () => Effect.void))
 
+    const reason = output.closeReason()
+    const limit = output.limit()
     yield* Effect.logInfo("connection closed").pipe(
       Effect.annotateLogs({
         code: closeCode,
+        reason: reason ?? (closeCode === 1000 || closeCode === 1001 ? "client_closed" : "client_gone"),
         duration_ms: Date.now() - openedAt,
+        ...(limit === undefined ? {} : { limit }),
         ...(socketError === undefined ? {} : { error: socketError })
       })
     )
   }).pipe(
     Effect.scoped,
-    Effect.onInterrupt(() => Effect.sync(() => ws.terminate())),
-    Effect.annotateLogs({ user_id, connection_id })
+    Effect.onInterrupt(() => Effect.sync(() => output.destroy("server_shutdown")))
   )
 }

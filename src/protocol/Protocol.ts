@@ -80,8 +80,18 @@ export type ConnectionEstablished = typeof ConnectionEstablished.Type
 export const Pong = Schema.Struct({ type: Schema.Literal("pong"), timestamp: Schema.String })
 export type Pong = typeof Pong.Type
 
-/** Codes of protocol `error` frames. */
-export const ErrorCode = Schema.Literals(["INVALID_JSON", "INVALID_MESSAGE", "UNKNOWN_TYPE", "UNKNOWN_AGENT"])
+/**
+ * Codes of protocol `error` frames. v1 grows this list by addition; clients
+ * must treat a code they do not know as a generic refusal.
+ */
+export const ErrorCode = Schema.Literals([
+  "INVALID_JSON",
+  "INVALID_MESSAGE",
+  "UNKNOWN_TYPE",
+  "UNKNOWN_AGENT",
+  // admission closed: the server is shutting down; no run was started
+  "SHUTTING_DOWN"
+])
 export type ErrorCode = typeof ErrorCode.Type
 
 /** A client frame was refused; the connection stays open. */

@@ -19,6 +19,10 @@ export interface AgentwireSettings {
   readonly maxMessageBytes: number
   /** Ping every socket this often; one that has not answered the previous ping is dropped. 0 = off. */
   readonly heartbeatIntervalMs: number
+  /** Unsent bytes one socket may hold; past it the socket is dropped (`slow_consumer`). */
+  readonly maxSocketBufferBytes: number
+  /** Unsent bytes all sockets together may hold; past it the socket holding most is dropped first. */
+  readonly maxProcessBufferBytes: number
   readonly logLevel: LogLevel.LogLevel
   /** `NODE_ENV=production`. */
   readonly production: boolean

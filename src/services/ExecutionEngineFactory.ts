@@ -9,11 +9,18 @@
  *
  * @module
  */
-import { Context, type Effect, type Scope } from "effect"
+import { Context, Data, type Effect, type Scope } from "effect"
 import type { AgentOutcome } from "./AgentInstanceFactory.ts"
 import type { UnknownAgentError } from "./AgentRegistry.ts"
 import type { RunEmitter } from "./RunEmitter.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
+
+/** `start` was called after admission closed (the server is shutting down): no run was started. */
+export class AdmissionClosedError extends Data.TaggedError("AdmissionClosedError")<{}> {
+  override get message(): string {
+    return "the server is shutting down and accepts no new runs; retry on another instance or after it restarts"
+  }
+}
 
 /** Per-request engine: runs agents for exactly one `UserExecutionContext`. */
 export interface UserExecutionEngine {
@@ -45,10 +52,20 @@ export class ExecutionEngineFactory extends Context.Service<ExecutionEngineFacto
     context: UserExecutionContext,
     agent_name: string | undefined,
     request: string
-  ) => Effect.Effect<RunHandle, UnknownAgentError>
+  ) => Effect.Effect<RunHandle, UnknownAgentError | AdmissionClosedError>
+  /**
+   * Closes admission: every later `start` fails with `AdmissionClosedError`.
+   * Runs already started go on (see `interruptAll`). Idempotent.
+   */
+  readonly closeAdmission: Effect.Effect<void>
+  /** False once admission closed. */
+  readonly admissionOpen: Effect.Effect<boolean>
   /** Interrupts a running run; its terminal events are still sent. False when no such run runs. */
   readonly interrupt: (run_id: string) => Effect.Effect<boolean>
-  /** Interrupts every run in flight (shutdown); each still sends its terminal events. */
+  /**
+   * Interrupts every run in flight (shutdown) and waits until none is left;
+   * each still sends its terminal events.
+   */
   readonly interruptAll: Effect.Effect<void>
   /** Runs in flight. */
   readonly activeRuns: Effect.Effect<number>

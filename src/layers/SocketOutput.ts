@@ -1,0 +1,280 @@
+/**
+ * The one write path of a WebSocket connection, and the process-wide budget of
+ * unsent bytes.
+ *
+ * Every frame a connection sends (run events from the bridge, replies, errors,
+ * `connection_established`) goes through `SocketOutput.send`, which carries
+ * every policy:
+ * - **per-socket bound**: when the bytes already waiting plus the frame about to
+ *   be written exceed `maxSocketBytes`, the socket is destroyed at once
+ *   (`slow_consumer`): its buffers are released, the frame is dropped, and the
+ *   client sees the connection drop (1006) and recovers by reconnecting. A
+ *   close frame would wait behind the megabytes the client is not reading.
+ * - **process budget**: sockets holding more than `TRACK_BYTES` unsent are
+ *   tracked by the shared `OutputBudget`; when their total exceeds
+ *   `maxProcessBytes`, the socket with the most unsent bytes is destroyed first
+ *   (`slow_consumer`, limit `process`), until the total fits.
+ * - **corking**: the TCP socket is corked on the first frame of a tick and
+ *   uncorked on the next tick, so a tick's frames leave in one write (flushed
+ *   early every 64 KiB).
+ * - **backpressure on the reader**: `backedUp()` is true while more than
+ *   `HIGH_WATER_BYTES` wait; the connection stops handling that socket's frames
+ *   until `drained` resumes.
+ *
+ * Nothing here throws: every call into `ws` and the TCP socket is guarded.
+ *
+ * @module
+ */
+import { Effect } from "effect"
+
+/** Why the server ended a connection (logged as `reason`). */
+export type CloseReason =
+  | "slow_consumer"
+  | "heartbeat_timeout"
+  | "token_expired"
+  | "server_shutdown"
+  | "replaced"
+  | "protocol_error"
+
+/** Unsent bytes above which a socket counts against the process budget. */
+export const TRACK_BYTES = 64 * 1024
+
+/** Unsent bytes above which the connection stops handling the client's frames. */
+export const HIGH_WATER_BYTES = 256 * 1024
+
+/** Frames queued in one tick are written together, in writes of at most about this many bytes. */
+const CORK_FLUSH_BYTES = 64 * 1024
+
+/** `WebSocket.OPEN` */
+const OPEN = 1
+
+/** What the write path needs of a `ws` socket. */
+export interface SendTarget {
+  readonly readyState: number
+  readonly bufferedAmount: number
+  readonly send: (frame: string) => void
+  readonly close: (code: number, reason: string) => void
+  readonly terminate: () => void
+}
+
+/** What the write path needs of the TCP socket under it. */
+export interface CorkableSocket {
+  cork(): void
+  uncork(): void
+  readonly writableLength: number
+  once(event: "drain" | "close", listener: () => void): unknown
+  off(event: "drain" | "close", listener: () => void): unknown
+}
+
+/** The write path's bounds, in bytes. */
+export interface OutputLimits {
+  /** Unsent bytes one socket may hold (frame about to be written included). */
+  readonly maxSocketBytes: number
+}
+
+/** One connection's write path. */
+export interface SocketOutput {
+  /** Writes one encoded frame, or drops it when the socket is not open or over its bound. */
+  readonly send: (frame: string) => void
+  /** Closes with `code` after the frames already queued (used at shutdown and for protocol closes). */
+  readonly close: (code: number, text: string, reason: CloseReason) => void
+  /** Destroys the socket at once, releasing its buffers. */
+  readonly destroy: (reason: CloseReason) => void
+  /** Bytes waiting to be sent. */
+  readonly buffered: () => number
+  /** True while more than `HIGH_WATER_BYTES` wait. */
+  readonly backedUp: () => boolean
+  /** Resumes once the output is no longer backed up (or the socket closed). */
+  readonly drained: Effect.Effect<void>
+  /** Why the server ended this connection, if it did. */
+  readonly closeReason: () => CloseReason | undefined
+  /** Which limit a `slow_consumer` close hit. */
+  readonly limit: () => "socket" | "process" | undefined
+  /** Stops tracking the socket (it closed). */
+  readonly release: () => void
+}
+
+/**
+ * The process-wide budget of unsent bytes, shared by every connection of a
+ * server. Only sockets holding more than `TRACK_BYTES` are tracked, with the
+ * unsent bytes last seen; the exact total is re-read only when the tracked
+ * total exceeds the budget.
+ */
+export interface OutputBudget {
+  readonly maxProcessBytes: number
+  /** Tracked unsent bytes (an upper bound between re-reads). */
+  readonly tracked: () => number
+  /** Sockets currently tracked. */
+  readonly trackedSockets: () => number
+  /** Sockets dropped to keep the total within budget since the server started. */
+  readonly dropped: () => number
+  /** @internal */
+  readonly note: (output: BudgetEntry, bytes: number) => void
+  /** @internal */
+  readonly forget: (output: BudgetEntry) => void
+}
+
+/** What the budget needs of a tracked socket. */
+export interface BudgetEntry {
+  readonly buffered: () => number
+  readonly dropForBudget: () => void
+}
+
+/** A budget of `maxProcessBytes` unsent bytes for all sockets together. */
+export const makeBudget = (maxProcessBytes: number): OutputBudget => {
+  const entries = new Map<BudgetEntry, number>()
+  let total = 0
+  let dropped = 0
+  let enforcing = false
+
+  const set = (entry: BudgetEntry, bytes: number) => {
+    total += bytes - (entries.get(entry) ?? 0)
+    entries.set(entry, bytes)
+  }
+  const forget = (entry: BudgetEntry) => {
+    const bytes = entries.get(entry)
+    if (bytes === undefined) return
+    total -= bytes
+    entries.delete(entry)
+  }
+  const enforce = () => {
+    if (enforcing) return
+    enforcing = true
+    try {
+      // the tracked figures only grow between re-reads: refresh them before dropping anyone
+      for (const entry of Array.from(entries.keys())) {
+        const bytes = entry.buffered()
+        if (bytes < TRACK_BYTES) forget(entry)
+        else set(entry, bytes)
+      }
+      while (total > maxProcessBytes && entries.size > 0) {
+        let worst: BudgetEntry | undefined
+        let most = -1
+        for (const [entry, bytes] of entries) {
+          if (bytes > most) {
+            most = bytes
+            worst = entry
+          }
+        }
+        forget(worst!)
+        dropped++
+        worst!.dropForBudget()
+      }
+    } finally {
+      enforcing = false
+    }
+  }
+
+  return {
+    maxProcessBytes,
+    tracked: () => total,
+    trackedSockets: () => entries.size,
+    dropped: () => dropped,
+    note: (entry, bytes) => {
+      if (bytes < TRACK_BYTES) return forget(entry)
+      set(entry, bytes)
+      if (total > maxProcessBytes) enforce()
+    },
+    forget
+  }
+}
+
+/** Builds the write path of one connection. */
+export const make = (
+  ws: SendTarget,
+  socket: CorkableSocket | undefined,
+  limits: OutputLimits,
+  budget?: OutputBudget
+): SocketOutput => {
+  let corked = false
+  let reason: CloseReason | undefined
+  let limit: "socket" | "process" | undefined
+
+  const buffered = () => ws.bufferedAmount
+  const uncork = () => {
+    corked = false
+    try {
+      socket?.uncork()
+    } catch {
+      // a destroyed socket has nothing left to flush
+    }
+  }
+  const destroy = (why: CloseReason) => {
+    if (reason === undefined) reason = why
+    if (budget !== undefined) budget.forget(entry)
+    try {
+      ws.terminate()
+    } catch {
+      // already gone
+    }
+  }
+  const entry: BudgetEntry = {
+    buffered,
+    dropForBudget: () => {
+      limit ??= "process"
+      destroy("slow_consumer")
+    }
+  }
+
+  const send = (frame: string) => {
+    if (ws.readyState !== OPEN) return
+    // the bound counts the frame about to be written: nothing is queued past it
+    if (ws.bufferedAmount + Buffer.byteLength(frame) > limits.maxSocketBytes) {
+      limit ??= "socket"
+      return destroy("slow_consumer")
+    }
+    try {
+      if (socket !== undefined && !corked) {
+        corked = true
+        socket.cork()
+        process.nextTick(uncork)
+      }
+      ws.send(frame)
+      // never hold more than this back: a long burst still leaves in 64 KiB writes
+      if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+        socket.uncork()
+        socket.cork()
+      }
+    } catch {
+      return destroy("protocol_error")
+    }
+    if (budget !== undefined) budget.note(entry, ws.bufferedAmount)
+  }
+
+  const backedUp = () => socket !== undefined && ws.readyState === OPEN && socket.writableLength > HIGH_WATER_BYTES
+
+  const drained: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    if (!backedUp() || socket === undefined) return resume(Effect.void)
+    const done = () => {
+      socket.off("drain", done)
+      socket.off("close", done)
+      if (budget !== undefined) budget.note(entry, ws.bufferedAmount)
+      resume(Effect.void)
+    }
+    socket.once("drain", done)
+    socket.once("close", done)
+    return Effect.sync(() => {
+      socket.off("drain", done)
+      socket.off("close", done)
+    })
+  })
+
+  return {
+    send,
+    close: (code, text, why) => {
+      if (reason === undefined) reason = why
+      try {
+        if (ws.readyState === OPEN) ws.close(code, text)
+      } catch {
+        destroy(why)
+      }
+    },
+    destroy,
+    buffered,
+    backedUp,
+    drained,
+    closeReason: () => reason,
+    limit: () => limit,
+    release: () => budget?.forget(entry)
+  }
+}

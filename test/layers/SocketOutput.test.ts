@@ -1,0 +1,158 @@
+/** The one write path per socket: bounds, process budget, corking, draining. */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { EventEmitter } from "node:events"
+import * as SocketOutput from "../../src/layers/SocketOutput.ts"
+
+const KiB = 1024
+
+/** A `ws` stand-in whose unsent bytes grow with every frame until `drain` is called. */
+const fakeWs = (readyState = 1) => {
+  const sent: Array<string> = []
+  const closes: Array<[number, string]> = []
+  let terminated = 0
+  const ws = {
+    readyState,
+    bufferedAmount: 0,
+    send: (frame: string) => {
+      sent.push(frame)
+      ws.bufferedAmount += Buffer.byteLength(frame)
+    },
+    close: (code: number, reason: string) => void closes.push([code, reason]),
+    terminate: () => {
+      terminated++
+      ws.readyState = 3
+    }
+  }
+  return { ws, sent, closes, terminated: () => terminated }
+}
+
+/** A TCP socket stand-in: records cork calls; `writableLength` follows the ws fake. */
+const fakeSocket = (length: () => number) => {
+  const calls: Array<string> = []
+  const events = new EventEmitter()
+  return {
+    calls,
+    events,
+    socket: {
+      cork: () => void calls.push("cork"),
+      uncork: () => void calls.push("uncork"),
+      get writableLength() {
+        return length()
+      },
+      once: (event: "drain" | "close", listener: () => void) => events.once(event, listener),
+      off: (event: "drain" | "close", listener: () => void) => events.off(event, listener)
+    }
+  }
+}
+
+const nextTick = () => new Promise<void>((resolve) => process.nextTick(resolve))
+
+describe("SocketOutput: per-socket bound", () => {
+  it("counts the frame about to be written: a frame that would cross the bound destroys the socket and is not queued", () => {
+    const t = fakeWs()
+    const out = SocketOutput.make(t.ws, undefined, { maxSocketBytes: 100 })
+    out.send("x".repeat(60))
+    expect(t.sent).toHaveLength(1)
+    // 60 waiting + 41 about to be written > 100: previously the check looked only at the 60 already waiting
+    out.send("y".repeat(41))
+    expect(t.sent).toHaveLength(1)
+    expect(t.terminated()).toBe(1)
+    expect(t.closes).toEqual([])
+    expect(out.closeReason()).toBe("slow_consumer")
+    expect(out.limit()).toBe("socket")
+  })
+
+  it("destroys at once instead of queueing a close frame behind the backlog", () => {
+    const t = fakeWs()
+    const out = SocketOutput.make(t.ws, undefined, { maxSocketBytes: 8 * KiB })
+    for (let i = 0; i < 100; i++) out.send("z".repeat(100))
+    expect(t.terminated()).toBe(1)
+    expect(t.closes).toEqual([])
+    expect(t.sent.length).toBeLessThanOrEqual(81)
+  })
+
+  it("drops frames for a socket that is no longer open", () => {
+    const t = fakeWs(2)
+    SocketOutput.make(t.ws, undefined, { maxSocketBytes: 100 }).send("c")
+    expect(t.sent).toEqual([])
+    expect(t.terminated()).toBe(0)
+  })
+})
+
+describe("SocketOutput: process budget", () => {
+  it("over the budget, the socket with the most unsent bytes is dropped first, until the total fits", () => {
+    const budget = SocketOutput.makeBudget(300 * KiB)
+    const sockets = [100, 200, 150].map(() => fakeWs())
+    const outs = sockets.map((t) => SocketOutput.make(t.ws, undefined, { maxSocketBytes: 8 * 1024 * KiB }, budget))
+    outs[0]!.send("a".repeat(100 * KiB))
+    outs[1]!.send("b".repeat(120 * KiB))
+    expect(budget.tracked()).toBe(220 * KiB)
+    expect(sockets.map((t) => t.terminated())).toEqual([0, 0, 0])
+    // 220 + 150 > 300: the largest (socket 2, 150 KiB) goes first and the rest fit
+    outs[2]!.send("c".repeat(150 * KiB))
+    expect(sockets.map((t) => t.terminated())).toEqual([0, 0, 1])
+    expect(outs[2]!.closeReason()).toBe("slow_consumer")
+    expect(outs[2]!.limit()).toBe("process")
+    expect(budget.tracked()).toBe(220 * KiB)
+    expect(budget.dropped()).toBe(1)
+  })
+
+  it("re-reads the sockets before dropping: bytes the clients took meanwhile count as gone", () => {
+    const budget = SocketOutput.makeBudget(300 * KiB)
+    const a = fakeWs()
+    const b = fakeWs()
+    const outA = SocketOutput.make(a.ws, undefined, { maxSocketBytes: 8 * 1024 * KiB }, budget)
+    const outB = SocketOutput.make(b.ws, undefined, { maxSocketBytes: 8 * 1024 * KiB }, budget)
+    outA.send("a".repeat(200 * KiB))
+    a.ws.bufferedAmount = 0 // client A read everything
+    outB.send("b".repeat(200 * KiB))
+    expect([a.terminated(), b.terminated()]).toEqual([0, 0])
+    expect(budget.tracked()).toBe(200 * KiB)
+  })
+
+  it("small sockets are not tracked", () => {
+    const budget = SocketOutput.makeBudget(300 * KiB)
+    const t = fakeWs()
+    SocketOutput.make(t.ws, undefined, { maxSocketBytes: 8 * 1024 * KiB }, budget).send("x".repeat(1000))
+    expect(budget.trackedSockets()).toBe(0)
+  })
+})
+
+describe("SocketOutput: corking and draining", () => {
+  it("corks once per tick, uncorks on the next tick, and flushes every 64 KiB", async () => {
+    const t = fakeWs()
+    let length = 0
+    const tcp = fakeSocket(() => length)
+    const out = SocketOutput.make(t.ws, tcp.socket, { maxSocketBytes: 8 * 1024 * KiB })
+    out.send("1")
+    out.send("2")
+    expect(tcp.calls).toEqual(["cork"])
+    length = 64 * KiB
+    out.send("3")
+    expect(tcp.calls).toEqual(["cork", "uncork", "cork"])
+    length = 0
+    await nextTick()
+    expect(tcp.calls).toEqual(["cork", "uncork", "cork", "uncork"])
+    out.send("4")
+    expect(tcp.calls.at(-1)).toBe("cork")
+    expect(t.sent).toEqual(["1", "2", "3", "4"])
+  })
+
+  it.effect("drained waits while more than the high-water mark is unsent, and resumes on drain", () =>
+    Effect.gen(function*() {
+      const t = fakeWs()
+      const tcp = fakeSocket(() => t.ws.bufferedAmount)
+      const out = SocketOutput.make(t.ws, tcp.socket, { maxSocketBytes: 8 * 1024 * KiB })
+      yield* out.drained // not backed up: immediate
+      out.send("x".repeat(SocketOutput.HIGH_WATER_BYTES + 1))
+      expect(out.backedUp()).toBe(true)
+      const waiting = yield* Effect.forkChild(out.drained)
+      yield* Effect.yieldNow
+      expect(waiting.pollUnsafe()).toBeUndefined()
+      t.ws.bufferedAmount = 0
+      tcp.events.emit("drain")
+      yield* Fiber.join(waiting)
+      expect(tcp.events.listenerCount("drain")).toBe(0)
+    }))
+})
