@@ -66,7 +66,7 @@ export const make = (options: RouteOptions) =>
         if (token === undefined) return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
         const verified = yield* Effect.result(auth.verify(token))
         if (verified._tag === "Failure") return problem(401, "UNAUTHORIZED", verified.failure.message)
-        const user_id = verified.success
+        const user_id = verified.success.user_id
 
         const length = Number(request.headers["content-length"] ?? "0")
         if (length > options.maxMessageBytes) {

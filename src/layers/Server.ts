@@ -131,7 +131,7 @@ export const layer: Layer.Layer<
       if (token === undefined) {
         return refuseUpgrade(socket, 401, new AuthError({ reason: "missing" }).message)
       }
-      runFork(auth.verify(token).pipe(
+      runFork(auth.verify(token).pipe(Effect.map((verified) => verified.user_id),
         Effect.match({
           onFailure: (error) => refuseUpgrade(socket, 401, error.message),
           onSuccess: (user_id) => {
