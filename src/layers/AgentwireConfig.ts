@@ -95,7 +95,15 @@ const allowedOrigins = Effect.flatMap(raw("AGENTWIRE_ALLOWED_ORIGINS"), (value) 
     }
     if (!origins.includes(origin)) origins.push(origin)
   }
-  return Effect.succeed(Option.some(origins))
+  return origins.length > 0
+    ? Effect.succeed(Option.some(origins))
+    : Effect.fail(
+      new ConfigInvalidError({
+        variable: "AGENTWIRE_ALLOWED_ORIGINS",
+        value: value.value,
+        expected: "at least one origin scheme://host[:port] (unset it to allow every origin)"
+      })
+    )
 })
 
 /** Reads and validates every setting. */

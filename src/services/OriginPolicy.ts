@@ -21,7 +21,7 @@ const DEFAULT_PORTS: Record<string, string> = { http: "80", https: "443", ws: "8
 /**
  * The normalised form of an origin `scheme://host[:port]`, or `undefined`
  * when `text` is not one (a path, query, fragment, user info, `*`, `null`
- * or an empty host are all refused).
+ * or an empty host are all refused; so is a wildcard such as `https://*.example.com`).
  */
 export const normalizeOrigin = (text: string): string | undefined => {
   const match = /^([a-z][a-z0-9+.-]*):\/\/([^/?#@\s\\]+)$/i.exec(text.trim())
@@ -31,7 +31,9 @@ export const normalizeOrigin = (text: string): string | undefined => {
   if (scheme === "http" || scheme === "https" || scheme === "ws" || scheme === "wss") {
     try {
       const url = new URL(`${scheme}://${authority}`)
-      if (url.hostname === "" || url.username !== "" || url.password !== "") return undefined
+      if (url.username !== "" || url.password !== "") return undefined
+      // a DNS name (IDNs arrive punycoded), an IPv4 or a bracketed IPv6 address; no wildcard
+      if (!/^(?:[a-z0-9_-]+\.)*[a-z0-9_-]+$|^\[[0-9a-f:.]+\]$/.test(url.hostname)) return undefined
       const port = url.port === "" || url.port === DEFAULT_PORTS[scheme] ? "" : `:${url.port}`
       return `${scheme}://${url.hostname}${port}`
     } catch {

@@ -11,6 +11,31 @@ describe("AgentwireConfig.fromEnv", () => {
       const settings = yield* read({})
       expect(settings).toMatchObject({ host: "127.0.0.1", port: 8080, maxMessageBytes: 65536, logLevel: "Info", production: false })
       expect(Option.isNone(settings.jwtSecret)).toBe(true)
+      expect(settings).toMatchObject({
+        jwtIssuer: Option.none(),
+        jwtAudience: Option.none(),
+        jwtClockSkewSeconds: 30,
+        jwtJwksUrl: Option.none(),
+        allowedOrigins: Option.none()
+      })
+    }))
+
+  it.effect("reads the auth policy and the allowed origins (normalised, deduplicated)", () =>
+    Effect.gen(function*() {
+      const settings = yield* read({
+        AGENTWIRE_JWT_ISSUER: " https://idp.example.com/ ",
+        AGENTWIRE_JWT_AUDIENCE: "agentwire",
+        AGENTWIRE_JWT_CLOCK_SKEW_S: "0",
+        AGENTWIRE_JWT_JWKS_URL: "https://idp.example.com/.well-known/jwks.json",
+        AGENTWIRE_ALLOWED_ORIGINS: "https://app.example.com, HTTP://LOCALHOST:5173,https://app.example.com:443,"
+      })
+      expect(settings).toMatchObject({
+        jwtIssuer: Option.some("https://idp.example.com/"),
+        jwtAudience: Option.some("agentwire"),
+        jwtClockSkewSeconds: 0,
+        jwtJwksUrl: Option.some("https://idp.example.com/.well-known/jwks.json"),
+        allowedOrigins: Option.some(["https://app.example.com", "http://localhost:5173"])
+      })
     }))
 
   it.effect("reads every variable", () =>
@@ -36,7 +61,20 @@ describe("AgentwireConfig.fromEnv", () => {
     [{ AGENTWIRE_MAX_MESSAGE_BYTES: "10" }, "AGENTWIRE_MAX_MESSAGE_BYTES"],
     [{ AGENTWIRE_MAX_MESSAGE_BYTES: "lots" }, "AGENTWIRE_MAX_MESSAGE_BYTES"],
     [{ AGENTWIRE_LOG_LEVEL: "loud" }, "AGENTWIRE_LOG_LEVEL"],
-    [{ AGENTWIRE_JWT_SECRET: "too-short" }, "AGENTWIRE_JWT_SECRET"]
+    [{ AGENTWIRE_JWT_SECRET: "too-short" }, "AGENTWIRE_JWT_SECRET"],
+    [{ AGENTWIRE_JWT_CLOCK_SKEW_S: "301" }, "AGENTWIRE_JWT_CLOCK_SKEW_S"],
+    [{ AGENTWIRE_JWT_CLOCK_SKEW_S: "-5" }, "AGENTWIRE_JWT_CLOCK_SKEW_S"],
+    [{ AGENTWIRE_JWT_CLOCK_SKEW_S: "30s" }, "AGENTWIRE_JWT_CLOCK_SKEW_S"],
+    [{ AGENTWIRE_JWT_JWKS_URL: "idp.example.com/jwks" }, "AGENTWIRE_JWT_JWKS_URL"],
+    [{ AGENTWIRE_JWT_JWKS_URL: "ftp://idp.example.com/jwks" }, "AGENTWIRE_JWT_JWKS_URL"],
+    [{ AGENTWIRE_JWT_JWKS_URL: "file:///etc/jwks.json" }, "AGENTWIRE_JWT_JWKS_URL"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "*" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "https://app.example.com/" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "https://app.example.com/path" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "app.example.com" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "https://ok.example.com,https://*.example.com" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: "null" }, "AGENTWIRE_ALLOWED_ORIGINS"],
+    [{ AGENTWIRE_ALLOWED_ORIGINS: " , " }, "AGENTWIRE_ALLOWED_ORIGINS"]
   ]
   for (const [env, variable] of bad) {
     it.effect(`${JSON.stringify(env)} fails naming ${variable}`, () =>
