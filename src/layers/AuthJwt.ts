@@ -164,8 +164,8 @@ export const make = (secret: Redacted.Redacted<string>, policy: AuthJwtPolicy = 
       yield* Effect.annotateCurrentSpan({ user_id: payload.sub })
       return { user_id: payload.sub, expires_at } satisfies VerifiedToken
     }, Effect.tapError((error) => Effect.annotateCurrentSpan({ "auth.refusal": error.reason }))),
-    issue: (user_id, ttlSeconds) =>
-      Effect.promise(() => {
+    issue: Effect.fn("Auth.issue")(function*(user_id: string, ttlSeconds: number) {
+      return yield* Effect.promise(() => {
         let jwt = new SignJWT({})
           .setProtectedHeader({ alg: SYMMETRIC_ALGORITHM, typ: "JWT" })
           .setSubject(user_id)
@@ -175,6 +175,7 @@ export const make = (secret: Redacted.Redacted<string>, policy: AuthJwtPolicy = 
         if (policy.audience !== undefined) jwt = jwt.setAudience(policy.audience)
         return jwt.sign(key)
       })
+    })
   })
 }
 
