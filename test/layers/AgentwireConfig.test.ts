@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Option, Redacted } from "effect"
+import fc from "fast-check"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
 
 const read = (env: Record<string, string>) =>
@@ -52,6 +53,29 @@ describe("AgentwireConfig.fromEnv", () => {
       expect(settings).toMatchObject({ host: "0.0.0.0", port: 0, maxMessageBytes: 1024, logLevel: "Warn", production: true })
       expect(settings.jwtSecret.pipe(Option.map(Redacted.value))).toEqual(Option.some(secret))
     }))
+
+  it("AGENTWIRE_ALLOWED_ORIGINS: any list of origins, in any spelling, reads back normalised and deduplicated", async () => {
+    const origin = fc.record({
+      scheme: fc.constantFrom("http", "https", "HTTPS"),
+      host: fc.domain(),
+      upper: fc.boolean(),
+      port: fc.option(fc.integer({ min: 1, max: 65535 }), { nil: undefined })
+    })
+    await fc.assert(fc.asyncProperty(fc.array(origin, { minLength: 1, maxLength: 6 }), async (origins) => {
+      const spelled = origins.map(({ host, port, scheme, upper }) =>
+        `${scheme}://${upper ? host.toUpperCase() : host}${port === undefined ? "" : `:${port}`}`
+      )
+      const expected = [
+        ...new Set(origins.map(({ host, port, scheme }) => {
+          const s = scheme.toLowerCase()
+          const isDefault = port === (s === "http" ? 80 : 443)
+          return `${s}://${host}${port === undefined || isDefault ? "" : `:${port}`}`
+        }))
+      ]
+      const settings = await Effect.runPromise(read({ AGENTWIRE_ALLOWED_ORIGINS: spelled.join(" , ") }))
+      expect(settings.allowedOrigins).toEqual(Option.some(expected))
+    }))
+  })
 
   const bad: ReadonlyArray<[Record<string, string>, string]> = [
     [{ AGENTWIRE_PORT: "abc" }, "AGENTWIRE_PORT"],
