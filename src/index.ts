@@ -40,8 +40,18 @@ export * as UserExecutionContext from "./services/UserExecutionContext.ts"
 /** Raised by `UserExecutionContext.make` for an invalid or placeholder id. */
 export { InvalidContextError } from "./services/UserExecutionContext.ts"
 
-/** Turns a bearer token into a user id; `AuthError` never contains the token. */
-export { Auth, AuthError, MissingSecretError } from "./services/Auth.ts"
+/** Turns a bearer token into a verified user id and expiry; `AuthError` names the reason and never contains the token. */
+export {
+  Auth,
+  AuthError,
+  type AuthErrorReason,
+  AuthErrorReasons,
+  MissingSecretError,
+  type VerifiedToken
+} from "./services/Auth.ts"
+
+/** `isOriginAllowed(settings, originHeader)`: the `AGENTWIRE_ALLOWED_ORIGINS` check. */
+export * as OriginPolicy from "./services/OriginPolicy.ts"
 
 /** The server's settings and the error naming a bad environment variable. */
 export { AgentwireConfig, type AgentwireSettings, ConfigInvalidError } from "./services/AgentwireConfig.ts"
@@ -73,7 +83,7 @@ export { RecordedEvents } from "./layers/WebSocketBridgeRecording.ts"
 /** `AgentwireConfigLayer.layer({ port: 0 })` from values, `layerFromEnv` from `AGENTWIRE_*` variables. */
 export * as AgentwireConfigLayer from "./layers/AgentwireConfig.ts"
 
-/** `Auth` with HS256 JWTs; the secret comes from `AgentwireConfig`. */
+/** `Auth` with JWTs: HS256 with the secret, RS/PS/ES/EdDSA from a JWKS; the policy comes from `AgentwireConfig`. */
 export * as AuthJwt from "./layers/AuthJwt.ts"
 
 /** The HTTP + WebSocket server layer; requires config, auth and the agent runtime. */

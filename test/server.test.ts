@@ -169,7 +169,7 @@ layer(TestServer, { excludeTestServices: true })("agentwire server", (it) => {
       )
       expect((yield* refusal(url, { headers: { authorization: `Bearer ${forged}` } })).status).toBe(401)
       const expired = yield* Effect.promise(() =>
-        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime(Math.floor(Date.now() / 1000) - 5)
+        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime(Math.floor(Date.now() / 1000) - 3600) // beyond the 30 s clock-skew tolerance
           .sign(new TextEncoder().encode(SECRET))
       )
       const refused = yield* refusal(url, { protocols: [`jwt.${expired}`] })

@@ -6,12 +6,17 @@
  * | `AGENTWIRE_HOST` | `127.0.0.1` | interface to listen on |
  * | `AGENTWIRE_PORT` | `8080` | port (0 = any free port) |
  * | `AGENTWIRE_JWT_SECRET` | none | HS256 secret, at least 32 characters |
+ * | `AGENTWIRE_JWT_ISSUER` | none | when set, a token's `iss` must equal it |
+ * | `AGENTWIRE_JWT_AUDIENCE` | none | when set, a token's `aud` must be or contain it |
+ * | `AGENTWIRE_JWT_CLOCK_SKEW_S` | `30` | tolerance for `exp` and `nbf`, 0 to 300 seconds |
+ * | `AGENTWIRE_JWT_JWKS_URL` | none | http(s) URL of a JWKS; RS/PS/ES/EdDSA tokens are verified against it |
+ * | `AGENTWIRE_ALLOWED_ORIGINS` | none | comma-separated origins (`https://app.example.com`) allowed to open a WebSocket; none = all |
  * | `AGENTWIRE_MAX_MESSAGE_BYTES` | `65536` | largest client frame |
  * | `AGENTWIRE_LOG_LEVEL` | `info` | trace, debug, info, warn, error, fatal, none |
  * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket that made no progress for one interval is dropped (0 = off) |
  * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped |
  * | `AGENTWIRE_PROCESS_BUFFER_BYTES` | `268435456` (256 MiB) | unsent bytes all sockets may hold; the largest is dropped first |
- * | `NODE_ENV` | none | `production` makes a missing secret a startup failure |
+ * | `NODE_ENV` | none | `production` makes a missing secret a startup failure (unless a JWKS URL is set) |
  *
  * Values come from the current `ConfigProvider` (the process environment by
  * default), so tests can swap it. Every bad value is a `ConfigInvalidError`
@@ -21,6 +26,7 @@
  */
 import { Config, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
 import { AgentwireConfig, type AgentwireSettings, ConfigInvalidError } from "../services/AgentwireConfig.ts"
+import { normalizeOrigin } from "../services/OriginPolicy.ts"
 
 const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
   all: "All",
@@ -42,6 +48,11 @@ export const DEFAULT_PROCESS_BUFFER_BYTES = 256 * 1024 * 1024
 /** Shortest accepted `AGENTWIRE_JWT_SECRET` (HS256 wants at least 256 bits). */
 export const MIN_SECRET_LENGTH = 32
 
+/** Default `AGENTWIRE_JWT_CLOCK_SKEW_S`, in seconds. */
+export const DEFAULT_CLOCK_SKEW_SECONDS = 30
+/** Largest accepted `AGENTWIRE_JWT_CLOCK_SKEW_S`, in seconds. */
+export const MAX_CLOCK_SKEW_SECONDS = 300
+
 const raw = (variable: string) =>
   Config.String(variable).pipe(
     Config.option,
@@ -58,6 +69,49 @@ const integer = (variable: string, fallback: number, min: number, max: number) =
       ? Effect.succeed(n)
       : Effect.fail(new ConfigInvalidError({ variable, value: value.value, expected: `an integer from ${min} to ${max}` }))
   })
+
+/** A trimmed string setting. */
+const text = (variable: string) => Effect.map(raw(variable), Option.map((value) => value.trim()))
+
+/** `AGENTWIRE_JWT_JWKS_URL`: an absolute http(s) URL. */
+const jwksUrl = Effect.flatMap(text("AGENTWIRE_JWT_JWKS_URL"), (value) => {
+  if (Option.isNone(value)) return Effect.succeed(Option.none<string>())
+  const url = URL.parse(value.value)
+  return url !== null && (url.protocol === "https:" || url.protocol === "http:") && url.hostname !== ""
+    ? Effect.succeed(Option.some(url.href))
+    : Effect.fail(
+      new ConfigInvalidError({ variable: "AGENTWIRE_JWT_JWKS_URL", value: value.value, expected: "an http(s) URL" })
+    )
+})
+
+/** `AGENTWIRE_ALLOWED_ORIGINS`: comma-separated origins, normalised. */
+const allowedOrigins = Effect.flatMap(raw("AGENTWIRE_ALLOWED_ORIGINS"), (value) => {
+  if (Option.isNone(value)) return Effect.succeed(Option.none<ReadonlyArray<string>>())
+  const origins: Array<string> = []
+  for (const item of value.value.split(",").map((part) => part.trim()).filter((part) => part.length > 0)) {
+    const origin = normalizeOrigin(item)
+    if (origin === undefined) {
+      return Effect.fail(
+        new ConfigInvalidError({
+          variable: "AGENTWIRE_ALLOWED_ORIGINS",
+          value: item,
+          expected: "a comma-separated list of origins scheme://host[:port] without path or wildcard " +
+            "(unset it to allow every origin)"
+        })
+      )
+    }
+    if (!origins.includes(origin)) origins.push(origin)
+  }
+  return origins.length > 0
+    ? Effect.succeed(Option.some(origins))
+    : Effect.fail(
+      new ConfigInvalidError({
+        variable: "AGENTWIRE_ALLOWED_ORIGINS",
+        value: value.value,
+        expected: "at least one origin scheme://host[:port] (unset it to allow every origin)"
+      })
+    )
+})
 
 /** Reads and validates every setting. */
 export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Effect.gen(function*() {
@@ -83,11 +137,21 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
       expected: `at least ${MIN_SECRET_LENGTH} characters long (it is ${secret.value.length})`
     })
   }
+  const jwtIssuer = yield* text("AGENTWIRE_JWT_ISSUER")
+  const jwtAudience = yield* text("AGENTWIRE_JWT_AUDIENCE")
+  const jwtClockSkewSeconds = yield* integer("AGENTWIRE_JWT_CLOCK_SKEW_S", DEFAULT_CLOCK_SKEW_SECONDS, 0, MAX_CLOCK_SKEW_SECONDS)
+  const jwtJwksUrl = yield* jwksUrl
+  const origins = yield* allowedOrigins
   const production = Option.getOrUndefined(yield* raw("NODE_ENV"))?.trim() === "production"
   return {
     host,
     port,
     jwtSecret: Option.map(secret, Redacted.make),
+    jwtIssuer,
+    jwtAudience,
+    jwtClockSkewSeconds,
+    jwtJwksUrl,
+    allowedOrigins: origins,
     maxMessageBytes,
     heartbeatIntervalMs,
     maxSocketBufferBytes,
@@ -106,6 +170,11 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     host: "127.0.0.1",
     port: 0,
     jwtSecret: Option.none(),
+    jwtIssuer: Option.none(),
+    jwtAudience: Option.none(),
+    jwtClockSkewSeconds: DEFAULT_CLOCK_SKEW_SECONDS,
+    jwtJwksUrl: Option.none(),
+    allowedOrigins: Option.none(),
     maxMessageBytes: 65536,
     heartbeatIntervalMs: 30_000,
     maxSocketBufferBytes: DEFAULT_SOCKET_BUFFER_BYTES,

@@ -19,7 +19,7 @@ export const DEMO_TTL_SECONDS = 12 * 60 * 60
 export const layer: Layer.Layer<never, never, AgentwireConfig | AgentwireServer | Auth> = Layer.effectDiscard(
   Effect.gen(function*() {
     const config = yield* AgentwireConfig
-    if (Option.isSome(config.jwtSecret)) return
+    if (Option.isSome(config.jwtSecret) || config.production) return
     const server = yield* AgentwireServer
     const token = yield* (yield* Auth).issue(DEMO_USER, DEMO_TTL_SECONDS)
     const ws = server.url.replace(/^http/, "ws")

@@ -98,7 +98,7 @@ export const make = (options: RouteOptions) =>
         if (token === undefined) return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
         const verified = yield* Effect.result(auth.verify(token))
         if (verified._tag === "Failure") return problem(401, "UNAUTHORIZED", verified.failure.message)
-        const user_id = verified.success
+        const user_id = verified.success.user_id
 
         if (!isJson(request.headers["content-type"])) {
           return problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with Content-Type: application/json")

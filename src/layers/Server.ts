@@ -251,7 +251,7 @@ export const layer: Layer.Layer<
       if (token === undefined) {
         return refused(socket, 401, "UNAUTHORIZED", "missing", new AuthError({ reason: "missing" }).message)
       }
-      runFork(auth.verify(token).pipe(
+      runFork(auth.verify(token).pipe(Effect.map((verified) => verified.user_id),
         Effect.match({
           onFailure: (error) => refused(socket, 401, "UNAUTHORIZED", error.reason, error.message),
           onSuccess: (user_id) => {

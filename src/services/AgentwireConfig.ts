@@ -13,8 +13,18 @@ export interface AgentwireSettings {
   readonly host: string
   /** 0 picks a free port. */
   readonly port: number
-  /** HS256 secret; none means "generate one for this process" (refused in production). */
+  /** HS256 secret; none means "generate one for this process" (refused in production unless `jwtJwksUrl` is set). */
   readonly jwtSecret: Option.Option<Redacted.Redacted<string>>
+  /** When set, a token's `iss` must equal it (and `issue` sets it). */
+  readonly jwtIssuer: Option.Option<string>
+  /** When set, a token's `aud` must be or contain it (and `issue` sets it). */
+  readonly jwtAudience: Option.Option<string>
+  /** Clock-skew tolerance applied to `exp` and `nbf`, in seconds (0 to 300). */
+  readonly jwtClockSkewSeconds: number
+  /** http(s) URL of a JSON Web Key Set; when set, RS/PS/ES/EdDSA tokens are verified against its keys. */
+  readonly jwtJwksUrl: Option.Option<string>
+  /** Normalised browser origins allowed to open a WebSocket; none = every origin (see `services/OriginPolicy.ts`). */
+  readonly allowedOrigins: Option.Option<ReadonlyArray<string>>
   /** Largest client frame accepted; larger ones close the connection with 1009. */
   readonly maxMessageBytes: number
   /** Ping every socket this often; one that has not answered the previous ping is dropped. 0 = off. */
