@@ -95,9 +95,18 @@ export const make = (options: RouteOptions) =>
     const startRun = HttpRouter.add("POST", "/api/runs", (request) =>
       Effect.gen(function*() {
         const token = bearerToken(request.headers.authorization)
-        if (token === undefined) return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
+        if (token === undefined) {
+          yield* Effect.logInfo("request refused").pipe(Effect.annotateLogs({ status: 401, reason: "missing" }))
+          return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
+        }
         const verified = yield* Effect.result(auth.verify(token))
-        if (verified._tag === "Failure") return problem(401, "UNAUTHORIZED", verified.failure.message)
+        if (verified._tag === "Failure") {
+          const { message, reason } = verified.failure
+          // a key set we cannot reach is our failure, not the client's
+          const status = reason === "jwks_unavailable" ? 503 : 401
+          yield* Effect.logInfo("request refused").pipe(Effect.annotateLogs({ status, reason }))
+          return problem(status, status === 503 ? "AUTH_UNAVAILABLE" : "UNAUTHORIZED", message)
+        }
         const user_id = verified.success.user_id
 
         if (!isJson(request.headers["content-type"])) {

@@ -36,7 +36,8 @@ import { type WebSocket, WebSocketServer } from "ws"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { AgentwireServer, ServerStartError } from "../services/AgentwireServer.ts"
-import { Auth, AuthError } from "../services/Auth.ts"
+import { Auth, AuthError, type VerifiedToken } from "../services/Auth.ts"
+import { isOriginAllowed } from "../services/OriginPolicy.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
@@ -134,7 +135,7 @@ export const layer: Layer.Layer<
     const bridge = yield* WebSocketBridge
     const scope = yield* Scope.Scope
     // every connection and handshake fiber lives here; all are interrupted at shutdown
-    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory>()
+    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth>()
     let shuttingDown = false
     let server: ReturnType<typeof createServer> | undefined
 
@@ -224,14 +225,17 @@ export const layer: Layer.Layer<
       yield* Effect.forkScoped(Effect.repeat(heartbeat, Schedule.spaced(config.heartbeatIntervalMs)))
     }
 
-    const accept = (ws: WebSocket, user_id: string, socket: Duplex) => {
+    const accept = (ws: WebSocket, verified: VerifiedToken, socket: Duplex) => {
       const connection = WebSocketConnection.make(ws, socket as Duplex & SocketOutput.CorkableSocket, limits, budget)
       connections.add(connection)
       ws.once("close", () => {
         connections.delete(connection)
         if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
       })
-      runFork(WebSocketConnection.run(connection, user_id, { maxMessageBytes: config.maxMessageBytes }))
+      runFork(WebSocketConnection.run(connection, verified, {
+        maxMessageBytes: config.maxMessageBytes,
+        clockSkewMs: config.jwtClockSkewSeconds * 1000
+      }))
     }
 
     const refused = (socket: Duplex, status: number, code: string, reason: string, message: string) => {
@@ -247,17 +251,25 @@ export const layer: Layer.Layer<
       if (url === undefined) return refused(socket, 400, "BAD_REQUEST", "bad_target", "the request target is not a valid URL")
       if (url.pathname !== "/ws") return refused(socket, 404, "NOT_FOUND", "not_found", "WebSocket endpoint is GET /ws")
       if (shuttingDown) return refused(socket, 503, "SHUTTING_DOWN", "shutting_down", "server is shutting down")
+      const origin = request.headers.origin
+      if (!isOriginAllowed(config, origin)) {
+        return refused(socket, 403, "ORIGIN_NOT_ALLOWED", "origin_not_allowed", `Origin ${JSON.stringify(String(origin).slice(0, 200))} is not allowed (AGENTWIRE_ALLOWED_ORIGINS)`)
+      }
       const token = WebSocketConnection.tokenOf(request, url)
       if (token === undefined) {
         return refused(socket, 401, "UNAUTHORIZED", "missing", new AuthError({ reason: "missing" }).message)
       }
-      runFork(auth.verify(token).pipe(Effect.map((verified) => verified.user_id),
+      runFork(auth.verify(token).pipe(
         Effect.match({
-          onFailure: (error) => refused(socket, 401, "UNAUTHORIZED", error.reason, error.message),
-          onSuccess: (user_id) => {
+          // a key set we cannot reach is our failure, not the client's: 503, so it retries
+          onFailure: (error) =>
+            error.reason === "jwks_unavailable"
+              ? refused(socket, 503, "AUTH_UNAVAILABLE", error.reason, error.message)
+              : refused(socket, 401, "UNAUTHORIZED", error.reason, error.message),
+          onSuccess: (verified) => {
             if (socket.destroyed) return
             try {
-              wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id, socket))
+              wss.handleUpgrade(request, socket, head, (ws) => accept(ws, verified, socket))
             } catch {
               socket.destroy()
             }

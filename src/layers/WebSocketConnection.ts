@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { type Cause, Effect, Queue } from "effect"
+import { type Cause, Effect, FiberHandle, Queue } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
@@ -23,7 +23,7 @@ import {
   type ServerMessage,
   SUBPROTOCOL
 } from "../protocol/Protocol.ts"
-import { bearerToken } from "../services/Auth.ts"
+import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
@@ -68,7 +68,15 @@ export const selectProtocol = (protocols: Set<string>): string | false => {
 /** Settings a connection needs. */
 export interface ConnectionOptions {
   readonly maxMessageBytes: number
+  /** The clock-skew tolerance of the auth policy: a token is honoured until `exp` plus this. */
+  readonly clockSkewMs: number
 }
+
+/** Close code for a connection whose token expired without a refresh. */
+export const CLOSE_TOKEN_EXPIRED = 4001
+
+/** Longest single sleep of the expiry timer (timers overflow past 2^31-1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * What the heartbeat needs to judge a connection: the server pings every
@@ -106,17 +114,20 @@ export const make = (
 })
 
 /** Runs one connection until its socket closes. */
-export const run = (connection: Connection, user_id: string, options: ConnectionOptions) =>
+export const run = (connection: Connection, verified: VerifiedToken, options: ConnectionOptions) =>
   Effect.suspend(() => {
     const connection_id = UserExecutionContext.generateId("conn")
-    return runWithId(connection, user_id, connection_id, options).pipe(Effect.annotateLogs({ user_id, connection_id }))
+    const user_id = verified.user_id
+    return runWithId(connection, verified, connection_id, options).pipe(Effect.annotateLogs({ user_id, connection_id }))
   })
 
-const runWithId = (connection: Connection, user_id: string, connection_id: string, options: ConnectionOptions) => {
+const runWithId = (connection: Connection, verified: VerifiedToken, connection_id: string, options: ConnectionOptions) => {
   const { liveness, output, ws } = connection
+  const user_id = verified.user_id
   return Effect.gen(function*() {
     const bridge = yield* WebSocketBridge
     const engines = yield* ExecutionEngineFactory
+    const auth = yield* Auth
     const openedAt = Date.now()
     const inbox = yield* Queue.unbounded<string | Uint8Array, Cause.Done>()
     let closeCode = 1006
@@ -166,6 +177,43 @@ const runWithId = (connection: Connection, user_id: string, connection_id: strin
     const refuse = (error: ProtocolError) => Effect.sync(() => reply(error))
     const withRequestId = (request_id: string | undefined) => (request_id === undefined ? {} : { request_id })
 
+    // the token's expiry: without a refresh before it, the connection ends with TOKEN_EXPIRED / 4001
+    let expiresAt = verified.expires_at
+    const expiry = yield* FiberHandle.make()
+    const watchExpiry: Effect.Effect<void> = Effect.suspend(() => {
+      const left = expiresAt + options.clockSkewMs - Date.now()
+      if (left > 0) return Effect.andThen(Effect.sleep(Math.min(left, MAX_TIMER_MS)), watchExpiry)
+      return Effect.andThen(
+        Effect.sync(() => {
+          reply({ type: "error", code: "TOKEN_EXPIRED", message: "the connection's token expired; reconnect with a fresh token, or send authenticate before expiry" })
+          output.close(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired")
+        }),
+        Effect.logInfo("token expired")
+      )
+    })
+    yield* FiberHandle.run(expiry, watchExpiry)
+
+    const authenticate = (token: string, request_id: string | undefined) =>
+      auth.verify(token).pipe(
+        Effect.flatMap((next) =>
+          next.user_id !== user_id
+            ? Effect.andThen(
+              refuse({ type: "error", code: "AUTH_FAILED", message: "the token names another user; the connection keeps its current token", ...withRequestId(request_id) }),
+              Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: "other_subject" }))
+            )
+            : Effect.gen(function*() {
+              expiresAt = next.expires_at
+              yield* FiberHandle.run(expiry, watchExpiry)
+              reply({ type: "authenticated", user_id, expires_at: new Date(next.expires_at).toISOString(), ...withRequestId(request_id) })
+            })
+        ),
+        Effect.catchTag("AuthError", (error) =>
+          Effect.andThen(
+            refuse({ type: "error", code: "AUTH_FAILED", message: `${error.message}; the connection keeps its current token`, ...withRequestId(request_id) }),
+            Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: error.reason }))
+          ))
+      )
+
     const startRun = (
       agent: string | undefined,
       request: string,
@@ -191,6 +239,8 @@ const runWithId = (connection: Connection, user_id: string, connection_id: strin
           return startRun(message.agent, message.user_request, message)
         case "user_message":
           return startRun(undefined, message.text, message)
+        case "authenticate":
+          return authenticate(message.token, message.request_id)
       }
     }
 

@@ -56,12 +56,27 @@ export type UserMessage = typeof UserMessage.Type
 export const Ping = Schema.Struct({ type: Schema.Literal("ping") })
 export type Ping = typeof Ping.Type
 
+/** Longest token accepted in `authenticate`, in characters. */
+export const MAX_TOKEN_LENGTH = 8192
+
+/**
+ * Replaces the connection's token (refresh before expiry). Answered with
+ * `authenticated`, or `error {code: "AUTH_FAILED"}` when the token fails or
+ * names another user; the connection then keeps its current token.
+ */
+export const Authenticate = Schema.Struct({
+  type: Schema.Literal("authenticate"),
+  token: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(MAX_TOKEN_LENGTH)),
+  request_id: Schema.optionalKey(Id)
+})
+export type Authenticate = typeof Authenticate.Type
+
 /** Every message a client may send. */
-export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping]).pipe(Schema.toTaggedUnion("type"))
+export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate]).pipe(Schema.toTaggedUnion("type"))
 export type ClientMessage = typeof ClientMessage.Type
 
 /** The `type` values a client may send. */
-export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping"]
+export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping", "authenticate"]
 
 // ---------------------------------------------------------------------------
 // server -> client: connection-level frames
@@ -80,6 +95,16 @@ export type ConnectionEstablished = typeof ConnectionEstablished.Type
 export const Pong = Schema.Struct({ type: Schema.Literal("pong"), timestamp: Schema.String })
 export type Pong = typeof Pong.Type
 
+/** Answer to `authenticate`: the connection now runs on the new token. */
+export const Authenticated = Schema.Struct({
+  type: Schema.Literal("authenticated"),
+  user_id: Schema.String,
+  /** When the new token expires (ISO 8601, from its `exp`). */
+  expires_at: Schema.String,
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type Authenticated = typeof Authenticated.Type
+
 /**
  * Codes of protocol `error` frames. v1 grows this list by addition; clients
  * must treat a code they do not know as a generic refusal.
@@ -90,7 +115,11 @@ export const ErrorCode = Schema.Literals([
   "UNKNOWN_TYPE",
   "UNKNOWN_AGENT",
   // admission closed: the server is shutting down; no run was started
-  "SHUTTING_DOWN"
+  "SHUTTING_DOWN",
+  // an `authenticate` token failed or named another user; the connection keeps its token
+  "AUTH_FAILED",
+  // the connection's token expired without a refresh; the server closes with 4001
+  "TOKEN_EXPIRED"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -191,7 +220,7 @@ export type EventStamp = "event_id" | "run_id" | "thread_id" | "user_id" | "agen
 export type AgentEventBody = AgentEvent extends infer E ? E extends AgentEvent ? Omit<E, EventStamp> : never : never
 
 /** Every frame a server may send. */
-export const ServerMessage = Schema.Union([ConnectionEstablished, Pong, ProtocolError, ...agentEventMembers]).pipe(
+export const ServerMessage = Schema.Union([ConnectionEstablished, Pong, Authenticated, ProtocolError, ...agentEventMembers]).pipe(
   Schema.toTaggedUnion("type")
 )
 export type ServerMessage = typeof ServerMessage.Type
@@ -205,6 +234,7 @@ export const decodeServerMessage = Schema.decodeUnknownSync(Schema.fromJsonStrin
 const decodeStartAgent = Schema.decodeUnknownResult(StartAgent)
 const decodeUserMessage = Schema.decodeUnknownResult(UserMessage)
 const decodePing = Schema.decodeUnknownResult(Ping)
+const decodeAuthenticate = Schema.decodeUnknownResult(Authenticate)
 
 const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
 
@@ -233,6 +263,8 @@ export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError
     ? decodeUserMessage(value, { errors: "all" })
     : type === "ping"
     ? decodePing(value)
+    : type === "authenticate"
+    ? decodeAuthenticate(value)
     : undefined
   if (result === undefined) {
     return {
@@ -243,6 +275,15 @@ export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError
     }
   }
   if (result._tag === "Success") return result.success
+  if (type === "authenticate") {
+    // never echo (part of) a token back: the schema's message would quote the value
+    return {
+      type: "error",
+      code: "INVALID_MESSAGE",
+      message: `invalid authenticate: token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters; request_id, when present, a valid id`,
+      ...requestIdOf(record)
+    }
+  }
   return {
     type: "error",
     code: "INVALID_MESSAGE",
