@@ -39,7 +39,12 @@ export type CloseReason =
 /** Unsent bytes above which a socket counts against the process budget. */
 export const TRACK_BYTES = 64 * 1024
 
-/** Unsent bytes above which the connection stops handling the client's frames. */
+/**
+ * Unsent bytes above which the connection stops handling the client's frames
+ * (a quarter of the per-socket bound when that is smaller), so that replies
+ * alone never reach the bound: a client that floods without reading is slowed
+ * down, not dropped.
+ */
 export const HIGH_WATER_BYTES = 256 * 1024
 
 /** Frames queued in one tick are written together, in writes of at most about this many bytes. */
@@ -82,7 +87,7 @@ export interface SocketOutput {
   readonly destroy: (reason: CloseReason) => void
   /** Bytes waiting to be sent. */
   readonly buffered: () => number
-  /** True while more than `HIGH_WATER_BYTES` wait. */
+  /** True while more than `HIGH_WATER_BYTES` (or a quarter of the bound) wait. */
   readonly backedUp: () => boolean
   /** Resumes once the output is no longer backed up (or the socket closed). */
   readonly drained: Effect.Effect<void>
@@ -241,7 +246,8 @@ export const make = (
     if (budget !== undefined) budget.note(entry, ws.bufferedAmount)
   }
 
-  const backedUp = () => socket !== undefined && ws.readyState === OPEN && socket.writableLength > HIGH_WATER_BYTES
+  const highWater = Math.min(HIGH_WATER_BYTES, Math.floor(limits.maxSocketBytes / 4))
+  const backedUp = () => socket !== undefined && ws.readyState === OPEN && socket.writableLength > highWater
 
   const drained: Effect.Effect<void> = Effect.callback<void>((resume) => {
     if (!backedUp() || socket === undefined) return resume(Effect.void)
