@@ -31,7 +31,11 @@
  * expression runs over the input), and recursion is bounded: parentheses,
  * signs and the exponent of `^` may nest at most {@link MAX_NESTING} levels,
  * beyond which evaluation fails with `nesting deeper than 64 levels` rather
- * than exhausting the stack. {@link extractExpression} is linear as well.
+ * than exhausting the stack. An expression may be at most
+ * {@link MAX_EXPRESSION_LENGTH} characters long. {@link extractExpression}
+ * and {@link hasBinaryOperator} are single passes too, over requests of any
+ * length: no input up to the 64 KiB frame limit blocks the event loop for
+ * more than a few milliseconds.
  *
  * Errors are typed ({@link ArithmeticError}) and say where the expression went
  * wrong (1-based character positions within the expression).
@@ -52,18 +56,34 @@ export class ArithmeticError extends Data.TaggedError("ArithmeticError")<{
  */
 export const MAX_NESTING = 64
 
-const isDigit = (c: string | undefined): boolean => c !== undefined && c >= "0" && c <= "9"
-const isSpace = (c: string | undefined): boolean => {
-  if (c === undefined) return false
-  const code = c.charCodeAt(0)
-  return code === 32 || (code >= 9 && code <= 13) || (code > 127 && /^\s$/.test(c))
-}
-const isMinus = (c: string | undefined): boolean => c === "-" || c === "−"
-const isSign = (c: string | undefined): boolean => c === "+" || isMinus(c)
-const isOperator = (c: string | undefined): boolean =>
-  c === "+" || c === "-" || c === "−" || c === "*" || c === "/" || c === "%" || c === "^" || c === "×" || c === "÷"
+/**
+ * Longest expression {@link evaluate} accepts, in UTF-16 code units. Longer
+ * ones fail at once with `the expression is longer than 4096 characters`,
+ * which keeps one evaluation well under a millisecond.
+ */
+export const MAX_EXPRESSION_LENGTH = 4096
+
+// Character tests work on UTF-16 code units (`charCodeAt`, NaN past either end)
+// so that every scan is one cheap left-to-right pass.
+const PLUS = 43, MINUS = 45, UNICODE_MINUS = 0x2212, TIMES = 42, SLASH = 47, PERCENT = 37, CARET = 94
+const MULTIPLY_SIGN = 0xd7, DIVISION_SIGN = 0xf7, OPEN = 40, CLOSE = 41, DOT = 46, COMMA = 44
+
+const isDigit = (c: number): boolean => c >= 48 && c <= 57
+const isSpace = (c: number): boolean =>
+  c === 32 || (c >= 9 && c <= 13) ||
+  (c > 127 && (c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 ||
+    c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff))
+const isMinus = (c: number): boolean => c === MINUS || c === UNICODE_MINUS
+const isSign = (c: number): boolean => c === PLUS || isMinus(c)
+const isOperator = (c: number): boolean =>
+  isSign(c) || c === TIMES || c === SLASH || c === PERCENT || c === CARET || c === MULTIPLY_SIGN || c === DIVISION_SIGN
 /** A character that continues a word: a number glued to one (`0x10`, `sqrt(`, `5kg`) is not arithmetic. */
-const isWordChar = (c: string | undefined): boolean => c !== undefined && /^[\p{L}\p{N}\p{M}_]$/u.test(c)
+const isWordChar = (text: string, i: number): boolean => {
+  const c = text.charCodeAt(i)
+  if (Number.isNaN(c) || isSpace(c)) return false
+  if (c < 128) return isDigit(c) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95
+  return /^[\p{L}\p{N}\p{M}]$/u.test(text[i]!)
+}
 
 /** Quotes a piece of input for a message, cut to `max` characters. */
 const quote = (text: string, max = 24): string => `"${text.length > max ? `${text.slice(0, max)}…` : text}"`
@@ -73,17 +93,18 @@ const quote = (text: string, max = 24): string => `"${text.length > max ? `${tex
  * digit (or a `.` after a digit) and precedes digits, optionally signed.
  */
 const isExponentMark = (text: string, i: number): boolean => {
-  const c = text[i]
-  if (c !== "e" && c !== "E") return false
-  const before = text[i - 1]
-  if (!(isDigit(before) || (before === "." && isDigit(text[i - 2])))) return false
-  return isDigit(text[i + 1]) || (isSign(text[i + 1]) && isDigit(text[i + 2]))
+  const c = text.charCodeAt(i)
+  if (c !== 101 && c !== 69) return false
+  const before = text.charCodeAt(i - 1)
+  if (!(isDigit(before) || (before === DOT && isDigit(text.charCodeAt(i - 2))))) return false
+  const after = text.charCodeAt(i + 1)
+  return isDigit(after) || (isSign(after) && isDigit(text.charCodeAt(i + 2)))
 }
 
 /** Characters an expression in a request may consist of (`,` so that `1,000` is refused, not read as `000`). */
 const isExpressionChar = (text: string, i: number): boolean => {
-  const c = text[i]!
-  return isDigit(c) || isOperator(c) || c === "(" || c === ")" || c === "." || c === "," || isSpace(c) ||
+  const c = text.charCodeAt(i)
+  return isDigit(c) || isOperator(c) || c === OPEN || c === CLOSE || c === DOT || c === COMMA || isSpace(c) ||
     isExponentMark(text, i)
 }
 
@@ -109,15 +130,15 @@ export const extractExpression = (request: string): string | undefined => {
     let start = i
     let hasDigit = false
     while (i < request.length && isExpressionChar(request, i)) {
-      if (isDigit(request[i])) hasDigit = true
+      if (isDigit(request.charCodeAt(i))) hasDigit = true
       i++
     }
     let end = i
     if (!hasDigit) continue
-    while (start < end && isSpace(request[start])) start++
-    while (end > start && isSpace(request[end - 1])) end--
-    const glued = isWordChar(request[start - 1]) || isWordChar(request[end])
-    while (end > start && (request[end - 1] === "." || request[end - 1] === "," || isSpace(request[end - 1]))) end--
+    while (start < end && isSpace(request.charCodeAt(start))) start++
+    while (end > start && isSpace(request.charCodeAt(end - 1))) end--
+    const glued = isWordChar(request, start - 1) || isWordChar(request, end)
+    for (let c = request.charCodeAt(end - 1); end > start && (c === DOT || c === COMMA || isSpace(c)); c = request.charCodeAt(end - 1)) end--
     // only spaces, `.` and `,` were trimmed, so the candidate still holds a digit
     if (!glued && end - start > (best?.length ?? 0)) best = request.slice(start, end)
   }
@@ -130,15 +151,15 @@ export const extractExpression = (request: string): string | undefined => {
  * `(`, or a sign). `2+3*4` and `1e3/10` do; `42` and `-5` do not. Linear time.
  */
 export const hasBinaryOperator = (expression: string): boolean => {
-  let previous: string | undefined // last non-space character
+  let previous = Number.NaN // last non-space character
   for (let i = 0; i < expression.length; i++) {
-    const c = expression[i]!
+    const c = expression.charCodeAt(i)
     if (isSpace(c)) continue
-    if (isOperator(c) && (isDigit(previous) || previous === "." || previous === ")")) {
+    if (isOperator(c) && (isDigit(previous) || previous === DOT || previous === CLOSE)) {
       let j = i + 1
-      while (isSpace(expression[j])) j++
-      const next = expression[j]
-      if (isDigit(next) || next === "." || next === "(" || isSign(next)) return true
+      while (isSpace(expression.charCodeAt(j))) j++
+      const next = expression.charCodeAt(j)
+      if (isDigit(next) || next === DOT || next === OPEN || isSign(next)) return true
     }
     previous = c
   }
@@ -160,9 +181,11 @@ const parse = (source: string): number => {
     throw new Abort(message)
   }
   const at = (i: number) => `at position ${i + 1}`
-  const peek = (): string | undefined => {
-    while (isSpace(source[pos])) pos++
-    return source[pos]
+  const unexpected = (i: number) => abort(`unexpected ${quote(String.fromCodePoint(source.codePointAt(i)!))} ${at(i)}`)
+  /** The next non-space code unit (NaN at the end), without consuming it. */
+  const peek = (): number => {
+    while (isSpace(source.charCodeAt(pos))) pos++
+    return source.charCodeAt(pos)
   }
   const enter = () => {
     if (++depth > MAX_NESTING) abort(`nesting deeper than ${MAX_NESTING} levels ${at(pos)}`)
@@ -174,28 +197,22 @@ const parse = (source: string): number => {
     const start = pos
     let mantissaDigits = false
     let nonZero = false
-    while (isDigit(source[pos])) {
+    for (let c = source.charCodeAt(pos); isDigit(c); c = source.charCodeAt(++pos)) {
       mantissaDigits = true
-      if (source[pos] !== "0") nonZero = true
-      pos++
+      if (c !== 48) nonZero = true
     }
-    if (source[pos] === ".") {
-      pos++
-      while (isDigit(source[pos])) {
+    if (source.charCodeAt(pos) === DOT) {
+      for (let c = source.charCodeAt(++pos); isDigit(c); c = source.charCodeAt(++pos)) {
         mantissaDigits = true
-        if (source[pos] !== "0") nonZero = true
-        pos++
+        if (c !== 48) nonZero = true
       }
     }
-    if (!mantissaDigits) {
-      pos = start
-      return abort(`unexpected ${quote(source[start] ?? "")} ${at(start)}`)
-    }
+    if (!mantissaDigits) return unexpected(start)
     let unicodeMinus = false
     if (isExponentMark(source, pos)) {
       pos++
-      if (isSign(source[pos])) unicodeMinus = source[pos++] === "−"
-      while (isDigit(source[pos])) pos++
+      if (isSign(source.charCodeAt(pos))) unicodeMinus = source.charCodeAt(pos++) === UNICODE_MINUS
+      while (isDigit(source.charCodeAt(pos))) pos++
     }
     const text = source.slice(start, pos)
     const value = Number(unicodeMinus ? text.replace("−", "-") : text)
@@ -205,23 +222,23 @@ const parse = (source: string): number => {
   }
   const primary = (): number => {
     const c = peek()
-    if (c === undefined) return abort("the expression ends too early")
-    if (c === "(") {
+    if (Number.isNaN(c)) return abort("the expression ends too early")
+    if (c === OPEN) {
       const open = pos
       enter()
       pos++
       const value = sum()
-      if (peek() !== ")") abort(`missing ")" for the "(" ${at(open)}`)
+      if (peek() !== CLOSE) abort(`missing ")" for the "(" ${at(open)}`)
       pos++
       depth--
       return value
     }
-    if (c === "." || isDigit(c)) return number()
-    return abort(`unexpected ${quote(c)} ${at(pos)}`)
+    if (c === DOT || isDigit(c)) return number()
+    return unexpected(pos)
   }
   const power = (): number => {
     const base = primary()
-    if (peek() !== "^") return base
+    if (peek() !== CARET) return base
     const op = pos
     enter()
     pos++
@@ -240,30 +257,30 @@ const parse = (source: string): number => {
   }
   const product = (): number => {
     let left = unary()
-    for (let op = peek(); op === "*" || op === "/" || op === "%" || op === "×" || op === "÷"; op = peek()) {
+    for (let op = peek(); op === TIMES || op === MULTIPLY_SIGN || op === SLASH || op === DIVISION_SIGN || op === PERCENT; op = peek()) {
       const opIndex = pos
       pos++
       const right = unary()
-      if ((op === "/" || op === "÷" || op === "%") && right === 0) abort(`division by zero ${at(opIndex)}`)
-      left = finite(op === "/" || op === "÷" ? left / right : op === "%" ? left % right : left * right, opIndex)
+      if (op !== TIMES && op !== MULTIPLY_SIGN && right === 0) abort(`division by zero ${at(opIndex)}`)
+      left = finite(op === TIMES || op === MULTIPLY_SIGN ? left * right : op === PERCENT ? left % right : left / right, opIndex)
     }
     return left
   }
   const sum = (): number => {
     let left = product()
-    for (let op = peek(); op === "+" || isMinus(op); op = peek()) {
+    for (let op = peek(); isSign(op); op = peek()) {
       const opIndex = pos
       pos++
       const right = product()
-      left = finite(op === "+" ? left + right : left - right, opIndex)
+      left = finite(op === PLUS ? left + right : left - right, opIndex)
     }
     return left
   }
 
-  if (peek() === undefined) abort("the expression is empty")
+  if (Number.isNaN(peek())) abort("the expression is empty")
   const result = sum()
   const rest = peek()
-  if (rest !== undefined) abort(rest === ")" ? `unmatched ")" ${at(pos)}` : `unexpected ${quote(rest)} ${at(pos)}`)
+  if (!Number.isNaN(rest)) return rest === CLOSE ? abort(`unmatched ")" ${at(pos)}`) : unexpected(pos)
   return result
 }
 
@@ -271,11 +288,16 @@ const parse = (source: string): number => {
  * Evaluates `expression` (grammar and semantics in the module docs), failing
  * with an {@link ArithmeticError} whose message says what and where: e.g.
  * `unexpected "*" at position 3`, `division by zero at position 2`,
- * `the result is not a finite number (at position 6)`, `nesting deeper than 64 levels at position 65`.
- * Linear time in the length of `expression`, bounded stack depth.
+ * `the result is not a finite number (at position 6)`, `nesting deeper than 64 levels at position 65`,
+ * `the expression is longer than 4096 characters`. Linear time, bounded stack depth.
  */
 export const evaluate = (expression: string): Effect.Effect<number, ArithmeticError> =>
   Effect.suspend(() => {
+    if (expression.length > MAX_EXPRESSION_LENGTH) {
+      return Effect.fail(
+        new ArithmeticError({ expression, message: `the expression is longer than ${MAX_EXPRESSION_LENGTH} characters` })
+      )
+    }
     try {
       return Effect.succeed(parse(expression))
     } catch (error) {

@@ -5,6 +5,7 @@ import {
   extractExpression,
   formatNumber,
   hasBinaryOperator,
+  MAX_EXPRESSION_LENGTH,
   MAX_NESTING
 } from "../../src/agents/Arithmetic.ts"
 
@@ -108,43 +109,58 @@ describe("evaluate", () => {
     const nested = (n: number) => "(".repeat(n) + "1" + ")".repeat(n)
     expect(run(nested(MAX_NESTING))).toEqual({ ok: 1 })
     expect(run(nested(MAX_NESTING + 1))).toEqual({ error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })
-    expect(run(nested(30_000))).toEqual({ error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })
-    expect(run("-".repeat(30_000) + "1")).toMatchObject({ error: expect.stringContaining("nesting deeper than") })
-    expect(run("2^".repeat(30_000) + "1")).toMatchObject({ error: expect.stringContaining("nesting deeper than") })
+    expect(run(nested(2_000))).toEqual({ error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })
+    expect(run("-".repeat(4_000) + "1")).toEqual({ error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })
+    expect(run("2^".repeat(2_000) + "1")).toEqual({ error: `nesting deeper than ${MAX_NESTING} levels at position ${2 * MAX_NESTING + 2}` })
+    expect(run(nested(30_000))).toEqual({ error: `the expression is longer than ${MAX_EXPRESSION_LENGTH} characters` })
     expect(run("-".repeat(MAX_NESTING) + "1")).toEqual({ ok: 1 })
   })
 })
 
-describe("adversarial 64 KiB requests: linear by construction, a clear answer each", () => {
+describe("adversarial requests: linear by construction, a clear answer each", () => {
   const N = 64 * 1024
+  const M = MAX_EXPRESSION_LENGTH
   const fill = (unit: string, length: number) => unit.repeat(Math.ceil(length / unit.length)).slice(0, length)
-  const cases: ReadonlyArray<readonly [string, string, ReturnType<typeof answer>]> = [
-    ["dots between digits (fault: 4.5-6 s)", "1" + ".".repeat(N - 3) + " 1", { expression: "1" + ".".repeat(N - 3) + " 1", error: "unexpected \".\" at position 3" }],
-    ["commas between digits", "1" + ",".repeat(N - 3) + " 1", { expression: "1" + ",".repeat(N - 3) + " 1", error: "unexpected \",\" at position 2" }],
-    ["trailing dots", "1" + ".".repeat(N - 1), { expression: "1", ok: 1 }],
-    ["dot-space", "1" + fill(". ", N - 3) + " 1", { expression: "1" + fill(". ", N - 3) + " 1", error: "unexpected \".\" at position 4" }],
-    ["digits", "9".repeat(N), { expression: "9".repeat(N), error: "the number \"999999999999999999999999…\" at position 1 is too large" }],
-    ["open parens", "(".repeat(N - 1) + "1", { expression: "(".repeat(N - 1) + "1", error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` }],
-    ["signs", "-".repeat(N - 1) + "1", { expression: "-".repeat(N - 1) + "1", error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` }],
-    ["1+1+…", fill("1+", N - 2) + "1", { expression: fill("1+", N - 2) + "1", ok: N / 2 }],
-    ["1e1e1e… (glued to the last e)", fill("1e", N), { none: true }],
-    ["1e1e1e…1", fill("1e", N - 1), { expression: fill("1e", N - 1), error: "unexpected \"e\" at position 4" }],
-    ["e1e1e1…", fill("e1", N), { none: true }],
-    ["1e+1e+…", fill("1e+", N), { expression: fill("1e+", N), error: "unexpected \"e\" at position 5" }],
-    ["words with e", fill("the eee ", N - 8) + " 2^10", { expression: "2^10", ok: 1024 }],
-    ["digit then spaces", "1" + " ".repeat(N - 2) + "+", { expression: "1" + " ".repeat(N - 2) + "+", error: "the expression ends too early" }],
-    ["(1)*(1)*…", fill("(1)*", N - 4) + "(1)", { expression: fill("(1)*", N - 4) + "(1)", ok: 1 }],
-    ["(1)*(1)*…( unbalanced", fill("(1)*", N - 3) + "(1)", { expression: fill("(1)*", N - 3) + "(1)", error: `missing ")" for the "(" at position ${N - 3}` }]
+  type Answer = ReturnType<typeof answer>
+  /** Each pattern at length n, and what extraction plus evaluation must give when the expression fits the length cap. */
+  const patterns: ReadonlyArray<readonly [string, (n: number) => string, (n: number) => Answer]> = [
+    ["dots between digits (fault: 4.5-6 s)", (n) => "1" + ".".repeat(n - 3) + " 1", (n) => ({ expression: "1" + ".".repeat(n - 3) + " 1", error: "unexpected \".\" at position 3" })],
+    ["commas between digits", (n) => "1" + ",".repeat(n - 3) + " 1", (n) => ({ expression: "1" + ",".repeat(n - 3) + " 1", error: "unexpected \",\" at position 2" })],
+    ["trailing dots", (n) => "1" + ".".repeat(n - 1), () => ({ expression: "1", ok: 1 })],
+    ["dot-space", (n) => "1" + fill(". ", n - 3) + " 1", (n) => ({ expression: "1" + fill(". ", n - 3) + " 1", error: "unexpected \".\" at position 4" })],
+    ["digits", (n) => "9".repeat(n), (n) => ({ expression: "9".repeat(n), error: "the number \"999999999999999999999999…\" at position 1 is too large" })],
+    ["open parens", (n) => "(".repeat(n - 1) + "1", (n) => ({ expression: "(".repeat(n - 1) + "1", error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })],
+    ["balanced parens", (n) => "(".repeat(n / 2 - 1) + "11" + ")".repeat(n / 2 - 1), (n) => ({ expression: "(".repeat(n / 2 - 1) + "11" + ")".repeat(n / 2 - 1), error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })],
+    ["signs", (n) => "-".repeat(n - 1) + "1", (n) => ({ expression: "-".repeat(n - 1) + "1", error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` })],
+    ["2^2^…", (n) => fill("2^", n - 2) + "1", (n) => ({ expression: fill("2^", n - 2) + "1", error: `nesting deeper than ${MAX_NESTING} levels at position ${2 * MAX_NESTING + 2}` })],
+    ["1+1+…", (n) => fill("1+", n - 2) + "1", (n) => ({ expression: fill("1+", n - 2) + "1", ok: n / 2 })],
+    ["1e1e1e… (glued to the last e)", (n) => fill("1e", n), () => ({ none: true })],
+    ["1e1e1e…1", (n) => fill("1e", n - 1), (n) => ({ expression: fill("1e", n - 1), error: "unexpected \"e\" at position 4" })],
+    ["e1e1e1…", (n) => fill("e1", n), () => ({ none: true })],
+    ["1e+1e+…", (n) => fill("1e+", n), (n) => ({ expression: fill("1e+", n), error: "unexpected \"e\" at position 5" })],
+    ["words with e", (n) => fill("the eee ", n - 8) + " 2^10", () => ({ expression: "2^10", ok: 1024 })],
+    ["digit then spaces", (n) => "1" + " ".repeat(n - 2) + "+", (n) => ({ expression: "1" + " ".repeat(n - 2) + "+", error: "the expression ends too early" })],
+    ["(1)*(1)*…", (n) => fill("(1)*", n - 4) + "(1)", (n) => ({ expression: fill("(1)*", n - 4) + "(1)", ok: 1 })],
+    ["(1)*(1)*…( unbalanced", (n) => fill("(1)*", n - 3) + "(1)", (n) => ({ expression: fill("(1)*", n - 3) + "(1)", error: `missing ")" for the "(" at position ${n - 3}` })]
   ]
   /** Long strings shown by length and ends, so that a failure stays readable. */
-  const short = (a: ReturnType<typeof answer>) =>
+  const short = (a: Answer) =>
     "expression" in a ? { ...a, expression: `${a.expression.length}:${a.expression.slice(0, 12)}…${a.expression.slice(-12)}` } : a
-  for (const [name, request, expected] of cases) {
-    it(name, () => {
-      expect(request.length).toBeLessThanOrEqual(N)
-      expect(short(answer(request))).toEqual(short(expected))
+  const capped = (a: Answer): Answer =>
+    "expression" in a && a.expression.length > M
+      ? { expression: a.expression, error: `the expression is longer than ${M} characters` }
+      : a
+  for (const [name, make, expected] of patterns) {
+    it(`${name}: 64 KiB request, and an expression of the longest length evaluated`, () => {
+      for (const n of [N, M]) expect(make(n).length).toSatisfy((l: number) => l > n - 8 && l <= n)
+      expect(short(answer(make(N)))).toEqual(short(capped(expected(N))))
+      expect(short(answer(make(M)))).toEqual(short(expected(M)))
     })
   }
+  it(`an expression one character over ${M} is refused with a clear message`, () => {
+    expect(run(fill("1+", M - 2) + "1")).toEqual({ ok: M / 2 })
+    expect(run(fill("1+", M) + "1")).toEqual({ error: `the expression is longer than ${M} characters` })
+  })
 })
 
 // ---------------------------------------------------------------------------

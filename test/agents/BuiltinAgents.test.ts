@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { MAX_NESTING } from "../../src/agents/Arithmetic.ts"
+import { MAX_EXPRESSION_LENGTH, MAX_NESTING } from "../../src/agents/Arithmetic.ts"
 import { MAX_DURATION_MS } from "../../src/agents/Ticker.ts"
 import { RecordedEvents } from "../../src/layers/WebSocketBridgeRecording.ts"
 import { AgentInstanceFactory } from "../../src/services/AgentInstanceFactory.ts"
@@ -41,23 +41,29 @@ describe("calculator agent", () => {
       expect((yield* runAgent("calculator", "2+3*4")).outcome.final_response).toBe("2+3*4 = 14")
     }).pipe(Effect.provide(RecordingRuntime)))
 
-  it.effect("30,000 nested parentheses: a clear limit message, not a crashed tool", () =>
+  it.effect("30,000 nested parentheses (fault: tool crashed with a stack overflow): a clear limit message", () =>
     Effect.gen(function*() {
-      const expression = "(".repeat(30_000) + "1" + ")".repeat(30_000)
-      const { events, outcome } = yield* runAgent("calculator", expression)
-      expect(toolResult(events)).toMatchObject({
+      const long = yield* runAgent("calculator", "(".repeat(30_000) + "1" + ")".repeat(30_000))
+      expect(toolResult(long.events)).toMatchObject({
+        success: false,
+        results: { error: `the expression is longer than ${MAX_EXPRESSION_LENGTH} characters` }
+      })
+      expect(long.outcome.status).toBe("completed")
+      expect(long.outcome.final_response).not.toContain("crashed")
+      const deep = yield* runAgent("calculator", "(".repeat(2_000) + "1" + ")".repeat(2_000))
+      expect(toolResult(deep.events)).toMatchObject({
         success: false,
         results: { error: `nesting deeper than ${MAX_NESTING} levels at position ${MAX_NESTING + 1}` }
       })
-      expect(outcome.status).toBe("completed")
-      expect(outcome.final_response).not.toContain("crashed")
     }).pipe(Effect.provide(RecordingRuntime)))
 
   it.effect("\"1\" + 60,000 dots + \" 1\" (fault: blocked the event loop for seconds): a clear answer from the calculator and the supervisor", () =>
     Effect.gen(function*() {
       const request = "1" + ".".repeat(60_000) + " 1"
       const direct = yield* runAgent("calculator", request)
-      expect(direct.outcome.final_response).toBe(`I could not calculate ${request}: unexpected "." at position 3.`)
+      expect(direct.outcome.final_response).toBe(`I could not calculate ${request}: the expression is longer than ${MAX_EXPRESSION_LENGTH} characters.`)
+      const fitting = "1" + ".".repeat(MAX_EXPRESSION_LENGTH - 3) + " 1"
+      expect((yield* runAgent("calculator", fitting)).outcome.final_response).toBe(`I could not calculate ${fitting}: unexpected "." at position 3.`)
       const { events, outcome } = yield* runAgent(undefined, request)
       expect(outcome).toMatchObject({ status: "completed", final_response: `echo: ${request}` })
       expect(runInvariants(events)).toEqual([])
