@@ -2,7 +2,12 @@
  * `calculator`: answers arithmetic through the `calculate` tool.
  *
  * A malformed expression is a failed tool call (`tool_completed` with
- * `success: false`) and a clear answer; the run still completes.
+ * `success: false`) and a clear answer; the run still completes. So is an
+ * expression past the evaluator's limits (nesting deeper than `MAX_NESTING`,
+ * longer than `MAX_EXPRESSION_LENGTH`) or with a non-finite result: the
+ * calculator never reports `Infinity`, `NaN` or a value computed from them.
+ * Grammar, semantics (`-2^2` = -4, `^` right-associative) and bounds are
+ * documented in `Arithmetic.ts`; handling any request is linear in its length.
  *
  * @module
  */

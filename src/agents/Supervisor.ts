@@ -8,15 +8,19 @@
  */
 import { Effect } from "effect"
 import * as Agent from "../services/Agent.ts"
-import { extractExpression } from "./Arithmetic.ts"
+import { extractExpression, hasBinaryOperator } from "./Arithmetic.ts"
 
-/** Picks `calculator` when the request holds arithmetic with an operator, else `echo`. */
+/**
+ * Picks `calculator` when the request holds arithmetic with a binary operator
+ * (`what is 2+3*4`, `1e3/10`), else `echo` (`hello`, `call me at 5`). Linear
+ * time in the request's length.
+ */
 export const triage = Agent.make("triage", {
   description: "Decides which agent should handle a request (calculator or echo)",
   run: (request, ctx) =>
     ctx.tool("classify", { request }, Effect.sync(() => {
       const expression = extractExpression(request)
-      return expression !== undefined && /\d\s*[-+*/%^×÷]\s*[-(.\d]/.test(expression) ? "calculator" : "echo"
+      return expression !== undefined && hasBinaryOperator(expression) ? "calculator" : "echo"
     }))
 })
 

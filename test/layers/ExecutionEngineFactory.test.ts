@@ -79,7 +79,7 @@ describe("ExecutionEngineFactory", () => {
       const engines = yield* ExecutionEngineFactory
       const recorded = yield* RecordedEvents
       const context = yield* UserExecutionContext.make({ user_id: "alice" })
-      const handle = yield* engines.start(context, "ticker", "steps=1000 interval_ms=1000")
+      const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=1000")
       yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_thinking")
       expect(yield* engines.activeRuns).toBe(1)
       expect(yield* engines.interrupt(context.run_id)).toBe(true)
