@@ -30,7 +30,6 @@ import { Deferred, Effect, FiberSet, Layer, Option, Schedule, Scope } from "effe
 import { HttpRouter } from "effect/http"
 import { createServer, type IncomingMessage, STATUS_CODES } from "node:http"
 import { Socket } from "node:net"
-import { monitorEventLoopDelay } from "node:perf_hooks"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
@@ -50,8 +49,11 @@ const HEARTBEAT_SLICE = 256
 /** How long closing sockets get to finish the close handshake at shutdown. */
 const CLOSE_GRACE = "1 second"
 
-/** `/ready` reports the event loop down when it was blocked longer than this within the last second. */
+/** `/ready` reports the event loop down when it was blocked longer than this within the last second or two. */
 export const READY_MAX_EVENT_LOOP_DELAY_MS = 500
+
+/** Interval of the event-loop probe timer. */
+const LOOP_PROBE_MS = 100
 
 const reasonOf = (code: string | undefined): ServerStartError["reason"] =>
   code === "EADDRINUSE"
@@ -142,22 +144,33 @@ export const layer: Layer.Layer<
     const budget = SocketOutput.makeBudget(config.maxProcessBufferBytes)
     const limits: SocketOutput.OutputLimits = { maxSocketBytes: config.maxSocketBufferBytes }
 
-    // event-loop delay: the worst stall of the last full second, sampled by a timer fiber
-    const loopDelay = monitorEventLoopDelay({ resolution: 20 })
-    loopDelay.enable()
-    yield* Effect.addFinalizer(() => Effect.sync(() => loopDelay.disable()))
-    let worstDelayMs = 0
-    yield* Effect.forkScoped(Effect.repeat(
+    // event-loop delay: how late a 100 ms timer fires; the worst of the current and the last full second
+    const loopDelay = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        worstDelayMs = loopDelay.max / 1e6
-        loopDelay.reset()
+        let last = performance.now()
+        let windowStart = last
+        let windowWorst = 0
+        let previousWorst = 0
+        const timer = setInterval(() => {
+          const now = performance.now()
+          windowWorst = Math.max(windowWorst, now - last - LOOP_PROBE_MS)
+          last = now
+          if (now - windowStart >= 1000) {
+            previousWorst = windowWorst
+            windowWorst = 0
+            windowStart = now
+          }
+        }, LOOP_PROBE_MS)
+        timer.unref()
+        return { timer, worstMs: () => Math.max(previousWorst, windowWorst, performance.now() - last - LOOP_PROBE_MS) }
       }),
-      Schedule.spaced("1 second")
-    ))
+      ({ timer }) => Effect.sync(() => clearInterval(timer))
+    )
 
     const readiness: Effect.Effect<HttpRoutes.Readiness> = Effect.gen(function*() {
       const admissionOpen = yield* engines.admissionOpen
       const listening = server?.listening === true && !shuttingDown
+      const worstDelayMs = Math.max(0, loopDelay.worstMs())
       const loopUp = worstDelayMs <= READY_MAX_EVENT_LOOP_DELAY_MS
       return {
         shuttingDown,
@@ -175,6 +188,7 @@ export const layer: Layer.Layer<
             status: budget.tracked() <= budget.maxProcessBytes ? "up" : "down",
             required: false,
             tracked_bytes: budget.tracked(),
+            tracked_sockets: budget.trackedSockets(),
             budget_bytes: budget.maxProcessBytes,
             dropped_sockets: budget.dropped()
           }

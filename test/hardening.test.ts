@@ -1,0 +1,312 @@
+/**
+ * Issue 7: the faults found by hostile and field testing, each as the input
+ * that showed it, over a real server on a free loopback port.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Layer, Logger, Option, Redacted, References, Schedule, Scope } from "effect"
+import { SignJWT } from "jose"
+import { connect as netConnect } from "node:net"
+import WebSocket from "ws"
+import * as Agentwire from "../src/Agentwire.ts"
+import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
+import type { AgentwireSettings } from "../src/services/AgentwireConfig.ts"
+import { AgentwireServer } from "../src/services/AgentwireServer.ts"
+import { Auth } from "../src/services/Auth.ts"
+import { connect } from "./fixtures/client.ts"
+import { registry } from "./fixtures/runtime.ts"
+
+const SECRET = "hardening-suite-secret-0123456789abcdef"
+
+/** Info log lines of the server under test, as logfmt; `line` waits for one that matches. */
+const makeLogs = () => {
+  const lines: Array<string> = []
+  const waiters = new Set<() => void>()
+  const layer = Layer.mergeAll(
+    Logger.layer([Logger.map(Logger.formatLogFmt, (line) => {
+      lines.push(line)
+      for (const w of waiters) w()
+    })]),
+    Layer.succeed(References.MinimumLogLevel, "Info")
+  )
+  const line = (predicate: (line: string) => boolean) =>
+    Effect.callback<string>((resume) => {
+      const check = () => {
+        const found = lines.find(predicate)
+        if (found !== undefined) {
+          waiters.delete(check)
+          resume(Effect.succeed(found))
+        }
+      }
+      waiters.add(check)
+      check()
+      return Effect.sync(() => waiters.delete(check))
+    })
+  return { lines, layer, line }
+}
+
+const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
+  Agentwire.layerServer(registry).pipe(
+    Layer.provide(logs.layer),
+    Layer.provideMerge(AgentwireConfig.layer({ port: 0, jwtSecret: Option.some(Redacted.make(SECRET)), ...settings }))
+  )
+
+const serverUrl = AgentwireServer.useSync((s) => s.url)
+const wsUrl = AgentwireServer.useSync((s) => `${s.url.replace(/^http/, "ws")}/ws`)
+const tokenFor = (user: string, ttl = 300) => Auth.use((auth) => auth.issue(user, ttl))
+
+const connectAs = (user: string, options: { readonly autoPong?: boolean; readonly headers?: Record<string, string> } = {}) =>
+  Effect.gen(function*() {
+    const token = yield* tokenFor(user)
+    const client = yield* connect(yield* wsUrl, { ...options, headers: { authorization: `Bearer ${token}`, ...options.headers } })
+    yield* client.next("connection_established")
+    return client
+  })
+
+const getJson = (path: string) =>
+  Effect.flatMap(serverUrl, (url) =>
+    Effect.promise(async () => {
+      const res = await fetch(`${url}${path}`)
+      return { status: res.status, headers: res.headers, body: await res.json() as Record<string, any> }
+    }))
+
+/** Sends raw bytes over TCP and returns everything the server answered until it closed. */
+const rawRequest = (text: string) =>
+  Effect.flatMap(AgentwireServer, (server) =>
+    Effect.callback<string>((resume) => {
+      const socket = netConnect(server.port, "127.0.0.1", () => socket.write(text))
+      let answer = ""
+      socket.on("data", (chunk) => (answer += chunk.toString()))
+      socket.on("error", () => {})
+      socket.on("close", () => resume(Effect.succeed(answer)))
+      return Effect.sync(() => socket.destroy())
+    }))
+
+/** Waits until `/ready` satisfies `predicate` (polled: the server exposes no event for it). */
+const readyUntil = (predicate: (body: Record<string, any>, status: number) => boolean) =>
+  getJson("/ready").pipe(
+    Effect.flatMap((r) => (predicate(r.body, r.status) ? Effect.succeed(r) : Effect.fail("not yet" as const))),
+    Effect.retry(Schedule.spaced("20 millis"))
+  )
+
+// ---------------------------------------------------------------------------
+describe("fault 1: client input read inside a Node callback cannot throw", () => {
+  it.live("bad request targets on an upgrade get 400 and the server lives on; the token never reaches the output", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const upgrade = (target: string) =>
+        rawRequest(
+          `GET ${target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+      for (const target of ["http://[", "http://", "http://h:99999/ws", "http://[?token=SECRET-TOKEN-123"]) {
+        const answer = yield* upgrade(target)
+        expect(answer, target).toMatch(/^HTTP\/1\.1 400 /)
+      }
+      // the same targets without an upgrade, and other malformed requests
+      for (const request of ["GET http://[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "GET /ws?token=%zz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"]) {
+        yield* rawRequest(request)
+      }
+      expect((yield* getJson("/health")).status).toBe(200)
+      const client = yield* connectAs("after-bad-targets")
+      client.send({ type: "ping" })
+      yield* client.next("pong")
+      expect(logs.lines.join("\n")).not.toContain("SECRET-TOKEN-123")
+      yield* logs.line((l) => l.includes("handshake refused") && l.includes("status=400") && l.includes("reason=bad_target"))
+    }).pipe(Effect.provide(serverLayer({}, logs)), Effect.scoped)
+  })
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 2: one write path per socket, a bound that bounds", () => {
+  it.live("a client that stops reading and floods `{` is slowed down: the server stops handling its frames, buffers stay bounded, nothing is lost", () =>
+    Effect.gen(function*() {
+      const client = yield* connectAs("flooder")
+      const FRAMES = 100_000
+      client.ws.pause()
+      for (let i = 0; i < FRAMES; i++) client.ws.send("{")
+      // the server's output to this socket backs up; it must stop there instead of queueing every reply
+      const backedUp = yield* readyUntil((body) => body.components.send_buffers.tracked_sockets >= 1)
+      expect(backedUp.body.components.send_buffers.tracked_bytes).toBeLessThan(512 * 1024)
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+      // once the client reads again, every frame is answered, in order, and the connection lives on
+      client.ws.resume()
+      yield* client.count("error", FRAMES)
+      expect(client.received.filter((m) => m.type === "error" && m.code === "INVALID_JSON")).toHaveLength(FRAMES)
+      client.send({ type: "ping" })
+      yield* client.next("pong")
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 0 })), Effect.scoped), 60_000)
+
+  it.live("a socket over the bound is destroyed at once (1006, reason slow_consumer), not closed behind its backlog", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const slow = yield* connectAs("slow-reader")
+      slow.ws.pause()
+      slow.send({ type: "start_agent", agent: "ticker", user_request: "steps=60000 interval_ms=0" })
+      // the server forgets the connection as soon as it destroys it
+      yield* readyUntil((body) => body.components.bridge.connections === 0)
+      slow.ws.resume()
+      expect((yield* slow.closed).code).toBe(1006)
+      const closed = yield* logs.line((l) => l.includes("connection closed") && l.includes("user_id=slow-reader"))
+      expect(closed).toContain("reason=slow_consumer")
+      expect(closed).toContain("limit=socket")
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 256 * 1024 }, logs)), Effect.scoped)
+  }, 60_000)
+
+  it.live("many slow sockets cannot exhaust memory: over the process budget the largest is dropped first", () =>
+    Effect.gen(function*() {
+      const tabs = [yield* connectAs("many-slow"), yield* connectAs("many-slow"), yield* connectAs("many-slow")]
+      for (const tab of tabs) tab.ws.pause()
+      tabs[0]!.send({ type: "start_agent", agent: "ticker", user_request: "steps=60000 interval_ms=0" })
+      const dropped = yield* readyUntil((body) => body.components.send_buffers.dropped_sockets >= 1)
+      expect(dropped.body.components.send_buffers.tracked_bytes).toBeLessThanOrEqual(1024 * 1024)
+      for (const tab of tabs) tab.ws.resume()
+      expect((yield* tabs[0]!.closed).code).toBe(1006)
+    }).pipe(
+      Effect.provide(serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 64 * 1024 * 1024, maxProcessBufferBytes: 1024 * 1024 })),
+      Effect.scoped
+    ), 60_000)
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 4: a live client is not taken for dead", () => {
+  it.live("60,000 pings at once with a 200 ms heartbeat: every ping is answered and the socket stays open", () =>
+    Effect.gen(function*() {
+      const client = yield* connectAs("pinger")
+      const PINGS = 60_000
+      for (let i = 0; i < PINGS; i++) client.send({ type: "ping" })
+      yield* client.count("pong", PINGS)
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 200 })), Effect.scoped), 60_000)
+
+  it.live("a socket that makes no progress at all is still dropped (reason heartbeat_timeout)", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const silent = yield* connectAs("silent", { autoPong: false })
+      expect((yield* silent.closed).code).toBe(1006)
+      expect(yield* logs.line((l) => l.includes("connection closed") && l.includes("user_id=silent"))).toContain("reason=heartbeat_timeout")
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 200 }, logs)), Effect.scoped)
+  })
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 5: admission closes before shutdown interrupts runs", () => {
+  it.live("starts racing shutdown: each is refused with SHUTTING_DOWN or runs to a terminal event before the 1001 close", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(serverLayer({}), scope)
+      const client = yield* connectAs("racer").pipe(Effect.provide(context), Scope.provide(scope))
+      let sent = 0
+      const timer = setInterval(() => {
+        if (client.ws.readyState !== WebSocket.OPEN) return clearInterval(timer)
+        client.send({ type: "start_agent", agent: "ticker", user_request: "steps=200 interval_ms=10", request_id: `r${sent++}` })
+      }, 1)
+      // shut down while starts keep arriving
+      yield* client.next("agent_started")
+      yield* Scope.close(scope, Exit.void)
+      const { code } = yield* client.closed
+      clearInterval(timer)
+      expect(code).toBe(1001)
+      const started = new Set(client.received.flatMap((m) => (m.type === "agent_started" && m.depth === 0 ? [m.run_id] : [])))
+      const ended = new Set(client.received.flatMap((m) => (m.type === "agent_completed" && m.depth === 0 ? [m.run_id] : [])))
+      expect(started.size).toBeGreaterThan(0)
+      expect([...started].filter((id) => !ended.has(id))).toEqual([])
+      const refused = client.received.filter((m) => m.type === "error" && m.code === "SHUTTING_DOWN")
+      expect(refused.every((m) => m.type === "error" && m.request_id !== undefined)).toBe(true)
+    }), 30_000)
+
+  it.live("POST /api/runs after shutdown began: 503 SHUTTING_DOWN", () =>
+    Effect.gen(function*() {
+      const { ExecutionEngineFactory } = yield* Effect.promise(() => import("../src/services/ExecutionEngineFactory.ts"))
+      yield* ExecutionEngineFactory.use((engines) => engines.closeAdmission)
+      const url = yield* serverUrl
+      const token = yield* tokenFor("late")
+      const res = yield* Effect.promise(() =>
+        fetch(`${url}/api/runs`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ agent: "echo", user_request: "hi" })
+        }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, any> }))
+      )
+      expect(res).toMatchObject({ status: 503, body: { error: { code: "SHUTTING_DOWN" } } })
+      expect((yield* getJson("/ready")).status).toBe(503)
+    }).pipe(Effect.provide(serverLayer({})), Effect.scoped))
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 7: the auth policy on live sockets", () => {
+  it.live("authenticate refreshes the token; a token of another user or a bad one gets AUTH_FAILED and the connection keeps its token", () =>
+    Effect.gen(function*() {
+      const client = yield* connectAs("refresher")
+      client.send({ type: "authenticate", token: yield* tokenFor("refresher", 3600), request_id: "auth-1" })
+      const ok = yield* client.next("authenticated")
+      expect(ok).toMatchObject({ user_id: "refresher", request_id: "auth-1" })
+      expect(Date.parse(ok.expires_at) - Date.now()).toBeGreaterThan(3500 * 1000)
+      client.send({ type: "authenticate", token: yield* tokenFor("someone-else"), request_id: "auth-2" })
+      expect(yield* client.next("error", (e) => e.request_id === "auth-2")).toMatchObject({ code: "AUTH_FAILED" })
+      client.send({ type: "authenticate", token: "not-a-jwt", request_id: "auth-3" })
+      const bad = yield* client.next("error", (e) => e.request_id === "auth-3")
+      expect(bad).toMatchObject({ code: "AUTH_FAILED" })
+      expect(bad.message).not.toContain("not-a-jwt")
+      client.send({ type: "ping" })
+      yield* client.next("pong")
+    }).pipe(Effect.provide(serverLayer({})), Effect.scoped))
+
+  it.live("a socket whose token expires without a refresh gets TOKEN_EXPIRED, then close 4001", () =>
+    Effect.gen(function*() {
+      const token = yield* Effect.promise(() =>
+        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("expiring").setExpirationTime(Math.floor(Date.now() / 1000) + 2)
+          .sign(new TextEncoder().encode(SECRET))
+      )
+      const client = yield* connect(yield* wsUrl, { headers: { authorization: `Bearer ${token}` } })
+      yield* client.next("connection_established")
+      expect(yield* client.next("error")).toMatchObject({ code: "TOKEN_EXPIRED" })
+      expect(yield* client.closed).toMatchObject({ code: 4001 })
+    }).pipe(Effect.provide(serverLayer({ jwtClockSkewSeconds: 0 })), Effect.scoped))
+
+  it.live("AGENTWIRE_ALLOWED_ORIGINS: a listed Origin connects, another gets 403", () =>
+    Effect.gen(function*() {
+      yield* connectAs("browser", { headers: { origin: "https://app.example.com" } })
+      const refused = yield* Effect.flip(connectAs("browser", { headers: { origin: "https://evil.example" } }))
+      expect(refused.status).toBe(403)
+    }).pipe(Effect.provide(serverLayer({ allowedOrigins: Option.some(["https://app.example.com"]) })), Effect.scoped))
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 8: /ready reports measured signals", () => {
+  it.live("an event loop blocked for over a second makes /ready answer 503 until it recovers", () =>
+    Effect.gen(function*() {
+      expect((yield* getJson("/ready")).status).toBe(200)
+      const until = Date.now() + 1200
+      while (Date.now() < until) {
+        // block the event loop, as a runaway handler would
+      }
+      const down = yield* readyUntil((_, status) => status === 503)
+      expect(down.body).toMatchObject({ status: "not_ready", down: ["event_loop"], components: { event_loop: { status: "down" } } })
+      yield* readyUntil((_, status) => status === 200)
+    }).pipe(Effect.provide(serverLayer({})), Effect.scoped), 20_000)
+})
+
+// ---------------------------------------------------------------------------
+describe("fault 9: HTTP details a newcomer tripped over", () => {
+  it.live("POST /api/runs refuses a body that is not JSON (415); a wrong method gets 405 with Allow", () =>
+    Effect.gen(function*() {
+      const url = yield* serverUrl
+      const token = yield* tokenFor("newcomer")
+      const post = (contentType: string) =>
+        Effect.promise(() =>
+          fetch(`${url}/api/runs`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${token}`, "content-type": contentType },
+            body: JSON.stringify({ agent: "echo", user_request: "hi" })
+          }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, any> }))
+        )
+      expect(yield* post("image/png")).toMatchObject({ status: 415, body: { error: { code: "UNSUPPORTED_MEDIA_TYPE" } } })
+      expect((yield* post("application/x-www-form-urlencoded")).status).toBe(415)
+      expect((yield* post("application/json; charset=utf-8")).status).toBe(202)
+      for (const [method, path, allow] of [["GET", "/api/runs", "POST"], ["POST", "/health", "GET"], ["DELETE", "/ready", "GET"]] as const) {
+        const res = yield* Effect.promise(() => fetch(`${url}${path}`, { method }))
+        expect(res.status, `${method} ${path}`).toBe(405)
+        expect(res.headers.get("allow")).toBe(allow)
+      }
+    }).pipe(Effect.provide(serverLayer({})), Effect.scoped))
+})
