@@ -13,7 +13,19 @@ import type { AgentwireSettings } from "../src/services/AgentwireConfig.ts"
 import { AgentwireServer } from "../src/services/AgentwireServer.ts"
 import { Auth } from "../src/services/Auth.ts"
 import { connect } from "./fixtures/client.ts"
-import { registry } from "./fixtures/runtime.ts"
+import { builtinAgents } from "../src/agents/BuiltinAgents.ts"
+import * as AgentRegistryLayer from "../src/layers/AgentRegistry.ts"
+import * as Agent from "../src/services/Agent.ts"
+import { testAgents } from "./fixtures/runtime.ts"
+
+/** Takes 300 ms to stop: shutdown is slow enough for starts to race it. */
+const slowToStop = Agent.make("slow-to-stop", {
+  description: "runs until interrupted, then cleans up for 300 ms",
+  run: (_, ctx) =>
+    ctx.tool("hold", {}, Effect.never.pipe(Effect.onInterrupt(() => Effect.sleep("300 millis")))).pipe(Effect.as("stopped"))
+})
+
+const registry = AgentRegistryLayer.layer([...builtinAgents, ...testAgents, slowToStop], { defaultAgent: "supervisor" })
 
 const SECRET = "hardening-suite-secret-0123456789abcdef"
 
@@ -194,14 +206,15 @@ describe("fault 5: admission closes before shutdown interrupts runs", () => {
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(serverLayer({}), scope)
-      const client = yield* connectAs("racer").pipe(Effect.provide(context), Scope.provide(scope))
+      const client = yield* connectAs("racer").pipe(Effect.provide(context))
       let sent = 0
       const timer = setInterval(() => {
         if (client.ws.readyState !== WebSocket.OPEN) return clearInterval(timer)
         client.send({ type: "start_agent", agent: "ticker", user_request: "steps=200 interval_ms=10", request_id: `r${sent++}` })
       }, 1)
-      // shut down while starts keep arriving
-      yield* client.next("agent_started")
+      // shut down while starts keep arriving, with a run that takes 300 ms to stop
+      client.send({ type: "start_agent", agent: "slow-to-stop", user_request: "hold" })
+      yield* client.next("tool_executing")
       yield* Scope.close(scope, Exit.void)
       const { code } = yield* client.closed
       clearInterval(timer)
