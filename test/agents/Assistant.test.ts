@@ -3,7 +3,12 @@
  * streaming server on a loopback port (never a mock of our own client).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Redacted } from "effect"
+import * as fc from "fast-check"
+import { RecordedEvents } from "../../src/layers/WebSocketBridgeRecording.ts"
+import { ConversationStore } from "../../src/services/ConversationStore.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 import * as Fake from "../fixtures/fakeOpenAi.ts"
 import * as Harness from "../fixtures/assistant.ts"
 import { runInvariants } from "../fixtures/runtime.ts"
@@ -278,4 +283,135 @@ describe("assistant: provider failures", () => {
       yield* Effect.promise(() => server.requests[0]!.aborted)
       expect(server.requests[0]!.clientAborted).toBe(true)
     }).pipe(Effect.scoped))
+})
+
+describe("assistant: stop, secrets, conversations, coalescing", () => {
+  it.live("stop during streaming (ExecutionEngineFactory.interrupt) aborts the upstream request", () =>
+    Effect.gen(function*() {
+      const server = yield* Fake.start([Fake.stallAfter(["The beginning"])])
+      yield* Effect.gen(function*() {
+        const engines = yield* ExecutionEngineFactory
+        const recorded = yield* RecordedEvents
+        const context = yield* UserExecutionContext.make({ user_id: "alice" })
+        const handle = yield* engines.start(context, "assistant", "tell me a long story")
+        yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "partial_result")
+        const request = yield* server.request(1)
+        expect(request.clientAborted).toBe(false)
+        expect(yield* engines.interrupt(context.run_id)).toBe(true)
+        yield* Effect.promise(() => request.aborted)
+        expect(request.clientAborted).toBe(true)
+        const outcome = yield* handle.await
+        expect(outcome.status).toBe("failed")
+        const events = yield* recorded.ofRun(context.run_id)
+        expect(runInvariants(events)).toEqual([])
+        expect(Harness.rootError(events)?.code).toBe("CANCELLED")
+        // a stopped run keeps its request in the thread, with no answer
+        const store = yield* ConversationStore
+        expect(yield* store.load({ user_id: "alice", thread_id: context.thread_id })).toEqual([
+          { role: "user", content: "tell me a long story" }
+        ])
+      }).pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl, timeoutMs: 60_000 })))
+    }).pipe(Effect.scoped))
+
+  it.live("the API key is sent as a bearer token and appears in no log line and no event", () =>
+    Effect.gen(function*() {
+      const key = "sk-test-0123456789-VERY-SECRET-KEY"
+      const echoKey: Fake.Handler = (x) => Fake.status(401, { body: { error: { message: `Incorrect API key provided: ${key}` } } })(x)
+      const leaky500 = Fake.status(500, { body: { error: { message: `upstream said ${key}` } } })
+      const server = yield* Fake.start([Fake.text(["fine"]), leaky500, leaky500, leaky500, echoKey])
+      const logLines: Array<string> = []
+      const runs = yield* Effect.all([Harness.run("one"), Harness.run("two"), Harness.run("three")]).pipe(
+        Effect.provide(Harness.layer({ baseUrl: server.baseUrl, apiKey: Redacted.make(key), logLines }))
+      )
+      expect(server.requests[0]!.headers.authorization).toBe(`Bearer ${key}`)
+      expect(runs[0].outcome.status).toBe("completed")
+      // the endpoint's text reaches the error, with the key scrubbed out of it
+      expect(Harness.rootError(runs[1].events)).toMatchObject({ code: "LLM_UNAVAILABLE", message: expect.stringContaining("upstream said [redacted]") })
+      expect(Harness.rootError(runs[2].events)?.code).toBe("LLM_AUTH")
+      // the retries were logged, so there is output to search
+      expect(logLines.some((l) => l.includes("retrying"))).toBe(true)
+      const frames = runs.flatMap((r) => r.events.map((e) => JSON.stringify(e)))
+      for (const text of [...logLines, ...frames]) expect(text).not.toContain("VERY-SECRET")
+    }).pipe(Effect.scoped))
+
+  it.live("a thread remembers: the next run sees earlier requests and answers; other users and threads do not", () =>
+    Effect.gen(function*() {
+      const server = yield* Fake.start([Fake.text(["Nice to meet you, Ana."]), Fake.status(401), Fake.text(["Your name is Ana."])])
+      yield* Effect.gen(function*() {
+        yield* Harness.run("My name is Ana.", { thread_id: "t1" })
+        const failed = yield* Harness.run("What about the weather?", { thread_id: "t1" })
+        expect(failed.outcome.status).toBe("failed")
+        yield* Harness.run("What is my name?", { thread_id: "t1" })
+        yield* Harness.run("What is my name?", { thread_id: "t1", user_id: "bob" })
+        yield* Harness.run("What is my name?", { thread_id: "t2" })
+      }).pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl })))
+      const conversation = (n: number) =>
+        (server.requests[n]!.body.messages as Array<{ role: string; content: string }>).filter((m) => m.role !== "system")
+      expect(conversation(2)).toEqual([
+        { role: "user", content: "My name is Ana." },
+        { role: "assistant", content: "Nice to meet you, Ana." },
+        { role: "user", content: "What about the weather?" },
+        { role: "user", content: "What is my name?" }
+      ])
+      expect(conversation(3)).toEqual([{ role: "user", content: "What is my name?" }])
+      expect(conversation(4)).toEqual([{ role: "user", content: "What is my name?" }])
+    }).pipe(Effect.scoped))
+
+  it.live("coalescing: a burst of deltas becomes the first delta at once plus one more event", () =>
+    Effect.gen(function*() {
+      const deltas = Array.from({ length: 50 }, (_, i) => `w${i} `)
+      const server = yield* Fake.start([Fake.text(deltas)])
+      const { events, outcome } = yield* Harness.run("go").pipe(
+        Effect.provide(Harness.layer({ baseUrl: server.baseUrl, coalesceMs: 10_000 }))
+      )
+      const partials = Harness.partials(events)
+      expect(partials.map((p) => p.delta)).toEqual(["w0 ", deltas.slice(1).join("")])
+      expect(outcome.final_response).toBe(deltas.join(""))
+    }).pipe(Effect.scoped))
+
+  it.live("coalescing 0 sends every chunk as its own partial_result", () =>
+    Effect.gen(function*() {
+      const deltas = ["a", "b", "c", "d"]
+      const server = yield* Fake.start([Fake.text(deltas)])
+      const { events } = yield* Harness.run("go").pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl, coalesceMs: 0 })))
+      expect(Harness.partials(events).map((p) => p.delta)).toEqual(deltas)
+    }).pipe(Effect.scoped))
+
+  it.live("coalescing: at most one partial_result per message per interval when chunks trickle in", () =>
+    Effect.gen(function*() {
+      const deltas = Array.from({ length: 30 }, (_, i) => `${i},`)
+      const server = yield* Fake.start([Fake.text(deltas, { delayMs: 5 })])
+      const { events } = yield* Harness.run("go").pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl, coalesceMs: 40 })))
+      const partials = Harness.partials(events)
+      expect(partials.length).toBeLessThan(deltas.length)
+      expect(partials.map((p) => p.delta).join("")).toBe(deltas.join(""))
+      // event timestamps have millisecond resolution; consecutive sends are at least ~40 ms apart except the final flush
+      const times = partials.slice(0, -1).map((p) => Date.parse(p.timestamp))
+      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(39)
+    }).pipe(Effect.scoped))
+
+  it.live("property: final_response is exactly the concatenation of the last message_id's deltas", () =>
+    Effect.promise(() =>
+      fc.assert(
+        fc.asyncProperty(
+          fc.array(fc.string({ unit: "grapheme", maxLength: 6 }), { maxLength: 25 }),
+          fc.constantFrom(0, 1, 20, 10_000),
+          fc.boolean(),
+          (deltas, coalesceMs, withTool) =>
+            Effect.runPromise(Effect.gen(function*() {
+              const answer = Fake.text(deltas)
+              const script = withTool
+                ? [Fake.toolCalls([{ id: "c1", name: "calculate", arguments: "{\"expression\":\"1+1\"}" }], { text: "first turn " }), answer]
+                : [answer]
+              const server = yield* Fake.start(script)
+              const { events, outcome } = yield* Harness.run("go").pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl, coalesceMs })))
+              expect(runInvariants(events)).toEqual([])
+              expect(outcome.status).toBe("completed")
+              expect(outcome.final_response).toBe(deltas.join(""))
+              expect(Harness.lastMessageText(events)).toBe(outcome.final_response)
+            }).pipe(Effect.scoped))
+        ),
+        { numRuns: 30 }
+      )
+    ), 60_000)
 })
