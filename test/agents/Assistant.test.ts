@@ -385,9 +385,10 @@ describe("assistant: stop, secrets, conversations, coalescing", () => {
       const partials = Harness.partials(events)
       expect(partials.length).toBeLessThan(deltas.length)
       expect(partials.map((p) => p.delta).join("")).toBe(deltas.join(""))
-      // event timestamps have millisecond resolution; consecutive sends are at least ~40 ms apart except the final flush
+      // consecutive sends are 40 ms apart or more, except the final flush (timestamps are whole
+      // milliseconds of another clock than the coalescer's, hence the 2 ms of slack)
       const times = partials.slice(0, -1).map((p) => Date.parse(p.timestamp))
-      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(39)
+      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(38)
     }).pipe(Effect.scoped))
 
   it.live("property: final_response is exactly the concatenation of the last message_id's deltas", () =>
