@@ -54,12 +54,13 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
     }
 
     return ConversationStore.of({
-      load: (key) =>
+      load: Effect.fn("ConversationStore.load")((key) =>
         Effect.sync(() => {
           const thread = touch(keyOf(key))
           return thread === undefined ? [] : thread.messages.slice()
-        }),
-      append: (key, messages) =>
+        })
+      ),
+      append: Effect.fn("ConversationStore.append")((key, messages) =>
         Effect.sync(() => {
           if (messages.length === 0) return
           const k = keyOf(key)
@@ -81,6 +82,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
             thread.chars -= thread.messages.shift()!.content.length
           }
         })
+      )
     })
   })
 
