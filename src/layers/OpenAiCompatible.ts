@@ -37,7 +37,7 @@ import { Duration, Effect, Layer, Option, Redacted, Stream } from "effect"
 import { AiError, LanguageModel, type Response } from "effect/ai"
 import * as Sse from "effect/encoding/Sse"
 import { HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "effect/http"
-import { makeChunkDecoder, pinCode, providerError, requestBody } from "../llm/ChatCompletions.ts"
+import { completionAsChunk, makeChunkDecoder, pinCode, providerError, requestBody } from "../llm/ChatCompletions.ts"
 import type { LlmSettings } from "../services/AgentwireConfig.ts"
 
 /** How the provider retries a request that failed before its answer started. */
@@ -211,6 +211,19 @@ export const make = (options: OpenAiCompatibleOptions) =>
         const request = HttpClientRequest.bodyText(base, JSON.stringify(body), "application/json")
         const response = yield* send(request)
         const decoder = makeChunkDecoder(`resp_${crypto.randomUUID().replaceAll("-", "")}`)
+        if ((response.headers["content-type"] ?? "").includes("application/json")) {
+          // an endpoint that ignored `stream: true` and sent the whole completion at once
+          return Stream.fromEffect(response.text.pipe(
+            Effect.timeoutOrElse({ duration: timeoutMs, orElse: () => Effect.fail(timeoutReason("reading the response")) }),
+            Effect.mapError((error): Reason => (isReason(error) ? error : transportReason(error, "keep reading from"))),
+            Effect.flatMap((body) => {
+              const parts = decoder.feed(completionAsChunk(body))
+              if (!Array.isArray(parts)) return Effect.fail(parts)
+              const closing = decoder.end()
+              return Array.isArray(closing) ? Effect.succeed([...parts, ...closing]) : Effect.fail(closing)
+            })
+          )).pipe(Stream.flattenIterable)
+        }
         const text = new TextDecoder()
         let pending: Array<Response.StreamPartEncoded> = []
         let failure: Reason | undefined

@@ -134,6 +134,26 @@ const FINISH: Record<string, Response.FinishReason> = {
   content_filter: "content-filter"
 }
 
+/**
+ * A whole (non-streamed) `chat.completion` body as one streamed chunk, for
+ * endpoints that ignore `stream: true`: `choices[i].message` becomes the
+ * `delta`. Text that is not JSON is passed through (the decoder refuses it).
+ */
+export const completionAsChunk = (body: string): string => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return body
+  }
+  if (typeof parsed !== "object" || parsed === null || !Array.isArray((parsed as { choices?: unknown }).choices)) return body
+  const record = parsed as { choices: ReadonlyArray<Record<string, unknown>> }
+  return JSON.stringify({
+    ...record,
+    choices: record.choices.map(({ message, ...choice }) => ({ ...choice, delta: message }))
+  })
+}
+
 interface PendingCall {
   id: string | undefined
   name: string

@@ -143,6 +143,22 @@ describe("assistant (OpenAI-compatible endpoint)", () => {
       expect(outcome.status).toBe("failed")
     }).pipe(Effect.scoped))
 
+  it.live("an endpoint that ignores stream: true and sends one JSON completion still works, tool calls included", () =>
+    Effect.gen(function*() {
+      const completion = (message: unknown, finish_reason: string): Fake.Handler => (x) => {
+        x.res.writeHead(200, { "content-type": "application/json" })
+        x.res.end(JSON.stringify({ object: "chat.completion", choices: [{ index: 0, message, finish_reason }] }))
+      }
+      const server = yield* Fake.start([
+        completion({ role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "calculate", arguments: "{\"expression\":\"2+2\"}" } }] }, "tool_calls"),
+        completion({ role: "assistant", content: "Four." }, "stop")
+      ])
+      const { events, outcome } = yield* Harness.run("2+2?").pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl })))
+      expect(events.find((e) => e.type === "tool_completed")).toMatchObject({ success: true, results: { output: "4" } })
+      expect(outcome).toMatchObject({ status: "completed", final_response: "Four." })
+      expect(Harness.lastMessageText(events)).toBe("Four.")
+    }).pipe(Effect.scoped))
+
   it.live("reasoning_content is sent as agent_thinking, the answer as partial_result", () =>
     Effect.gen(function*() {
       const server = yield* Fake.start([(x) => {
