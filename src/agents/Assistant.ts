@@ -84,7 +84,7 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
   const system = options.systemPrompt ?? DEFAULT_SYSTEM_PROMPT
 
   return Agent.make<AssistantServices<Tools>>(options.name ?? "assistant", {
-    description: options.description ?? "Answers with a language model, streaming the answer and calling tools (calculate, current_time)",
+    description: options.description ?? "Answers with a language model, streaming the answer and calling its tools",
     run: (request, ctx) =>
       Effect.gen(function*() {
         const store = yield* ConversationStore
@@ -146,7 +146,9 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
               Effect.mapError((error) => {
                 const { code, message } = LlmErrorCode.describe(error)
                 return new Agent.AgentError({ code, message })
-              })
+              }),
+              // on a provider failure the client still gets every delta the model sent before it
+              Effect.tapError(() => Effect.andThen(reasoning.flush, answer.flush))
             )
             yield* reasoning.flush
             yield* answer.flush
@@ -205,4 +207,8 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
 
 /** `assistant` with the built-in tools (`calculate`, `current_time`). */
 export const assistant = (options: Omit<AssistantOptions<Toolkit.Tools<typeof BuiltinToolkit>>, "toolkit"> = {}) =>
-  make({ ...options, toolkit: BuiltinToolkit })
+  make({
+    description: "Answers with a language model, streaming the answer and calling tools (calculate, current_time)",
+    ...options,
+    toolkit: BuiltinToolkit
+  })

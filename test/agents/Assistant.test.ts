@@ -250,6 +250,12 @@ describe("assistant: provider failures", () => {
       expect(error?.code).toBe("LLM_UNAVAILABLE")
       expect(Harness.partials(events).map((p) => p.delta).join("")).toBe("Once upon a time")
       expect(server.requests).toHaveLength(1)
+      // with coalescing, the deltas still buffered when the stream broke are sent before the error
+      const coalesced = yield* Fake.start([Fake.cutAfter(["Once upon ", "a time"])])
+      const second = yield* Harness.run("hello").pipe(Effect.provide(Harness.layer({ baseUrl: coalesced.baseUrl, coalesceMs: 10_000 })))
+      expect(Harness.partials(second.events).map((p) => p.delta)).toEqual(["Once upon ", "a time"])
+      expect(second.events.findIndex((e) => e.type === "partial_result" && e.delta === "a time"))
+        .toBeLessThan(second.events.findIndex((e) => e.type === "agent_error"))
     }).pipe(Effect.scoped))
 
   it.live("malformed tool-call JSON: LLM_BAD_RESPONSE", () =>
