@@ -9,8 +9,8 @@
  * Setup, all in one process (one event loop, so clocks agree):
  * - a node:http server streams N chunks `data: {"choices":[{"delta":{"content":"<i> "}}]}`,
  *   `GAP_MS` apart, recording `performance.now()` right after each `res.write`;
- * - baseline: undici `request` reads the body; each chunk's indices are matched
- *   to their write times;
+ * - baseline: a bare `node:http` client reads the body; each chunk's indices are
+ *   matched to their write times;
  * - agentwire: the real `assistant` over `OpenAiCompatible.layerNode` (undici),
  *   the in-memory `WebSocketBridge` with one registered connection whose `send`
  *   records `performance.now()` when called, coalescing 0 (one event per chunk).
@@ -21,9 +21,8 @@
  * @module
  */
 import { Effect, Layer } from "effect"
-import { createServer, type Server } from "node:http"
+import { createServer, request, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
-import { request } from "undici"
 import * as Assistant from "../src/agents/Assistant.ts"
 import { BuiltinToolkitLayer } from "../src/agents/AssistantTools.ts"
 import * as AgentRegistryLayer from "../src/layers/AgentRegistry.ts"
@@ -81,8 +80,14 @@ const baseline = async () => {
   const sent: Array<number> = []
   const received: Array<number> = []
   const { server, url } = await startServer(sent)
-  const response = await request(`${url}/chat/completions`, { method: "POST", body: "{}" })
-  for await (const chunk of response.body) stamp((chunk as Buffer).toString(), performance.now(), received)
+  await new Promise<void>((resolve, reject) => {
+    const req = request(`${url}/chat/completions`, { method: "POST" }, (res) => {
+      res.on("data", (chunk: Buffer) => stamp(chunk.toString(), performance.now(), received))
+      res.on("end", resolve)
+    })
+    req.on("error", reject)
+    req.end("{}")
+  })
   server.close()
   return percentiles(sent, received)
 }
@@ -121,7 +126,7 @@ console.log(JSON.stringify(
     chunks: CHUNKS,
     gap_ms: GAP_MS,
     warmup_dropped: WARMUP,
-    baseline_undici_read: base,
+    baseline_node_http_read: base,
     agentwire_chunk_to_frame: full,
     added_p50_us: Math.round((full.p50_us - base.p50_us) * 10) / 10,
     added_p99_us: Math.round((full.p99_us - base.p99_us) * 10) / 10
