@@ -59,6 +59,14 @@ export { AgentwireConfig, type AgentwireSettings, ConfigInvalidError } from "./s
 /** The listening HTTP + WebSocket server (bound host, port, url) and its startup error. */
 export { AgentwireServer, ServerStartError } from "./services/AgentwireServer.ts"
 
+/** Conversation history per `(user_id, thread_id)`, for agents that remember (the `assistant`). */
+export {
+  type ConversationKey,
+  type ConversationMessage,
+  ConversationStore,
+  ConversationStoreError
+} from "./services/ConversationStore.ts"
+
 /** The per-run emitter that stamps `seq`, `event_id`, ids and timestamps on every event. */
 export type { RunEmitter } from "./services/RunEmitter.ts"
 
@@ -86,6 +94,15 @@ export * as AgentwireConfigLayer from "./layers/AgentwireConfig.ts"
 /** `Auth` with JWTs: HS256 with the secret, RS/PS/ES/EdDSA from a JWKS; the policy comes from `AgentwireConfig`. */
 export * as AuthJwt from "./layers/AuthJwt.ts"
 
+/** `ConversationStoreMemory.layer({ maxMessagesPerThread, maxCharsPerThread, maxThreads })`: bounded, in memory. */
+export * as ConversationStoreMemory from "./layers/ConversationStoreMemory.ts"
+
+/** A `LanguageModel` (effect/ai) over any OpenAI-compatible Chat Completions endpoint: `layerNode({ baseUrl, model, apiKey })`. */
+export * as OpenAiCompatible from "./layers/OpenAiCompatible.ts"
+
+/** Provider failures as `agent_error` codes (`LLM_AUTH`, `LLM_TIMEOUT`, …). */
+export * as LlmErrorCode from "./llm/LlmErrorCode.ts"
+
 /** The HTTP + WebSocket server layer; requires config, auth and the agent runtime. */
 export * as Server from "./layers/Server.ts"
 
@@ -94,6 +111,12 @@ export * as Server from "./layers/Server.ts"
 
 /** The built-in agents (supervisor, triage, calculator, echo, ticker) and a registry layer of them. */
 export * as BuiltinAgents from "./agents/BuiltinAgents.ts"
+
+/** `Assistant.make({ toolkit })`: a language model agent with tools and streamed answers; `Assistant.assistant()` has the built-in tools. */
+export * as Assistant from "./agents/Assistant.ts"
+
+/** The assistant's built-in tools (`calculate`, `current_time`) as an effect/ai `Toolkit`, and their handlers. */
+export * as AssistantTools from "./agents/AssistantTools.ts"
 
 /** Whole-service compositions: `Agentwire.layerServer(registry)`, `layerServerFromEnv`. */
 export * as Agentwire from "./Agentwire.ts"

@@ -8,7 +8,6 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, Layer, Logger, Option, References } from "effect"
-import * as BuiltinAgents from "./agents/BuiltinAgents.ts"
 import * as Agentwire from "./Agentwire.ts"
 import * as AgentwireConfig from "./layers/AgentwireConfig.ts"
 
@@ -17,7 +16,7 @@ const STARTUP_FAILURE = 3
 
 const main = Effect.gen(function*() {
   const settings = yield* AgentwireConfig.fromEnv
-  const app = Agentwire.layerServerWithBanner(BuiltinAgents.layer).pipe(
+  const app = Agentwire.layerServerWithBanner(Agentwire.layerBuiltinRegistry(settings)).pipe(
     Layer.provide(AgentwireConfig.layer(settings)),
     // one logfmt line per log call: greppable, and never spread over several lines
     Layer.provide(Logger.layer([Logger.consoleLogFmt]))

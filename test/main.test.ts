@@ -9,6 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { createServer, type Server } from "node:net"
 import { fileURLToPath } from "node:url"
 import { connect } from "./fixtures/client.ts"
+import * as Fake from "./fixtures/fakeOpenAi.ts"
 
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url))
 
@@ -79,7 +80,9 @@ describe("src/main.ts", () => {
     ["a bad log level", { AGENTWIRE_LOG_LEVEL: "chatty" }, /AGENTWIRE_LOG_LEVEL must be one of/],
     ["a bad message size", { AGENTWIRE_MAX_MESSAGE_BYTES: "-5" }, /AGENTWIRE_MAX_MESSAGE_BYTES must be/],
     ["a short secret", { AGENTWIRE_JWT_SECRET: "abc" }, /AGENTWIRE_JWT_SECRET must be at least 32 characters/],
-    ["no secret in production", { NODE_ENV: "production" }, /AGENTWIRE_JWT_SECRET must be set when NODE_ENV=production/]
+    ["no secret in production", { NODE_ENV: "production" }, /AGENTWIRE_JWT_SECRET must be set when NODE_ENV=production/],
+    ["an LLM base URL without a model", { AGENTWIRE_LLM_BASE_URL: "http://127.0.0.1:9/v1" }, /AGENTWIRE_LLM_MODEL must be set when AGENTWIRE_LLM_BASE_URL is/],
+    ["a bad LLM timeout", { AGENTWIRE_LLM_TIMEOUT_MS: "never" }, /AGENTWIRE_LLM_TIMEOUT_MS must be an integer/]
   ]
   for (const [label, env, message] of failures) {
     it.live(`exits 3 with one clear line for ${label}`, () =>
@@ -136,6 +139,49 @@ describe("src/main.ts", () => {
       const logLines = (proc.stdout() + proc.stderr()).split("\n").filter((l) => /(INFO|WARN|ERROR|DEBUG)/.test(l))
       expect(logLines.some((l) => l.includes("connection opened"))).toBe(true)
       expect(logLines.some((l) => l.includes(token))).toBe(false)
+      proc.child.kill("SIGINT")
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped))
+
+  it.live("with AGENTWIRE_LLM_* set, assistant is the default agent: the answer streams as partial_result; the key is in no output or frame", () =>
+    Effect.gen(function*() {
+      const key = "sk-main-test-key-7f3a9c5e1d"
+      const server = yield* Fake.start([Fake.text(["Hello ", "from ", "the model."])])
+      const proc = yield* start({
+        AGENTWIRE_LLM_BASE_URL: server.baseUrl,
+        AGENTWIRE_LLM_MODEL: "tiny",
+        AGENTWIRE_LLM_API_KEY: key,
+        AGENTWIRE_LOG_LEVEL: "debug"
+      })
+      const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
+      const client = yield* connect(url)
+      client.send({ type: "user_message", text: "hi there" })
+      const events = yield* client.runEvents()
+      expect(events[0]).toMatchObject({ type: "agent_started", agent_name: "assistant" })
+      const deltas = events.flatMap((e) => (e.type === "partial_result" ? [e.delta] : []))
+      expect(deltas.join("")).toBe("Hello from the model.")
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", final_response: "Hello from the model." })
+      expect(server.requests[0]!.headers.authorization).toBe(`Bearer ${key}`)
+      expect(server.requests[0]!.body).toMatchObject({ model: "tiny", stream: true })
+      yield* proc.printed(/run ended/)
+      proc.child.kill("SIGINT")
+      expect(yield* proc.exit).toBe(0)
+      const output = proc.stdout() + proc.stderr()
+      expect(output).toContain("run ended")
+      expect(output).not.toContain("7f3a9c5e1d")
+      expect(client.received.map((m) => JSON.stringify(m)).some((f) => f.includes("7f3a9c5e1d"))).toBe(false)
+    }).pipe(Effect.scoped))
+
+  it.live("without AGENTWIRE_LLM_*, starting assistant answers UNKNOWN_AGENT naming the variables to set", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({})
+      const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
+      const client = yield* connect(url)
+      client.send({ type: "start_agent", agent: "assistant", user_request: "hello", request_id: "r1" })
+      const error = yield* client.next("error")
+      expect(error).toMatchObject({ code: "UNKNOWN_AGENT", request_id: "r1" })
+      expect(error.message).toContain("AGENTWIRE_LLM_BASE_URL")
+      expect(error.message).toContain("AGENTWIRE_LLM_MODEL")
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped))

@@ -127,6 +127,7 @@ export const make = Effect.gen(function*() {
       request_id: context.request_id,
       think: (reasoning, step_number) =>
         emit(step_number === undefined ? { type: "agent_thinking", reasoning } : { type: "agent_thinking", reasoning, step_number }),
+      partial: (message_id, delta) => emit({ type: "partial_result", message_id, delta }),
       tool,
       delegate
     }

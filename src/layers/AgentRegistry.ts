@@ -15,6 +15,11 @@ import { AgentRegistry, AgentRegistryError, type RegisteredAgent, UnknownAgentEr
 export interface AgentRegistryOptions {
   /** Agent used when a request names none; defaults to the first agent. */
   readonly defaultAgent?: string | undefined
+  /**
+   * Agents this process knows of but does not run, by name, with the reason
+   * given in their `UNKNOWN_AGENT` answer (e.g. the settings that enable them).
+   */
+  readonly unavailable?: Readonly<Record<string, string>> | undefined
 }
 
 /** A registry holding `agents`; requires what they require. */
@@ -47,13 +52,16 @@ export const layer = <const Agents extends ReadonlyArray<Agent.Agent<unknown>>>(
       return yield* new AgentRegistryError({ message: `default agent "${defaultAgent}" is not registered` })
     }
     const available = [...byName.keys()]
+    const unavailable = options.unavailable ?? {}
+    const unavailableHint = (name: string | undefined) =>
+      name !== undefined && Object.hasOwn(unavailable, name) ? unavailable[name] : undefined
     return AgentRegistry.of({
       defaultAgent,
       agents: agents.map(({ description, name }) => ({ name, description })),
       get: (name) => {
         const agent = byName.get(name ?? defaultAgent)
         return agent === undefined
-          ? Effect.fail(new UnknownAgentError({ agent: name ?? defaultAgent, available }))
+          ? Effect.fail(new UnknownAgentError({ agent: name ?? defaultAgent, available, hint: unavailableHint(name) }))
           : Effect.succeed(agent)
       }
     })

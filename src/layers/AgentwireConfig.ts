@@ -17,6 +17,12 @@
  * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped |
  * | `AGENTWIRE_PROCESS_BUFFER_BYTES` | `268435456` (256 MiB) | unsent bytes all sockets may hold; the largest is dropped first |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure (unless a JWKS URL is set) |
+ * | `AGENTWIRE_LLM_BASE_URL` | none | OpenAI-compatible API base URL (with `AGENTWIRE_LLM_MODEL`); enables `assistant` |
+ * | `AGENTWIRE_LLM_MODEL` | none | model name (with `AGENTWIRE_LLM_BASE_URL`) |
+ * | `AGENTWIRE_LLM_API_KEY` | none | bearer key; optional (local servers need none); never logged |
+ * | `AGENTWIRE_LLM_TIMEOUT_MS` | `60000` | no byte from the model for this long = `LLM_TIMEOUT` |
+ * | `AGENTWIRE_LLM_MAX_STEPS` | `8` | model turns per run before `LLM_MAX_STEPS` |
+ * | `AGENTWIRE_STREAM_COALESCE_MS` | `20` | at most one `partial_result` per message this often (0 = every chunk) |
  *
  * Values come from the current `ConfigProvider` (the process environment by
  * default), so tests can swap it. Every bad value is a `ConfigInvalidError`
@@ -25,7 +31,7 @@
  * @module
  */
 import { Config, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
-import { AgentwireConfig, type AgentwireSettings, ConfigInvalidError } from "../services/AgentwireConfig.ts"
+import { AgentwireConfig, type AgentwireSettings, ConfigInvalidError, type LlmSettings } from "../services/AgentwireConfig.ts"
 import { normalizeOrigin } from "../services/OriginPolicy.ts"
 
 const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
@@ -113,6 +119,71 @@ const allowedOrigins = Effect.flatMap(raw("AGENTWIRE_ALLOWED_ORIGINS"), (value) 
     )
 })
 
+// --- language model settings ---
+
+/** Default of `AGENTWIRE_LLM_TIMEOUT_MS`. */
+export const DEFAULT_LLM_TIMEOUT_MS = 60_000
+/** Default of `AGENTWIRE_LLM_MAX_STEPS`. */
+export const DEFAULT_LLM_MAX_STEPS = 8
+/** Default of `AGENTWIRE_STREAM_COALESCE_MS`. */
+export const DEFAULT_STREAM_COALESCE_MS = 20
+
+const baseUrl = (variable: string, text: string): Effect.Effect<string, ConfigInvalidError> => {
+  const trimmed = text.trim()
+  // a URL with credentials is refused without echoing it: the key belongs in AGENTWIRE_LLM_API_KEY
+  const echo = trimmed.includes("@") ? undefined : trimmed
+  let url: URL
+  try {
+    url = new URL(trimmed)
+  } catch {
+    return Effect.fail(new ConfigInvalidError({ variable, value: echo, expected: "an http:// or https:// URL" }))
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    return Effect.fail(new ConfigInvalidError({ variable, value: echo, expected: "an http:// or https:// URL" }))
+  }
+  if (url.username !== "" || url.password !== "") {
+    return Effect.fail(new ConfigInvalidError({ variable, expected: "a URL without credentials (put the key in AGENTWIRE_LLM_API_KEY)" }))
+  }
+  if (url.search !== "" || url.hash !== "") {
+    return Effect.fail(new ConfigInvalidError({ variable, value: echo, expected: "a base URL without query or fragment" }))
+  }
+  return Effect.succeed(trimmed.replace(/\/+$/, ""))
+}
+
+/** Reads the language model settings: none when neither base URL nor model is set. */
+export const llmFromEnv: Effect.Effect<Option.Option<LlmSettings>, ConfigInvalidError> = Effect.gen(function*() {
+  const url = yield* raw("AGENTWIRE_LLM_BASE_URL")
+  const model = yield* raw("AGENTWIRE_LLM_MODEL")
+  const apiKey = yield* raw("AGENTWIRE_LLM_API_KEY")
+  const timeoutMs = yield* integer("AGENTWIRE_LLM_TIMEOUT_MS", DEFAULT_LLM_TIMEOUT_MS, 1, 3_600_000)
+  const maxSteps = yield* integer("AGENTWIRE_LLM_MAX_STEPS", DEFAULT_LLM_MAX_STEPS, 1, 100)
+  if (Option.isNone(url) && Option.isNone(model)) {
+    if (Option.isSome(apiKey)) {
+      return yield* new ConfigInvalidError({ variable: "AGENTWIRE_LLM_BASE_URL", expected: "set (with AGENTWIRE_LLM_MODEL) when AGENTWIRE_LLM_API_KEY is" })
+    }
+    return Option.none()
+  }
+  if (Option.isNone(url)) {
+    return yield* new ConfigInvalidError({ variable: "AGENTWIRE_LLM_BASE_URL", expected: "set when AGENTWIRE_LLM_MODEL is (they go together)" })
+  }
+  if (Option.isNone(model)) {
+    return yield* new ConfigInvalidError({ variable: "AGENTWIRE_LLM_MODEL", expected: "set when AGENTWIRE_LLM_BASE_URL is (they go together)" })
+  }
+  if (model.value.trim().length > 256) {
+    return yield* new ConfigInvalidError({ variable: "AGENTWIRE_LLM_MODEL", value: model.value, expected: "at most 256 characters" })
+  }
+  if (Option.isSome(apiKey) && /[\r\n]/.test(apiKey.value)) {
+    return yield* new ConfigInvalidError({ variable: "AGENTWIRE_LLM_API_KEY", expected: "a single line" })
+  }
+  return Option.some({
+    baseUrl: yield* baseUrl("AGENTWIRE_LLM_BASE_URL", url.value),
+    model: model.value.trim(),
+    apiKey: Option.map(apiKey, (key) => Redacted.make(key.trim())),
+    timeoutMs,
+    maxSteps
+  })
+})
+
 /** Reads and validates every setting. */
 export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Effect.gen(function*() {
   const host = Option.getOrElse(yield* raw("AGENTWIRE_HOST"), () => "127.0.0.1").trim()
@@ -143,6 +214,8 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const jwtJwksUrl = yield* jwksUrl
   const origins = yield* allowedOrigins
   const production = Option.getOrUndefined(yield* raw("NODE_ENV"))?.trim() === "production"
+  const llm = yield* llmFromEnv
+  const streamCoalesceMs = yield* integer("AGENTWIRE_STREAM_COALESCE_MS", DEFAULT_STREAM_COALESCE_MS, 0, 10_000)
   return {
     host,
     port,
@@ -157,7 +230,9 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     maxSocketBufferBytes,
     maxProcessBufferBytes,
     logLevel,
-    production
+    production,
+    llm,
+    streamCoalesceMs
   }
 })
 
@@ -181,5 +256,7 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     maxProcessBufferBytes: DEFAULT_PROCESS_BUFFER_BYTES,
     logLevel: "Info",
     production: false,
+    llm: Option.none(),
+    streamCoalesceMs: DEFAULT_STREAM_COALESCE_MS,
     ...settings
   })

@@ -207,7 +207,27 @@ export const AgentCompleted = Schema.Struct({
   duration_ms: Schema.Number
 })
 
-const agentEventMembers = [AgentStarted, AgentThinking, ToolExecuting, ToolCompleted, AgentErrorEvent, AgentCompleted] as const
+/**
+ * A piece of an answer while it is generated. The deltas of one `message_id`
+ * concatenate, in `seq` order, to that message's text; several deltas that
+ * arrive close together may be sent as one.
+ */
+export const PartialResult = Schema.Struct({
+  type: Schema.Literal("partial_result"),
+  ...EventBase,
+  message_id: Schema.String,
+  delta: Schema.String
+})
+
+const agentEventMembers = [
+  AgentStarted,
+  AgentThinking,
+  ToolExecuting,
+  ToolCompleted,
+  AgentErrorEvent,
+  AgentCompleted,
+  PartialResult
+] as const
 
 /** Every agent event. Each run ends with exactly one `agent_completed` at depth 0, last. */
 export const AgentEvent = Schema.Union(agentEventMembers).pipe(Schema.toTaggedUnion("type"))

@@ -46,6 +46,12 @@ export interface AgentContext {
   /** Sends `agent_thinking`. */
   readonly think: (reasoning: string, step_number?: number) => Effect.Effect<void>
   /**
+   * Sends `partial_result {message_id, delta}`: a piece of an answer being
+   * generated. Deltas of one `message_id` concatenate to that message's text.
+   * Sent as given (no coalescing here; an agent that streams coalesces itself).
+   */
+  readonly partial: (message_id: string, delta: string) => Effect.Effect<void>
+  /**
    * Runs `effect` as the tool `tool_name`: sends `tool_executing`, then
    * `tool_completed` with timing and the output or the typed failure.
    */

@@ -21,9 +21,12 @@ export interface RegisteredAgent {
 export class UnknownAgentError extends Data.TaggedError("UnknownAgentError")<{
   readonly agent: string
   readonly available: ReadonlyArray<string>
+  /** Why a known but disabled agent cannot run, e.g. which settings enable it. */
+  readonly hint?: string | undefined
 }> {
   override get message(): string {
-    return `unknown agent "${this.agent.slice(0, 128)}"; available: ${this.available.join(", ")}`
+    const base = `unknown agent "${this.agent.slice(0, 128)}"; available: ${this.available.join(", ")}`
+    return this.hint === undefined ? base : `${base} (${this.hint})`
   }
 }
 

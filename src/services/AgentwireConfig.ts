@@ -36,6 +36,26 @@ export interface AgentwireSettings {
   readonly logLevel: LogLevel.LogLevel
   /** `NODE_ENV=production`. */
   readonly production: boolean
+
+  // --- language model (the `assistant` agent) ---
+  /** The OpenAI-compatible endpoint; none means the `assistant` agent is not available. */
+  readonly llm: Option.Option<LlmSettings>
+  /** At most one `partial_result` per message this often, in milliseconds (0 = one per provider chunk). */
+  readonly streamCoalesceMs: number
+}
+
+/** Where and how the `assistant` agent reaches its language model. */
+export interface LlmSettings {
+  /** Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:11434/v1`; `/chat/completions` is appended. */
+  readonly baseUrl: string
+  /** Model name sent with every request. */
+  readonly model: string
+  /** Sent as `Authorization: Bearer …`; none for local servers. Never logged. */
+  readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  /** No byte from the model for this long (ms) fails the run with `LLM_TIMEOUT`. */
+  readonly timeoutMs: number
+  /** Model turns per run; a run still asking for tools after that many fails with `LLM_MAX_STEPS`. */
+  readonly maxSteps: number
 }
 
 /** A configuration value is invalid; the message names the variable. */

@@ -6,7 +6,10 @@
  * be unused and the type-check would fail.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
+import { type LanguageModel, Tool, Toolkit } from "effect/ai"
+import * as Assistant from "../../src/agents/Assistant.ts"
+import type { BuiltinToolkit } from "../../src/agents/AssistantTools.ts"
 import { expectTypeOf, test } from "vitest"
 import * as BuiltinAgents from "../../src/agents/BuiltinAgents.ts"
 import * as Agentwire from "../../src/Agentwire.ts"
@@ -18,6 +21,7 @@ import * as Agent from "../../src/services/Agent.ts"
 import type { AgentInstanceFactory } from "../../src/services/AgentInstanceFactory.ts"
 import type { AgentRegistry } from "../../src/services/AgentRegistry.ts"
 import type { AgentwireConfig } from "../../src/services/AgentwireConfig.ts"
+import type { ConversationStore } from "../../src/services/ConversationStore.ts"
 import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 import type { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
@@ -82,3 +86,29 @@ test("an agent's own requirements travel into the registry layer", () => {
   )
   expectTypeOf<Effect.Services<typeof withWeather>>().toEqualTypeOf<never>()
 })
+
+test("the assistant's requirements (model, conversation store, tool handlers) show in the registry layer", () => {
+  const registry = AgentRegistryLayer.layer([Assistant.assistant()])
+  expectTypeOf<Layer.Services<typeof registry>>().toEqualTypeOf<
+    LanguageModel.LanguageModel | ConversationStore | Tool.HandlersFor<Toolkit.Tools<typeof BuiltinToolkit>>
+  >()
+  // the built-in registry with the assistant provides the tool handlers itself
+  const builtin = BuiltinAgents.layerWithAssistant({ maxSteps: 8, coalesceMs: 20 })
+  expectTypeOf<Layer.Services<typeof builtin>>().toEqualTypeOf<LanguageModel.LanguageModel | ConversationStore>()
+  const withoutModel = program.pipe(Effect.provide(AgentRuntime.layer.pipe(Layer.provide(builtin))))
+  // @ts-expect-error -- the assistant needs a LanguageModel and a ConversationStore, provided to neither
+  Effect.runPromise(withoutModel)
+})
+
+test("an embedder's tool requirements travel into the registry layer too", () => {
+  class Search extends Context.Service<Search, { readonly find: (q: string) => Effect.Effect<string> }>()("test/Search") {}
+  const SearchTool = Tool.make("search", { parameters: Schema.Struct({ q: Schema.String }), success: Schema.String, dependencies: [Search] })
+  const tools = Toolkit.make(SearchTool)
+  const researcher = Assistant.make({ name: "researcher", toolkit: tools })
+  const registry = AgentRegistryLayer.layer([researcher])
+  expectTypeOf<Search>().toExtend<Layer.Services<typeof registry>>()
+  const handlers = tools.toLayer({ search: ({ q }) => Effect.flatMap(Search, (s) => s.find(q)) })
+  const withHandlers = registry.pipe(Layer.provide(handlers))
+  expectTypeOf<Layer.Services<typeof withHandlers>>().toEqualTypeOf<LanguageModel.LanguageModel | ConversationStore | Search>()
+})
+

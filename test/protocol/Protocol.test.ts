@@ -49,3 +49,27 @@ describe("decodeClientFrame", () => {
     expect(() => decodeServerMessage(`{"type":"agent_thinking"}`)).toThrow()
   })
 })
+
+describe("partial_result", () => {
+  const stamp = {
+    event_id: "run_1:2",
+    run_id: "run_1",
+    thread_id: "t",
+    user_id: "u",
+    agent_name: "assistant",
+    depth: 0,
+    seq: 2,
+    timestamp: "2026-11-30T05:00:00.000Z"
+  }
+
+  it("decodes as a server message with its message_id and delta", () => {
+    const frame = JSON.stringify({ type: "partial_result", message_id: "msg_1", delta: "Hel", ...stamp })
+    expect(decodeServerMessage(frame)).toEqual({ type: "partial_result", message_id: "msg_1", delta: "Hel", ...stamp })
+  })
+
+  it("needs message_id, delta and the stamped fields", () => {
+    expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", delta: "x", ...stamp }))).toThrow(/message_id/)
+    expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", message_id: "m", ...stamp }))).toThrow(/delta/)
+    expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", message_id: "m", delta: "x" }))).toThrow()
+  })
+})
