@@ -25,7 +25,8 @@
  * no interruption, no shutdown protocol, no heartbeat, no limits on runs.
  *
  * Env: BASELINE_HOST, BASELINE_PORT, BASELINE_JWT_SECRET, BASELINE_MAX_MESSAGE_BYTES,
- * BASELINE_CORK (1 or 0).
+ * BASELINE_CORK (1, 0, or `immediate`: uncork on `setImmediate` instead, so frames of all the
+ * timers that fire in one event-loop iteration share a write; an experiment, not the baseline).
  *
  * @module
  */
@@ -41,7 +42,10 @@ const key = new TextEncoder().encode(process.env.BASELINE_JWT_SECRET ?? "")
 const maxPayload = Number(process.env.BASELINE_MAX_MESSAGE_BYTES ?? "65536")
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 const CORK_FLUSH_BYTES = 64 * 1024
-const cork = process.env.BASELINE_CORK !== "0"
+/** "1" (default): uncork on `process.nextTick`; "immediate": on `setImmediate` (an experiment); "0": no corking. */
+const corkMode = process.env.BASELINE_CORK ?? "1"
+const cork = corkMode !== "0"
+const schedule: (f: () => void) => void = corkMode === "immediate" ? setImmediate : process.nextTick
 const ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** One socket of a user, with its send (corked per tick or not). */
@@ -76,7 +80,7 @@ const makeSend = (ws: WebSocket, socket: Socket): (frame: string) => void => {
     if (!corked) {
       corked = true
       socket.cork()
-      process.nextTick(uncork)
+      schedule(uncork)
     }
     ws.send(frame)
     if (socket.writableLength >= CORK_FLUSH_BYTES) {
@@ -213,7 +217,7 @@ server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) =>
   )
 })
 server.listen(port, host, () => {
-  console.log(`baseline listening on http://${host}:${port} (${cork ? "corked per tick" : "uncorked"})`)
+  console.log(`baseline listening on http://${host}:${port} (${cork ? (corkMode === "immediate" ? "corked until setImmediate" : "corked per tick") : "uncorked"})`)
 })
 // exit normally on a signal, so that `--cpu-prof` writes its profile
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0))

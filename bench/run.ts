@@ -91,9 +91,15 @@ const profile = profileArg !== undefined
 const profileWorkload: "paced" | "burst" = profileArg === "--profile=burst" ? "burst" : "paced"
 /** `--strace`: with `--profile`, also count each server's syscalls over the measured rounds (`strace -c -f`). */
 const straceOn = argv.includes("--strace")
+/** `--log-level=<level>`: agentwire's `AGENTWIRE_LOG_LEVEL` (default info, what a production process runs with). */
+const logLevelArg = argv.find((a) => a.startsWith("--log-level="))?.slice("--log-level=".length) ?? "info"
+/** `--paced-only`: only the paced rounds (agentwire and both baselines), a short table, nothing written. */
+const pacedOnly = argv.includes("--paced-only")
+/** `--baseline-cork=immediate`: the corked baseline uncorks on `setImmediate` instead of `process.nextTick` (an experiment). */
+const baselineCork = argv.find((a) => a.startsWith("--baseline-cork="))?.slice("--baseline-cork=".length) ?? "1"
 /** `--no-pin`: do not pin processes to CPUs even when the machine has two or more. */
 const pinning = choosePinning(availableParallelism(), !argv.includes("--no-pin"))
-const write = !argv.includes("--no-write") && !quick && !profile
+const write = !argv.includes("--no-write") && !quick && !profile && !argv.includes("--paced-only")
 /** `--out=<file>`: also (or, with `--no-write`, only) write the raw JSON there. */
 const outArg = argv.find((a) => a.startsWith("--out="))?.slice("--out=".length)
 /** `--agentwire-dir=<checkout>`: run that checkout's `src/main.ts` instead (to measure a proposed change). */
@@ -132,7 +138,7 @@ const params: Params = quick
     idleBudgetMs: 4000,
     engineMs: 200,
     heartbeatConnections: 1000,
-    logLevel: "info"
+    logLevel: logLevelArg
   }
   : {
     mode: profile ? "profile" : "full",
@@ -156,7 +162,7 @@ const params: Params = quick
     idleBudgetMs: 30_000,
     engineMs: 1000,
     heartbeatConnections: 10_000,
-    logLevel: "info"
+    logLevel: logLevelArg
   }
 
 const WATCHDOG_MS = quick ? 40_000 : 298_000
@@ -242,7 +248,7 @@ const startServer = async (
         BASELINE_PORT: String(port),
         BASELINE_JWT_SECRET: BENCH_SECRET,
         BASELINE_MAX_MESSAGE_BYTES: "65536",
-        BASELINE_CORK: name === "uncorked" ? "0" : "1"
+        BASELINE_CORK: name === "uncorked" ? "0" : baselineCork
       }
     })
   await waitForHttp(port, "/health", 30_000, server)
@@ -812,11 +818,48 @@ const profileRun = async () => {
   process.stdout.write(`${out.join("\n")}\n`)
 }
 
+/** `--paced-only`: the paced rounds alone, for iterating on the per-event cost. */
+const pacedOnlyRun = async () => {
+  log(`pinning: ${pinning.description}; paced rounds only`)
+  const names: Array<TargetName> = ["agentwire", "baseline", "uncorked"]
+  const targets: Array<Target> = []
+  for (const [i, name] of names.entries()) {
+    const server = await startServer(name)
+    targets.push({ name, ...server, loadgen: await startLoadgen(name, server.port, `127.0.${i + 1}.`) })
+  }
+  for (const target of targets) {
+    const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
+    if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
+  }
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced")
+  const m = (name: TargetName) => pacedResults(paced.get(name)!).median
+  const [a, b, u] = [m("agentwire"), m("baseline"), m("uncorked")]
+  const row = (label: string, f: (r: PacedRound) => string) => `| ${label} | ${f(a)} | ${f(b)} | ${f(u)} |`
+  process.stdout.write([
+    `Paced, median of ${params.pacedRounds} rounds; agentwire log level ${params.logLevel}; agentwire / corked CPU per event: ${
+      (a.serverCpuMicrosPerEvent / b.serverCpuMicrosPerEvent).toFixed(2)
+    }`,
+    "| | agentwire | corked | uncorked |",
+    "|---|---:|---:|---:|",
+    row("server CPU µs / event", (r) => r.serverCpuMicrosPerEvent.toFixed(2)),
+    row("of which system", (r) => r.serverSystemMicrosPerEvent.toFixed(2)),
+    row("write syscalls / event", (r) => r.writesPerEvent.toFixed(3)),
+    row("event latency p50 / p99 ms", (r) => `${r.eventLatencyP50} / ${r.eventLatencyP99}`),
+    row("run start p99 ms", (r) => r.startLatencyP99.toFixed(2)),
+    row("server CPU share", (r) => r.serverCpuShare.toFixed(2)),
+    ""
+  ].join("\n"))
+}
+
 const main = async () => {
   // the orchestrator shares the load generators' CPU(s), never the server's
   if (pinning.client !== undefined) execSync(`taskset -pc ${pinning.client} ${process.pid}`, { stdio: "ignore" })
   if (profile) {
     await profileRun()
+    return
+  }
+  if (pacedOnly) {
+    await pacedOnlyRun()
     return
   }
   const results = await benchmark()
