@@ -19,6 +19,7 @@
  *   the bench sends to a file) at level info: the "run started" / "run ended"
  *   lines a production server writes.
  *
+ * - `pacedRuns`: the paced workload's runs with no sockets (see `EngineResult`);
  * - `sleep`: the CPU cost of one timer wait, as a paced agent pays it between
  *   steps: F concurrent fibers each doing `Effect.sleep(5 ms)` S times, against
  *   F concurrent `setTimeout(5 ms)` chains of S (process CPU time / waits).
@@ -57,9 +58,18 @@ export interface EngineResult {
   readonly startWithLogs: EngineLoop
   /** CPU µs per timer wait: `Effect.sleep` in a fiber vs a bare `setTimeout` callback. */
   readonly sleep: { readonly effectSleepCpuMicros: number; readonly setTimeoutCpuMicros: number; readonly waits: number }
+  /**
+   * The paced workload's runs without sockets: PACED_RUNS concurrent `ticker` runs
+   * (`steps=40 interval_ms=5`) started with `start` and awaited, each event encoded once
+   * for one connection whose `send` drops it (logs off), against the baseline server's own
+   * run loop (`setTimeout` pacing, stamp, one `JSON.stringify`, same drop); CPU µs per event.
+   */
+  readonly pacedRuns: { readonly agentwireCpuMicrosPerEvent: number; readonly baselineCpuMicrosPerEvent: number; readonly events: number }
 }
 
 const budgetMs = Number(process.argv[2] ?? "1000")
+/** The paced-runs measure is repeated (median of three) unless the budget is a smoke run's. */
+const repeat = budgetMs >= 500
 
 const cpuMicros = () => {
   const u = process.cpuUsage()
@@ -171,6 +181,87 @@ const sleeps = Effect.gen(function*() {
   return { effectSleepCpuMicros: mid(e), setTimeoutCpuMicros: mid(t), waits: SLEEPERS * SLEEPS }
 })
 
+const PACED_RUNS = 1000
+const PACED_STEPS = 40
+const PACED_INTERVAL_MS = 5
+const PACED_EVENTS = PACED_RUNS * (PACED_STEPS + 2)
+
+/** agentwire: PACED_RUNS ticker runs at once through `start`, awaited; CPU µs per event. */
+const agentwirePaced = Effect.gen(function*() {
+  const factory = yield* ExecutionEngineFactory
+  const bridge = yield* WebSocketBridge
+  yield* bridge.register({ id: "conn_bench", user_id: USER, send: () => {} })
+  const once = Effect.gen(function*() {
+    const c0 = cpuMicros()
+    const handles = []
+    for (let i = 0; i < PACED_RUNS; i++) {
+      const context = yield* UserExecutionContext.make({ user_id: USER })
+      handles.push(yield* factory.start(context, "ticker", `steps=${PACED_STEPS} interval_ms=${PACED_INTERVAL_MS}`))
+    }
+    for (const handle of handles) yield* handle.await
+    return (cpuMicros() - c0) / PACED_EVENTS
+  })
+  yield* once
+  if (!repeat) return yield* once
+  const xs = [yield* once, yield* once, yield* once]
+  return xs.sort((a, b) => a - b)[1]!
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
+
+/** The baseline server's run loop (bench/baseline-server.ts `tick`), delivering to one socket that drops frames. */
+const baselinePacedOnce = () =>
+  new Promise<number>((resolve) => {
+    const c0 = cpuMicros()
+    let live = PACED_RUNS
+    const send = (_frame: string) => {}
+    const deliver = (event: object) => send(JSON.stringify(event))
+    for (let r = 0; r < PACED_RUNS; r++) {
+      const request = `steps=${PACED_STEPS} interval_ms=${PACED_INTERVAL_MS}`
+      const steps = Number(/\bsteps\s*=\s*(\d+)/.exec(request)![1])
+      const interval = Number(/\binterval_ms\s*=\s*(\d+)/.exec(request)![1])
+      const run_id = `run_${crypto.randomUUID().replaceAll("-", "")}`
+      const thread_id = `thread_${crypto.randomUUID().replaceAll("-", "")}`
+      const startedAt = performance.now()
+      let seq = 0
+      const stamp = () => {
+        seq++
+        return {
+          event_id: `${run_id}:${seq}`,
+          run_id,
+          thread_id,
+          user_id: USER,
+          agent_name: "ticker",
+          depth: 0,
+          seq,
+          timestamp: new Date().toISOString()
+        }
+      }
+      deliver({ type: "agent_started", task_description: request, request_id: `req_${crypto.randomUUID().replaceAll("-", "")}`, ...stamp() })
+      let step = 1
+      const next = () => {
+        deliver({ type: "agent_thinking", reasoning: `tick ${step} of ${steps}`, step_number: step, ...stamp() })
+        if (step++ < steps) setTimeout(next, interval)
+        else {
+          deliver({
+            type: "agent_completed",
+            status: "completed",
+            final_response: `ticked ${steps} times`,
+            duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
+            ...stamp()
+          })
+          if (--live === 0) resolve((cpuMicros() - c0) / PACED_EVENTS)
+        }
+      }
+      next()
+    }
+  })
+
+const baselinePaced = Effect.promise(async () => {
+  await baselinePacedOnce()
+  if (!repeat) return baselinePacedOnce()
+  const xs = [await baselinePacedOnce(), await baselinePacedOnce(), await baselinePacedOnce()]
+  return xs.sort((a, b) => a - b)[1]!
+})
+
 const program = Effect.gen(function*() {
   const { alloc, run } = yield* allocAndRun.pipe(Effect.provideService(References.MinimumLogLevel, "None"))
   const start = yield* startAndAwait.pipe(Effect.provideService(References.MinimumLogLevel, "None"))
@@ -179,7 +270,10 @@ const program = Effect.gen(function*() {
     Effect.provide(Logger.layer([Logger.consoleLogFmt]))
   )
   const sleep = yield* sleeps
-  const result: EngineResult = { alloc, run, start, startWithLogs, sleep }
+  const agentwireCpuMicrosPerEvent = yield* agentwirePaced.pipe(Effect.provideService(References.MinimumLogLevel, "None"))
+  const baselineCpuMicrosPerEvent = yield* baselinePaced
+  const pacedRuns = { agentwireCpuMicrosPerEvent, baselineCpuMicrosPerEvent, events: PACED_EVENTS }
+  const result: EngineResult = { alloc, run, start, startWithLogs, sleep, pacedRuns }
   return result
 })
 

@@ -474,6 +474,14 @@ const engineRows = (e: EngineResult, na: string): Array<Row> => [
     ""
   ],
   [
+    `Paced runs without sockets, in process: CPU µs per event (${int(e.pacedRuns.events)} events: 1,000 \`ticker\` runs × 40 steps 5 ms apart, encoded for one connection that drops them, logs off); baseline: its own run loop`,
+    fixed(e.pacedRuns.agentwireCpuMicrosPerEvent, 2),
+    fixed(e.pacedRuns.baselineCpuMicrosPerEvent, 2),
+    na,
+    ratio(e.pacedRuns.agentwireCpuMicrosPerEvent, e.pacedRuns.baselineCpuMicrosPerEvent),
+    ""
+  ],
+  [
     "Engine: `createForUser` + release only, µs",
     fixed(e.alloc.microsPerOp, 2),
     "n/a",
@@ -601,6 +609,10 @@ export const toJson = (results: BenchResults) => ({
     start_await_us: round3(results.engine.start.microsPerOp),
     start_await_with_logs_us: round3(results.engine.startWithLogs.microsPerOp),
     effect_sleep_cpu_us: round3(results.engine.sleep.effectSleepCpuMicros),
+    paced_runs_without_sockets_cpu_us_per_event: {
+      agentwire: round3(results.engine.pacedRuns.agentwireCpuMicrosPerEvent),
+      baseline: round3(results.engine.pacedRuns.baselineCpuMicrosPerEvent)
+    },
     set_timeout_cpu_us: round3(results.engine.sleep.setTimeoutCpuMicros),
     iterations: {
       alloc: results.engine.alloc.iterations,
