@@ -204,6 +204,32 @@ export const writeSyscallsOf = (pid: number): number => {
   }
 }
 
+/**
+ * CPU time (user + system) of a process's main thread so far, ms, from
+ * `/proc/<pid>/task/<pid>/stat` (clock ticks, usually 10 ms); NaN when unreadable.
+ * The rest of the process's CPU is other threads: V8's GC helpers, libuv's pool.
+ */
+export const mainThreadCpuMsOf = (pid: number): number => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    // fields[11] and [12] are utime and stime (fields 14 and 15 of stat(5))
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+  } catch {
+    return Number.NaN
+  }
+}
+
+/** `getconf CLK_TCK`; 100 on Linux unless configured otherwise. */
+const CLOCK_TICKS = (() => {
+  try {
+    const out = spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()
+    return Number(out) > 0 ? Number(out) : 100
+  } catch {
+    return 100
+  }
+})()
+
 /** Whether a command runs (`<cmd> --version` exits 0). */
 export const hasCommand = (cmd: string): boolean => {
   try {

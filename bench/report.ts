@@ -93,6 +93,8 @@ export interface PacedRound {
   readonly serverCpuMicrosPerEvent: number
   /** The kernel (system) part of it. */
   readonly serverSystemMicrosPerEvent: number
+  /** The main (JavaScript) thread's share of the server's CPU; the rest is GC helper and libuv threads. */
+  readonly mainThreadShare: number
   readonly writesPerEvent: number
   /** Whole ms (see the latency resolution in docs/benchmarks.md). */
   readonly eventLatencyP50: number
@@ -257,11 +259,19 @@ export const printTable = (results: BenchResults): string => {
       `≤ 1.10: ${judge(pa.serverCpuMicrosPerEvent / pb.serverCpuMicrosPerEvent <= 1.1)}`
     ],
     [
-      "Paced: of which user / system (kernel), µs",
+      "Paced: of which user / system (kernel), µs (medians)",
       `${fixed(pa.serverCpuMicrosPerEvent - pa.serverSystemMicrosPerEvent, 2)} / ${fixed(pa.serverSystemMicrosPerEvent, 2)}`,
       `${fixed(pb.serverCpuMicrosPerEvent - pb.serverSystemMicrosPerEvent, 2)} / ${fixed(pb.serverSystemMicrosPerEvent, 2)}`,
       `${fixed(pu.serverCpuMicrosPerEvent - pu.serverSystemMicrosPerEvent, 2)} / ${fixed(pu.serverSystemMicrosPerEvent, 2)}`,
       `user ${ratio(pa.serverCpuMicrosPerEvent - pa.serverSystemMicrosPerEvent, pb.serverCpuMicrosPerEvent - pb.serverSystemMicrosPerEvent)}`,
+      ""
+    ],
+    [
+      "Paced: main thread's share of the server's CPU (the rest: GC helper and libuv threads)",
+      fixed(pa.mainThreadShare, 2),
+      fixed(pb.mainThreadShare, 2),
+      fixed(pu.mainThreadShare, 2),
+      "",
       ""
     ],
     [
@@ -450,7 +460,7 @@ export const printTable = (results: BenchResults): string => {
 
 const engineRows = (e: EngineResult, na: string): Array<Row> => [
   [
-    "Engine, in process: `make` + `createForUser` + run `echo` to `agent_completed` + release (no-op bridge, logs off), µs per run",
+    "Engine, in process: `make` + `createForUser` + run `echo` to `agent_completed` + release (no-op bridge, logs off), CPU µs per run",
     fixed(e.run.microsPerOp, 1),
     "n/a",
     na,
@@ -458,7 +468,7 @@ const engineRows = (e: EngineResult, na: string): Array<Row> => [
     ""
   ],
   [
-    "Engine: `make` + `start` + `await` of `echo` (in-memory bridge, one connection, logs off / info), µs per run",
+    "Engine: `make` + `start` + `await` of `echo` (in-memory bridge, one connection, logs off / info), CPU µs per run",
     `${fixed(e.start.microsPerOp, 1)} / ${fixed(e.startWithLogs.microsPerOp, 1)}`,
     "n/a",
     na,
@@ -482,7 +492,7 @@ const engineRows = (e: EngineResult, na: string): Array<Row> => [
     ""
   ],
   [
-    "Engine: `createForUser` + release only, µs",
+    "Engine: `createForUser` + release only, CPU µs",
     fixed(e.alloc.microsPerOp, 2),
     "n/a",
     na,
@@ -546,6 +556,7 @@ const rawPacedRound = (r: PacedRound) => ({
   elapsed_ms: Math.round(r.elapsedMs),
   server_cpu_us_per_event: round3(r.serverCpuMicrosPerEvent),
   server_system_cpu_us_per_event: round3(r.serverSystemMicrosPerEvent),
+  main_thread_share_of_server_cpu: round3(r.mainThreadShare),
   write_syscalls_per_event: round3(r.writesPerEvent),
   event_latency_p50_ms: r.eventLatencyP50,
   event_latency_p99_ms: r.eventLatencyP99,
@@ -660,7 +671,9 @@ export const writeResults = (
   const written: Array<string> = []
   if (targets.json !== undefined) {
     mkdirSync(dirname(targets.json), { recursive: true })
-    writeFileSync(targets.json, `${JSON.stringify(toJson(results), null, 2)}\n`)
+    // histogram pairs on one line each: [ms, count]
+    const text = JSON.stringify(toJson(results), null, 2).replace(/\[\n\s+(-?[\d.]+),\n\s+(-?[\d.]+)\n\s+\]/g, "[$1, $2]")
+    writeFileSync(targets.json, `${text}\n`)
     written.push(targets.json)
   }
   if (!targets.docs) return written

@@ -52,6 +52,7 @@ import {
   rssOf,
   spawnNode,
   stop,
+  mainThreadCpuMsOf,
   waitForHttp,
   writeSyscallsOf
 } from "./proc.ts"
@@ -98,7 +99,9 @@ const pacedOnly = argv.includes("--paced-only")
 /** `--baseline-cork=immediate`: the corked baseline uncorks on `setImmediate` instead of `process.nextTick` (an experiment). */
 const baselineCork = argv.find((a) => a.startsWith("--baseline-cork="))?.slice("--baseline-cork=".length) ?? "1"
 /** `--no-pin`: do not pin processes to CPUs even when the machine has two or more. */
-const pinning = choosePinning(availableParallelism(), !argv.includes("--no-pin"))
+/** CPUs available, read before the orchestrator pins itself (which narrows `availableParallelism()`). */
+const NPROC = availableParallelism()
+const pinning = choosePinning(NPROC, !argv.includes("--no-pin"))
 const write = !argv.includes("--no-write") && !quick && !profile && !argv.includes("--paced-only")
 /** `--out=<file>`: also (or, with `--no-write`, only) write the raw JSON there. */
 const outArg = argv.find((a) => a.startsWith("--out="))?.slice("--out=".length)
@@ -308,6 +311,8 @@ interface Round {
   readonly serverCpuMs: number
   /** The kernel part of `serverCpuMs`. */
   readonly serverSystemMs: number
+  /** The server's main (JavaScript) thread's part of `serverCpuMs` (10 ms resolution). */
+  readonly serverMainThreadMs: number
   readonly clientCpuMs: number
   /** Write-like syscalls of the server during the round (`syscw`). */
   readonly writes: number
@@ -319,8 +324,10 @@ interface Round {
 const measured = async (target: Target, what: string, message: LoadCommand, timeoutMs: number): Promise<Round> => {
   const before = await probe(target, false)
   const writes0 = writeSyscallsOf(target.server.pid)
+  const main0 = mainThreadCpuMsOf(target.server.pid)
   const reply = check(target, what, await command<RunsReply>(target, message, timeoutMs))
   const writes1 = writeSyscallsOf(target.server.pid)
+  const main1 = mainThreadCpuMsOf(target.server.pid)
   const after = await probe(target, false)
   return {
     eventsPerSecond: reply.frames / (reply.elapsedMs / 1000),
@@ -328,6 +335,7 @@ const measured = async (target: Target, what: string, message: LoadCommand, time
     elapsedMs: reply.elapsedMs,
     serverCpuMs: (after.cpuMicros - before.cpuMicros) / 1000,
     serverSystemMs: (after.cpuSystemMicros - before.cpuSystemMicros) / 1000,
+    serverMainThreadMs: main1 - main0,
     clientCpuMs: reply.clientCpuMs,
     writes: writes1 - writes0,
     eventLatency: reply.eventLatency,
@@ -373,6 +381,7 @@ const pacedResults = (rs: ReadonlyArray<Round>): PacedResults => {
       elapsedMs: r.elapsedMs,
       serverCpuMicrosPerEvent: (r.serverCpuMs * 1000) / r.frames,
       serverSystemMicrosPerEvent: (r.serverSystemMs * 1000) / r.frames,
+      mainThreadShare: r.serverMainThreadMs / r.serverCpuMs,
       writesPerEvent: r.writes / r.frames,
       eventLatencyP50: latency.p50,
       eventLatencyP99: latency.p99,
@@ -389,6 +398,7 @@ const pacedResults = (rs: ReadonlyArray<Round>): PacedResults => {
       elapsedMs: med((r) => r.elapsedMs),
       serverCpuMicrosPerEvent: med((r) => r.serverCpuMicrosPerEvent),
       serverSystemMicrosPerEvent: med((r) => r.serverSystemMicrosPerEvent),
+      mainThreadShare: med((r) => r.mainThreadShare),
       writesPerEvent: med((r) => r.writesPerEvent),
       eventLatencyP50: med((r) => r.eventLatencyP50),
       eventLatencyP99: med((r) => r.eventLatencyP99),
@@ -613,7 +623,7 @@ const machine = (): MachineInfo => {
     date: new Date().toISOString(),
     commit: sh("git rev-parse --short HEAD"),
     dirty: sh("git status --porcelain -- src") !== "",
-    nproc: availableParallelism(),
+    nproc: NPROC,
     cpu: cpus()[0]?.model ?? "unknown",
     memory: `${(totalmem() / GIB).toFixed(1)} GiB`,
     free: sh("free -h"),
@@ -843,6 +853,7 @@ const pacedOnlyRun = async () => {
     "|---|---:|---:|---:|",
     row("server CPU µs / event", (r) => r.serverCpuMicrosPerEvent.toFixed(2)),
     row("of which system", (r) => r.serverSystemMicrosPerEvent.toFixed(2)),
+    row("main thread's share of it", (r) => r.mainThreadShare.toFixed(2)),
     row("write syscalls / event", (r) => r.writesPerEvent.toFixed(3)),
     row("event latency p50 / p99 ms", (r) => `${r.eventLatencyP50} / ${r.eventLatencyP99}`),
     row("run start p99 ms", (r) => r.startLatencyP99.toFixed(2)),
