@@ -57,14 +57,25 @@ export interface EngineResult {
   /** As `start`, with the server's logfmt logger at level info. */
   readonly startWithLogs: EngineLoop
   /** CPU µs per timer wait: `Effect.sleep` in a fiber vs a bare `setTimeout` callback. */
-  readonly sleep: { readonly effectSleepCpuMicros: number; readonly setTimeoutCpuMicros: number; readonly waits: number }
+  readonly sleep: {
+    readonly effectSleepCpuMicros: number
+    readonly setTimeoutCpuMicros: number
+    readonly waits: number
+    /** Fibers (or timer chains) waiting at a time. */
+    readonly concurrent: number
+  }
   /**
    * The paced workload's runs without sockets: PACED_RUNS concurrent `ticker` runs
    * (`steps=40 interval_ms=5`) started with `start` and awaited, each event encoded once
    * for one connection whose `send` drops it (logs off), against the baseline server's own
    * run loop (`setTimeout` pacing, stamp, one `JSON.stringify`, same drop); CPU µs per event.
    */
-  readonly pacedRuns: { readonly agentwireCpuMicrosPerEvent: number; readonly baselineCpuMicrosPerEvent: number; readonly events: number }
+  readonly pacedRuns: {
+    readonly agentwireCpuMicrosPerEvent: number
+    readonly baselineCpuMicrosPerEvent: number
+    readonly events: number
+    readonly runs: number
+  }
 }
 
 const budgetMs = Number(process.argv[2] ?? "1000")
@@ -138,7 +149,8 @@ const startAndAwait = Effect.gen(function*() {
   )
 }).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
 
-const SLEEPERS = 1000
+/** Concurrent sleepers and paced runs: fewer in a smoke run. */
+const SLEEPERS = repeat ? 1000 : 200
 const SLEEPS = 20
 const SLEEP_MS = 5
 
@@ -178,10 +190,10 @@ const sleeps = Effect.gen(function*() {
     e.push(yield* sleepingFibers)
   }
   const mid = (xs: Array<number>) => xs.sort((a, b) => a - b)[1]!
-  return { effectSleepCpuMicros: mid(e), setTimeoutCpuMicros: mid(t), waits: SLEEPERS * SLEEPS }
+  return { effectSleepCpuMicros: mid(e), setTimeoutCpuMicros: mid(t), waits: SLEEPERS * SLEEPS, concurrent: SLEEPERS }
 })
 
-const PACED_RUNS = 1000
+const PACED_RUNS = repeat ? 1000 : 200
 const PACED_STEPS = 40
 const PACED_INTERVAL_MS = 5
 const PACED_EVENTS = PACED_RUNS * (PACED_STEPS + 2)
@@ -272,7 +284,7 @@ const program = Effect.gen(function*() {
   const sleep = yield* sleeps
   const agentwireCpuMicrosPerEvent = yield* agentwirePaced.pipe(Effect.provideService(References.MinimumLogLevel, "None"))
   const baselineCpuMicrosPerEvent = yield* baselinePaced
-  const pacedRuns = { agentwireCpuMicrosPerEvent, baselineCpuMicrosPerEvent, events: PACED_EVENTS }
+  const pacedRuns = { agentwireCpuMicrosPerEvent, baselineCpuMicrosPerEvent, events: PACED_EVENTS, runs: PACED_RUNS }
   const result: EngineResult = { alloc, run, start, startWithLogs, sleep, pacedRuns }
   return result
 })

@@ -476,7 +476,7 @@ const engineRows = (e: EngineResult, na: string): Array<Row> => [
     ""
   ],
   [
-    `Timer wait: CPU µs per \`Effect.sleep(5 ms)\` in a fiber (${int(e.sleep.waits)} waits, 1,000 at a time) / per bare \`setTimeout\``,
+    `Timer wait: CPU µs per \`Effect.sleep(5 ms)\` in a fiber (${int(e.sleep.waits)} waits, ${int(e.sleep.concurrent)} at a time) / per bare \`setTimeout\``,
     `${fixed(e.sleep.effectSleepCpuMicros, 2)} / ${fixed(e.sleep.setTimeoutCpuMicros, 2)}`,
     "n/a",
     na,
@@ -484,7 +484,7 @@ const engineRows = (e: EngineResult, na: string): Array<Row> => [
     ""
   ],
   [
-    `Paced runs without sockets, in process: CPU µs per event (${int(e.pacedRuns.events)} events: 1,000 \`ticker\` runs × 40 steps 5 ms apart, encoded for one connection that drops them, logs off); baseline: its own run loop`,
+    `Paced runs without sockets, in process: CPU µs per event (${int(e.pacedRuns.events)} events: ${int(e.pacedRuns.runs)} \`ticker\` runs × 40 steps 5 ms apart, encoded for one connection that drops them, logs off); baseline: its own run loop`,
     fixed(e.pacedRuns.agentwireCpuMicrosPerEvent, 2),
     fixed(e.pacedRuns.baselineCpuMicrosPerEvent, 2),
     na,

@@ -1,35 +1,44 @@
 /**
- * `npm run bench [-- --quick | --profile] [--no-write] [--out=<file>] [--agentwire-dir=<checkout>]
- *   [--keep-logs] [--server-node-flag=<flag>…]`:
- * the orchestrator.
+ * `npm run bench [-- --quick | --paced-only | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
+ *   [--agentwire-dir=<checkout>] [--keep-logs] [--server-node-flag=<flag>…] [--log-level=<level>] [--no-pin]
+ *   [--baseline-cork=immediate] [size flags]`:
+ * the orchestrator. docs/benchmarks.md describes every phase and option.
  *
- * Starts, each in its own process, the agentwire server (`src/main.ts`) and
- * the raw `ws` baseline (`bench/baseline-server.ts`), both with the probe
- * preloaded (`bench/probe.ts`: heap, CPU, forced GC over IPC; RSS is read
- * from `/proc/<pid>/status`), and one load generator (`bench/loadgen.ts`) per
- * server. Then it measures both in the same run, alternating agentwire and
- * baseline round by round so that drift on a shared machine hits both alike:
+ * Starts, each in its own process, the agentwire server (`src/main.ts`), the
+ * raw `ws` baseline corked per tick like agentwire and the same baseline
+ * uncorked (`bench/baseline-server.ts`, `BASELINE_CORK=1|0`), all with the
+ * probe preloaded (`bench/probe.ts`: heap, user/system CPU, forced GC over IPC;
+ * RSS, write syscalls and main-thread CPU are read from `/proc`), and one load
+ * generator (`bench/loadgen.ts`) per server. With two or more CPUs and
+ * `taskset`, servers run on CPU 0 and load generators (and this process) on
+ * the others. Then it measures them in the same run, rotating the order of the
+ * servers every round so that drift on a shared machine hits all alike:
  *
  * 1. memory first, while the heaps are fresh: RSS per idle connection, then
- *    per active (sleeping) run;
- * 2. fan-out throughput: R concurrent ticker runs (interval 0, K steps) over
- *    C connections of U users, delivered events per second at the clients;
- *    latency at saturation comes from the same rounds;
- * 3. latency and run start at a fixed offered load (open loop): each server
+ *    per active (sleeping) run (agentwire and the corked baseline);
+ * 2. the paced load: R ticker runs × K steps M ms apart, started at an even
+ *    rate, on C_p connections of U_p users: CPU per delivered event, write
+ *    syscalls, latency, run start (medians of rounds; all three servers);
+ * 3. the burst load (fan-out throughput): R concurrent ticker runs (interval
+ *    0) over C connections of U users (all three servers);
+ * 4. latency and run start at a fixed offered load (open loop): each server
  *    at 50 % of its own maximum, and the faster one again at the slower one's
- *    load, so both are also compared at one offered load;
- * 4. the most idle connections held under 1 GiB RSS, up to the open-files
+ *    load (agentwire and the corked baseline);
+ * 5. the most idle connections held under 1 GiB RSS, up to the open-files
  *    limit or the bench's cap;
- * 5. engine overhead in-process (`bench/engine.ts`), after the servers are gone.
+ * 6. the heartbeat sweep's longest stall, on an agentwire process of its own;
+ * 7. in-process costs (`bench/engine.ts`), after the servers are gone.
  *
  * Prints one table; a full run writes `bench/results/latest.json` and the
  * generated part of `docs/benchmarks.md` (`--no-write` skips both; `--out`
- * writes the JSON elsewhere). `--quick`
- * is a smoke run (small sizes, under 30 s) that checks every phase completes
- * and judges no target. `--profile` runs agentwire alone under the throughput
- * load with `--cpu-prof` and prints where the samples of the measured rounds
- * went (`bench/profile.ts`). `--agentwire-dir` runs another checkout's
- * `src/main.ts` (to measure a proposed change against the same baseline).
+ * writes the JSON elsewhere). `--quick` is a smoke run (small sizes, under
+ * 30 s) that checks every phase completes and judges no target.
+ * `--paced-only` runs phase 2 alone. `--profile` runs agentwire, then the
+ * corked baseline, alone under the paced (or burst) load with `--cpu-prof` and
+ * prints where the samples of the measured rounds went (`bench/profile.ts`);
+ * with `--strace`, one more round per server under `strace -c -f` gives
+ * syscalls per delivered event. `--agentwire-dir` runs another checkout's
+ * `src/main.ts` (to measure a proposed change against the same baselines).
  *
  * Every wait is bounded; a watchdog ends the bench and every child process
  * (killed by pid) if it runs over.
@@ -133,7 +142,7 @@ const params: Params = quick
     pacedIntervalMs: flag("paced-interval", 5),
     pacedSpreadMs: flag("paced-spread", 300),
     pacedRounds: flag("paced-rounds", 1),
-    loadMs: 1000,
+    loadMs: 500,
     holdRuns: 100,
     idleConnections: 400,
     idleCap: 2000,
