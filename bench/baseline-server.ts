@@ -13,15 +13,26 @@
  *   M > 0 the steps are `setTimeout`s apart. `ping` gets `pong`.
  * - The same slow-client guard (close 1013 above 8 MiB buffered), no
  *   compression, the same `maxPayload`.
+ * - With `BASELINE_CORK=1` (the default), the same per-tick corking as
+ *   agentwire's per-socket send (`makeSend` in src/layers/WebSocketConnection.ts):
+ *   the TCP socket is corked on its first frame of a tick and uncorked on
+ *   `process.nextTick`, with an early flush every 64 KiB, so the frames a tick
+ *   sends to one socket leave in one `writev`. `BASELINE_CORK=0` writes every
+ *   frame with its own `ws.send` (one syscall per frame per socket).
  *
- * No logging, no validation beyond what the bench sends, no shutdown protocol.
+ * No logging, no schema validation of frames (client frames are `JSON.parse`d
+ * and checked for the three fields the bench sends), no runtime, no fibers,
+ * no interruption, no shutdown protocol, no heartbeat, no limits on runs.
  *
- * Env: BASELINE_HOST, BASELINE_PORT, BASELINE_JWT_SECRET, BASELINE_MAX_MESSAGE_BYTES.
+ * Env: BASELINE_HOST, BASELINE_PORT, BASELINE_JWT_SECRET, BASELINE_MAX_MESSAGE_BYTES,
+ * BASELINE_CORK (1, 0, or `immediate`: uncork on `setImmediate` instead, so frames of all the
+ * timers that fire in one event-loop iteration share a write; an experiment, not the baseline).
  *
  * @module
  */
 import { jwtVerify } from "jose"
 import { createServer, type IncomingMessage } from "node:http"
+import type { Socket } from "node:net"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 
@@ -30,21 +41,61 @@ const port = Number(process.env.BASELINE_PORT ?? "8090")
 const key = new TextEncoder().encode(process.env.BASELINE_JWT_SECRET ?? "")
 const maxPayload = Number(process.env.BASELINE_MAX_MESSAGE_BYTES ?? "65536")
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+const CORK_FLUSH_BYTES = 64 * 1024
+/** "1" (default): uncork on `process.nextTick`; "immediate": on `setImmediate` (an experiment); "0": no corking. */
+const corkMode = process.env.BASELINE_CORK ?? "1"
+const cork = corkMode !== "0"
+const schedule: (f: () => void) => void = corkMode === "immediate" ? setImmediate : process.nextTick
 const ID = /^[A-Za-z0-9._:-]{1,128}$/
 
-const byUser = new Map<string, Array<WebSocket>>()
+/** One socket of a user, with its send (corked per tick or not). */
+interface Conn {
+  readonly ws: WebSocket
+  readonly send: (frame: string) => void
+}
+
+const byUser = new Map<string, Array<Conn>>()
 const newId = (prefix: string) => `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
 
-const deliver = (user_id: string, event: object) => {
-  const sockets = byUser.get(user_id)
-  if (sockets === undefined) return
-  const frame = JSON.stringify(event)
-  for (let i = 0; i < sockets.length; i++) {
-    const ws = sockets[i]!
-    if (ws.readyState !== ws.OPEN) continue
-    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) ws.close(1013, "client too slow: send buffer full")
-    else ws.send(frame)
+/** The per-socket send: drop when not open, close a slow client, and (when corking) cork for the rest of the tick. */
+const makeSend = (ws: WebSocket, socket: Socket): (frame: string) => void => {
+  if (!cork) {
+    return (frame) => {
+      if (ws.readyState !== ws.OPEN) return
+      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) ws.close(1013, "client too slow: send buffer full")
+      else ws.send(frame)
+    }
   }
+  let corked = false
+  const uncork = () => {
+    corked = false
+    socket.uncork()
+  }
+  return (frame) => {
+    if (ws.readyState !== ws.OPEN) return
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      ws.close(1013, "client too slow: send buffer full")
+      return
+    }
+    if (!corked) {
+      corked = true
+      socket.cork()
+      schedule(uncork)
+    }
+    ws.send(frame)
+    if (socket.writableLength >= CORK_FLUSH_BYTES) {
+      socket.uncork()
+      socket.cork()
+    }
+  }
+}
+
+/** One `JSON.stringify` per event, the same string sent to each of the user's sockets. */
+const deliver = (user_id: string, event: object) => {
+  const conns = byUser.get(user_id)
+  if (conns === undefined) return
+  const frame = JSON.stringify(event)
+  for (let i = 0; i < conns.length; i++) conns[i]!.send(frame)
 }
 
 const setting = (request: string, name: string, fallback: number) => {
@@ -104,14 +155,15 @@ const tick = (user_id: string, request: string, request_id: string | undefined) 
   else next()
 }
 
-const accept = (ws: WebSocket, user_id: string) => {
-  const sockets = byUser.get(user_id)
-  if (sockets === undefined) byUser.set(user_id, [ws])
-  else sockets.push(ws)
+const accept = (ws: WebSocket, user_id: string, socket: Socket) => {
+  const conn: Conn = { ws, send: makeSend(ws, socket) }
+  const conns = byUser.get(user_id)
+  if (conns === undefined) byUser.set(user_id, [conn])
+  else conns.push(conn)
   ws.on("close", () => {
     const list = byUser.get(user_id)
     if (list === undefined) return
-    const i = list.indexOf(ws)
+    const i = list.indexOf(conn)
     if (i >= 0) list.splice(i, 1)
     if (list.length === 0) byUser.delete(user_id)
   })
@@ -159,11 +211,13 @@ server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) =>
       if (typeof payload.sub !== "string" || !ID.test(payload.sub)) return refuse(socket, 401)
       if (socket.destroyed) return
       const user_id = payload.sub
-      wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id))
+      wss.handleUpgrade(request, socket, head, (ws) => accept(ws, user_id, socket as Socket))
     },
     () => refuse(socket, 401)
   )
 })
 server.listen(port, host, () => {
-  console.log(`baseline listening on http://${host}:${port}`)
+  console.log(`baseline listening on http://${host}:${port} (${cork ? (corkMode === "immediate" ? "corked until setImmediate" : "corked per tick") : "uncorked"})`)
 })
+// exit normally on a signal, so that `--cpu-prof` writes its profile
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0))

@@ -284,11 +284,11 @@ const connect = async (command: Extract<LoadCommand, { cmd: "connect" }>): Promi
 
 let requestSeq = 0
 
-const startRun = (role: Role, user: number, request: string) => {
+const startRun = (role: Role, user: number, request: string, userLimit = Number.POSITIVE_INFINITY) => {
   const request_id = `r${++requestSeq}`
   const list = users[role]
   if (list.length === 0) throw new Error(`no ${role} connections to start runs from`)
-  const entry = list[user % list.length]!
+  const entry = list[user % Math.min(list.length, userLimit)]!
   phase.pending.set(request_id, performance.now())
   sendText(entry.sender, `{"type":"start_agent","agent":"ticker","user_request":"${request}","request_id":"${request_id}"}`)
   return entry.sockets
@@ -342,7 +342,8 @@ const load = async (command: Extract<LoadCommand, { cmd: "load" }>): Promise<Run
   phase = p
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
-  const request = `steps=${command.steps} interval_ms=0`
+  const request = `steps=${command.steps} interval_ms=${command.intervalMs ?? 0}`
+  const userLimit = command.users ?? Number.POSITIVE_INFINITY
   let started = 0
   let expected = 0
   let user = 0
@@ -351,7 +352,7 @@ const load = async (command: Extract<LoadCommand, { cmd: "load" }>): Promise<Run
       const elapsed = performance.now() - t0
       const due = Math.min(Math.floor((elapsed / 1000) * command.runsPerSecond), Math.floor((command.durationMs / 1000) * command.runsPerSecond))
       while (started < due) {
-        expected += startRun("load", user++, request) * (command.steps + 2)
+        expected += startRun("load", user++, request, userLimit) * (command.steps + 2)
         started++
       }
       if (elapsed >= command.durationMs) resolve()

@@ -49,6 +49,7 @@ if (process.send !== undefined) {
           external: mem.external,
           arrayBuffers: mem.arrayBuffers,
           cpuMicros: cpu.user + cpu.system,
+          cpuSystemMicros: cpu.system,
           maxOpenFiles: maxOpenFiles(),
           monotonicMicros: Number(process.hrtime.bigint() / 1000n),
           loopDelayMaxMs: loopDelayMaxMs()
@@ -64,6 +65,7 @@ if (process.send !== undefined) {
           external: heap.external_memory,
           arrayBuffers: Number.NaN,
           cpuMicros: cpu.user + cpu.system,
+          cpuSystemMicros: cpu.system,
           maxOpenFiles: Number.NaN,
           monotonicMicros: Number(process.hrtime.bigint() / 1000n),
           loopDelayMaxMs: loopDelayMaxMs()

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { closeSync, openSync, readFileSync } from "node:fs"
 import { createServer } from "node:net"
 
@@ -34,12 +34,16 @@ export interface SpawnOptions {
   /** stdout and stderr go to this file (a server's logs must go somewhere that never blocks it). */
   readonly logFile: string
   readonly cwd: string
+  /** CPU list for `taskset -c` (e.g. "0"); unpinned when undefined. */
+  readonly cpus?: string | undefined
 }
 
 /** Spawns `node <args>` (the Node running this script) with an IPC channel. */
 export const spawnNode = (options: SpawnOptions): Child => {
   const log = openSync(options.logFile, "a")
-  const script = `ulimit -Hn ${options.nofile} 2>/dev/null; ulimit -n ${options.nofile} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`
+  // `taskset` execs the command, so the pid stays the node process's
+  const pin = options.cpus === undefined ? "" : `taskset -c ${options.cpus} `
+  const script = `ulimit -Hn ${options.nofile} 2>/dev/null; ulimit -n ${options.nofile} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec ${pin}"$@"`
   const proc = spawn("bash", ["-c", script, "bash", process.execPath, ...options.args], {
     cwd: options.cwd,
     env: { ...process.env, ...options.env },
@@ -185,4 +189,75 @@ export const openFilesLimit = (pid: number): { readonly soft: number; readonly h
   const line = readFileSync(`/proc/${pid}/limits`, "utf8").split("\n").find((l) => l.startsWith("Max open files"))
   const [soft, hard] = (line ?? "").slice("Max open files".length).trim().split(/\s+/)
   return { soft: Number(soft), hard: Number(hard) }
+}
+
+/**
+ * Write-like syscalls (`write`, `writev`, …) a process made so far, all threads
+ * (`syscw` of `/proc/<pid>/io`); NaN when unreadable.
+ */
+export const writeSyscallsOf = (pid: number): number => {
+  try {
+    const match = /^syscw:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"))
+    return match === null ? Number.NaN : Number(match[1])
+  } catch {
+    return Number.NaN
+  }
+}
+
+/**
+ * CPU time (user + system) of a process's main thread so far, ms, from
+ * `/proc/<pid>/task/<pid>/stat` (clock ticks, usually 10 ms); NaN when unreadable.
+ * The rest of the process's CPU is other threads: V8's GC helpers, libuv's pool.
+ */
+export const mainThreadCpuMsOf = (pid: number): number => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    // fields[11] and [12] are utime and stime (fields 14 and 15 of stat(5))
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+  } catch {
+    return Number.NaN
+  }
+}
+
+/** `getconf CLK_TCK`; 100 on Linux unless configured otherwise. */
+const CLOCK_TICKS = (() => {
+  try {
+    const out = spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()
+    return Number(out) > 0 ? Number(out) : 100
+  } catch {
+    return 100
+  }
+})()
+
+/** Whether a command runs (`<cmd> --version` exits 0). */
+export const hasCommand = (cmd: string): boolean => {
+  try {
+    return spawnSync(cmd, ["--version"], { stdio: "ignore" }).status === 0
+  } catch {
+    return false
+  }
+}
+
+/**
+ * How the bench pins its processes: with two or more CPUs and `taskset`
+ * available, the servers under test on CPU 0 and the load generators (and the
+ * orchestrator) on the others; otherwise nothing is pinned.
+ */
+export interface Pinning {
+  readonly server: string | undefined
+  readonly client: string | undefined
+  readonly description: string
+}
+
+export const choosePinning = (nproc: number, enabled: boolean): Pinning => {
+  if (!enabled) return { server: undefined, client: undefined, description: "not pinned (--no-pin)" }
+  if (nproc < 2) return { server: undefined, client: undefined, description: `not pinned (nproc = ${nproc})` }
+  if (!hasCommand("taskset")) return { server: undefined, client: undefined, description: "not pinned (no taskset)" }
+  const client = nproc === 2 ? "1" : `1-${nproc - 1}`
+  return {
+    server: "0",
+    client,
+    description: `servers pinned to CPU 0, load generators and orchestrator to CPU ${client} (taskset)`
+  }
 }

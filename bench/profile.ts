@@ -125,7 +125,10 @@ export const summarizeProfile = (profile: CpuProfile, top = 20, window?: Window)
     ...list(self, top),
     "",
     "Top functions by inclusive time:",
-    ...list(inclusive, top)
+    ...list(inclusive, top),
+    "",
+    "agentwire's own functions (src/) by inclusive time:",
+    ...list(new Map([...inclusive.entries()].filter(([k]) => k.includes(" src/"))), top)
   ].join("\n")
 }
 

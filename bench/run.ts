@@ -1,48 +1,58 @@
 /**
- * `npm run bench [-- --quick | --profile] [--no-write] [--out=<file>] [--agentwire-dir=<checkout>]
- *   [--keep-logs] [--server-node-flag=<flag>…]`:
- * the orchestrator.
+ * `npm run bench [-- --quick | --paced-only | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
+ *   [--agentwire-dir=<checkout>] [--keep-logs] [--server-node-flag=<flag>…] [--log-level=<level>] [--no-pin]
+ *   [--baseline-cork=immediate] [size flags]`:
+ * the orchestrator. docs/benchmarks.md describes every phase and option.
  *
- * Starts, each in its own process, the agentwire server (`src/main.ts`) and
- * the raw `ws` baseline (`bench/baseline-server.ts`), both with the probe
- * preloaded (`bench/probe.ts`: heap, CPU, forced GC over IPC; RSS is read
- * from `/proc/<pid>/status`), and one load generator (`bench/loadgen.ts`) per
- * server. Then it measures both in the same run, alternating agentwire and
- * baseline round by round so that drift on a shared machine hits both alike:
+ * Starts, each in its own process, the agentwire server (`src/main.ts`), the
+ * raw `ws` baseline corked per tick like agentwire and the same baseline
+ * uncorked (`bench/baseline-server.ts`, `BASELINE_CORK=1|0`), all with the
+ * probe preloaded (`bench/probe.ts`: heap, user/system CPU, forced GC over IPC;
+ * RSS, write syscalls and main-thread CPU are read from `/proc`), and one load
+ * generator (`bench/loadgen.ts`) per server. With two or more CPUs and
+ * `taskset`, servers run on CPU 0 and load generators (and this process) on
+ * the others. Then it measures them in the same run, rotating the order of the
+ * servers every round so that drift on a shared machine hits all alike:
  *
  * 1. memory first, while the heaps are fresh: RSS per idle connection, then
- *    per active (sleeping) run;
- * 2. fan-out throughput: R concurrent ticker runs (interval 0, K steps) over
- *    C connections of U users, delivered events per second at the clients;
- *    latency at saturation comes from the same rounds;
- * 3. latency and run start at a fixed offered load (open loop): each server
+ *    per active (sleeping) run (agentwire and the corked baseline);
+ * 2. the paced load: R ticker runs × K steps M ms apart, started at an even
+ *    rate, on C_p connections of U_p users: CPU per delivered event, write
+ *    syscalls, latency, run start (medians of rounds; all three servers);
+ * 3. the burst load (fan-out throughput): R concurrent ticker runs (interval
+ *    0) over C connections of U users (all three servers);
+ * 4. latency and run start at a fixed offered load (open loop): each server
  *    at 50 % of its own maximum, and the faster one again at the slower one's
- *    load, so both are also compared at one offered load;
- * 4. the most idle connections held under 1 GiB RSS, up to the open-files
+ *    load (agentwire and the corked baseline);
+ * 5. the most idle connections held under 1 GiB RSS, up to the open-files
  *    limit or the bench's cap;
- * 5. engine overhead in-process (`bench/engine.ts`), after the servers are gone.
+ * 6. the heartbeat sweep's longest stall, on an agentwire process of its own;
+ * 7. in-process costs (`bench/engine.ts`), after the servers are gone.
  *
  * Prints one table; a full run writes `bench/results/latest.json` and the
  * generated part of `docs/benchmarks.md` (`--no-write` skips both; `--out`
- * writes the JSON elsewhere). `--quick`
- * is a smoke run (small sizes, under 30 s) that checks every phase completes
- * and judges no target. `--profile` runs agentwire alone under the throughput
- * load with `--cpu-prof` and prints where the samples of the measured rounds
- * went (`bench/profile.ts`). `--agentwire-dir` runs another checkout's
- * `src/main.ts` (to measure a proposed change against the same baseline).
+ * writes the JSON elsewhere). `--quick` is a smoke run (small sizes, under
+ * 30 s) that checks every phase completes and judges no target.
+ * `--paced-only` runs phase 2 alone. `--profile` runs agentwire, then the
+ * corked baseline, alone under the paced (or burst) load with `--cpu-prof` and
+ * prints where the samples of the measured rounds went (`bench/profile.ts`);
+ * with `--strace`, one more round per server under `strace -c -f` gives
+ * syscalls per delivered event. `--agentwire-dir` runs another checkout's
+ * `src/main.ts` (to measure a proposed change against the same baselines).
  *
  * Every wait is bounded; a watchdog ends the bench and every child process
  * (killed by pid) if it runs over.
  *
  * @module
  */
-import { execSync } from "node:child_process"
+import { execSync, spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { availableParallelism, cpus, release, tmpdir, totalmem } from "node:os"
+import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from "node:os"
 import { join, resolve } from "node:path"
 import type { EngineResult } from "./engine.ts"
 import {
   type Child,
+  choosePinning,
   firstMessage,
   freePort,
   killAll,
@@ -51,35 +61,57 @@ import {
   rssOf,
   spawnNode,
   stop,
-  waitForHttp
+  mainThreadCpuMsOf,
+  waitForHttp,
+  writeSyscallsOf
 } from "./proc.ts"
 import { summarizeProfile } from "./profile.ts"
 import {
   type BenchResults,
   type FixedLoad,
   type MachineInfo,
+  type PacedResults,
+  type PacedRound,
   type Params,
   printTable,
   type ServerResults,
+  type ThroughputResults,
   writeResults
 } from "./report.ts"
 import {
   BENCH_SECRET,
   type ConnectReply,
+  histPercentiles,
   type LoadCommand,
   median,
   mergeSparse,
   type ProbeCommand,
   type ProbeReply,
   type RunsReply,
+  samplePercentiles,
   type SparseHistogram
 } from "./shared.ts"
 
 const root = resolve(import.meta.dirname, "..")
 const argv = process.argv.slice(2)
 const quick = argv.includes("--quick")
-const profile = argv.includes("--profile")
-const write = !argv.includes("--no-write") && !quick && !profile
+/** `--profile` or `--profile=paced|burst` (default paced): both servers under that load with --cpu-prof. */
+const profileArg = argv.find((a) => a === "--profile" || a.startsWith("--profile="))
+const profile = profileArg !== undefined
+const profileWorkload: "paced" | "burst" = profileArg === "--profile=burst" ? "burst" : "paced"
+/** `--strace`: with `--profile`, also count each server's syscalls over the measured rounds (`strace -c -f`). */
+const straceOn = argv.includes("--strace")
+/** `--log-level=<level>`: agentwire's `AGENTWIRE_LOG_LEVEL` (default info, what a production process runs with). */
+const logLevelArg = argv.find((a) => a.startsWith("--log-level="))?.slice("--log-level=".length) ?? "info"
+/** `--paced-only`: only the paced rounds (agentwire and both baselines), a short table, nothing written. */
+const pacedOnly = argv.includes("--paced-only")
+/** `--baseline-cork=immediate`: the corked baseline uncorks on `setImmediate` instead of `process.nextTick` (an experiment). */
+const baselineCork = argv.find((a) => a.startsWith("--baseline-cork="))?.slice("--baseline-cork=".length) ?? "1"
+/** `--no-pin`: do not pin processes to CPUs even when the machine has two or more. */
+/** CPUs available, read before the orchestrator pins itself (which narrows `availableParallelism()`). */
+const NPROC = availableParallelism()
+const pinning = choosePinning(NPROC, !argv.includes("--no-pin"))
+const write = !argv.includes("--no-write") && !quick && !profile && !argv.includes("--paced-only")
 /** `--out=<file>`: also (or, with `--no-write`, only) write the raw JSON there. */
 const outArg = argv.find((a) => a.startsWith("--out="))?.slice("--out=".length)
 /** `--agentwire-dir=<checkout>`: run that checkout's `src/main.ts` instead (to measure a proposed change). */
@@ -103,7 +135,14 @@ const params: Params = quick
     runs: flag("runs", 50),
     steps: flag("steps", 20),
     rounds: flag("rounds", 1),
-    loadMs: 1000,
+    pacedConnections: flag("paced-connections", 100),
+    pacedUsers: flag("paced-users", 25),
+    pacedRuns: flag("paced-runs", 100),
+    pacedSteps: flag("paced-steps", 10),
+    pacedIntervalMs: flag("paced-interval", 5),
+    pacedSpreadMs: flag("paced-spread", 300),
+    pacedRounds: flag("paced-rounds", 1),
+    loadMs: 500,
     holdRuns: 100,
     idleConnections: 400,
     idleCap: 2000,
@@ -111,7 +150,7 @@ const params: Params = quick
     idleBudgetMs: 4000,
     engineMs: 200,
     heartbeatConnections: 1000,
-    logLevel: "info"
+    logLevel: logLevelArg
   }
   : {
     mode: profile ? "profile" : "full",
@@ -120,6 +159,13 @@ const params: Params = quick
     runs: flag("runs", 250),
     steps: flag("steps", 200),
     rounds: flag("rounds", 7),
+    pacedConnections: flag("paced-connections", 400),
+    pacedUsers: flag("paced-users", 100),
+    pacedRuns: flag("paced-runs", 1000),
+    pacedSteps: flag("paced-steps", 40),
+    pacedIntervalMs: flag("paced-interval", 5),
+    pacedSpreadMs: flag("paced-spread", 3000),
+    pacedRounds: flag("paced-rounds", 4),
     loadMs: 4000,
     holdRuns: 1000,
     idleConnections: 5000,
@@ -128,10 +174,10 @@ const params: Params = quick
     idleBudgetMs: 30_000,
     engineMs: 1000,
     heartbeatConnections: 10_000,
-    logLevel: "info"
+    logLevel: logLevelArg
   }
 
-const WATCHDOG_MS = quick ? 28_000 : 178_000
+const WATCHDOG_MS = quick ? 40_000 : 298_000
 const GIB = 1024 * 1024 * 1024
 const NOFILE = 200_000
 const PHASE_TIMEOUT_MS = quick ? 8000 : 30_000
@@ -160,8 +206,11 @@ watchdog.unref()
 // ---------------------------------------------------------------------------
 // processes
 
+/** `baseline`: raw `ws`, corked per tick like agentwire; `uncorked`: the same server writing each frame alone. */
+type TargetName = "agentwire" | "baseline" | "uncorked"
+
 interface Target {
-  readonly name: "agentwire" | "baseline"
+  readonly name: TargetName
   readonly port: number
   readonly server: Child
   loadgen: Child
@@ -172,18 +221,19 @@ interface Target {
  * be wire work the baseline does not do); its cost is measured on a server of
  * its own, `agentwire-heartbeat`, with this interval.
  */
-const HEARTBEAT_MS = 2000
+const HEARTBEAT_MS = quick ? 500 : 2000
 
 const startServer = async (
-  name: Target["name"] | "agentwire-heartbeat",
+  name: TargetName | "agentwire-heartbeat",
   extraNodeFlags: ReadonlyArray<string> = []
 ) => {
   const port = await freePort()
   const nodeFlags = ["--expose-gc", "--import", "./bench/probe.ts", ...serverNodeFlags, ...extraNodeFlags]
-  const server = name !== "baseline"
+  const server = name === "agentwire" || name === "agentwire-heartbeat"
     ? spawnNode({
       name,
       cwd: root,
+      cpus: pinning.server,
       nofile: NOFILE,
       logFile: join(workDir, `${name}.log`),
       args: [...nodeFlags, join(agentwireDir, "src/main.ts")],
@@ -201,6 +251,7 @@ const startServer = async (
     : spawnNode({
       name,
       cwd: root,
+      cpus: pinning.server,
       nofile: NOFILE,
       logFile: join(workDir, `${name}.log`),
       args: [...nodeFlags, "bench/baseline-server.ts"],
@@ -208,7 +259,8 @@ const startServer = async (
         BASELINE_HOST: "127.0.0.1",
         BASELINE_PORT: String(port),
         BASELINE_JWT_SECRET: BENCH_SECRET,
-        BASELINE_MAX_MESSAGE_BYTES: "65536"
+        BASELINE_MAX_MESSAGE_BYTES: "65536",
+        BASELINE_CORK: name === "uncorked" ? "0" : baselineCork
       }
     })
   await waitForHttp(port, "/health", 30_000, server)
@@ -219,6 +271,7 @@ const startLoadgen = async (name: string, port: number, sourcePrefix: string) =>
   const loadgen = spawnNode({
     name: `loadgen(${name})`,
     cwd: root,
+    cpus: pinning.client,
     nofile: NOFILE,
     logFile: join(workDir, `loadgen-${name}.log`),
     args: ["bench/loadgen.ts", String(port), sourcePrefix]
@@ -265,32 +318,143 @@ interface Round {
   readonly frames: number
   readonly elapsedMs: number
   readonly serverCpuMs: number
+  /** The kernel part of `serverCpuMs`. */
+  readonly serverSystemMs: number
+  /** The server's main (JavaScript) thread's part of `serverCpuMs` (10 ms resolution). */
+  readonly serverMainThreadMs: number
   readonly clientCpuMs: number
+  /** Write-like syscalls of the server during the round (`syscw`). */
+  readonly writes: number
   readonly eventLatency: SparseHistogram
   readonly startLatency: ReadonlyArray<number>
 }
 
-const burstRound = async (target: Target): Promise<Round> => {
+/** Runs one load-generator phase and reads the server's CPU time and write syscalls around it. */
+const measured = async (target: Target, what: string, message: LoadCommand, timeoutMs: number): Promise<Round> => {
   const before = await probe(target, false)
-  const reply = check(
-    target,
-    "throughput round",
-    await command<RunsReply>(
-      target,
-      { cmd: "burst", id: newRequestId(), runs: params.runs, steps: params.steps, timeoutMs: PHASE_TIMEOUT_MS },
-      PHASE_TIMEOUT_MS + 5000
-    )
-  )
+  const writes0 = writeSyscallsOf(target.server.pid)
+  const main0 = mainThreadCpuMsOf(target.server.pid)
+  const reply = check(target, what, await command<RunsReply>(target, message, timeoutMs))
+  const writes1 = writeSyscallsOf(target.server.pid)
+  const main1 = mainThreadCpuMsOf(target.server.pid)
   const after = await probe(target, false)
   return {
     eventsPerSecond: reply.frames / (reply.elapsedMs / 1000),
     frames: reply.frames,
     elapsedMs: reply.elapsedMs,
     serverCpuMs: (after.cpuMicros - before.cpuMicros) / 1000,
+    serverSystemMs: (after.cpuSystemMicros - before.cpuSystemMicros) / 1000,
+    serverMainThreadMs: main1 - main0,
     clientCpuMs: reply.clientCpuMs,
+    writes: writes1 - writes0,
     eventLatency: reply.eventLatency,
     startLatency: reply.startLatency
   }
+}
+
+const burstRound = (target: Target): Promise<Round> =>
+  measured(
+    target,
+    "throughput round",
+    { cmd: "burst", id: newRequestId(), runs: params.runs, steps: params.steps, timeoutMs: PHASE_TIMEOUT_MS },
+    PHASE_TIMEOUT_MS + 5000
+  )
+
+/**
+ * One paced round: `pacedRuns` ticker runs (`steps=pacedSteps interval_ms=pacedIntervalMs`)
+ * started open-loop at an even rate over `pacedSpreadMs`, round robin over the first
+ * `pacedUsers` load users; waits for every frame.
+ */
+const pacedRound = (target: Target): Promise<Round> =>
+  measured(
+    target,
+    "paced round",
+    {
+      cmd: "load",
+      id: newRequestId(),
+      runsPerSecond: params.pacedRuns / (params.pacedSpreadMs / 1000),
+      steps: params.pacedSteps,
+      intervalMs: params.pacedIntervalMs,
+      users: params.pacedUsers,
+      durationMs: params.pacedSpreadMs,
+      timeoutMs: PHASE_TIMEOUT_MS
+    },
+    params.pacedSpreadMs + PHASE_TIMEOUT_MS + 5000
+  )
+
+const pacedResults = (rs: ReadonlyArray<Round>): PacedResults => {
+  const rounds: Array<PacedRound> = rs.map((r) => {
+    const latency = histPercentiles(r.eventLatency)
+    return {
+      frames: r.frames,
+      elapsedMs: r.elapsedMs,
+      serverCpuMicrosPerEvent: (r.serverCpuMs * 1000) / r.frames,
+      serverSystemMicrosPerEvent: (r.serverSystemMs * 1000) / r.frames,
+      mainThreadShare: r.serverMainThreadMs / r.serverCpuMs,
+      writesPerEvent: r.writes / r.frames,
+      eventLatencyP50: latency.p50,
+      eventLatencyP99: latency.p99,
+      startLatencyP99: samplePercentiles(r.startLatency).p99,
+      serverCpuShare: r.serverCpuMs / r.elapsedMs,
+      clientCpuShare: r.clientCpuMs / r.elapsedMs
+    }
+  })
+  const med = (f: (r: PacedRound) => number) => median(rounds.map(f))
+  return {
+    rounds,
+    median: {
+      frames: med((r) => r.frames),
+      elapsedMs: med((r) => r.elapsedMs),
+      serverCpuMicrosPerEvent: med((r) => r.serverCpuMicrosPerEvent),
+      serverSystemMicrosPerEvent: med((r) => r.serverSystemMicrosPerEvent),
+      mainThreadShare: med((r) => r.mainThreadShare),
+      writesPerEvent: med((r) => r.writesPerEvent),
+      eventLatencyP50: med((r) => r.eventLatencyP50),
+      eventLatencyP99: med((r) => r.eventLatencyP99),
+      startLatencyP99: med((r) => r.startLatencyP99),
+      serverCpuShare: med((r) => r.serverCpuShare),
+      clientCpuShare: med((r) => r.clientCpuShare)
+    },
+    eventLatency: rs.reduce<SparseHistogram>((h, r) => mergeSparse(h, r.eventLatency), []),
+    startLatency: samplePercentiles(rs.flatMap((r) => r.startLatency))
+  }
+}
+
+const throughputResults = (rs: ReadonlyArray<Round>): ThroughputResults => {
+  const events = rs.reduce((s, r) => s + r.frames, 0)
+  return {
+    eventsPerSecond: median(rs.map((r) => r.eventsPerSecond)),
+    rounds: rs.map((r) => r.eventsPerSecond),
+    serverCpuMicrosPerEvent: (rs.reduce((s, r) => s + r.serverCpuMs, 0) * 1000) / events,
+    serverSystemMicrosPerEvent: (rs.reduce((s, r) => s + r.serverSystemMs, 0) * 1000) / events,
+    writesPerEvent: rs.reduce((s, r) => s + r.writes, 0) / events,
+    clientCpuShare: rs.reduce((s, r) => s + r.clientCpuMs, 0) / rs.reduce((s, r) => s + r.elapsedMs, 0),
+    serverCpuShare: rs.reduce((s, r) => s + r.serverCpuMs, 0) / rs.reduce((s, r) => s + r.elapsedMs, 0)
+  }
+}
+
+/** Rounds of `round` on every target, the order rotated each round so drift hits all alike; one warm-up round each first. */
+const alternate = async (
+  targets: ReadonlyArray<Target>,
+  rounds: number,
+  round: (target: Target) => Promise<Round>,
+  what: string
+) => {
+  for (const target of targets) await round(target)
+  const out = new Map<TargetName, Array<Round>>(targets.map((t) => [t.name, []]))
+  for (let r = 0; r < rounds; r++) {
+    const order = [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]
+    for (const target of order) {
+      const result = await round(target)
+      out.get(target.name)!.push(result)
+      log(`  ${what} round ${r + 1} ${target.name}: ${(result.serverCpuMs * 1000 / result.frames).toFixed(2)} µs CPU/event (${
+        (result.serverSystemMs * 1000 / result.frames).toFixed(2)
+      } system), ${
+        (result.writes / result.frames).toFixed(2)
+      } writes/event, ${result.eventsPerSecond.toFixed(0)} ev/s`)
+    }
+  }
+  return out
 }
 
 const loadPhase = async (target: Target, offeredEventsPerSecond: number, socketsPerUser: number): Promise<FixedLoad> => {
@@ -436,6 +600,7 @@ const runEngine = async (): Promise<EngineResult> => {
   const child = spawnNode({
     name: "engine",
     cwd: root,
+    cpus: pinning.server,
     nofile: 4096,
     logFile: join(workDir, "engine.log"),
     args: ["bench/engine.ts", String(params.engineMs)]
@@ -467,13 +632,15 @@ const machine = (): MachineInfo => {
     date: new Date().toISOString(),
     commit: sh("git rev-parse --short HEAD"),
     dirty: sh("git status --porcelain -- src") !== "",
-    nproc: availableParallelism(),
+    nproc: NPROC,
     cpu: cpus()[0]?.model ?? "unknown",
     memory: `${(totalmem() / GIB).toFixed(1)} GiB`,
     free: sh("free -h"),
     node: process.version,
     kernel: release(),
     command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`,
+    pinning: pinning.description,
+    loadAverageAtStart: loadavg().map((l) => Math.round(l * 100) / 100),
     ...(agentwireDir === root ? {} : { agentwireDir })
   }
 }
@@ -482,17 +649,24 @@ const machine = (): MachineInfo => {
 
 const benchmark = async (): Promise<BenchResults> => {
   log(`mode ${params.mode}; logs and temp files in ${workDir}`)
+  log(`pinning: ${pinning.description}`)
+  if (params.pacedConnections > params.connections || params.pacedUsers > params.users) {
+    throw new Error("the paced load's connections and users must not exceed the burst load's")
+  }
   const info = machine()
-  const [aw, bl, hbServer] = await Promise.all([
+  const [aw, bl, un, hbServer] = await Promise.all([
     startServer("agentwire"),
     startServer("baseline"),
+    startServer("uncorked"),
     startServer("agentwire-heartbeat")
   ])
   const targets: Array<Target> = [
     { name: "agentwire", ...aw, loadgen: await startLoadgen("agentwire", aw.port, "127.0.1.") },
-    { name: "baseline", ...bl, loadgen: await startLoadgen("baseline", bl.port, "127.0.2.") }
+    { name: "baseline", ...bl, loadgen: await startLoadgen("baseline", bl.port, "127.0.2.") },
+    { name: "uncorked", ...un, loadgen: await startLoadgen("uncorked", un.port, "127.0.4.") }
   ]
-  const [agentwire, baseline] = targets as [Target, Target]
+  const [agentwire, baseline, uncorked] = targets as [Target, Target, Target]
+  const compared: Array<Target> = [agentwire, baseline]
   log("servers and load generators up")
 
   // memory first, on processes that have not grown their heaps under load yet
@@ -500,25 +674,31 @@ const benchmark = async (): Promise<BenchResults> => {
   const holds = { agentwire: await holdPhase(agentwire), baseline: await holdPhase(baseline) }
   log("memory per idle connection and per active run done")
 
+  // the paced load first, on its own (smaller) set of connections
   for (const target of targets) {
-    const reply = await connect(target, params.connections, params.users, 0, "load")
+    const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
+    if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
+  }
+  log(`${params.pacedConnections} connections open on each server; paced rounds`)
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced")
+
+  // then the rest of the burst load's connections, for the users after the paced ones
+  const more = params.connections - params.pacedConnections
+  for (const target of targets) {
+    if (more === 0) break
+    const reply = await connect(target, more, params.users - params.pacedUsers, params.pacedUsers, "load")
     if (!reply.ok) throw new Error(`${target.name}: load connections: ${reply.error ?? "failed"}`)
   }
   const socketsPerUser = params.connections / params.users
-  log(`${params.connections} connections open on each server`)
-
-  // warm-up (JIT, pools), not measured
-  for (const target of targets) await burstRound(target)
-  const rounds: Record<Target["name"], Array<Round>> = { agentwire: [], baseline: [] }
-  for (let r = 0; r < params.rounds; r++) {
-    const order = r % 2 === 0 ? targets : [...targets].reverse()
-    for (const target of order) rounds[target.name].push(await burstRound(target))
-  }
+  log(`${params.connections} connections open on each server; burst rounds`)
+  const rounds = await alternate(targets, params.rounds, burstRound, "burst")
+  const roundsOf = (name: TargetName) => rounds.get(name)!
   const maxima = {
-    agentwire: median(rounds.agentwire.map((r) => r.eventsPerSecond)),
-    baseline: median(rounds.baseline.map((r) => r.eventsPerSecond))
+    agentwire: median(roundsOf("agentwire").map((r) => r.eventsPerSecond)),
+    baseline: median(roundsOf("baseline").map((r) => r.eventsPerSecond))
   }
   log(`throughput: agentwire ${maxima.agentwire.toFixed(0)} ev/s, baseline ${maxima.baseline.toFixed(0)} ev/s`)
+  await Promise.all([stop(uncorked.loadgen, "SIGKILL"), stop(uncorked.server, "SIGTERM")])
 
   // each server at 50 % of its own maximum (the latency target) ...
   const ownLoads = {
@@ -528,9 +708,9 @@ const benchmark = async (): Promise<BenchResults> => {
   // ... and the faster one again at the slower one's load, so both latencies are compared at one offered load
   const [slower, faster] = maxima.agentwire <= maxima.baseline ? [agentwire, baseline] : [baseline, agentwire]
   const sameLoads = {
-    [slower.name]: ownLoads[slower.name],
-    [faster.name]: await loadPhase(faster, maxima[slower.name] * 0.5, socketsPerUser)
-  } as Record<Target["name"], FixedLoad>
+    [slower.name]: ownLoads[slower.name as "agentwire" | "baseline"],
+    [faster.name]: await loadPhase(faster, maxima[slower.name as "agentwire" | "baseline"] * 0.5, socketsPerUser)
+  } as Record<"agentwire" | "baseline", FixedLoad>
   log("fixed loads done")
 
   const ramps = {
@@ -539,7 +719,7 @@ const benchmark = async (): Promise<BenchResults> => {
   }
   log(`idle ramp: agentwire ${ramps.agentwire.connections}, baseline ${ramps.baseline.connections}`)
 
-  await Promise.all(targets.flatMap((t) => [stop(t.loadgen, "SIGKILL"), stop(t.server, "SIGTERM")]))
+  await Promise.all(compared.flatMap((t) => [stop(t.loadgen, "SIGKILL"), stop(t.server, "SIGTERM")]))
 
   const hb = { ...hbServer, loadgen: await startLoadgen("agentwire-heartbeat", hbServer.port, "127.0.3.") }
   const heartbeat = await heartbeatPhase(hb, params.heartbeatConnections)
@@ -548,62 +728,158 @@ const benchmark = async (): Promise<BenchResults> => {
   const engine = await runEngine()
   log("engine overhead done")
 
-  const serverResults = (target: Target): ServerResults => {
-    const rs = rounds[target.name]
-    const events = rs.reduce((s, r) => s + r.frames, 0)
+  const serverResults = (name: "agentwire" | "baseline"): ServerResults => {
+    const rs = roundsOf(name)
     return {
-      throughput: {
-        eventsPerSecond: median(rs.map((r) => r.eventsPerSecond)),
-        rounds: rs.map((r) => r.eventsPerSecond),
-        serverCpuMicrosPerEvent: (rs.reduce((s, r) => s + r.serverCpuMs, 0) * 1000) / events,
-        clientCpuShare: rs.reduce((s, r) => s + r.clientCpuMs, 0) / rs.reduce((s, r) => s + r.elapsedMs, 0),
-        serverCpuShare: rs.reduce((s, r) => s + r.serverCpuMs, 0) / rs.reduce((s, r) => s + r.elapsedMs, 0)
-      },
+      throughput: throughputResults(rs),
+      paced: pacedResults(paced.get(name)!),
       saturation: {
         eventLatency: rs.reduce<SparseHistogram>((h, r) => mergeSparse(h, r.eventLatency), []),
         startLatency: rs.flatMap((r) => r.startLatency)
       },
-      ownLoad: ownLoads[target.name],
-      sameLoad: sameLoads[target.name],
-      memory: { activeRun: holds[target.name], idle: idles[target.name], maxIdle: ramps[target.name] }
+      ownLoad: ownLoads[name],
+      sameLoad: sameLoads[name],
+      memory: { activeRun: holds[name], idle: idles[name], maxIdle: ramps[name] }
     }
   }
 
   return {
-    machine: info,
+    machine: { ...info, loadAverageAtEnd: loadavg().map((l) => Math.round(l * 100) / 100) },
     params,
-    agentwire: serverResults(agentwire),
-    baseline: serverResults(baseline),
+    agentwire: serverResults("agentwire"),
+    baseline: serverResults("baseline"),
+    uncorked: { throughput: throughputResults(roundsOf("uncorked")), paced: pacedResults(paced.get("uncorked")!) },
     heartbeat,
     engine
   }
 }
 
+/** Parses the table `strace -c` writes: calls per syscall, and the total. */
+const parseStrace = (text: string) => {
+  const calls = new Map<string, number>()
+  for (const line of text.split("\n")) {
+    const m = /^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$/.exec(line)
+    if (m !== null && m[2] !== "total") calls.set(m[2]!, Number(m[1]))
+  }
+  return calls
+}
+
+/**
+ * `--profile[=paced|burst]`: agentwire, then the corked baseline, each alone under
+ * that load with `--cpu-prof`; prints where the samples of the measured rounds went
+ * and (with `--strace`) the syscalls per delivered event over those rounds.
+ */
 const profileRun = async () => {
   const profileDir = join(root, "bench", "results", "profiles")
   mkdirSync(profileDir, { recursive: true })
-  const server = await startServer("agentwire", ["--cpu-prof", `--cpu-prof-dir=${profileDir}`, "--cpu-prof-name=agentwire.cpuprofile"])
-  const target: Target = { name: "agentwire", ...server, loadgen: await startLoadgen("agentwire", server.port, "127.0.1.") }
-  const reply = await connect(target, params.connections, params.users, 0, "load")
-  if (!reply.ok) throw new Error(`load connections: ${reply.error ?? "failed"}`)
-  // round 0 warms up; the profile summary counts only the samples of the measured rounds
-  let fromMicros = 0
-  for (let r = 0; r <= params.rounds; r++) {
-    if (r === 1) fromMicros = (await probe(target, false)).monotonicMicros
-    const round = await burstRound(target)
-    log(`round ${r}: ${round.eventsPerSecond.toFixed(0)} ev/s, ${(round.serverCpuMs * 1000 / round.frames).toFixed(2)} µs CPU/event`)
+  log(`pinning: ${pinning.description}; workload: ${profileWorkload}`)
+  const out: Array<string> = []
+  for (const name of ["agentwire", "baseline"] as const) {
+    const file = `${name}-${profileWorkload}.cpuprofile`
+    const server = await startServer(name, ["--cpu-prof", `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${file}`])
+    const target: Target = { name, ...server, loadgen: await startLoadgen(name, server.port, "127.0.1.") }
+    const [connections, users, rounds, round] = profileWorkload === "paced"
+      ? [params.pacedConnections, params.pacedUsers, params.pacedRounds, pacedRound]
+      : [params.connections, params.users, params.rounds, burstRound]
+    const reply = await connect(target, connections, users, 0, "load")
+    if (!reply.ok) throw new Error(`load connections: ${reply.error ?? "failed"}`)
+    await round(target) // warm-up: not in the summary
+    const fromMicros = (await probe(target, false)).monotonicMicros
+    let frames = 0
+    let cpuMs = 0
+    let writes = 0
+    for (let r = 1; r <= rounds; r++) {
+      const result = await round(target)
+      frames += result.frames
+      cpuMs += result.serverCpuMs
+      writes += result.writes
+      log(`${name} round ${r}: ${result.eventsPerSecond.toFixed(0)} ev/s, ${(result.serverCpuMs * 1000 / result.frames).toFixed(2)} µs CPU/event (${
+        (result.serverSystemMs * 1000 / result.frames).toFixed(2)
+      } system), ${
+        (result.writes / result.frames).toFixed(3)
+      } write syscalls/event`)
+    }
+    const toMicros = (await probe(target, false)).monotonicMicros
+    let syscalls = ""
+    if (straceOn) {
+      // one more round under strace, after the profiled window: ptrace slows every syscall, so it must not skew the profile
+      const output = join(workDir, `${name}.strace`)
+      const strace = spawn("strace", ["-c", "-f", "-p", String(target.server.pid), "-o", output], { stdio: "ignore" })
+      const exited = new Promise((r) => strace.once("exit", r))
+      await new Promise((r) => setTimeout(r, 500))
+      const traced = await round(target)
+      strace.kill("SIGINT")
+      await exited
+      const calls = parseStrace(readFileSync(output, "utf8"))
+      const total = [...calls.values()].reduce((s, v) => s + v, 0)
+      const top = [...calls.entries()].sort((x, y) => y[1] - x[1]).slice(0, 8)
+      syscalls = [
+        `Syscalls per delivered event (strace -c -f over one more round, ${traced.frames} events, ${
+          (traced.eventsPerSecond).toFixed(0)
+        } ev/s under strace): ${(total / traced.frames).toFixed(3)} in all`,
+        ...top.map(([k, v]) => `  ${(v / traced.frames).toFixed(3).padStart(7)}  ${k} (${v})`)
+      ].join("\n")
+    }
+    await stop(target.loadgen, "SIGKILL")
+    // SIGINT: both servers exit cleanly on it, so Node writes the profile on exit
+    await stop(target.server, "SIGINT", 10_000)
+    const summary = summarizeProfile(JSON.parse(readFileSync(join(profileDir, file), "utf8")), 25, { fromMicros, toMicros })
+    out.push(
+      `=== ${name}, ${profileWorkload} load, ${rounds} measured rounds: ${(cpuMs * 1000 / frames).toFixed(2)} µs server CPU per delivered event, ${
+        (writes / frames).toFixed(3)
+      } write syscalls per event (/proc/<pid>/io)`,
+      summary,
+      syscalls,
+      `profile: ${join(profileDir, file)}`,
+      ""
+    )
   }
-  const toMicros = (await probe(target, false)).monotonicMicros
-  await stop(target.loadgen, "SIGKILL")
-  // SIGINT: the server shuts down cleanly, so Node writes the profile on exit
-  await stop(target.server, "SIGINT", 10_000)
-  const file = join(profileDir, "agentwire.cpuprofile")
-  process.stdout.write(`${summarizeProfile(JSON.parse(readFileSync(file, "utf8")), 25, { fromMicros, toMicros })}\nprofile: ${file}\n`)
+  process.stdout.write(`${out.join("\n")}\n`)
+}
+
+/** `--paced-only`: the paced rounds alone, for iterating on the per-event cost. */
+const pacedOnlyRun = async () => {
+  log(`pinning: ${pinning.description}; paced rounds only`)
+  const names: Array<TargetName> = ["agentwire", "baseline", "uncorked"]
+  const targets: Array<Target> = []
+  for (const [i, name] of names.entries()) {
+    const server = await startServer(name)
+    targets.push({ name, ...server, loadgen: await startLoadgen(name, server.port, `127.0.${i + 1}.`) })
+  }
+  for (const target of targets) {
+    const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
+    if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
+  }
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced")
+  const m = (name: TargetName) => pacedResults(paced.get(name)!).median
+  const [a, b, u] = [m("agentwire"), m("baseline"), m("uncorked")]
+  const row = (label: string, f: (r: PacedRound) => string) => `| ${label} | ${f(a)} | ${f(b)} | ${f(u)} |`
+  process.stdout.write([
+    `Paced, median of ${params.pacedRounds} rounds; agentwire log level ${params.logLevel}; agentwire / corked CPU per event: ${
+      (a.serverCpuMicrosPerEvent / b.serverCpuMicrosPerEvent).toFixed(2)
+    }`,
+    "| | agentwire | corked | uncorked |",
+    "|---|---:|---:|---:|",
+    row("server CPU µs / event", (r) => r.serverCpuMicrosPerEvent.toFixed(2)),
+    row("of which system", (r) => r.serverSystemMicrosPerEvent.toFixed(2)),
+    row("main thread's share of it", (r) => r.mainThreadShare.toFixed(2)),
+    row("write syscalls / event", (r) => r.writesPerEvent.toFixed(3)),
+    row("event latency p50 / p99 ms", (r) => `${r.eventLatencyP50} / ${r.eventLatencyP99}`),
+    row("run start p99 ms", (r) => r.startLatencyP99.toFixed(2)),
+    row("server CPU share", (r) => r.serverCpuShare.toFixed(2)),
+    ""
+  ].join("\n"))
 }
 
 const main = async () => {
+  // the orchestrator shares the load generators' CPU(s), never the server's
+  if (pinning.client !== undefined) execSync(`taskset -pc ${pinning.client} ${process.pid}`, { stdio: "ignore" })
   if (profile) {
     await profileRun()
+    return
+  }
+  if (pacedOnly) {
+    await pacedOnlyRun()
     return
   }
   const results = await benchmark()

@@ -102,11 +102,17 @@ export type LoadCommand =
     readonly timeoutMs: number
   }
   | {
-    /** Open loop: starts runs at `runsPerSecond` for `durationMs`, then waits for every frame. */
+    /**
+     * Open loop: starts runs at `runsPerSecond` for `durationMs`, then waits for every frame.
+     * `intervalMs` (default 0) paces each run's steps; `users` (default all) limits the runs to
+     * the first that many load users, round robin.
+     */
     readonly cmd: "load"
     readonly id: number
     readonly runsPerSecond: number
     readonly steps: number
+    readonly intervalMs?: number
+    readonly users?: number
     readonly durationMs: number
     readonly timeoutMs: number
   }
@@ -171,6 +177,8 @@ export interface ProbeReply {
   readonly arrayBuffers: number
   /** Process CPU time so far (user + system), µs. */
   readonly cpuMicros: number
+  /** The system (kernel) part of `cpuMicros`, µs. */
+  readonly cpuSystemMicros: number
   /** Soft limit on open files, from /proc/self/limits. */
   readonly maxOpenFiles: number
   /** CLOCK_MONOTONIC, µs: the clock of `--cpu-prof` sample times, to cut a profile to a time window. */
