@@ -263,8 +263,8 @@ export const layer: Layer.Layer<
       socket.on("error", () => socket.destroy())
       const url = targetOf(request.url)
       if (url === undefined) return refused(socket, 400, "BAD_REQUEST", "bad_target", "the request target is not a valid URL")
-      if (url.pathname !== "/ws") return refused(socket, 404, "NOT_FOUND", "not_found", "WebSocket endpoint is GET /ws")
-      if (shuttingDown) return refused(socket, 503, "SHUTTING_DOWN", "shutting_down", "server is shutting down")
+      if (url.pathname !== "/ws") return refused(socket, 404, "REFUSED", "not_found", "WebSocket endpoint is GET /ws")
+      if (shuttingDown) return refused(socket, 503, "REFUSED", "shutting_down", "server is shutting down")
       const origin = request.headers.origin
       if (!isOriginAllowed(config, origin)) {
         return refused(socket, 403, "ORIGIN_NOT_ALLOWED", "origin_not_allowed", `Origin ${JSON.stringify(String(origin).slice(0, 200))} is not allowed (AGENTWIRE_ALLOWED_ORIGINS)`)
