@@ -10,6 +10,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, Layer, Logger, Option, References } from "effect"
 import * as Agentwire from "./Agentwire.ts"
 import * as AgentwireConfig from "./layers/AgentwireConfig.ts"
+import { redactTokens } from "./services/Auth.ts"
 
 /** Exit code of a startup failure. */
 const STARTUP_FAILURE = 3
@@ -26,9 +27,15 @@ const main = Effect.gen(function*() {
   Effect.tapCause((cause) => {
     const failure = Cause.findErrorOption(cause)
     if (Option.isSome(failure)) return Console.error(`agentwire: cannot start: ${failure.value.message}`)
-    return Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`agentwire: crashed\n${Cause.pretty(cause)}`)
+    return Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`agentwire: crashed\n${redactTokens(Cause.pretty(cause))}`)
   })
 )
+
+// a crash outside the runtime still ends the process, but its output never carries a token
+process.on("uncaughtException", (error) => {
+  process.stderr.write(`agentwire: crashed\n${redactTokens(error instanceof Error ? (error.stack ?? error.message) : String(error))}\n`)
+  process.exit(1)
+})
 
 NodeRuntime.runMain(main, {
   disableErrorReporting: true,

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { createServer, type Server } from "node:net"
+import { connect as netConnect, createServer, type Server } from "node:net"
 import { fileURLToPath } from "node:url"
 import { connect } from "./fixtures/client.ts"
 import * as Fake from "./fixtures/fakeOpenAi.ts"
@@ -121,6 +121,32 @@ describe("src/main.ts", () => {
       expect(events.at(-1)).toMatchObject({ status: "failed", depth: 0 })
       expect(events.map((e) => ("seq" in e ? e.seq : 0))).toEqual(events.map((_, i) => i + 1))
       expect(yield* client.closed).toMatchObject({ code: 1001, reason: "server shutting down" })
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped))
+
+  it.live("raw upgrades with unparsable targets get 400; the process lives on and no output carries the token", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({})
+      const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
+      const token = url.split("token=")[1]!
+      const port = Number(/:(\d+)\//.exec(url)![1])
+      for (const target of ["http://[", "http://", "http://h:99999/ws", `http://[?token=${token}`]) {
+        const answer = yield* Effect.callback<string>((resume) => {
+          const socket = netConnect(port, "127.0.0.1", () =>
+            socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n`))
+          let text = ""
+          socket.on("data", (c) => (text += c.toString()))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed(text)))
+        })
+        expect(answer, target).toMatch(/^HTTP\/1\.1 400 /)
+      }
+      const client = yield* connect(url)
+      yield* client.next("connection_established")
+      yield* proc.printed(/handshake refused.*status=400/)
+      // the demo banner prints the token three times on purpose (token, URL, curl); nothing else may
+      expect((proc.stdout() + proc.stderr()).split(token).length - 1).toBe(3)
+      proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped))
 

@@ -105,3 +105,15 @@ export class MissingSecretError extends Data.TaggedError("MissingSecretError")<{
     return `${this.variable} must be set when NODE_ENV=production (at least 32 characters), unless AGENTWIRE_JWT_JWKS_URL is set`
   }
 }
+
+/**
+ * `text` with anything that looks like a credential replaced by `[redacted]`:
+ * JWTs (`eyJ….….…`), `token=` query values, `Bearer` values and `jwt.` subprotocols.
+ * Used on crash output, which may quote a request.
+ */
+export const redactTokens = (text: string): string =>
+  text
+    .replace(/eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*/g, "[redacted]")
+    .replace(/([?&]token=)[^&\s"'#]*/gi, "$1[redacted]")
+    .replace(/(Bearer\s+)[^\s"',]+/gi, "$1[redacted]")
+    .replace(/(\bjwt\.)[^\s"',]+/g, "$1[redacted]")

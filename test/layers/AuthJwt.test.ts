@@ -5,7 +5,7 @@ import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
 import * as AuthJwt from "../../src/layers/AuthJwt.ts"
-import { Auth, AuthError, AuthErrorReasons } from "../../src/services/Auth.ts"
+import { Auth, AuthError, AuthErrorReasons, redactTokens } from "../../src/services/Auth.ts"
 
 const SECRET = "0123456789abcdef0123456789abcdef"
 const key = new TextEncoder().encode(SECRET)
@@ -264,4 +264,17 @@ describe("AuthJwt.layer", () => {
       expect(yield* refusal(configured, yield* sign({ sub: "a", exp: now() - 1, iss: "me", aud: "you" }))).toBe("expired")
       expect((yield* configured.verify(yield* sign({ sub: "a", exp: now() + 60, iss: "me", aud: "you" }))).user_id).toBe("a")
     }))
+})
+
+describe("redactTokens", () => {
+  it("removes JWTs, token query values, bearer values and jwt. subprotocols from crash output", () => {
+    const jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    const text = `TypeError: Invalid URL\n  input: 'http://[?token=${jwt}'\n  authorization: Bearer abc.def\n  protocol: jwt.${jwt}, agentwire.v1\n  ?token=opaque-123&x=1`
+    const out = redactTokens(text)
+    expect(out).not.toContain(jwt)
+    expect(out).not.toContain("abc.def")
+    expect(out).not.toContain("opaque-123")
+    expect(out).toContain("x=1")
+    expect(out).toContain("agentwire.v1")
+  })
 })
