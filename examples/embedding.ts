@@ -120,6 +120,8 @@ export const describeEvent = (e: Protocol.AgentEvent): string => {
     ? `${e.error.code}: ${e.error.message}`
     : e.type === "partial_result"
     ? `${e.message_id} ${JSON.stringify(e.delta)}`
+    : e.type === "agent_stopped"
+    ? e.reason
     : `${e.status}: ${e.final_response}`
   return `${String(e.seq).padStart(2)} ${"  ".repeat(e.depth)}${e.type} [${e.agent_name}] ${detail}`
 }

@@ -106,7 +106,9 @@ describe("examples/embedding.ts", () => {
 
       expect(protocol).toBe("agentwire.v1")
       expect(frames[0]).toMatchObject({ type: "connection_established", user_id: "bob", protocol_version: 1, max_message_bytes: 65536 })
-      const events = frames.slice(1)
+      // the start is acknowledged to this connection before the run's first event
+      expect(frames[1]).toMatchObject({ type: "run_accepted", request_id: "req-1", agent_name: "forecaster" })
+      const events = frames.slice(2)
       expect(events.map((e) => e.type)).toEqual([
         "agent_started",
         "agent_thinking",

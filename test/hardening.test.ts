@@ -146,7 +146,7 @@ describe("fault 2: one write path per socket, a bound that bounds", () => {
       expect(client.received.filter((m) => m.type === "error" && m.code === "INVALID_JSON")).toHaveLength(FRAMES)
       client.send({ type: "ping" })
       yield* client.next("pong")
-    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 0 })), Effect.scoped), 60_000)
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 0, maxFramesPerSecond: 0 })), Effect.scoped), 60_000)
 
   it.live("a socket over the bound is destroyed at once (1006, reason slow_consumer), not closed behind its backlog", () => {
     const logs = makeLogs()
@@ -188,7 +188,7 @@ describe("fault 4: a live client is not taken for dead", () => {
       for (let i = 0; i < PINGS; i++) client.send({ type: "ping" })
       yield* client.count("pong", PINGS)
       expect(client.ws.readyState).toBe(WebSocket.OPEN)
-    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 200 })), Effect.scoped), 60_000)
+    }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 200, maxFramesPerSecond: 0 })), Effect.scoped), 60_000)
 
   it.live("a socket that makes no progress at all is still dropped (reason heartbeat_timeout)", () => {
     const logs = makeLogs()

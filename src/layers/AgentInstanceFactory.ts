@@ -71,7 +71,7 @@ export const make = Effect.gen(function*() {
         const limited: Effect.Effect<Option.Option<A>, E, R> = options?.timeout === undefined
           ? Effect.map(effect, Option.some)
           : Effect.timeoutOption(effect, options.timeout)
-        const completed = (success: boolean, results: { status: "success" | "error" | "timeout"; output?: unknown; error?: string }) =>
+        const completed = (success: boolean, results: { status: "success" | "error" | "timeout" | "cancelled"; output?: unknown; error?: string }) =>
           emit({ type: "tool_completed", tool_name, execution_id, success, results, duration_ms: elapsedMs(startedAt) })
         // executing and completed are sent uninterruptibly as a pair; only the tool itself can be interrupted
         return Effect.uninterruptibleMask((restore) =>
@@ -95,7 +95,7 @@ export const make = Effect.gen(function*() {
                 ? "cancelled"
                 : `tool crashed: ${describe(Cause.squash(exit.cause))}`
               return Effect.andThen(
-                completed(false, { status: "error", error: message }),
+                completed(false, { status: Cause.hasInterruptsOnly(exit.cause) ? "cancelled" : "error", error: message }),
                 Cause.hasInterruptsOnly(exit.cause)
                   ? Effect.failCause(exit.cause as Cause.Cause<never>)
                   : Effect.fail(new ToolError({ tool_name, execution_id, status: "error", message }))
@@ -132,22 +132,50 @@ export const make = Effect.gen(function*() {
       delegate
     }
 
+    // how an interrupted instance ends: the cause is the run's (set by whoever stopped it)
+    const interrupted = (duration_ms: number): Effect.Effect<AgentOutcome> => {
+      if (depth > 0) {
+        const final_response = `${agent.name} was cancelled`
+        return Effect.as(emit({ type: "agent_completed", status: "cancelled", final_response, duration_ms }), {
+          status: "cancelled",
+          final_response,
+          duration_ms
+        })
+      }
+      const cause = emitter.stopCause() ?? "user_request"
+      if (cause === "timeout") {
+        const error = { code: "RUN_TIMEOUT", message: "the run did not finish within its time limit" }
+        const final_response = `${agent.name} timed out: ${error.message}`
+        return emit({ type: "agent_error", error }).pipe(
+          Effect.andThen(emit({ type: "agent_completed", status: "timed_out", final_response, duration_ms })),
+          Effect.as<AgentOutcome>({ status: "timed_out", final_response, duration_ms, error })
+        )
+      }
+      const final_response = cause === "user_request" ? "stopped by the user" : "stopped: the server is shutting down"
+      return emit({ type: "agent_stopped", reason: cause }).pipe(
+        Effect.andThen(emit({ type: "agent_completed", status: "cancelled", final_response, duration_ms })),
+        Effect.as<AgentOutcome>({ status: "cancelled", final_response, duration_ms })
+      )
+    }
+
+    // started is sent uninterruptibly, only the agent's own program can be interrupted, and the
+    // terminal events follow whatever happened, so every instance sends exactly one agent_completed
     const run = (request: string): Effect.Effect<AgentOutcome> =>
-      Effect.uninterruptibleMask((restore) => {
+      Effect.uninterruptible(Effect.suspend(() => {
         const startedAt = performance.now()
         const started = emit(
           depth === 0
             ? { type: "agent_started", task_description: request, request_id: context.request_id }
             : { type: "agent_started", task_description: request }
         )
-        // started is sent before anything can interrupt the agent, so the terminal pair always follows it
-        return Effect.andThen(started, Effect.exit(restore(agent.run(request, agentContext)))).pipe(
+        return Effect.andThen(started, Effect.exit(Effect.interruptible(agent.run(request, agentContext)))).pipe(
           Effect.flatMap((exit) => {
             const duration_ms = elapsedMs(startedAt)
             if (Exit.isSuccess(exit)) {
               const outcome: AgentOutcome = { status: "completed", final_response: exit.value, duration_ms }
               return Effect.as(emit({ type: "agent_completed", status: "completed", final_response: exit.value, duration_ms }), outcome)
             }
+            if (Cause.hasInterruptsOnly(exit.cause)) return interrupted(duration_ms)
             const error = errorOf(exit.cause)
             const final_response = `${agent.name} failed: ${error.message}`
             const outcome: AgentOutcome = { status: "failed", final_response, duration_ms, error }
@@ -157,7 +185,7 @@ export const make = Effect.gen(function*() {
             )
           })
         )
-      })
+      }))
 
     return { agent_name: agent.name, depth, context, run }
   }

@@ -1,8 +1,10 @@
 /**
  * The agent runtime in one layer: `ExecutionEngineFactory`,
- * `AgentInstanceFactory` and `WebSocketBridge`, wired in the one order that
- * type-checks. It requires only the `AgentRegistry`, which is where an
- * embedder's agents (and their own requirements) come in.
+ * `AgentInstanceFactory`, `RunAdmission` (in memory) and `WebSocketBridge`,
+ * wired in the one order that type-checks. It requires the `AgentRegistry`,
+ * which is where an embedder's agents (and their own requirements) come in.
+ * The run limits and timeout come from `AgentwireConfig` when one is provided
+ * around it, else from the documented defaults.
  *
  * @module
  */
@@ -10,9 +12,11 @@ import { Layer } from "effect"
 import type { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import type { AgentRegistry } from "../services/AgentRegistry.ts"
 import type { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import type { RunAdmission } from "../services/RunAdmission.ts"
 import type { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as AgentInstanceFactoryLayer from "./AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "./ExecutionEngineFactory.ts"
+import * as RunAdmissionMemory from "./RunAdmissionMemory.ts"
 import * as WebSocketBridgeMemory from "./WebSocketBridgeMemory.ts"
 
 /**
@@ -20,11 +24,14 @@ import * as WebSocketBridgeMemory from "./WebSocketBridgeMemory.ts"
  * one, a recording test double, or your own.
  */
 export const layerWithoutBridge: Layer.Layer<
-  ExecutionEngineFactory | AgentInstanceFactory,
+  ExecutionEngineFactory | AgentInstanceFactory | RunAdmission,
   never,
   WebSocketBridge | AgentRegistry
-> = ExecutionEngineFactoryLayer.layer.pipe(Layer.provideMerge(AgentInstanceFactoryLayer.layer))
+> = ExecutionEngineFactoryLayer.layer.pipe(
+  Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+  Layer.provideMerge(RunAdmissionMemory.layerConfig)
+)
 
 /** The runtime over the in-memory bridge. */
-export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge, never, AgentRegistry> =
+export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | RunAdmission | WebSocketBridge, never, AgentRegistry> =
   layerWithoutBridge.pipe(Layer.provideMerge(WebSocketBridgeMemory.layer))

@@ -16,6 +16,15 @@
  * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket that made no progress for one interval is dropped (0 = off) |
  * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped |
  * | `AGENTWIRE_PROCESS_BUFFER_BYTES` | `268435456` (256 MiB) | unsent bytes all sockets may hold; the largest is dropped first |
+ * | `AGENTWIRE_MAX_RUNS_PER_USER` | `5` | concurrent runs per user (`RUN_LIMIT_EXCEEDED`, HTTP 429) |
+ * | `AGENTWIRE_MAX_RUNS` | `1000` × CPU cores | concurrent runs per process (`SERVER_BUSY`, HTTP 503) |
+ * | `AGENTWIRE_RUN_STARTS_PER_SECOND` | `2` | sustained run starts per user per second (`RATE_LIMITED`); 0 = unlimited |
+ * | `AGENTWIRE_RUN_START_BURST` | `10` | starts a user may make at once |
+ * | `AGENTWIRE_IDEMPOTENCY_WINDOW_MS` | `300000` | how long a client `request_id` is remembered |
+ * | `AGENTWIRE_RUN_TIMEOUT_MS` | `300000` | a run still going after this long ends `timed_out` |
+ * | `AGENTWIRE_SHUTDOWN_GRACE_MS` | `10000` | at shutdown, how long runs in flight get to finish |
+ * | `AGENTWIRE_MAX_CONNECTIONS_PER_USER` | `10` | a new connection over it closes the user's oldest with 4009 |
+ * | `AGENTWIRE_MAX_FRAMES_PER_SECOND` | `200` | client frames handled per second per connection; faster senders are slowed (0 = unlimited) |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure (unless a JWKS URL is set) |
  * | `AGENTWIRE_LLM_BASE_URL` | none | OpenAI-compatible API base URL (with `AGENTWIRE_LLM_MODEL`); enables `assistant` |
  * | `AGENTWIRE_LLM_MODEL` | none | model name (with `AGENTWIRE_LLM_BASE_URL`) |
@@ -31,7 +40,9 @@
  * @module
  */
 import { Config, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
+import { availableParallelism } from "node:os"
 import { AgentwireConfig, type AgentwireSettings, ConfigInvalidError, type LlmSettings } from "../services/AgentwireConfig.ts"
+import type { RunLimits } from "../services/RunAdmission.ts"
 import { normalizeOrigin } from "../services/OriginPolicy.ts"
 
 const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
@@ -50,6 +61,23 @@ const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
 export const DEFAULT_SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 /** Default `AGENTWIRE_PROCESS_BUFFER_BYTES`: 256 MiB, about 32 sockets at their own bound. */
 export const DEFAULT_PROCESS_BUFFER_BYTES = 256 * 1024 * 1024
+
+/** Default run limits: see the table above for the reasons in `docs/protocol.md`. */
+export const DEFAULT_RUN_LIMITS: RunLimits = {
+  maxRunsPerUser: 5,
+  maxRuns: 1000 * Math.max(1, availableParallelism()),
+  runStartsPerSecond: 2,
+  runStartBurst: 10,
+  idempotencyWindowMs: 300_000
+}
+/** Default `AGENTWIRE_RUN_TIMEOUT_MS`: 5 minutes. */
+export const DEFAULT_RUN_TIMEOUT_MS = 300_000
+/** Default `AGENTWIRE_SHUTDOWN_GRACE_MS`: 10 seconds. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
+/** Default `AGENTWIRE_MAX_CONNECTIONS_PER_USER`. */
+export const DEFAULT_MAX_CONNECTIONS_PER_USER = 10
+/** Default `AGENTWIRE_MAX_FRAMES_PER_SECOND`. */
+export const DEFAULT_MAX_FRAMES_PER_SECOND = 200
 
 /** Shortest accepted `AGENTWIRE_JWT_SECRET` (HS256 wants at least 256 bits). */
 export const MIN_SECRET_LENGTH = 32
@@ -192,6 +220,17 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const heartbeatIntervalMs = yield* integer("AGENTWIRE_HEARTBEAT_MS", 30_000, 0, 3_600_000)
   const maxSocketBufferBytes = yield* integer("AGENTWIRE_SOCKET_BUFFER_BYTES", DEFAULT_SOCKET_BUFFER_BYTES, 65536, 1024 ** 3)
   const maxProcessBufferBytes = yield* integer("AGENTWIRE_PROCESS_BUFFER_BYTES", DEFAULT_PROCESS_BUFFER_BYTES, 65536, 64 * 1024 ** 3)
+  const runLimits: RunLimits = {
+    maxRunsPerUser: yield* integer("AGENTWIRE_MAX_RUNS_PER_USER", DEFAULT_RUN_LIMITS.maxRunsPerUser, 1, 10_000),
+    maxRuns: yield* integer("AGENTWIRE_MAX_RUNS", DEFAULT_RUN_LIMITS.maxRuns, 1, 1_000_000),
+    runStartsPerSecond: yield* integer("AGENTWIRE_RUN_STARTS_PER_SECOND", DEFAULT_RUN_LIMITS.runStartsPerSecond, 0, 100_000),
+    runStartBurst: yield* integer("AGENTWIRE_RUN_START_BURST", DEFAULT_RUN_LIMITS.runStartBurst, 1, 100_000),
+    idempotencyWindowMs: yield* integer("AGENTWIRE_IDEMPOTENCY_WINDOW_MS", DEFAULT_RUN_LIMITS.idempotencyWindowMs, 1000, 86_400_000)
+  }
+  const runTimeoutMs = yield* integer("AGENTWIRE_RUN_TIMEOUT_MS", DEFAULT_RUN_TIMEOUT_MS, 100, 86_400_000)
+  const shutdownGraceMs = yield* integer("AGENTWIRE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS, 0, 3_600_000)
+  const maxConnectionsPerUser = yield* integer("AGENTWIRE_MAX_CONNECTIONS_PER_USER", DEFAULT_MAX_CONNECTIONS_PER_USER, 1, 10_000)
+  const maxFramesPerSecond = yield* integer("AGENTWIRE_MAX_FRAMES_PER_SECOND", DEFAULT_MAX_FRAMES_PER_SECOND, 0, 1_000_000)
   const levelText = Option.getOrElse(yield* raw("AGENTWIRE_LOG_LEVEL"), () => "info")
   const logLevel = LOG_LEVELS[levelText.trim().toLowerCase()]
   if (logLevel === undefined) {
@@ -229,6 +268,11 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     heartbeatIntervalMs,
     maxSocketBufferBytes,
     maxProcessBufferBytes,
+    runLimits,
+    runTimeoutMs,
+    shutdownGraceMs,
+    maxConnectionsPerUser,
+    maxFramesPerSecond,
     logLevel,
     production,
     llm,
@@ -254,6 +298,11 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     heartbeatIntervalMs: 30_000,
     maxSocketBufferBytes: DEFAULT_SOCKET_BUFFER_BYTES,
     maxProcessBufferBytes: DEFAULT_PROCESS_BUFFER_BYTES,
+    runLimits: DEFAULT_RUN_LIMITS,
+    runTimeoutMs: DEFAULT_RUN_TIMEOUT_MS,
+    shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
+    maxConnectionsPerUser: DEFAULT_MAX_CONNECTIONS_PER_USER,
+    maxFramesPerSecond: DEFAULT_MAX_FRAMES_PER_SECOND,
     logLevel: "Info",
     production: false,
     llm: Option.none(),

@@ -1,26 +1,47 @@
 /**
- * `ExecutionEngineFactory` over an `AgentInstanceFactory` and a `WebSocketBridge`.
+ * `ExecutionEngineFactory` over an `AgentInstanceFactory`, a `WebSocketBridge`
+ * and a `RunAdmission`.
  *
  * An engine is allocated per run and holds only that run's state: its context
- * and its emitter (the run's sequence counter). `start` forks each run into a
- * `FiberMap` keyed by `run_id`, so a run can be found and interrupted by id;
- * closing the layer interrupts every run, and each still sends its terminal
- * events before the bridge goes away.
+ * and its emitter (the run's sequence counter). `start` admits a run, then
+ * forks it into a `FiberMap` keyed by `run_id`. The run's fiber is
+ * uninterruptible except inside the agents' own programs, so every run sends
+ * `agent_started` first and exactly one root `agent_completed` last, whenever
+ * the stop lands. Stops record their cause on the run's emitter before they
+ * interrupt (first cause wins): `user_request` (`stop`, `interrupt`),
+ * `timeout` (the run's timer, `runTimeoutMs`), `server_shutdown`
+ * (`interruptAll`, and closing the layer). A run's admission slot is released
+ * when its fiber ends.
  *
  * @module
  */
-import { Effect, Exit, Fiber, FiberMap, Layer } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
-import { AdmissionClosedError, ExecutionEngineFactory, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
+import { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import { ExecutionEngineFactory, type RunHandle, type RunState, type StartOptions, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
+import { RunAdmission } from "../services/RunAdmission.ts"
+import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
+import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
-import type { RunEmitter } from "../services/RunEmitter.ts"
+
+/** Ended runs remembered (for `runState` and duplicate starts), oldest forgotten first. */
+export const MAX_ENDED_RUNS = 100_000
 
 const cancelledOutcome: AgentOutcome = {
-  status: "failed",
+  status: "cancelled",
   final_response: "the run was cancelled",
-  duration_ms: 0,
-  error: { code: "CANCELLED", message: "the run was cancelled" }
+  duration_ms: 0
+}
+
+/** A run in flight, as the engine tracks it. */
+interface ActiveRun {
+  readonly context: UserExecutionContext
+  readonly agent_name: string
+  fiber: Fiber.Fiber<AgentOutcome> | undefined
+  emitter: RunEmitter | undefined
+  cause: StopCause | undefined
+  readonly done: Deferred.Deferred<AgentOutcome>
 }
 
 /** Builds the factory from its dependencies; exposed for hand wiring. */
@@ -29,9 +50,33 @@ export const make = Effect.gen(function*() {
   // events reach the bridge through the instances' emitters; requiring it here keeps the
   // wiring order in the types: no engine factory exists before a bridge does
   yield* WebSocketBridge
+  const admission = yield* RunAdmission
+  // the run timeout of the surrounding config, or the default
+  const runTimeoutMs = Option.match(yield* Effect.serviceOption(AgentwireConfig), {
+    onNone: () => DEFAULT_RUN_TIMEOUT_MS,
+    onSome: (config) => config.runTimeoutMs
+  })
   const runs = yield* FiberMap.make<string, AgentOutcome>()
+  const active = new Map<string, ActiveRun>()
+  const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
+  const idleWaiters = new Set<() => void>()
   let liveEngines = 0
-  let admissionOpen = true
+
+  /** Asks a run to end for `cause`, without waiting. */
+  const requestStop = (run: ActiveRun, cause: StopCause) => {
+    run.cause ??= cause
+    run.emitter?.setStopCause(run.cause)
+    run.fiber?.interruptUnsafe()
+  }
+
+  // stop every run before the FiberMap's own finalizer interrupts them: their cause is shutdown
+  yield* Effect.addFinalizer(() =>
+    Effect.suspend(() => {
+      const all = Array.from(active.values())
+      for (const run of all) requestStop(run, "server_shutdown")
+      return Effect.forEach(all, (run) => Deferred.await(run.done), { discard: true })
+    })
+  )
 
   const engineFor = (emitter: RunEmitter): UserExecutionEngine => {
     const context = emitter.context
@@ -67,55 +112,138 @@ export const make = Effect.gen(function*() {
       () => Effect.sync(() => void liveEngines--)
     )
 
-  // repeated until empty: a run forked while the previous clear was running is interrupted too
-  const interruptAll: Effect.Effect<void> = Effect.suspend(() =>
-    Effect.andThen(FiberMap.clear(runs), Effect.flatMap(FiberMap.size(runs), (left) => (left > 0 ? interruptAll : Effect.void)))
-  )
+  const remember = (run: ActiveRun, outcome: AgentOutcome) => {
+    ended.set(run.context.run_id, { user_id: run.context.user_id, thread_id: run.context.thread_id, agent_name: run.agent_name, outcome })
+    if (ended.size > MAX_ENDED_RUNS) ended.delete(ended.keys().next().value!)
+  }
+
+  const start = (context: UserExecutionContext, agent_name: string | undefined, request: string, options?: StartOptions) =>
+    Effect.gen(function*() {
+      const resolved = yield* instances.resolve(agent_name)
+      const fingerprint = options?.idempotent === true ? JSON.stringify([resolved, options.payloadKey ?? "", request]) : undefined
+      const admitted = yield* admission.admit(context, resolved, fingerprint)
+      if (admitted._tag === "Duplicate") {
+        const { agent_name: original, request_id, run_id, thread_id } = admitted.run
+        const info = { run_id, thread_id, request_id, agent_name: original, duplicate: true }
+        if (options?.onAccepted !== undefined) yield* options.onAccepted(info)
+        const running = active.get(run_id)
+        const handle: RunHandle = {
+          ...info,
+          await: running !== undefined
+            ? Deferred.await(running.done)
+            : Effect.sync(() => ended.get(run_id)?.outcome ?? cancelledOutcome)
+        }
+        return handle
+      }
+      if (active.has(context.run_id) || (yield* FiberMap.has(runs, context.run_id))) {
+        yield* admitted.release
+        return yield* Effect.die(new Error(`run ${context.run_id} is already running: every run needs a fresh run_id`))
+      }
+      const entry: ActiveRun = {
+        context,
+        agent_name: resolved,
+        fiber: undefined,
+        emitter: undefined,
+        cause: undefined,
+        done: Deferred.makeUnsafe<AgentOutcome>()
+      }
+      active.set(context.run_id, entry)
+      const info = { run_id: context.run_id, thread_id: context.thread_id, request_id: context.request_id, agent_name: resolved, duplicate: false }
+
+      const body = Effect.gen(function*() {
+        if (options?.onAccepted !== undefined) yield* options.onAccepted(info)
+        // the run's timer: a child fiber, gone with the run
+        yield* Effect.forkChild(
+          Effect.interruptible(Effect.sleep(runTimeoutMs)).pipe(Effect.andThen(Effect.sync(() => requestStop(entry, "timeout"))))
+        )
+        return yield* Effect.scoped(Effect.flatMap(createForUser(context), (engine) => {
+          entry.emitter = engine.emitter
+          if (entry.cause !== undefined) engine.emitter.setStopCause(entry.cause)
+          return engine.run(resolved, request)
+        }))
+      }).pipe(
+        // resolved above, so the agent exists; a registry that changed meanwhile is a defect
+        Effect.orDie,
+        Effect.onExit((exit) =>
+          Effect.suspend(() => {
+            const outcome = entry.emitter?.outcome() ?? (Exit.isSuccess(exit) ? exit.value : cancelledOutcome)
+            active.delete(context.run_id)
+            remember(entry, outcome)
+            Deferred.doneUnsafe(entry.done, Effect.succeed(outcome))
+            if (active.size === 0) for (const wake of Array.from(idleWaiters)) wake()
+            return admitted.release
+          })
+        ),
+        Effect.uninterruptible
+      )
+      const fiber = yield* FiberMap.run(runs, context.run_id, body)
+      entry.fiber = fiber
+      // a stop that arrived while the fiber was being forked
+      if (entry.cause !== undefined && active.has(context.run_id)) fiber.interruptUnsafe()
+      const handle: RunHandle = { ...info, await: Deferred.await(entry.done) }
+      return handle
+    })
+
+  const stopAll = (runsToStop: ReadonlyArray<ActiveRun>, cause: StopCause) =>
+    Effect.suspend(() => {
+      for (const run of runsToStop) requestStop(run, cause)
+      return Effect.forEach(runsToStop, (run) => Deferred.await(run.done))
+    })
+
+  // repeated until empty: a run forked while the previous round was stopping is stopped too
+  const interruptAll: Effect.Effect<void> = Effect.suspend(() => {
+    if (active.size === 0) return Effect.void
+    return Effect.andThen(stopAll(Array.from(active.values()), "server_shutdown"), interruptAll)
+  })
 
   return ExecutionEngineFactory.of({
     createForUser,
-    start: (context, agent_name, request) =>
-      Effect.gen(function*() {
-        const resolved = yield* instances.resolve(agent_name)
-        let emitter: RunEmitter | undefined
-        const run = Effect.scoped(Effect.flatMap(createForUser(context), (engine) => {
-          emitter = engine.emitter
-          return engine.run(resolved, request)
-        })).pipe(
-          // resolved above, so the agent exists; a registry that changed meanwhile is a defect
-          Effect.orDie
+    start,
+    stop: (selector) =>
+      Effect.suspend(() => {
+        const selected = Array.from(active.values()).filter((run) =>
+          run.context.user_id === selector.user_id &&
+          (selector.run_id === undefined || run.context.run_id === selector.run_id) &&
+          (selector.thread_id === undefined || run.context.thread_id === selector.thread_id)
         )
-        // checked right before the fork, with no suspension between: no run starts after admission closed
-        if (!admissionOpen) return yield* new AdmissionClosedError()
-        if (yield* FiberMap.has(runs, context.run_id)) {
-          return yield* Effect.die(new Error(`run ${context.run_id} is already running: every run needs a fresh run_id`))
-        }
-        const fiber = yield* FiberMap.run(runs, context.run_id, run)
-        return {
-          run_id: context.run_id,
-          thread_id: context.thread_id,
-          request_id: context.request_id,
-          agent_name: resolved,
-          // what the run reported on the wire; the fiber's own result only if it never got that far
-          await: Effect.map(Fiber.await(fiber), (exit) =>
-            emitter?.outcome() ?? (Exit.isSuccess(exit) ? exit.value : cancelledOutcome))
-        }
+        return Effect.map(stopAll(selected, "user_request"), (outcomes) =>
+          selected.filter((run, i) => run.cause === "user_request" && outcomes[i]!.status === "cancelled").map((run) => run.context.run_id))
+      }),
+    runState: (user_id, run_id) =>
+      Effect.sync((): RunState => {
+        const running = active.get(run_id)
+        if (running !== undefined) return running.context.user_id === user_id ? "active" : "unknown"
+        return ended.get(run_id)?.user_id === user_id ? "ended" : "unknown"
       }),
     interrupt: (run_id) =>
-      Effect.flatMap(FiberMap.has(runs, run_id), (running) => running ? Effect.as(FiberMap.remove(runs, run_id), true) : Effect.succeed(false)),
-    closeAdmission: Effect.sync(() => {
-      admissionOpen = false
-    }),
-    admissionOpen: Effect.sync(() => admissionOpen),
-    // repeated until empty: a run forked while the previous clear was running is interrupted too
+      Effect.suspend(() => {
+        const running = active.get(run_id)
+        return running === undefined ? Effect.succeed(false) : Effect.as(stopAll([running], "user_request"), true)
+      }),
     interruptAll,
-    activeRuns: FiberMap.size(runs),
+    drain: (timeoutMs) =>
+      Effect.callback<boolean>((resume) => {
+        if (active.size === 0) return resume(Effect.succeed(true))
+        const wake = () => {
+          idleWaiters.delete(wake)
+          resume(Effect.succeed(true))
+        }
+        idleWaiters.add(wake)
+        return Effect.sync(() => idleWaiters.delete(wake))
+      }).pipe(Effect.timeoutOption(timeoutMs), Effect.map(Option.getOrElse(() => false))),
+    closeAdmission: admission.close,
+    admissionOpen: admission.isOpen,
+    activeRuns: Effect.sync(() => active.size),
     liveEngines: Effect.sync(() => liveEngines)
   })
 })
 
-/** The factory. Requires the agent instance factory and the bridge. */
-export const layer: Layer.Layer<ExecutionEngineFactory, never, AgentInstanceFactory | WebSocketBridge> = Layer.effect(
+/** The factory. Requires the agent instance factory, the bridge and admission; reads the run timeout from `AgentwireConfig` when provided. */
+export const layer: Layer.Layer<
+  ExecutionEngineFactory,
+  never,
+  AgentInstanceFactory | WebSocketBridge | RunAdmission
+> = Layer.effect(
   ExecutionEngineFactory,
   make
 )

@@ -8,17 +8,25 @@
  *   `Content-Type: application/json`: 202 `{run_id, thread_id, request_id}`; the
  *   run's events go to that user's sockets. Errors are `{error: {code, message}}`
  *   with 400, 401, 404, 413, 415 or 503 (`SHUTTING_DOWN`).
+ * - `POST /api/runs/{run_id}/stop` with a bearer token: 200 `{run_ids}` (the
+ *   run if it was stopped, `[]` if it had already ended); 404 `RUN_NOT_FOUND`
+ *   for unknown runs and other users' runs alike.
+ * - Start refusals by admission: 429 `RUN_LIMIT_EXCEEDED` / `RATE_LIMITED`,
+ *   503 `SERVER_BUSY` / `SHUTTING_DOWN` (with `Retry-After`), 409
+ *   `REQUEST_ID_CONFLICT`; a repeated `request_id` with the same payload
+ *   answers 200 with the original run and starts nothing.
  * - Any other method on these paths: 405 with `Allow`.
  *
  * Health and readiness are unauthenticated (probes); the run API is not.
  *
  * @module
  */
-import { ByteSize, Effect, Layer } from "effect"
-import { HttpIncomingMessage, HttpRouter, HttpServerResponse } from "effect/http"
+import { ByteSize, Effect, Layer, Result } from "effect"
+import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth, bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import { type AdmissionError, RunAdmission } from "../services/RunAdmission.ts"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 
@@ -69,6 +77,7 @@ export const make = (options: RouteOptions) =>
   Effect.gen(function*() {
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
+    const admission = yield* RunAdmission
     const instances = yield* AgentInstanceFactory
 
     const health = HttpRouter.add("GET", "/health", HttpServerResponse.jsonUnsafe({ status: "ok" }))
@@ -92,12 +101,13 @@ export const make = (options: RouteOptions) =>
       })
     )
 
-    const startRun = HttpRouter.add("POST", "/api/runs", (request) =>
+    /** The request's user, or the refusal to answer with (logged, without the token). */
+    const authenticate = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.gen(function*() {
         const token = bearerToken(request.headers.authorization)
         if (token === undefined) {
           yield* Effect.logInfo("request refused").pipe(Effect.annotateLogs({ status: 401, reason: "missing" }))
-          return problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>")
+          return Result.fail(problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>"))
         }
         const verified = yield* Effect.result(auth.verify(token))
         if (verified._tag === "Failure") {
@@ -105,9 +115,25 @@ export const make = (options: RouteOptions) =>
           // a key set we cannot reach is our failure, not the client's
           const status = reason === "jwks_unavailable" ? 503 : 401
           yield* Effect.logInfo("request refused").pipe(Effect.annotateLogs({ status, reason }))
-          return problem(status, status === 503 ? "AUTH_UNAVAILABLE" : "UNAUTHORIZED", message)
+          return Result.fail(problem(status, status === 503 ? "AUTH_UNAVAILABLE" : "UNAUTHORIZED", message))
         }
-        const user_id = verified.success.user_id
+        return Result.succeed(verified.success.user_id)
+      })
+
+    const admissionProblem = (error: AdmissionError) =>
+      HttpServerResponse.jsonUnsafe(
+        { error: { code: error.code, message: error.message, ...(error.retry_after_ms === undefined ? {} : { retry_after_ms: error.retry_after_ms }) } },
+        {
+          status: error.status,
+          headers: error.status === 409 ? {} : { "retry-after": String(Math.max(1, Math.ceil((error.retry_after_ms ?? 5000) / 1000))) }
+        }
+      )
+
+    const startRun = HttpRouter.add("POST", "/api/runs", (request) =>
+      Effect.gen(function*() {
+        const who = yield* authenticate(request)
+        if (who._tag === "Failure") return who.failure
+        const user_id = who.success
 
         if (!isJson(request.headers["content-type"])) {
           return problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with Content-Type: application/json")
@@ -138,23 +164,41 @@ export const make = (options: RouteOptions) =>
 
         const context = yield* Effect.result(UserExecutionContext.make({ user_id, thread_id: message.thread_id, request_id: message.request_id }))
         if (context._tag === "Failure") return problem(400, "INVALID_MESSAGE", context.failure.message)
-        const started = yield* Effect.result(engines.start(context.success, message.agent, message.user_request))
+        const limited = yield* Effect.result(admission.takeStart(user_id))
+        if (limited._tag === "Failure") return admissionProblem(limited.failure)
+        const started = yield* Effect.result(engines.start(context.success, message.agent, message.user_request, {
+          idempotent: message.request_id !== undefined,
+          payloadKey: message.thread_id ?? ""
+        }))
         if (started._tag === "Failure") {
-          return started.failure._tag === "AdmissionClosedError"
-            ? HttpServerResponse.jsonUnsafe(
-              { error: { code: "SHUTTING_DOWN", message: started.failure.message } },
-              { status: 503, headers: { "retry-after": "5" } }
-            )
+          return started.failure._tag === "AdmissionError"
+            ? admissionProblem(started.failure)
             : problem(404, "UNKNOWN_AGENT", started.failure.message)
         }
-        const { request_id, run_id, thread_id } = started.success
-        return HttpServerResponse.jsonUnsafe({ run_id, thread_id, request_id }, { status: 202 })
+        const { duplicate, request_id, run_id, thread_id } = started.success
+        // a repeated request_id answers with the run it started the first time, and starts nothing
+        return HttpServerResponse.jsonUnsafe({ run_id, thread_id, request_id }, { status: duplicate ? 200 : 202 })
+      }))
+
+    const stopRun = HttpRouter.add("POST", "/api/runs/:run_id/stop", (request) =>
+      Effect.gen(function*() {
+        const who = yield* authenticate(request)
+        if (who._tag === "Failure") return who.failure
+        const user_id = who.success
+        const run_id = (yield* HttpRouter.params).run_id ?? ""
+        // another user's run is indistinguishable from an unknown one
+        const state = yield* engines.runState(user_id, run_id)
+        if (state === "unknown") return problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(run_id.slice(0, 128))}`)
+        const run_ids = state === "active" ? yield* engines.stop({ user_id, run_id }) : []
+        return HttpServerResponse.jsonUnsafe({ run_ids })
       }))
 
     return Layer.mergeAll(
       health,
       ready,
       startRun,
+      stopRun,
+      notAllowed("/api/runs/:run_id/stop", "POST"),
       notAllowed("/health", "GET"),
       notAllowed("/ready", "GET"),
       notAllowed("/api/runs", "POST"),

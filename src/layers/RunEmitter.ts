@@ -16,7 +16,7 @@
 import { Effect, Semaphore } from "effect"
 import type { AgentEvent } from "../protocol/Protocol.ts"
 import type { AgentOutcome } from "../services/AgentInstanceFactory.ts"
-import type { RunEmitter } from "../services/RunEmitter.ts"
+import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 
 /** A run emitter over `sink` (usually `WebSocketBridge.emit`). */
@@ -27,6 +27,7 @@ export const make = (
   let seq = 0
   let rootError: AgentOutcome["error"]
   let outcome: AgentOutcome | undefined
+  let stopCause: StopCause | undefined
   // events of this run stamped within the same millisecond share one ISO string
   let lastMs = -1
   let lastIso = ""
@@ -70,6 +71,10 @@ export const make = (
     context,
     lastSeq: () => seq,
     outcome: () => outcome,
+    stopCause: () => stopCause,
+    setStopCause: (cause) => {
+      stopCause ??= cause
+    },
     emit: (agent_name, depth, body) =>
       lock.withPermit(Effect.uninterruptible(Effect.suspend(() => sink(stamp(agent_name, depth, body)))))
   }

@@ -17,11 +17,16 @@
  * and no frame of its own handled while the server held its reading paused)
  * is terminated (`heartbeat_timeout`).
  *
+ * A user's connections are capped (`maxConnectionsPerUser`): a new one over
+ * the cap is accepted and the user's oldest is closed with 4009, so reloading
+ * tabs never locks a user out behind dead sockets.
+ *
  * Startup failures are typed (`ServerStartError`). Shutdown, when the layer's
  * scope closes: admission closes (new runs get `SHUTTING_DOWN`; other frames are
- * still handled), `/ready` turns 503, listening stops, runs in flight are
- * interrupted (each still sends its terminal events), then sockets are closed
- * with 1001 and, after a second, terminated.
+ * still handled), `/ready` turns 503, listening stops, runs in flight get
+ * `shutdownGraceMs` to finish, the rest are stopped (`agent_stopped
+ * server_shutdown`, each still sends its terminal events), then sockets are
+ * closed with 1001 and, after a second, terminated.
  *
  * @module
  */
@@ -37,6 +42,7 @@ import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { AgentwireServer, ServerStartError } from "../services/AgentwireServer.ts"
 import { Auth, AuthError, type VerifiedToken } from "../services/Auth.ts"
 import { isOriginAllowed } from "../services/OriginPolicy.ts"
+import { RunAdmission } from "../services/RunAdmission.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
@@ -46,8 +52,12 @@ import * as WebSocketConnection from "./WebSocketConnection.ts"
 /** Sockets pinged per slice of a heartbeat sweep. */
 const HEARTBEAT_SLICE = 256
 
-/** How long closing sockets get to finish the close handshake at shutdown. */
+/** How long closing sockets get to finish the close handshake (shutdown, replaced connections). */
+const CLOSE_GRACE_MS = 1000
 const CLOSE_GRACE = "1 second"
+
+/** Close code for a user's oldest connection when a new one goes over `AGENTWIRE_MAX_CONNECTIONS_PER_USER`. */
+export const CLOSE_REPLACED = 4009
 
 /** `/ready` reports the event loop down when it was blocked longer than this within the last second or two. */
 export const READY_MAX_EVENT_LOOP_DELAY_MS = 500
@@ -127,7 +137,7 @@ export const isAlive = (connection: WebSocketConnection.Connection, previous: Ma
 export const layer: Layer.Layer<
   AgentwireServer,
   ServerStartError,
-  AgentwireConfig | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge
+  AgentwireConfig | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge | RunAdmission
 > = Layer.effect(
   AgentwireServer,
   Effect.gen(function*() {
@@ -137,7 +147,7 @@ export const layer: Layer.Layer<
     const bridge = yield* WebSocketBridge
     const scope = yield* Scope.Scope
     // every connection and handshake fiber lives here; all are interrupted at shutdown
-    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth>()
+    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission>()
     let shuttingDown = false
     let server: ReturnType<typeof createServer> | undefined
 
@@ -239,16 +249,32 @@ export const layer: Layer.Layer<
       yield* Effect.forkScoped(Effect.repeat(heartbeat, Schedule.spaced(config.heartbeatIntervalMs)))
     }
 
+    // each user's open connections, oldest first
+    const byUser = new Map<string, Array<WebSocketConnection.Connection>>()
     const accept = (ws: WebSocket, verified: VerifiedToken, socket: Duplex) => {
       const connection = WebSocketConnection.make(ws, socket as Duplex & SocketOutput.CorkableSocket, limits, budget)
       connections.add(connection)
+      const mine = byUser.get(verified.user_id) ?? []
+      mine.push(connection)
+      byUser.set(verified.user_id, mine)
+      while (mine.length > config.maxConnectionsPerUser) {
+        const oldest = mine.shift()!
+        oldest.output.close(CLOSE_REPLACED, "too many connections: replaced by a newer one", "replaced")
+        // a dead socket would never finish the close handshake
+        setTimeout(() => oldest.output.destroy("replaced"), CLOSE_GRACE_MS).unref()
+      }
       ws.once("close", () => {
+        const list = byUser.get(verified.user_id)
+        const at = list?.indexOf(connection) ?? -1
+        if (list !== undefined && at >= 0) list.splice(at, 1)
+        if (list !== undefined && list.length === 0) byUser.delete(verified.user_id)
         connections.delete(connection)
         if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
       })
       runFork(WebSocketConnection.run(connection, verified, {
         maxMessageBytes: config.maxMessageBytes,
-        clockSkewMs: config.jwtClockSkewSeconds * 1000
+        clockSkewMs: config.jwtClockSkewSeconds * 1000,
+        maxFramesPerSecond: config.maxFramesPerSecond
       }))
     }
 
@@ -320,10 +346,16 @@ export const layer: Layer.Layer<
       }),
       () =>
         Effect.gen(function*() {
-          // admission first: from here no run starts, so every run that did start is interrupted below
+          // admission first: from here no run starts, so every run that did start is drained or stopped below
           shuttingDown = true
           yield* engines.closeAdmission
           httpServer.close()
+          const active = yield* engines.activeRuns
+          if (active > 0) {
+            yield* Effect.logInfo("draining").pipe(Effect.annotateLogs({ active_runs: active, grace_ms: config.shutdownGraceMs }))
+            const drained = yield* engines.drain(config.shutdownGraceMs)
+            if (!drained) yield* Effect.logInfo("grace period over: stopping the remaining runs").pipe(Effect.annotateLogs({ active_runs: yield* engines.activeRuns }))
+          }
           yield* engines.interruptAll
           if (connections.size > 0) {
             for (const connection of connections) connection.output.close(1001, "server shutting down", "server_shutdown")

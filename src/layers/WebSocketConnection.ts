@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { type Cause, Effect, FiberHandle, Queue } from "effect"
+import { type Cause, Effect, FiberHandle, FiberSet, Queue } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
@@ -25,6 +25,7 @@ import {
 } from "../protocol/Protocol.ts"
 import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import { RunAdmission } from "../services/RunAdmission.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as SocketOutput from "./SocketOutput.ts"
@@ -70,6 +71,8 @@ export interface ConnectionOptions {
   readonly maxMessageBytes: number
   /** The clock-skew tolerance of the auth policy: a token is honoured until `exp` plus this. */
   readonly clockSkewMs: number
+  /** Client frames handled per second (burst: one second's worth); 0 = unlimited. */
+  readonly maxFramesPerSecond: number
 }
 
 /** Close code for a connection whose token expired without a refresh. */
@@ -127,6 +130,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
   return Effect.gen(function*() {
     const bridge = yield* WebSocketBridge
     const engines = yield* ExecutionEngineFactory
+    const admission = yield* RunAdmission
     const auth = yield* Auth
     const openedAt = Date.now()
     const inbox = yield* Queue.unbounded<string | Uint8Array, Cause.Done>()
@@ -214,20 +218,53 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           ))
       )
 
+    // stops wait for the stopped runs' terminal events in the background: the socket's other frames go on
+    const background = yield* FiberSet.make()
+
+    const refusal = (code: ProtocolError["code"], message: string, request_id: string | undefined, extra: { readonly retry_after_ms?: number } = {}) =>
+      refuse({ type: "error", code, message, ...withRequestId(request_id), ...extra })
+
     const startRun = (
       agent: string | undefined,
       request: string,
       ids: { readonly thread_id?: string | undefined; readonly request_id?: string | undefined }
     ) =>
-      UserExecutionContext.make({ user_id, thread_id: ids.thread_id, request_id: ids.request_id }).pipe(
-        Effect.flatMap((context) => engines.start(context, agent, request)),
+      admission.takeStart(user_id).pipe(
+        Effect.andThen(UserExecutionContext.make({ user_id, thread_id: ids.thread_id, request_id: ids.request_id })),
+        Effect.flatMap((context) =>
+          engines.start(context, agent, request, {
+            // a client-chosen request_id makes the start idempotent; the thread it names is part of the payload
+            idempotent: ids.request_id !== undefined,
+            payloadKey: ids.thread_id ?? "",
+            onAccepted: (accepted) =>
+              Effect.sync(() =>
+                reply({
+                  type: "run_accepted",
+                  run_id: accepted.run_id,
+                  thread_id: accepted.thread_id,
+                  request_id: accepted.request_id,
+                  agent_name: accepted.agent_name,
+                  ...(accepted.duplicate ? { duplicate: true } : {})
+                })
+              )
+          })
+        ),
         Effect.asVoid,
         Effect.catchTags({
-          InvalidContextError: (e) => refuse({ type: "error", code: "INVALID_MESSAGE", message: e.message, ...withRequestId(ids.request_id) }),
-          UnknownAgentError: (e) => refuse({ type: "error", code: "UNKNOWN_AGENT", message: e.message, ...withRequestId(ids.request_id) }),
-          AdmissionClosedError: (e) => refuse({ type: "error", code: "SHUTTING_DOWN", message: e.message, ...withRequestId(ids.request_id) })
+          InvalidContextError: (e) => refusal("INVALID_MESSAGE", e.message, ids.request_id),
+          UnknownAgentError: (e) => refusal("UNKNOWN_AGENT", e.message, ids.request_id),
+          AdmissionError: (e) =>
+            refusal(e.code, e.message, ids.request_id, e.retry_after_ms === undefined ? {} : { retry_after_ms: e.retry_after_ms })
         })
       )
+
+    const stopRuns = (selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) =>
+      FiberSet.run(
+        background,
+        engines.stop({ user_id, ...selector }).pipe(
+          Effect.flatMap((run_ids) => Effect.sync(() => reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) })))
+        )
+      ).pipe(Effect.asVoid)
 
     const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
       switch (message.type) {
@@ -241,11 +278,29 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           return startRun(undefined, message.text, message)
         case "authenticate":
           return authenticate(message.token, message.request_id)
+        case "stop_agent":
+          return stopRuns({ run_id: message.run_id, thread_id: message.thread_id }, message.request_id)
       }
     }
 
+    // the connection's frame budget: a client sending faster waits here, its inbox fills, and its socket is paused
+    let tokens = options.maxFramesPerSecond
+    let tokensAt = Date.now()
+    const frameBudget: Effect.Effect<void> = Effect.suspend(() => {
+      const rate = options.maxFramesPerSecond
+      if (rate <= 0) return Effect.void
+      const now = Date.now()
+      tokens = Math.min(rate, tokens + ((now - tokensAt) / 1000) * rate)
+      tokensAt = now
+      if (tokens >= 1) {
+        tokens -= 1
+        return Effect.void
+      }
+      return Effect.andThen(Effect.sleep(Math.ceil(((1 - tokens) / rate) * 1000)), frameBudget)
+    })
+
     const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) =>
-      Effect.suspend(() => {
+      Effect.andThen(frameBudget, Effect.suspend(() => {
         liveness.handled++
         if (ws.isPaused && Queue.sizeUnsafe(inbox) <= INBOX_LOW_WATER) {
           liveness.pausedForInbox = false
@@ -254,7 +309,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         return typeof frame === "string"
           ? handle(decodeClientFrame(frame))
           : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
-      }).pipe(
+      })).pipe(
         // while the client does not read what it is sent, its frames wait (and its socket stops being read)
         Effect.andThen(output.drained)
       ))

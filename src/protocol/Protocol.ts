@@ -56,6 +56,19 @@ export type UserMessage = typeof UserMessage.Type
 export const Ping = Schema.Struct({ type: Schema.Literal("ping") })
 export type Ping = typeof Ping.Type
 
+/**
+ * Stops runs of the sender's user: the run `run_id`, every run of `thread_id`,
+ * or (neither given) every run of the user. Answered with `run_stopped` after
+ * the stopped runs' terminal events.
+ */
+export const StopAgent = Schema.Struct({
+  type: Schema.Literal("stop_agent"),
+  run_id: Schema.optionalKey(Id),
+  thread_id: Schema.optionalKey(Id),
+  request_id: Schema.optionalKey(Id)
+})
+export type StopAgent = typeof StopAgent.Type
+
 /** Longest token accepted in `authenticate`, in characters. */
 export const MAX_TOKEN_LENGTH = 8192
 
@@ -72,11 +85,11 @@ export const Authenticate = Schema.Struct({
 export type Authenticate = typeof Authenticate.Type
 
 /** Every message a client may send. */
-export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate]).pipe(Schema.toTaggedUnion("type"))
+export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate, StopAgent]).pipe(Schema.toTaggedUnion("type"))
 export type ClientMessage = typeof ClientMessage.Type
 
 /** The `type` values a client may send. */
-export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping", "authenticate"]
+export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping", "authenticate", "stop_agent"]
 
 // ---------------------------------------------------------------------------
 // server -> client: connection-level frames
@@ -106,6 +119,29 @@ export const Authenticated = Schema.Struct({
 export type Authenticated = typeof Authenticated.Type
 
 /**
+ * A start was accepted: sent to the connection that sent it, before the run's
+ * first event. `duplicate: true` when the `request_id` matched a run started
+ * within the idempotency window with the same payload: no new run was started.
+ */
+export const RunAccepted = Schema.Struct({
+  type: Schema.Literal("run_accepted"),
+  run_id: Schema.String,
+  thread_id: Schema.String,
+  request_id: Schema.String,
+  agent_name: Schema.optionalKey(Schema.String),
+  duplicate: Schema.optionalKey(Schema.Boolean)
+})
+export type RunAccepted = typeof RunAccepted.Type
+
+/** Answer to `stop_agent`, after the stopped runs' terminal events: the runs actually stopped. */
+export const RunStopped = Schema.Struct({
+  type: Schema.Literal("run_stopped"),
+  run_ids: Schema.Array(Schema.String),
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type RunStopped = typeof RunStopped.Type
+
+/**
  * Codes of protocol `error` frames. v1 grows this list by addition; clients
  * must treat a code they do not know as a generic refusal.
  */
@@ -119,7 +155,15 @@ export const ErrorCode = Schema.Literals([
   // an `authenticate` token failed or named another user; the connection keeps its token
   "AUTH_FAILED",
   // the connection's token expired without a refresh; the server closes with 4001
-  "TOKEN_EXPIRED"
+  "TOKEN_EXPIRED",
+  // the user already has AGENTWIRE_MAX_RUNS_PER_USER runs in flight; no run was started
+  "RUN_LIMIT_EXCEEDED",
+  // the process already runs AGENTWIRE_MAX_RUNS runs; no run was started; retry later
+  "SERVER_BUSY",
+  // the user started runs faster than their budget; retry after `retry_after_ms`
+  "RATE_LIMITED",
+  // the request_id was used within the idempotency window for a different request
+  "REQUEST_ID_CONFLICT"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -128,7 +172,9 @@ export const ProtocolError = Schema.Struct({
   type: Schema.Literal("error"),
   code: ErrorCode,
   message: Schema.String,
-  request_id: Schema.optionalKey(Schema.String)
+  request_id: Schema.optionalKey(Schema.String),
+  /** With `RATE_LIMITED`: how long until a start would be admitted, in milliseconds. */
+  retry_after_ms: Schema.optionalKey(Schema.Int)
 })
 export type ProtocolError = typeof ProtocolError.Type
 
@@ -174,7 +220,7 @@ export const ToolExecuting = Schema.Struct({
 
 /** Outcome of one tool call. */
 export const ToolResults = Schema.Struct({
-  status: Schema.Literals(["success", "error", "timeout"]),
+  status: Schema.Literals(["success", "error", "timeout", "cancelled"]),
   output: Schema.optionalKey(JsonValue),
   error: Schema.optionalKey(Schema.String)
 })
@@ -202,7 +248,8 @@ export const AgentErrorEvent = Schema.Struct({
 export const AgentCompleted = Schema.Struct({
   type: Schema.Literal("agent_completed"),
   ...EventBase,
-  status: Schema.Literals(["completed", "failed"]),
+  /** `cancelled`: stopped by its user, or by shutdown past the grace period; `timed_out`: over the run timeout. */
+  status: Schema.Literals(["completed", "failed", "cancelled", "timed_out"]),
   final_response: Schema.String,
   duration_ms: Schema.Number
 })
@@ -219,6 +266,13 @@ export const PartialResult = Schema.Struct({
   delta: Schema.String
 })
 
+/** Why a run was stopped from outside: by its user (`stop_agent`) or by shutdown past the grace period. */
+export const AgentStopped = Schema.Struct({
+  type: Schema.Literal("agent_stopped"),
+  ...EventBase,
+  reason: Schema.Literals(["user_request", "server_shutdown"])
+})
+
 const agentEventMembers = [
   AgentStarted,
   AgentThinking,
@@ -226,7 +280,8 @@ const agentEventMembers = [
   ToolCompleted,
   AgentErrorEvent,
   AgentCompleted,
-  PartialResult
+  PartialResult,
+  AgentStopped
 ] as const
 
 /** Every agent event. Each run ends with exactly one `agent_completed` at depth 0, last. */
@@ -240,7 +295,15 @@ export type EventStamp = "event_id" | "run_id" | "thread_id" | "user_id" | "agen
 export type AgentEventBody = AgentEvent extends infer E ? E extends AgentEvent ? Omit<E, EventStamp> : never : never
 
 /** Every frame a server may send. */
-export const ServerMessage = Schema.Union([ConnectionEstablished, Pong, Authenticated, ProtocolError, ...agentEventMembers]).pipe(
+export const ServerMessage = Schema.Union([
+  ConnectionEstablished,
+  Pong,
+  Authenticated,
+  RunAccepted,
+  RunStopped,
+  ProtocolError,
+  ...agentEventMembers
+]).pipe(
   Schema.toTaggedUnion("type")
 )
 export type ServerMessage = typeof ServerMessage.Type
@@ -255,6 +318,7 @@ const decodeStartAgent = Schema.decodeUnknownResult(StartAgent)
 const decodeUserMessage = Schema.decodeUnknownResult(UserMessage)
 const decodePing = Schema.decodeUnknownResult(Ping)
 const decodeAuthenticate = Schema.decodeUnknownResult(Authenticate)
+const decodeStopAgent = Schema.decodeUnknownResult(StopAgent)
 
 const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
 
@@ -285,6 +349,8 @@ export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError
     ? decodePing(value)
     : type === "authenticate"
     ? decodeAuthenticate(value)
+    : type === "stop_agent"
+    ? decodeStopAgent(value, { errors: "all" })
     : undefined
   if (result === undefined) {
     return {

@@ -11,9 +11,12 @@ import type { UnknownAgentError } from "./AgentRegistry.ts"
 import type { RunEmitter } from "./RunEmitter.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
 
-/** How one agent run ended. */
+/**
+ * How one agent run ended: `completed`, `failed` (with `error`), `cancelled`
+ * (stopped by its user or by shutdown) or `timed_out` (with `error` RUN_TIMEOUT).
+ */
 export interface AgentOutcome {
-  readonly status: "completed" | "failed"
+  readonly status: "completed" | "failed" | "cancelled" | "timed_out"
   readonly final_response: string
   readonly duration_ms: number
   readonly error?: { readonly code: string; readonly message: string }
@@ -25,8 +28,11 @@ export interface AgentInstance {
   readonly depth: number
   readonly context: UserExecutionContext
   /**
-   * Runs the agent: `agent_started` … `agent_completed`. Never fails; a failure,
-   * defect or interruption becomes `agent_error` then `agent_completed {failed}`.
+   * Runs the agent: `agent_started` … `agent_completed`. Never fails: a failure
+   * or defect becomes `agent_error` then `agent_completed {failed}`; an
+   * interruption ends it as the run's stop cause says (`RunEmitter.stopCause`):
+   * at depth 0 `agent_stopped` + `cancelled`, or `agent_error RUN_TIMEOUT` +
+   * `timed_out`; below depth 0 `agent_completed {cancelled}`.
    */
   readonly run: (request: string) => Effect.Effect<AgentOutcome>
 }

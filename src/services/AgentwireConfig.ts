@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { RunLimits } from "./RunAdmission.ts"
 import { Context, Data, type LogLevel, type Option, type Redacted } from "effect"
 
 export interface AgentwireSettings {
@@ -33,6 +34,16 @@ export interface AgentwireSettings {
   readonly maxSocketBufferBytes: number
   /** Unsent bytes all sockets together may hold; past it the socket holding most is dropped first. */
   readonly maxProcessBufferBytes: number
+  /** Run admission limits (see `RunAdmission`). */
+  readonly runLimits: RunLimits
+  /** A run still going after this long ends with `RUN_TIMEOUT` / `timed_out` (`AGENTWIRE_RUN_TIMEOUT_MS`). */
+  readonly runTimeoutMs: number
+  /** At shutdown, runs in flight get this long to finish before they are stopped (`AGENTWIRE_SHUTDOWN_GRACE_MS`). */
+  readonly shutdownGraceMs: number
+  /** Open connections per user; a new one over it closes the user's oldest with 4009 (`AGENTWIRE_MAX_CONNECTIONS_PER_USER`). */
+  readonly maxConnectionsPerUser: number
+  /** Client frames handled per second per connection; faster senders are slowed by pausing reads (`AGENTWIRE_MAX_FRAMES_PER_SECOND`, 0 = unlimited). */
+  readonly maxFramesPerSecond: number
   readonly logLevel: LogLevel.LogLevel
   /** `NODE_ENV=production`. */
   readonly production: boolean

@@ -20,6 +20,9 @@ import type { AgentEventBody } from "../protocol/Protocol.ts"
 import type { AgentOutcome } from "./AgentInstanceFactory.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
 
+/** Why a run is ended from outside: its user stopped it, it ran out of time, or the server shut down past its grace period. */
+export type StopCause = "user_request" | "timeout" | "server_shutdown"
+
 export interface RunEmitter {
   readonly context: UserExecutionContext
   /** Stamps and delivers one event of `agent_name` at `depth`, when run. */
@@ -31,4 +34,8 @@ export interface RunEmitter {
    * `agent_completed` passes, with the root `agent_error` before it if any.
    */
   readonly outcome: () => AgentOutcome | undefined
+  /** Why the run is being interrupted from outside, once someone decided to (the first cause wins). */
+  readonly stopCause: () => StopCause | undefined
+  /** Records why the run is about to be interrupted; a later cause does not replace the first. */
+  readonly setStopCause: (cause: StopCause) => void
 }

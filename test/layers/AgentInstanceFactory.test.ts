@@ -115,16 +115,17 @@ describe("AgentInstanceFactory", () => {
       expect(runInvariants(events)).toEqual([])
     }).pipe(Effect.provide(RecordingRuntime)))
 
-  it.effect("interruption mid-tool still closes the tool call and the run", () =>
+  it.effect("interruption mid-tool still closes the tool call (cancelled) and the run (stopped, cancelled)", () =>
     Effect.gen(function*() {
       const recorded = yield* RecordedEvents
       const fiber = yield* Effect.forkChild(runAgent("hanging-tool", ""))
       const executing = yield* recorded.waitFor((e) => e.type === "tool_executing")
       yield* Fiber.interrupt(fiber)
       const events = yield* recorded.ofRun(executing.run_id)
-      expect(types(events)).toEqual(["agent_started@0", "tool_executing@0", "tool_completed@0", "agent_error@0", "agent_completed@0"])
-      expect(events[2]).toMatchObject({ success: false, results: { status: "error", error: "cancelled" } })
-      expect(events[3]).toMatchObject({ error: { code: "CANCELLED" } })
+      expect(types(events)).toEqual(["agent_started@0", "tool_executing@0", "tool_completed@0", "agent_stopped@0", "agent_completed@0"])
+      expect(events[2]).toMatchObject({ success: false, results: { status: "cancelled", error: "cancelled" } })
+      expect(events[3]).toMatchObject({ reason: "user_request" })
+      expect(events[4]).toMatchObject({ status: "cancelled" })
       expect(runInvariants(events)).toEqual([])
     }).pipe(Effect.provide(RecordingRuntime)))
 

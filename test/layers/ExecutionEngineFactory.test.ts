@@ -74,7 +74,7 @@ describe("ExecutionEngineFactory", () => {
       expect(yield* engines.activeRuns).toBe(0)
     }).pipe(Effect.provide(RecordingRuntime)))
 
-  it.effect("interrupt(run_id) cancels a run mid-flight; it still ends with agent_error and agent_completed", () =>
+  it.effect("interrupt(run_id) stops a run mid-flight; it still ends with agent_stopped and agent_completed cancelled", () =>
     Effect.gen(function*() {
       const engines = yield* ExecutionEngineFactory
       const recorded = yield* RecordedEvents
@@ -91,11 +91,11 @@ describe("ExecutionEngineFactory", () => {
       expect(completed?.type === "agent_completed" && {
         status: completed.status,
         final_response: completed.final_response,
-        duration_ms: completed.duration_ms,
-        error: { code: "CANCELLED", message: "the run was cancelled" }
+        duration_ms: completed.duration_ms
       }).toEqual(outcome)
-      expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_error", "agent_completed"])
-      expect(events.at(-2)).toMatchObject({ error: { code: "CANCELLED" } })
+      expect(outcome.status).toBe("cancelled")
+      expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_stopped", "agent_completed"])
+      expect(events.at(-2)).toMatchObject({ reason: "user_request" })
       expect(runInvariants(events)).toEqual([])
       expect(yield* engines.liveEngines).toBe(0)
     }).pipe(Effect.provide(RecordingRuntime)))
