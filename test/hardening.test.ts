@@ -59,7 +59,7 @@ const makeLogs = () => {
 const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
   Agentwire.layerServer(registry).pipe(
     Layer.provide(logs.layer),
-    Layer.provideMerge(AgentwireConfig.layer({ port: 0, jwtSecret: Option.some(Redacted.make(SECRET)), ...settings }))
+    Layer.provideMerge(AgentwireConfig.layer({ port: 0, jwtSecret: Option.some(Redacted.make(SECRET)), shutdownGraceMs: 200, ...settings }))
   )
 
 const serverUrl = AgentwireServer.useSync((s) => s.url)

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { Effect, Layer, Option } from "effect"
+import { Clock, Effect, Layer, Option } from "effect"
 import { DEFAULT_RUN_LIMITS } from "./AgentwireConfig.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { type Admission, AdmissionError, type AdmittedRun, RunAdmission, type RunLimits } from "../services/RunAdmission.ts"
@@ -43,9 +43,8 @@ export const make = (limits: RunLimits) =>
       }
     }
 
-    const admit = (context: Parameters<RunAdmission["Service"]["admit"]>[0], agent_name: string, fingerprint: string | undefined): Admission => {
+    const admit = (now: number, context: Parameters<RunAdmission["Service"]["admit"]>[0], agent_name: string, fingerprint: string | undefined): Admission => {
       if (!open) throw new AdmissionError({ reason: "shutting_down" })
-      const now = Date.now()
       const key = `${context.user_id}\u0000${context.request_id}`
       if (fingerprint !== undefined) {
         forgetExpired(now)
@@ -78,9 +77,8 @@ export const make = (limits: RunLimits) =>
       }
     }
 
-    const takeStart = (user_id: string) => {
+    const takeStart = (now: number, user_id: string) => {
       if (limits.runStartsPerSecond <= 0) return
-      const now = Date.now()
       const bucket = buckets.get(user_id) ?? { tokens: limits.runStartBurst, at: now }
       bucket.tokens = Math.min(limits.runStartBurst, bucket.tokens + ((now - bucket.at) / 1000) * limits.runStartsPerSecond)
       bucket.at = now
@@ -99,10 +97,11 @@ export const make = (limits: RunLimits) =>
       }
     }
 
-    const attempt = <A>(f: () => A): Effect.Effect<A, AdmissionError> =>
-      Effect.suspend(() => {
+    // the time comes from the Effect clock, so tests can drive windows and buckets with TestClock
+    const attempt = <A>(f: (now: number) => A): Effect.Effect<A, AdmissionError> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
         try {
-          return Effect.succeed(f())
+          return Effect.succeed(f(now))
         } catch (error) {
           if (error instanceof AdmissionError) return Effect.fail(error)
           throw error
@@ -111,8 +110,8 @@ export const make = (limits: RunLimits) =>
 
     return RunAdmission.of({
       limits,
-      admit: (context, agent_name, fingerprint) => attempt(() => admit(context, agent_name, fingerprint)),
-      takeStart: (user_id) => attempt(() => takeStart(user_id)),
+      admit: (context, agent_name, fingerprint) => attempt((now) => admit(now, context, agent_name, fingerprint)),
+      takeStart: (user_id) => attempt((now) => takeStart(now, user_id)),
       close: Effect.sync(() => {
         open = false
       }),
