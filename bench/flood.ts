@@ -157,9 +157,9 @@ const connect = (server: Server, token: string, reading: boolean): Promise<WebSo
     ws.once("error", reject)
   })
 
-/** Server-side drops of the load's sockets, from the log: how many, and when the last one was logged (ms after `t0`). */
-const dropsSince = (server: Server, t0: number, until: number) => {
-  const lines = server.closed.filter((c) => c.at >= t0 && c.at <= until)
+/** Server-side drops of the load's sockets, from the log lines after the first `from`: how many, and when the last one was logged (ms after `t0`). */
+const dropsSince = (server: Server, from: number, t0: number) => {
+  const lines = server.closed.slice(from)
   const last = lines.length === 0 ? 0 : Math.max(...lines.map((c) => c.at)) - t0
   return { count: lines.length, lastS: (last / 1000).toFixed(1) }
 }
@@ -212,7 +212,7 @@ const floodCase = (id: number, name: string, frame: string, heartbeatMs: number)
     const sentAtS = ((Date.now() - t0) / 1000).toFixed(1)
     return {
       didWhat: () => {
-        const drops = dropsSince(server, t0, Date.now())
+        const drops = dropsSince(server, 0, t0)
         const taken = sent - Math.ceil(ws.bufferedAmount / (frame.length + 6))
         return `${drops.count > 0 ? `dropped the flooder at ${drops.lastS} s` : "kept the flooder (not reading it while backed up)"}; ` +
           (sent === FLOOD_FRAMES ? `all ${sent} frames accepted by TCP by ${sentAtS} s` : `TCP accepted ~${Math.max(0, taken)} frames`)
@@ -224,6 +224,7 @@ const floodCase = (id: number, name: string, frame: string, heartbeatMs: number)
 
 /** One round of case 3: 40 paused sockets and a reading one of the same user, which starts the ticker. */
 const tickerRound = async (server: Server, t0: number, deadline: number) => {
+  const from = server.closed.length
   const token = await signToken(USER)
   const sockets = await Promise.all(Array.from({ length: SOCKETS_CASE_3 }, () => connect(server, token, false)))
   for (const ws of sockets) ws.on("error", () => {})
@@ -236,15 +237,18 @@ const tickerRound = async (server: Server, t0: number, deadline: number) => {
     if (text.includes("\"agent_completed\"") || text.includes("\"agent_error\"")) doneAt ??= Date.now() - t0
   })
   driver.send(JSON.stringify({ type: "start_agent", agent: "ticker", user_request: "steps=100000 interval_ms=0" }))
-  while (Date.now() < deadline && !(doneAt !== undefined && dropsSince(server, t0, Date.now()).count >= SOCKETS_CASE_3)) await sleep(20)
-  const drops = dropsSince(server, t0, Date.now())
+  while (Date.now() < deadline && !(doneAt !== undefined && dropsSince(server, from, t0).count >= SOCKETS_CASE_3)) await sleep(20)
+  const drops = dropsSince(server, from, t0)
   const summary = `${drops.count}/${SOCKETS_CASE_3} paused sockets dropped${drops.count > 0 ? ` (last at ${drops.lastS} s)` : ""}, ` +
     `reading socket got ${events} frames${doneAt !== undefined ? `, run done at ${(doneAt / 1000).toFixed(1)} s` : ""}`
   return {
     summary,
-    close: () => {
+    /** Closes the round's sockets; resolves once the server logged all of them closed (or after 3 s). */
+    close: async () => {
       for (const ws of sockets) ws.terminate()
       driver.close()
+      const until = Date.now() + 3000
+      while (server.closed.length < from + SOCKETS_CASE_3 + 1 && Date.now() < until) await sleep(20)
     }
   }
 }
@@ -264,14 +268,14 @@ const cases: ReadonlyArray<CaseSpec> = [
         const start = Date.now()
         const round = await tickerRound(server, start, t0 + slice * (i + 1))
         done.push(`round ${i + 1} (from ${((start - t0) / 1000).toFixed(1)} s): ${round.summary}, RSS peak so far ${mib(peakSoFar)} MiB`)
-        round.close()
+        await round.close()
         await sleep(Math.max(0, t0 + slice * (i + 1) - Date.now()))
       }
       const start = Date.now()
       const last = await tickerRound(server, start, deadline)
       return {
         didWhat: () => [...done, `round ${rounds} (from ${((start - t0) / 1000).toFixed(1)} s): ${last.summary}`].join("; "),
-        close: last.close
+        close: () => void last.close()
       }
     }
   },
