@@ -49,12 +49,14 @@ const fakeSocket = (length: () => number) => {
 const nextTick = () => new Promise<void>((resolve) => process.nextTick(resolve))
 
 describe("SocketOutput: per-socket bound", () => {
-  it("counts the frame about to be written: a frame that would cross the bound destroys the socket and is not queued", () => {
+  it("counts the frame about to be written (bytes plus per-frame overhead): one that would cross the bound destroys the socket and is not queued", () => {
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
     const t = fakeWs()
-    const out = SocketOutput.make(t.ws, undefined, { maxSocketBytes: 100 })
+    const out = SocketOutput.make(t.ws, undefined, { maxSocketBytes: 100 + 2 * O })
     out.send("x".repeat(60))
     expect(t.sent).toHaveLength(1)
-    // 60 waiting + 41 about to be written > 100: previously the check looked only at the 60 already waiting
+    expect(out.buffered()).toBe(60 + O)
+    // 60 + O waiting + 41 + O about to be written > 100 + 2 O: previously the check looked only at the 60 already waiting
     out.send("y".repeat(41))
     expect(t.sent).toHaveLength(1)
     expect(t.terminated()).toBe(1)
@@ -87,14 +89,15 @@ describe("SocketOutput: process budget", () => {
     const outs = sockets.map((t) => SocketOutput.make(t.ws, undefined, { maxSocketBytes: 8 * 1024 * KiB }, budget))
     outs[0]!.send("a".repeat(100 * KiB))
     outs[1]!.send("b".repeat(120 * KiB))
-    expect(budget.tracked()).toBe(220 * KiB)
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
+    expect(budget.tracked()).toBe(220 * KiB + 2 * O)
     expect(sockets.map((t) => t.terminated())).toEqual([0, 0, 0])
     // 220 + 150 > 300: the largest (socket 2, 150 KiB) goes first and the rest fit
     outs[2]!.send("c".repeat(150 * KiB))
     expect(sockets.map((t) => t.terminated())).toEqual([0, 0, 1])
     expect(outs[2]!.closeReason()).toBe("slow_consumer")
     expect(outs[2]!.limit()).toBe("process")
-    expect(budget.tracked()).toBe(220 * KiB)
+    expect(budget.tracked()).toBe(220 * KiB + 2 * O)
     expect(budget.dropped()).toBe(1)
   })
 
@@ -108,7 +111,7 @@ describe("SocketOutput: process budget", () => {
     a.ws.bufferedAmount = 0 // client A read everything
     outB.send("b".repeat(200 * KiB))
     expect([a.terminated(), b.terminated()]).toEqual([0, 0])
-    expect(budget.tracked()).toBe(200 * KiB)
+    expect(budget.tracked()).toBe(200 * KiB + SocketOutput.FRAME_OVERHEAD_BYTES)
   })
 
   it("small sockets are not tracked", () => {
