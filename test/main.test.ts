@@ -109,10 +109,10 @@ describe("src/main.ts", () => {
 
   it.live("SIGINT: a run that finishes within the grace period completes normally; one that does not is stopped (server_shutdown); 1001; exit 0", () =>
     Effect.gen(function*() {
-      const proc = yield* start({ AGENTWIRE_SHUTDOWN_GRACE_MS: "1500" })
+      const proc = yield* start({ AGENTWIRE_SHUTDOWN_GRACE_MS: "4000" })
       const url = yield* proc.printed(/ws:\/\/127\.0\.0\.1:\d+\/ws\?token=\S+/)
       const client = yield* connect(url)
-      client.send({ type: "start_agent", agent: "ticker", user_request: "steps=6 interval_ms=100", request_id: "short" })
+      client.send({ type: "start_agent", agent: "ticker", user_request: "steps=3 interval_ms=50", request_id: "short" })
       client.send({ type: "start_agent", agent: "ticker", user_request: "steps=1000 interval_ms=50", request_id: "long" })
       const short = yield* client.next("run_accepted", (m) => m.request_id === "short")
       const long = yield* client.next("run_accepted", (m) => m.request_id === "long")
