@@ -308,8 +308,28 @@ export const ServerMessage = Schema.Union([
 )
 export type ServerMessage = typeof ServerMessage.Type
 
-/** Decodes one server frame (JSON text) for clients and tests. */
+/** Decodes one server frame (JSON text), strictly: throws on anything this version does not know. For tests. */
 export const decodeServerMessage = Schema.decodeUnknownSync(Schema.fromJsonString(ServerMessage))
+
+const decodeServerResult = Schema.decodeUnknownResult(ServerMessage)
+
+/**
+ * Decodes one server frame (JSON text) the way a client must: a frame this
+ * version does not know (a newer message type, or a newer value in a known
+ * field) gives `undefined`, to be ignored, instead of an error. Protocol v1
+ * grows only by addition, so a client built on this keeps working with newer
+ * servers. Fields a message does not declare are dropped.
+ */
+export const decodeServerFrame = (text: string): ServerMessage | undefined => {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    return undefined
+  }
+  const result = decodeServerResult(value)
+  return result._tag === "Success" ? result.success : undefined
+}
 
 // ---------------------------------------------------------------------------
 // decoding client frames into a message or a protocol error

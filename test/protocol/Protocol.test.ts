@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { decodeClientFrame, decodeServerMessage } from "../../src/protocol/Protocol.ts"
+import { decodeClientFrame, decodeServerFrame, decodeServerMessage } from "../../src/protocol/Protocol.ts"
 
 describe("decodeClientFrame", () => {
   it("decodes the three client messages", () => {
@@ -71,5 +71,19 @@ describe("partial_result", () => {
     expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", delta: "x", ...stamp }))).toThrow(/message_id/)
     expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", message_id: "m", ...stamp }))).toThrow(/delta/)
     expect(() => decodeServerMessage(JSON.stringify({ type: "partial_result", message_id: "m", delta: "x" }))).toThrow()
+  })
+})
+
+describe("decodeServerFrame (the client decoder)", () => {
+  it("ignores what this version does not know instead of failing: new types, new values, new fields", () => {
+    expect(decodeServerFrame(JSON.stringify({ type: "pong", timestamp: "2026-11-30T00:00:00.000Z" }))).toEqual({
+      type: "pong",
+      timestamp: "2026-11-30T00:00:00.000Z"
+    })
+    expect(decodeServerFrame(JSON.stringify({ type: "run_resumed", run_id: "r" }))).toBeUndefined()
+    expect(decodeServerFrame(JSON.stringify({ type: "error", code: "SOME_FUTURE_CODE", message: "m" }))).toBeUndefined()
+    expect(decodeServerFrame("not json")).toBeUndefined()
+    // an added field is dropped, the frame still decodes
+    expect(decodeServerFrame(JSON.stringify({ type: "pong", timestamp: "t", server_epoch: "e1" }))).toEqual({ type: "pong", timestamp: "t" })
   })
 })
