@@ -198,7 +198,7 @@ export const make = Effect.gen(function*() {
       held.holders++
       return held.emitter
     }
-    const emitter = RunEmitterLayer.make(context, bridge.emit)
+    const emitter = RunEmitterLayer.make(context, bridge.emit, bridge.deliverSync)
     emitters.set(context.run_id, { emitter, holders: 1 })
     return emitter
   }

@@ -1,9 +1,10 @@
 /**
  * Builds the `RunEmitter` of one run.
  *
- * Each `emit` effect, when it runs, takes this run's lock, stamps the event
- * (`seq`, `event_id` `<run_id>:<seq>`, timestamp) and runs the sink while still
- * holding the lock, uninterruptibly: `seq` order is delivery order, a stamped
+ * Each `emit` effect, when it runs, stamps the event (`seq`, `event_id`
+ * `<run_id>:<seq>`, timestamp) and delivers it: in one synchronous step when
+ * the bridge delivers synchronously, otherwise under this run's lock,
+ * uninterruptibly: `seq` order is delivery order, a stamped
  * event is always delivered, and an emit interrupted while waiting for the lock
  * takes no `seq`. `event_id` is unique and stable for clients that deduplicate
  * after a reconnect.
@@ -19,10 +20,16 @@ import type { AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 
-/** A run emitter over `sink` (usually `WebSocketBridge.emit`). */
+/**
+ * A run emitter over `sink` (usually `WebSocketBridge.emit`). With
+ * `deliverSync` (a synchronous delivery, e.g. `WebSocketBridge.deliverSync`),
+ * each emit stamps and delivers in one synchronous step: nothing can run
+ * between the two, so no lock is needed.
+ */
 export const make = (
   context: UserExecutionContext,
-  sink: (event: AgentEvent) => Effect.Effect<void>
+  sink: (event: AgentEvent) => Effect.Effect<void>,
+  deliverSync?: (event: AgentEvent) => void
 ): RunEmitter => {
   let seq = 0
   let rootError: AgentOutcome["error"]
@@ -75,7 +82,8 @@ export const make = (
     setStopCause: (cause) => {
       stopCause ??= cause
     },
-    emit: (agent_name, depth, body) =>
-      lock.withPermit(Effect.uninterruptible(Effect.suspend(() => sink(stamp(agent_name, depth, body)))))
+    emit: deliverSync !== undefined
+      ? (agent_name, depth, body) => Effect.sync(() => deliverSync(stamp(agent_name, depth, body)))
+      : (agent_name, depth, body) => lock.withPermit(Effect.uninterruptible(Effect.suspend(() => sink(stamp(agent_name, depth, body)))))
   }
 }

@@ -40,6 +40,7 @@ export const make = Effect.sync(() => {
   return WebSocketBridge.of({
     register: (connection) => Effect.acquireRelease(Effect.sync(() => add(connection)), () => Effect.sync(() => remove(connection))),
     emit: (event) => Effect.sync(() => deliver(event)),
+    deliverSync: deliver,
     connectionCount: (user_id) => Effect.sync(() => user_id === undefined ? total : (byUser.get(user_id)?.length ?? 0))
   })
 })

@@ -24,6 +24,13 @@ export class WebSocketBridge extends Context.Service<WebSocketBridge, {
   readonly register: (connection: BridgeConnection) => Effect.Effect<void, never, Scope.Scope>
   /** Delivers one event to every live connection of `event.user_id`, encoded once. */
   readonly emit: (event: AgentEvent) => Effect.Effect<void>
+  /**
+   * The same delivery as a plain synchronous call, for bridges that deliver
+   * synchronously (the in-memory one). When present, run emitters stamp and
+   * deliver in one synchronous step, with no lock; bridges that need I/O leave
+   * it out and emits of a run are serialised instead.
+   */
+  readonly deliverSync?: ((event: AgentEvent) => void) | undefined
   /** Live connections of one user, or of everyone when `user_id` is omitted. */
   readonly connectionCount: (user_id?: string) => Effect.Effect<number>
 }>()("agentwire/WebSocketBridge") {}

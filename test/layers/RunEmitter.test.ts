@@ -10,6 +10,7 @@ import { Effect, Layer } from "effect"
 import * as fc from "fast-check"
 import * as AgentRegistryLayer from "../../src/layers/AgentRegistry.ts"
 import * as AgentRuntime from "../../src/layers/AgentRuntime.ts"
+import * as WebSocketBridgeMemory from "../../src/layers/WebSocketBridgeMemory.ts"
 import type { AgentEvent } from "../../src/protocol/Protocol.ts"
 import * as Agent from "../../src/services/Agent.ts"
 import { AgentInstanceFactory } from "../../src/services/AgentInstanceFactory.ts"
@@ -73,8 +74,24 @@ const slowAndFast = Agent.make("slow-and-fast", {
     )
 })
 
-const Runtime = AgentRuntime.layer.pipe(
-  Layer.provide(AgentRegistryLayer.layer([scripted, slowAndFast], { defaultAgent: "scripted" })),
+const registry = AgentRegistryLayer.layer([scripted, slowAndFast], { defaultAgent: "scripted" })
+
+/** The in-memory bridge, delivering synchronously: emits stamp and deliver in one step. */
+const Runtime = AgentRuntime.layer.pipe(Layer.provide(registry), Layer.provide(QuietLogs))
+
+/** A bridge whose delivery yields first, as a networked one would: emits of a run go through its lock. */
+const YieldingBridge = Layer.effect(
+  WebSocketBridge,
+  Effect.map(WebSocketBridgeMemory.make, (memory) =>
+    WebSocketBridge.of({
+      register: memory.register,
+      connectionCount: memory.connectionCount,
+      emit: (event) => Effect.andThen(Effect.yieldNow, memory.emit(event))
+    }))
+)
+const YieldingRuntime = AgentRuntime.layerWithoutBridge.pipe(
+  Layer.provideMerge(YieldingBridge),
+  Layer.provide(registry),
   Layer.provide(QuietLogs)
 )
 
@@ -171,7 +188,8 @@ const scriptArb: fc.Arbitrary<ReadonlyArray<Op>> = fc.letrec<{ op: Op; ops: Read
 })).ops
 
 describe("RunEmitter property", () => {
-  it.live("any script: every socket gets seq 1..n, gap-free, in order, with unique event_ids and one root terminal", () =>
+  for (const [name, runtime] of [["synchronous bridge", Runtime], ["bridge that yields before delivering", YieldingRuntime]] as const) {
+  it.live(`${name}: any script gives every socket seq 1..n, gap-free, in order, with unique event_ids and one root terminal`, () =>
     Effect.gen(function*() {
       const runtime = yield* Effect.context<ExecutionEngineFactory | WebSocketBridge>()
       yield* Effect.promise(() =>
@@ -187,5 +205,6 @@ describe("RunEmitter property", () => {
           { numRuns: 150, verbose: 1 }
         )
       )
-    }).pipe(Effect.provide(Runtime)), 60_000)
+    }).pipe(Effect.provide(runtime)), 60_000)
+  }
 })
