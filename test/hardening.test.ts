@@ -3,7 +3,7 @@
  * that showed it, over a real server on a free loopback port.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Logger, Option, Redacted, References, Schedule, Scope } from "effect"
+import { Effect, Exit, Fiber, Layer, Logger, Option, Redacted, References, Schedule, Scope } from "effect"
 import { SignJWT } from "jose"
 import { connect as netConnect } from "node:net"
 import WebSocket from "ws"
@@ -190,6 +190,32 @@ describe("fault 4: a live client is not taken for dead", () => {
       expect(client.ws.readyState).toBe(WebSocket.OPEN)
     }).pipe(Effect.provide(serverLayer({ heartbeatIntervalMs: 200, maxFramesPerSecond: 0 })), Effect.scoped), 60_000)
 
+  it.live("a client slowly reading a multi-megabyte backlog out of the kernel's buffers is alive (review finding: its ping waits behind the data)", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const client = yield* connectAs("slow-drainer")
+      const RUNS = 40
+      const big = "x".repeat(60_000)
+      // read at most 64 KiB every 50 ms (about 1.3 MB/s): in paused mode each read() still reaches the client's 'data' listener
+      const socket = (client.ws as unknown as { _socket: { pause(): void; read(n?: number): Buffer | null } })._socket
+      socket.pause()
+      const throttle = setInterval(() => {
+        if (socket.read(64 * 1024) === null) socket.read()
+      }, 50)
+      for (let i = 0; i < RUNS; i++) client.send({ type: "start_agent", agent: "echo", user_request: big, request_id: `big-${i}` })
+      yield* Effect.addFinalizer(() => Effect.sync(() => clearInterval(throttle)))
+      yield* client.count("agent_completed", RUNS).pipe(Effect.tapDefect(() => Effect.sync(() => console.log(logs.lines.filter((l) => l.includes("closed")).join("\n")))))
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(
+      Effect.provide(serverLayer({
+        heartbeatIntervalMs: 500,
+        maxFramesPerSecond: 0,
+        runLimits: { ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 0, maxRunsPerUser: 100 }
+      }, logs)),
+      Effect.scoped
+    )
+  }, 60_000)
+
   it.live("a socket that makes no progress at all is still dropped (reason heartbeat_timeout)", () => {
     const logs = makeLogs()
     return Effect.gen(function*() {
@@ -227,6 +253,31 @@ describe("fault 5: admission closes before shutdown interrupts runs", () => {
       expect(refused.every((m) => m.type === "error" && m.request_id !== undefined)).toBe(true)
     }), 30_000)
 
+  it.live("during the drain the port stays open: /ready answers 503 shutting_down and POST /api/runs 503 SHUTTING_DOWN with Retry-After (review finding)", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(serverLayer({ shutdownGraceMs: 3000 }), scope)
+      const client = yield* connectAs("drainer").pipe(Effect.provide(context))
+      client.send({ type: "start_agent", agent: "slow-to-stop", user_request: "hold" })
+      yield* client.next("tool_executing")
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const ready = yield* readyUntil((body) => body.status === "shutting_down").pipe(Effect.provide(context))
+      expect(ready.status).toBe(503)
+      const url = yield* serverUrl.pipe(Effect.provide(context))
+      const token = yield* tokenFor("drainer").pipe(Effect.provide(context))
+      const res = yield* Effect.promise(() =>
+        fetch(`${url}/api/runs`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ agent: "echo", user_request: "hi" })
+        }).then(async (r) => ({ status: r.status, retryAfter: r.headers.get("retry-after"), body: await r.json() as Record<string, any> }))
+      )
+      expect(res).toMatchObject({ status: 503, body: { error: { code: "SHUTTING_DOWN" } } })
+      expect(Number(res.retryAfter)).toBeGreaterThan(0)
+      yield* Fiber.join(closing)
+      expect((yield* client.closed).code).toBe(1001)
+    }), 30_000)
+
   it.live("POST /api/runs after shutdown began: 503 SHUTTING_DOWN", () =>
     Effect.gen(function*() {
       const { ExecutionEngineFactory } = yield* Effect.promise(() => import("../src/services/ExecutionEngineFactory.ts"))
@@ -260,6 +311,14 @@ describe("fault 7: the auth policy on live sockets", () => {
       const bad = yield* client.next("error", (e) => e.request_id === "auth-3")
       expect(bad).toMatchObject({ code: "AUTH_FAILED" })
       expect(bad.message).not.toContain("not-a-jwt")
+      client.send({ type: "ping" })
+      yield* client.next("pong")
+      // an exp beyond what a Date can hold (review finding: it threw and left a zombie connection)
+      const farFuture = yield* Effect.promise(() =>
+        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("refresher").setExpirationTime(1e13).sign(new TextEncoder().encode(SECRET))
+      )
+      client.send({ type: "authenticate", token: farFuture, request_id: "auth-4" })
+      expect(yield* client.next("error", (e) => e.request_id === "auth-4")).toMatchObject({ code: "AUTH_FAILED" })
       client.send({ type: "ping" })
       yield* client.next("pong")
     }).pipe(Effect.provide(serverLayer({})), Effect.scoped))

@@ -125,6 +125,9 @@ const jwksReasonOf = (error: unknown): AuthErrorReason => {
 }
 
 /** `Auth` over a known secret and, optionally, a JWKS URL. */
+/** The largest time a `Date` can hold (year 275760), in ms. */
+const MAX_DATE_MS = 8.64e15
+
 export const make = (secret: Redacted.Redacted<string>, policy: AuthJwtPolicy = {}) => {
   const key = new TextEncoder().encode(Redacted.value(secret))
   const clockSkewSeconds = policy.clockSkewSeconds ?? 30
@@ -159,8 +162,10 @@ export const make = (secret: Redacted.Redacted<string>, policy: AuthJwtPolicy = 
       if (typeof payload.sub !== "string" || !isUserId(payload.sub)) {
         return yield* new AuthError({ reason: "invalid_subject" })
       }
-      // requiredClaims and the exp check guarantee a number here
+      // requiredClaims and the exp check guarantee a number here; one past any real date
+      // (beyond what a Date can hold) is not a real expiry: refused as malformed
       const expires_at = (payload.exp ?? 0) * 1000
+      if (!Number.isFinite(expires_at) || expires_at > MAX_DATE_MS) return yield* new AuthError({ reason: "malformed" })
       yield* Effect.annotateCurrentSpan({ user_id: payload.sub })
       return { user_id: payload.sub, expires_at } satisfies VerifiedToken
     }, Effect.tapError((error) => Effect.annotateCurrentSpan({ "auth.refusal": error.reason }))),

@@ -51,9 +51,13 @@ export interface RouteOptions {
   readonly readiness: Effect.Effect<Readiness>
 }
 
-/** `application/json`, with or without parameters such as `charset=utf-8`. */
-const isJson = (contentType: string | undefined): boolean =>
-  /^application\/json\s*(;|$)/i.test(contentType?.trim() ?? "")
+/** `application/json`, with no charset or `charset=utf-8` (the body is read as UTF-8). */
+const isJson = (contentType: string | undefined): boolean => {
+  const value = contentType?.trim() ?? ""
+  if (!/^application\/json\s*(;|$)/i.test(value)) return false
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(value)?.[1]
+  return charset === undefined || /^utf-?8$/i.test(charset)
+}
 
 const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"] as const
 
@@ -202,6 +206,11 @@ export const make = (options: RouteOptions) =>
       notAllowed("/health", "GET"),
       notAllowed("/ready", "GET"),
       notAllowed("/api/runs", "POST"),
-      notAllowed("/ws", "GET")
+      notAllowed("/ws", "GET"),
+      // the WebSocket endpoint asked without Upgrade: say how to use it
+      HttpRouter.add("GET", "/ws", HttpServerResponse.jsonUnsafe(
+        { error: { code: "UPGRADE_REQUIRED", message: "GET /ws is the WebSocket endpoint: open a WebSocket (Upgrade: websocket)" } },
+        { status: 426, headers: { upgrade: "websocket", connection: "Upgrade" } }
+      ))
     )
   })

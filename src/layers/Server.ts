@@ -12,10 +12,9 @@
  * Every frame to a socket takes its one write path (`SocketOutput`): the
  * per-socket bound, the process-wide budget of unsent bytes and corking.
  *
- * Every `heartbeatIntervalMs` each socket is pinged; one that made no progress
- * at all since the previous sweep (no pong, no byte read, no backlog drained,
- * and no frame of its own handled while the server held its reading paused)
- * is terminated (`heartbeat_timeout`).
+ * Every `heartbeatIntervalMs` each socket is judged (`Heartbeat.judge`) and
+ * pinged once its previous ping was answered; one that made no progress at all
+ * and whose ping is overdue is terminated (`heartbeat_timeout`).
  *
  * A user's connections are capped (`maxConnectionsPerUser`): a new one over
  * the cap is accepted and the user's oldest is closed with 4009, so reloading
@@ -31,7 +30,7 @@
  * @module
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Deferred, Effect, FiberSet, Layer, Option, Schedule, Scope } from "effect"
+import { Deferred, Effect, Exit, FiberSet, Layer, Option, Schedule, Scope } from "effect"
 import { HttpRouter } from "effect/http"
 import { createServer, type IncomingMessage, STATUS_CODES } from "node:http"
 import { Socket } from "node:net"
@@ -45,6 +44,7 @@ import { isOriginAllowed } from "../services/OriginPolicy.ts"
 import { RunAdmission } from "../services/RunAdmission.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import * as Heartbeat from "./Heartbeat.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
 import * as SocketOutput from "./SocketOutput.ts"
 import * as WebSocketConnection from "./WebSocketConnection.ts"
@@ -100,38 +100,21 @@ export const targetOf = (target: string | undefined): URL | undefined => {
   }
 }
 
-/** What the heartbeat remembered of a connection at the previous sweep. */
-interface Marks {
-  readonly bytesRead: number
-  readonly dispatched: number
-  readonly backlog: number
-  readonly handled: number
-}
-
-const marksOf = (connection: WebSocketConnection.Connection): Marks => {
+/** What the heartbeat sees of a connection now. */
+const observe = (connection: WebSocketConnection.Connection, at: number): Heartbeat.Observation => {
   const socket = connection.socket as Duplex & { readonly bytesRead?: number; readonly bytesWritten?: number }
   const backlog = socket.writableLength
   return {
+    at,
+    pong: connection.liveness.pong,
     bytesRead: socket.bytesRead ?? 0,
     // bytes the kernel took (Node counts queued bytes in bytesWritten)
     dispatched: (socket.bytesWritten ?? 0) - backlog,
     backlog,
-    handled: connection.liveness.handled
+    handled: connection.liveness.handled,
+    pausedForInbox: connection.liveness.pausedForInbox
   }
 }
-
-/**
- * A connection is alive when, since the previous sweep, it answered a ping, sent
- * anything, drained part of a backlog it had, or had frames handled while the
- * server itself held its reading paused. Only a connection with no progress at
- * all is dead.
- */
-export const isAlive = (connection: WebSocketConnection.Connection, previous: Marks | undefined, now: Marks): boolean =>
-  previous === undefined ||
-  connection.liveness.pong ||
-  now.bytesRead !== previous.bytesRead ||
-  (previous.backlog > 0 && now.dispatched !== previous.dispatched) ||
-  (connection.liveness.pausedForInbox && now.handled !== previous.handled)
 
 /** Listens on the configured host and port; requires the agent runtime, auth and config. */
 export const layer: Layer.Layer<
@@ -145,7 +128,6 @@ export const layer: Layer.Layer<
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
     const bridge = yield* WebSocketBridge
-    const scope = yield* Scope.Scope
     // every connection and handshake fiber lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission>()
     let shuttingDown = false
@@ -212,7 +194,10 @@ export const layer: Layer.Layer<
       readiness
     })
     const httpEffect = yield* HttpRouter.toHttpEffect(routes)
-    const onRequest = yield* NodeHttpServer.makeHandler(httpEffect, { scope })
+    // HTTP requests run in a scope of their own, closed last at shutdown: during the drain the
+    // routes still answer (/ready 503, new runs SHUTTING_DOWN) instead of failing with the layer's scope
+    const httpScope = yield* Scope.make()
+    const onRequest = yield* NodeHttpServer.makeHandler(httpEffect, { scope: httpScope })
 
     const connections = new Set<WebSocketConnection.Connection>()
     const allClosed = yield* Deferred.make<void>()
@@ -224,23 +209,25 @@ export const layer: Layer.Layer<
       handleProtocols: WebSocketConnection.selectProtocol
     })
 
-    // what each connection looked like at the previous sweep
-    const marks = new WeakMap<WebSocketConnection.Connection, Marks>()
+    // what the heartbeat remembers of each connection between sweeps
+    const beats = new WeakMap<WebSocketConnection.Connection, Heartbeat.State>()
     // in slices, yielding between them: one sweep over many sockets must not stall every other connection
     const heartbeat = Effect.gen(function*() {
       let n = 0
       for (const connection of Array.from(connections)) {
-        const now = marksOf(connection)
-        if (!isAlive(connection, marks.get(connection), now)) {
+        const verdict = Heartbeat.judge(beats.get(connection), observe(connection, performance.now()), config.heartbeatIntervalMs)
+        if (verdict._tag === "Dead") {
           connection.output.destroy("heartbeat_timeout")
         } else {
-          connection.liveness.pong = false
-          try {
-            connection.ws.ping()
-          } catch {
-            connection.output.destroy("heartbeat_timeout")
+          beats.set(connection, verdict.state)
+          if (verdict.ping) {
+            connection.liveness.pong = false
+            try {
+              connection.ws.ping()
+            } catch {
+              connection.output.destroy("heartbeat_timeout")
+            }
           }
-          marks.set(connection, marksOf(connection))
         }
         if (++n % HEARTBEAT_SLICE === 0) yield* Effect.yieldNow
       }
@@ -346,10 +333,10 @@ export const layer: Layer.Layer<
       }),
       () =>
         Effect.gen(function*() {
-          // admission first: from here no run starts, so every run that did start is drained or stopped below
+          // admission first: from here no run starts, so every run that did start is drained or stopped below.
+          // The port stays open during the drain: load balancers see /ready 503, late starts get SHUTTING_DOWN.
           shuttingDown = true
           yield* engines.closeAdmission
-          httpServer.close()
           const active = yield* engines.activeRuns
           if (active > 0) {
             yield* Effect.logInfo("draining").pipe(Effect.annotateLogs({ active_runs: active, grace_ms: config.shutdownGraceMs }))
@@ -362,7 +349,9 @@ export const layer: Layer.Layer<
             yield* Deferred.await(allClosed).pipe(Effect.timeoutOption(CLOSE_GRACE))
             for (const connection of connections) connection.output.destroy("server_shutdown")
           }
+          httpServer.close()
           httpServer.closeAllConnections()
+          yield* Scope.close(httpScope, Exit.void)
         })
     )
     const host = config.host.includes(":") ? `[${config.host}]` : config.host

@@ -36,6 +36,7 @@ export type CloseReason =
   | "server_shutdown"
   | "replaced"
   | "protocol_error"
+  | "server_error"
 
 /**
  * Memory a queued frame costs beyond its bytes (write requests, buffer

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { type Cause, Effect, FiberHandle, FiberSet, Queue } from "effect"
+import { Cause, Effect, FiberHandle, FiberSet, Queue } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
@@ -77,6 +77,9 @@ export interface ConnectionOptions {
 
 /** Close code for a connection whose token expired without a refresh. */
 export const CLOSE_TOKEN_EXPIRED = 4001
+
+/** ISO 8601 of a time in ms; never throws (a time a Date cannot hold gives the largest one). */
+const isoOf = (ms: number): string => new Date(Number.isFinite(ms) ? Math.min(Math.max(ms, -8.64e15), 8.64e15) : 8.64e15).toISOString()
 
 /** Longest single sleep of the expiry timer (timers overflow past 2^31-1 ms). */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -208,7 +211,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             : Effect.gen(function*() {
               expiresAt = next.expires_at
               yield* FiberHandle.run(expiry, watchExpiry)
-              reply({ type: "authenticated", user_id, expires_at: new Date(next.expires_at).toISOString(), ...withRequestId(request_id) })
+              reply({ type: "authenticated", user_id, expires_at: isoOf(next.expires_at), ...withRequestId(request_id) })
             })
         ),
         Effect.catchTag("AuthError", (error) =>
@@ -309,7 +312,14 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         return typeof frame === "string"
           ? handle(decodeClientFrame(frame))
           : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
-      })).pipe(
+      }).pipe(
+        // a bug in handling one frame answers that frame and the connection lives on; it never dies silently
+        Effect.catchDefect((defect) =>
+          Effect.andThen(
+            refuse({ type: "error", code: "INTERNAL", message: "the server failed to handle this frame; the connection stays open" }),
+            Effect.logError("frame handler failed").pipe(Effect.annotateLogs({ defect: String(defect).slice(0, 200) }))
+          ))
+      )).pipe(
         // while the client does not read what it is sent, its frames wait (and its socket stops being read)
         Effect.andThen(output.drained)
       ))
@@ -328,6 +338,11 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     )
   }).pipe(
     Effect.scoped,
-    Effect.onInterrupt(() => Effect.sync(() => output.destroy("server_shutdown")))
+    Effect.onInterrupt(() => Effect.sync(() => output.destroy("server_shutdown"))),
+    Effect.tapCause((cause) =>
+      Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("connection failed", Cause.pretty(cause).slice(0, 2000))
+    ),
+    // however the fiber ends, its socket ends with it: no connection outlives its handler
+    Effect.ensuring(Effect.sync(() => output.destroy("server_error")))
   )
 }

@@ -163,7 +163,9 @@ export const ErrorCode = Schema.Literals([
   // the user started runs faster than their budget; retry after `retry_after_ms`
   "RATE_LIMITED",
   // the request_id was used within the idempotency window for a different request
-  "REQUEST_ID_CONFLICT"
+  "REQUEST_ID_CONFLICT",
+  // the server failed to handle the frame (a bug); the connection stays open
+  "INTERNAL"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 

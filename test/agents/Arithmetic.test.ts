@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Schema } from "effect"
+import * as fc from "fast-check"
 import {
   evaluate,
   extractExpression,
@@ -318,5 +319,32 @@ describe("formatNumber", () => {
   it("removes floating-point noise", () => {
     expect(formatNumber(0.1 + 0.2)).toBe("0.3")
     expect(formatNumber(14)).toBe("14")
+  })
+})
+
+describe("review findings: answers reported as successes must be right", () => {
+  it("integers are never rounded; other values lose only binary noise", () => {
+    expect(formatNumber(1234567890123 + 1)).toBe("1234567890124")
+    expect(formatNumber(2 ** 53)).toBe("9007199254740992")
+    expect(formatNumber(99999999999999)).toBe("99999999999999")
+    expect(formatNumber(123456789012345)).toBe("123456789012345")
+    expect(formatNumber(0.1 + 0.2)).toBe("0.3")
+    expect(formatNumber(7 / 3)).toBe("2.33333333333333")
+  })
+
+  it("a formatted result reads back as the value (integers exactly, others within 15 significant digits)", () => {
+    fc.assert(
+      fc.property(fc.double({ noNaN: true, noDefaultInfinity: true }), (v) => {
+        const back = Number(formatNumber(v))
+        if (Number.isInteger(v)) return back === v || (Object.is(v, -0) && back === 0)
+        return Math.abs(back - v) <= Math.abs(v) * 1e-14
+      })
+    )
+  })
+
+  it("arithmetic beats a bare number: \"In 2024, what is 1+1?\" is 1+1", () => {
+    expect(extractExpression("In 2024, what is 1+1?")).toBe("1+1")
+    expect(extractExpression("room 12345 and 2*3")).toBe("2*3")
+    expect(extractExpression("the year 2024")).toBe("2024")
   })
 })
