@@ -35,6 +35,12 @@
 import { Effect, Layer, Logger, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
+import * as AgentwireConfigLayer from "../src/layers/AgentwireConfig.ts"
+
+/** Admission limits out of the way: the bench measures the runtime, not its refusals. */
+const unlimited = AgentwireConfigLayer.layer({
+  runLimits: { ...AgentwireConfigLayer.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1_000_000, maxRuns: 1_000_000, runStartsPerSecond: 0 }
+})
 import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../src/services/WebSocketBridge.ts"
@@ -134,7 +140,7 @@ const allocAndRun = Effect.gen(function*() {
     )
   )
   return { alloc, run }
-}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry]))))
+}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry, unlimited]))))
 
 const startAndAwait = Effect.gen(function*() {
   const factory = yield* ExecutionEngineFactory
@@ -147,7 +153,7 @@ const startAndAwait = Effect.gen(function*() {
       return yield* handle.await
     })
   )
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimited]))))
 
 /** Concurrent sleepers and paced runs: fewer in a smoke run. */
 const SLEEPERS = repeat ? 1000 : 200
@@ -217,7 +223,7 @@ const agentwirePaced = Effect.gen(function*() {
   if (!repeat) return yield* once
   const xs = [yield* once, yield* once, yield* once]
   return xs.sort((a, b) => a - b)[1]!
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimited]))))
 
 /** The baseline server's run loop (bench/baseline-server.ts `tick`), delivering to one socket that drops frames. */
 const baselinePacedOnce = () =>

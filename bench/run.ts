@@ -177,7 +177,7 @@ const params: Params = quick
     logLevel: logLevelArg
   }
 
-const WATCHDOG_MS = quick ? 40_000 : 298_000
+const WATCHDOG_MS = quick ? 150_000 : 298_000
 const GIB = 1024 * 1024 * 1024
 const NOFILE = 200_000
 const PHASE_TIMEOUT_MS = quick ? 8000 : 30_000
@@ -243,6 +243,12 @@ const startServer = async (
         AGENTWIRE_JWT_SECRET: BENCH_SECRET,
         AGENTWIRE_LOG_LEVEL: params.logLevel,
         AGENTWIRE_MAX_MESSAGE_BYTES: "65536",
+        // admission limits out of the way: the bench measures delivery, not refusals
+        AGENTWIRE_MAX_RUNS_PER_USER: "10000",
+        AGENTWIRE_MAX_RUNS: "1000000",
+        AGENTWIRE_RUN_STARTS_PER_SECOND: "0",
+        AGENTWIRE_MAX_FRAMES_PER_SECOND: "0",
+        AGENTWIRE_MAX_CONNECTIONS_PER_USER: "10000",
         AGENTWIRE_HEARTBEAT_MS: name === "agentwire" ? "0" : String(HEARTBEAT_MS),
         BENCH_LOOP_DELAY: name === "agentwire" ? "0" : "1",
         NODE_ENV: "production"

@@ -387,30 +387,65 @@ describe("on the TestClock", () => {
       expect(yield* engines.activeRuns).toBe(0)
     }).pipe(Effect.provide(RecordingRuntime.pipe(Layer.provide(AgentwireConfig.layer({ runTimeoutMs: 1000 }))))))
 
-  it.effect("the start budget refills at the configured rate", () =>
+  it.effect("an ended run is remembered small: a duplicate's outcome keeps at most 256 characters of a 60 KB answer (review finding)", () =>
+    Effect.gen(function*() {
+      const engines = yield* ExecutionEngineFactory
+      const context = yield* UserExecutionContext.make({ user_id: "big", request_id: "big-1" })
+      const big = "y".repeat(60_000)
+      const first = yield* engines.start(context, "echo", big, { idempotent: true })
+      expect((yield* first.await).final_response.length).toBeGreaterThanOrEqual(60_000)
+      const again = yield* engines.start({ ...context, run_id: "run_again" }, "echo", big, { idempotent: true })
+      expect(again.duplicate).toBe(true)
+      expect((yield* again.await).final_response.length).toBeLessThanOrEqual(257)
+    }).pipe(Effect.provide(RecordingRuntime)))
+
+  it.effect("the start budget refills at the configured rate; refused and repeated starts spend nothing", () =>
     Effect.gen(function*() {
       const admission = yield* RunAdmission
-      yield* admission.takeStart("u")
-      yield* admission.takeStart("u")
-      const refused = yield* Effect.flip(admission.takeStart("u"))
+      const admit = (user_id: string, request_id?: string) =>
+        Effect.flatMap(UserExecutionContext.make({ user_id, request_id }), (context) =>
+          admission.admit(context, "echo", {
+            rateLimited: true,
+            ...(request_id === undefined ? {} : { idempotency: { fingerprint: "p", threadGiven: false } })
+          }))
+      yield* admit("u", "first")
+      yield* admit("u")
+      const refused = yield* Effect.flip(admit("u"))
       expect(refused).toMatchObject({ reason: "rate_limited", retry_after_ms: 500 })
+      // a repeat of an accepted request_id is its duplicate, never rate-limited (review finding)
+      expect((yield* admit("u", "first"))._tag).toBe("Duplicate")
       yield* TestClock.adjust("499 millis")
-      expect((yield* Effect.flip(admission.takeStart("u"))).reason).toBe("rate_limited")
+      expect((yield* Effect.flip(admit("u"))).reason).toBe("rate_limited")
       yield* TestClock.adjust("1 millis")
-      yield* admission.takeStart("u")
+      yield* admit("u")
       // another user has a budget of their own
-      yield* admission.takeStart("v")
-    }).pipe(Effect.provide(RunAdmissionMemory.layer({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 2, runStartBurst: 2 }))))
+      yield* admit("v")
+    }).pipe(Effect.provide(RunAdmissionMemory.layer({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, maxRunsPerUser: 100, runStartsPerSecond: 2, runStartBurst: 2 }))))
 
-  it.effect("a request_id is remembered for the idempotency window, then forgotten", () =>
+  it.effect("a start refused for the run limit spends no start budget (review finding)", () =>
+    Effect.gen(function*() {
+      const admission = yield* RunAdmission
+      const admit = Effect.flatMap(UserExecutionContext.make({ user_id: "u" }), (context) => admission.admit(context, "echo", { rateLimited: true }))
+      const first = yield* admit
+      for (let i = 0; i < 9; i++) expect((yield* Effect.flip(admit)).reason).toBe("run_limit")
+      if (first._tag === "Admitted") yield* first.release
+      expect((yield* admit)._tag).toBe("Admitted")
+    }).pipe(Effect.provide(RunAdmissionMemory.layer({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1, runStartsPerSecond: 1, runStartBurst: 2 }))))
+
+  it.effect("a request_id is remembered for the idempotency window, then forgotten; a retry naming the original thread is its duplicate", () =>
     Effect.gen(function*() {
       const admission = yield* RunAdmission
       const context = yield* UserExecutionContext.make({ user_id: "u", request_id: "r-1" })
-      const first = yield* admission.admit(context, "echo", "payload")
+      const idem = (threadGiven: boolean) => ({ idempotency: { fingerprint: "payload", threadGiven } })
+      const first = yield* admission.admit(context, "echo", idem(false))
       expect(first._tag).toBe("Admitted")
       if (first._tag === "Admitted") yield* first.release
-      expect((yield* admission.admit({ ...context, run_id: "run_2" }, "echo", "payload"))._tag).toBe("Duplicate")
+      expect((yield* admission.admit({ ...context, run_id: "run_2", thread_id: "t-other" }, "echo", idem(false)))._tag).toBe("Duplicate")
+      // the retry names the thread its run_accepted gave (review finding)
+      expect((yield* admission.admit({ ...context, run_id: "run_2" }, "echo", idem(true)))._tag).toBe("Duplicate")
+      expect((yield* Effect.flip(admission.admit({ ...context, run_id: "run_2", thread_id: "t-other" }, "echo", idem(true)))).reason)
+        .toBe("request_id_conflict")
       yield* TestClock.adjust("60 seconds")
-      expect((yield* admission.admit({ ...context, run_id: "run_3" }, "echo", "payload"))._tag).toBe("Admitted")
+      expect((yield* admission.admit({ ...context, run_id: "run_3" }, "echo", idem(false)))._tag).toBe("Admitted")
     }).pipe(Effect.provide(RunAdmissionMemory.layer({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, idempotencyWindowMs: 60_000 }))))
 })

@@ -16,6 +16,7 @@
  * @module
  */
 import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
+import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { ExecutionEngineFactory, type RunHandle, type RunState, type StartOptions, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
@@ -25,8 +26,11 @@ import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 
-/** Ended runs remembered (for `runState` and duplicate starts), oldest forgotten first. */
+/** Ended runs remembered (for `runState` and duplicate starts), oldest forgotten first: about 400 bytes each. */
 export const MAX_ENDED_RUNS = 100_000
+
+/** Characters of an ended run's answer kept for a duplicate start's `await`. */
+const MAX_REMEMBERED_RESPONSE = 256
 
 const cancelledOutcome: AgentOutcome = {
   status: "cancelled",
@@ -112,16 +116,23 @@ export const make = Effect.gen(function*() {
       () => Effect.sync(() => void liveEngines--)
     )
 
+  // an ended run is remembered small: its answer is cut to MAX_REMEMBERED_RESPONSE characters
   const remember = (run: ActiveRun, outcome: AgentOutcome) => {
-    ended.set(run.context.run_id, { user_id: run.context.user_id, thread_id: run.context.thread_id, agent_name: run.agent_name, outcome })
+    const small = outcome.final_response.length <= MAX_REMEMBERED_RESPONSE
+      ? outcome
+      : { ...outcome, final_response: `${outcome.final_response.slice(0, MAX_REMEMBERED_RESPONSE)}…` }
+    ended.set(run.context.run_id, { user_id: run.context.user_id, thread_id: run.context.thread_id, agent_name: run.agent_name, outcome: small })
     if (ended.size > MAX_ENDED_RUNS) ended.delete(ended.keys().next().value!)
   }
 
   const start = (context: UserExecutionContext, agent_name: string | undefined, request: string, options?: StartOptions) =>
     Effect.gen(function*() {
       const resolved = yield* instances.resolve(agent_name)
-      const fingerprint = options?.idempotent === true ? JSON.stringify([resolved, options.payloadKey ?? "", request]) : undefined
-      const admitted = yield* admission.admit(context, resolved, fingerprint)
+      // a hash, not the request: remembered requests cost the same whatever their size
+      const idempotency = options?.idempotent === true
+        ? { fingerprint: createHash("sha256").update(JSON.stringify([resolved, request])).digest("base64"), threadGiven: options.threadGiven === true }
+        : undefined
+      const admitted = yield* admission.admit(context, resolved, { idempotency, rateLimited: options?.rateLimited })
       if (admitted._tag === "Duplicate") {
         const { agent_name: original, request_id, run_id, thread_id } = admitted.run
         const info = { run_id, thread_id, request_id, agent_name: original, duplicate: true }

@@ -26,7 +26,7 @@ import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResp
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth, bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
-import { type AdmissionError, RunAdmission } from "../services/RunAdmission.ts"
+import type { AdmissionError } from "../services/RunAdmission.ts"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 
@@ -81,7 +81,6 @@ export const make = (options: RouteOptions) =>
   Effect.gen(function*() {
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
-    const admission = yield* RunAdmission
     const instances = yield* AgentInstanceFactory
 
     const health = HttpRouter.add("GET", "/health", HttpServerResponse.jsonUnsafe({ status: "ok" }))
@@ -168,11 +167,10 @@ export const make = (options: RouteOptions) =>
 
         const context = yield* Effect.result(UserExecutionContext.make({ user_id, thread_id: message.thread_id, request_id: message.request_id }))
         if (context._tag === "Failure") return problem(400, "INVALID_MESSAGE", context.failure.message)
-        const limited = yield* Effect.result(admission.takeStart(user_id))
-        if (limited._tag === "Failure") return admissionProblem(limited.failure)
         const started = yield* Effect.result(engines.start(context.success, message.agent, message.user_request, {
           idempotent: message.request_id !== undefined,
-          payloadKey: message.thread_id ?? ""
+          threadGiven: message.thread_id !== undefined,
+          rateLimited: true
         }))
         if (started._tag === "Failure") {
           return started.failure._tag === "AdmissionError"

@@ -12,9 +12,9 @@
 import { Clock, Effect, Layer, Option } from "effect"
 import { DEFAULT_RUN_LIMITS } from "./AgentwireConfig.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
-import { type Admission, AdmissionError, type AdmittedRun, RunAdmission, type RunLimits } from "../services/RunAdmission.ts"
+import { type Admission, AdmissionError, type AdmitOptions, type AdmittedRun, RunAdmission, type RunLimits } from "../services/RunAdmission.ts"
 
-/** Client request ids remembered at most (about 200 bytes each). */
+/** Client request ids remembered at most (about 300 bytes each: ids and a SHA-256 fingerprint). */
 export const MAX_REMEMBERED_REQUESTS = 100_000
 
 /** Token buckets kept at most before full ones are swept. */
@@ -43,20 +43,24 @@ export const make = (limits: RunLimits) =>
       }
     }
 
-    const admit = (now: number, context: Parameters<RunAdmission["Service"]["admit"]>[0], agent_name: string, fingerprint: string | undefined): Admission => {
+    const admit = (now: number, context: Parameters<RunAdmission["Service"]["admit"]>[0], agent_name: string, options: AdmitOptions | undefined): Admission => {
       if (!open) throw new AdmissionError({ reason: "shutting_down" })
+      const fingerprint = options?.idempotency?.fingerprint
       const key = `${context.user_id}\u0000${context.request_id}`
       if (fingerprint !== undefined) {
         forgetExpired(now)
         const seen = requests.get(key)
         if (seen !== undefined && seen.expiresAt > now) {
-          if (seen.fingerprint !== fingerprint) throw new AdmissionError({ reason: "request_id_conflict" })
+          const sameThread = options?.idempotency?.threadGiven !== true || context.thread_id === seen.run.thread_id
+          if (seen.fingerprint !== fingerprint || !sameThread) throw new AdmissionError({ reason: "request_id_conflict" })
           return { _tag: "Duplicate", run: seen.run }
         }
       }
       const mine = perUser.get(context.user_id) ?? 0
       if (mine >= limits.maxRunsPerUser) throw new AdmissionError({ reason: "run_limit", limit: limits.maxRunsPerUser })
       if (total >= limits.maxRuns) throw new AdmissionError({ reason: "server_busy", limit: limits.maxRuns, retry_after_ms: 1000 })
+      // the budget is spent last: a refused start costs nothing
+      if (options?.rateLimited === true) takeStart(now, context.user_id)
       perUser.set(context.user_id, mine + 1)
       total++
       if (fingerprint !== undefined) {
@@ -110,8 +114,7 @@ export const make = (limits: RunLimits) =>
 
     return RunAdmission.of({
       limits,
-      admit: (context, agent_name, fingerprint) => attempt((now) => admit(now, context, agent_name, fingerprint)),
-      takeStart: (user_id) => attempt((now) => takeStart(now, user_id)),
+      admit: (context, agent_name, options) => attempt((now) => admit(now, context, agent_name, options)),
       close: Effect.sync(() => {
         open = false
       }),

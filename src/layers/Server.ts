@@ -56,6 +56,9 @@ const HEARTBEAT_SLICE = 256
 const CLOSE_GRACE_MS = 1000
 const CLOSE_GRACE = "1 second"
 
+/** At shutdown, how long stopped runs get to send their terminal events (an agent ignoring interruption is not waited for longer). */
+const STOP_DEADLINE = "5 seconds"
+
 /** Close code for a user's oldest connection when a new one goes over `AGENTWIRE_MAX_CONNECTIONS_PER_USER`. */
 export const CLOSE_REPLACED = 4009
 
@@ -343,7 +346,11 @@ export const layer: Layer.Layer<
             const drained = yield* engines.drain(config.shutdownGraceMs)
             if (!drained) yield* Effect.logInfo("grace period over: stopping the remaining runs").pipe(Effect.annotateLogs({ active_runs: yield* engines.activeRuns }))
           }
-          yield* engines.interruptAll
+          // an agent that ignores interruption must not hold the process: stop waiting after STOP_DEADLINE
+          const stopped = yield* engines.interruptAll.pipe(Effect.timeoutOption(STOP_DEADLINE))
+          if (Option.isNone(stopped)) {
+            yield* Effect.logWarning("runs ignored their stop; shutting down without them").pipe(Effect.annotateLogs({ active_runs: yield* engines.activeRuns }))
+          }
           if (connections.size > 0) {
             for (const connection of connections) connection.output.close(1001, "server shutting down", "server_shutdown")
             yield* Deferred.await(allClosed).pipe(Effect.timeoutOption(CLOSE_GRACE))

@@ -25,7 +25,6 @@ import {
 } from "../protocol/Protocol.ts"
 import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
-import { RunAdmission } from "../services/RunAdmission.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as SocketOutput from "./SocketOutput.ts"
@@ -133,7 +132,6 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
   return Effect.gen(function*() {
     const bridge = yield* WebSocketBridge
     const engines = yield* ExecutionEngineFactory
-    const admission = yield* RunAdmission
     const auth = yield* Auth
     const openedAt = Date.now()
     const inbox = yield* Queue.unbounded<string | Uint8Array, Cause.Done>()
@@ -232,13 +230,13 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
       request: string,
       ids: { readonly thread_id?: string | undefined; readonly request_id?: string | undefined }
     ) =>
-      admission.takeStart(user_id).pipe(
-        Effect.andThen(UserExecutionContext.make({ user_id, thread_id: ids.thread_id, request_id: ids.request_id })),
+      UserExecutionContext.make({ user_id, thread_id: ids.thread_id, request_id: ids.request_id }).pipe(
         Effect.flatMap((context) =>
           engines.start(context, agent, request, {
-            // a client-chosen request_id makes the start idempotent; the thread it names is part of the payload
+            // a client-chosen request_id makes the start idempotent; a repeat is never rate-limited
             idempotent: ids.request_id !== undefined,
-            payloadKey: ids.thread_id ?? "",
+            threadGiven: ids.thread_id !== undefined,
+            rateLimited: true,
             onAccepted: (accepted) =>
               Effect.sync(() =>
                 reply({

@@ -45,8 +45,10 @@ export interface RunHandle {
 export interface StartOptions {
   /** The client chose the `request_id`: a repeat within the window is a duplicate, not a new run. */
   readonly idempotent?: boolean | undefined
-  /** What else identifies the payload for idempotency besides agent and request (e.g. the client's thread_id). */
-  readonly payloadKey?: string | undefined
+  /** The client named the thread: a repeat must name the original run's thread. */
+  readonly threadGiven?: boolean | undefined
+  /** Spend one start from the user's start budget (client-initiated starts; refusals spend nothing). */
+  readonly rateLimited?: boolean | undefined
   /**
    * Runs first in the run's fiber, before its first event (for duplicates: at
    * once): where a transport acknowledges the start (`run_accepted`).

@@ -81,6 +81,14 @@ export interface AdmittedRun {
   readonly agent_name: string
 }
 
+/** How `admit` treats one start. */
+export interface AdmitOptions {
+  /** The client chose the `request_id`: `fingerprint` identifies the payload (agent, request); `threadGiven`: the client named the thread. */
+  readonly idempotency?: { readonly fingerprint: string; readonly threadGiven: boolean } | undefined
+  /** Spend one start from the user's budget (client-initiated starts). */
+  readonly rateLimited?: boolean | undefined
+}
+
 /** The result of `admit`: a slot to release when the run ends, or the run a duplicate refers to. */
 export type Admission =
   | { readonly _tag: "Admitted"; readonly release: Effect.Effect<void> }
@@ -89,18 +97,20 @@ export type Admission =
 export class RunAdmission extends Context.Service<RunAdmission, {
   readonly limits: RunLimits
   /**
-   * Admits the run `context` of `agent_name`, or refuses it. With
-   * `fingerprint` (the client chose the `request_id`), a start with the same
-   * user and `request_id` within the window is a `Duplicate` when its
-   * fingerprint matches and a `request_id_conflict` otherwise.
+   * Admits the run `context` of `agent_name`, or refuses it, checking in this
+   * order: admission open, a repeated `request_id` (with `options.idempotency`:
+   * the client chose it), the user's and the process's concurrent runs, then
+   * (with `options.rateLimited`) the user's start budget. A repeat of a
+   * `request_id` within the window is a `Duplicate` (nothing is admitted and no
+   * budget is spent) when its fingerprint matches and, if the repeat names a
+   * thread, that thread is the original run's; otherwise `request_id_conflict`.
+   * A refused start spends no budget.
    */
   readonly admit: (
     context: UserExecutionContext,
     agent_name: string,
-    fingerprint: string | undefined
+    options?: AdmitOptions
   ) => Effect.Effect<Admission, AdmissionError>
-  /** Takes one start from the user's budget, or fails with `rate_limited`. */
-  readonly takeStart: (user_id: string) => Effect.Effect<void, AdmissionError>
   /** Closes admission: every later `admit` fails with `shutting_down`. Idempotent. */
   readonly close: Effect.Effect<void>
   readonly isOpen: Effect.Effect<boolean>
