@@ -42,7 +42,7 @@ export type CloseReason =
  * Memory a queued frame costs beyond its bytes (write requests, buffer
  * objects), counted against both bounds: 200,000 queued frames of 228 bytes
  * raised RSS by 92 MiB for 40.5 MiB of bytes, about 270 bytes per frame
- * (`scratch/overhead.ts`, Node 24).
+ * (`bench/frame-overhead.ts`, Node 24).
  */
 export const FRAME_OVERHEAD_BYTES = 256
 
