@@ -35,9 +35,15 @@
 import { Effect, Layer, Logger, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
+import * as AgentwireConfigLayer from "../src/layers/AgentwireConfig.ts"
 import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../src/services/WebSocketBridge.ts"
+
+/** Run admission (issue 8) wide open, as in the bench's servers: these loops start runs back to back for one user. */
+const unlimitedRuns = AgentwireConfigLayer.layer({
+  runLimits: { ...AgentwireConfigLayer.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1_000_000, maxRuns: 1_000_000, runStartsPerSecond: 0 }
+})
 
 export interface EngineLoop {
   /** Wall clock: cycles per second. */
@@ -134,7 +140,7 @@ const allocAndRun = Effect.gen(function*() {
     )
   )
   return { alloc, run }
-}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry]))))
+}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry, unlimitedRuns]))))
 
 const startAndAwait = Effect.gen(function*() {
   const factory = yield* ExecutionEngineFactory
@@ -147,7 +153,7 @@ const startAndAwait = Effect.gen(function*() {
       return yield* handle.await
     })
   )
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimitedRuns]))))
 
 /** Concurrent sleepers and paced runs: fewer in a smoke run. */
 const SLEEPERS = repeat ? 1000 : 200
@@ -217,7 +223,7 @@ const agentwirePaced = Effect.gen(function*() {
   if (!repeat) return yield* once
   const xs = [yield* once, yield* once, yield* once]
   return xs.sort((a, b) => a - b)[1]!
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide(registry))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimitedRuns]))))
 
 /** The baseline server's run loop (bench/baseline-server.ts `tick`), delivering to one socket that drops frames. */
 const baselinePacedOnce = () =>
