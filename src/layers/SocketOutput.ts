@@ -291,7 +291,9 @@ export const make = (
     } catch {
       return destroy("protocol_error")
     }
-    noteBudget()
+    // what this socket holds now is at most what it held plus this frame (10 bytes of header at
+    // most): while that stays under TRACK_BYTES and the budget is not tracking it, skip the re-read
+    if (noted || unsent + size + 10 + queuedFrames * FRAME_OVERHEAD_BYTES >= TRACK_BYTES) noteBudget()
   }
 
   const highWater = Math.min(HIGH_WATER_BYTES, Math.floor(limits.maxSocketBytes / 4))
