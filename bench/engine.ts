@@ -36,14 +36,14 @@ import { Effect, Layer, Logger, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
 import * as AgentwireConfigLayer from "../src/layers/AgentwireConfig.ts"
-
-/** Admission limits out of the way: the bench measures the runtime, not its refusals. */
-const unlimited = AgentwireConfigLayer.layer({
-  runLimits: { ...AgentwireConfigLayer.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1_000_000, maxRuns: 1_000_000, runStartsPerSecond: 0 }
-})
 import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../src/services/WebSocketBridge.ts"
+
+/** Run admission (issue 8) wide open, as in the bench's servers: these loops start runs back to back for one user. */
+const unlimitedRuns = AgentwireConfigLayer.layer({
+  runLimits: { ...AgentwireConfigLayer.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1_000_000, maxRuns: 1_000_000, runStartsPerSecond: 0 }
+})
 
 export interface EngineLoop {
   /** Wall clock: cycles per second. */
@@ -140,7 +140,7 @@ const allocAndRun = Effect.gen(function*() {
     )
   )
   return { alloc, run }
-}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry, unlimited]))))
+}).pipe(Effect.provide(AgentRuntime.layerWithoutBridge.pipe(Layer.provide([noopBridge, registry, unlimitedRuns]))))
 
 const startAndAwait = Effect.gen(function*() {
   const factory = yield* ExecutionEngineFactory
@@ -153,7 +153,7 @@ const startAndAwait = Effect.gen(function*() {
       return yield* handle.await
     })
   )
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimited]))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimitedRuns]))))
 
 /** Concurrent sleepers and paced runs: fewer in a smoke run. */
 const SLEEPERS = repeat ? 1000 : 200
@@ -223,7 +223,7 @@ const agentwirePaced = Effect.gen(function*() {
   if (!repeat) return yield* once
   const xs = [yield* once, yield* once, yield* once]
   return xs.sort((a, b) => a - b)[1]!
-}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimited]))))
+}).pipe(Effect.scoped, Effect.provide(AgentRuntime.layer.pipe(Layer.provide([registry, unlimitedRuns]))))
 
 /** The baseline server's run loop (bench/baseline-server.ts `tick`), delivering to one socket that drops frames. */
 const baselinePacedOnce = () =>

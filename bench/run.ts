@@ -243,13 +243,14 @@ const startServer = async (
         AGENTWIRE_JWT_SECRET: BENCH_SECRET,
         AGENTWIRE_LOG_LEVEL: params.logLevel,
         AGENTWIRE_MAX_MESSAGE_BYTES: "65536",
-        // admission limits out of the way: the bench measures delivery, not refusals
+        AGENTWIRE_HEARTBEAT_MS: name === "agentwire" ? "0" : String(HEARTBEAT_MS),
+        // admission and client-frame limits (issue 8) high or off: the bench offers the same
+        // load to all servers, and the baselines refuse and slow nothing; every run must be admitted
         AGENTWIRE_MAX_RUNS_PER_USER: "10000",
         AGENTWIRE_MAX_RUNS: "1000000",
         AGENTWIRE_RUN_STARTS_PER_SECOND: "0",
         AGENTWIRE_MAX_FRAMES_PER_SECOND: "0",
         AGENTWIRE_MAX_CONNECTIONS_PER_USER: "10000",
-        AGENTWIRE_HEARTBEAT_MS: name === "agentwire" ? "0" : String(HEARTBEAT_MS),
         BENCH_LOOP_DELAY: name === "agentwire" ? "0" : "1",
         NODE_ENV: "production"
       }

@@ -18,9 +18,15 @@
 import { Effect, Layer, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
+import * as AgentwireConfigLayer from "../src/layers/AgentwireConfig.ts"
 import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../src/services/WebSocketBridge.ts"
+
+/** Run admission (issue 8) wide open, as in the bench's servers: these loops start runs back to back for one user. */
+const unlimitedRuns = AgentwireConfigLayer.layer({
+  runLimits: { ...AgentwireConfigLayer.DEFAULT_RUN_LIMITS, maxRunsPerUser: 1_000_000, maxRuns: 1_000_000, runStartsPerSecond: 0 }
+})
 
 const RUNS = 1000
 const STEPS = 40
@@ -57,7 +63,7 @@ const agentwire = Effect.gen(function*() {
   return out
 }).pipe(
   Effect.scoped,
-  Effect.provide(AgentRuntime.layer.pipe(Layer.provide(BuiltinAgents.layer))),
+  Effect.provide(AgentRuntime.layer.pipe(Layer.provide([BuiltinAgents.layer, unlimitedRuns]))),
   Effect.provideService(References.MinimumLogLevel, "None")
 )
 

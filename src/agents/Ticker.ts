@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import * as Agent from "../services/Agent.ts"
 
 /** Largest `steps` accepted. */
@@ -80,8 +80,10 @@ export const ticker = Agent.make("ticker", {
           `steps=${steps} interval_ms=${interval} would run for ${duration} ms; a ticker may run at most ${MAX_DURATION_MS} ms ((steps - 1) × interval_ms)`
         ))
       }
+      // one Duration and one sleep effect for the whole run, not one per step
+      const pause = Effect.sleep(Duration.millis(interval))
       for (let step = 1; step <= steps; step++) {
-        if (step > 1 && interval > 0) yield* Effect.sleep(interval)
+        if (step > 1 && interval > 0) yield* pause
         yield* ctx.think(`tick ${step} of ${steps}`, step)
       }
       return `ticked ${steps} times`

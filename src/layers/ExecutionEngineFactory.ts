@@ -90,7 +90,9 @@ export const make = Effect.gen(function*() {
       run: (agent_name, request) =>
         Effect.gen(function*() {
           const agent = yield* instances.create(agent_name, context)
-          yield* Effect.logInfo("run started")
+          // debug: the info line of a run is "run ended" (outcome, duration, events); a second
+          // synchronous log write per run start measurably costs a busy server (docs/benchmarks.md)
+          yield* Effect.logDebug("run started")
           const startedAt = performance.now()
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
           return yield* agent.run(request).pipe(Effect.onExit(() => {

@@ -20,6 +20,20 @@ import type { AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 
+// Events stamped within the same millisecond share one ISO string, across all runs of the
+// process: a paced run emits once per few ms, so a per-run cache would rarely hit, while the
+// runs of a busy process stamp many events per millisecond.
+let lastMs = -1
+let lastIso = ""
+const isoNow = (): string => {
+  const now = Date.now()
+  if (now !== lastMs) {
+    lastMs = now
+    lastIso = new Date(now).toISOString()
+  }
+  return lastIso
+}
+
 /**
  * A run emitter over `sink` (usually `WebSocketBridge.emit`). With
  * `deliverSync` (a synchronous delivery, e.g. `WebSocketBridge.deliverSync`),
@@ -35,17 +49,6 @@ export const make = (
   let rootError: AgentOutcome["error"]
   let outcome: AgentOutcome | undefined
   let stopCause: StopCause | undefined
-  // events of this run stamped within the same millisecond share one ISO string
-  let lastMs = -1
-  let lastIso = ""
-  const isoNow = (): string => {
-    const now = Date.now()
-    if (now !== lastMs) {
-      lastMs = now
-      lastIso = new Date(now).toISOString()
-    }
-    return lastIso
-  }
   const lock = Semaphore.makeUnsafe(1)
 
   const stamp = (agent_name: string, depth: number, body: Parameters<RunEmitter["emit"]>[2]): AgentEvent => {

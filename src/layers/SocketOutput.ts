@@ -194,6 +194,18 @@ export const makeBudget = (maxProcessBytes: number): OutputBudget => {
   }
 }
 
+// The byte length of the frame last sent: the bridge hands one string to all of a user's
+// sockets, so all but the first reuse it (compared by identity first, which is one pointer check).
+let lastFrame = ""
+let lastFrameBytes = 0
+const byteLengthOf = (frame: string): number => {
+  if (frame !== lastFrame) {
+    lastFrame = frame
+    lastFrameBytes = Buffer.byteLength(frame)
+  }
+  return lastFrameBytes
+}
+
 /** Builds the write path of one connection. */
 export const make = (
   ws: SendTarget,
@@ -208,11 +220,22 @@ export const make = (
   // frames and bytes written since the socket's queue was last empty: the queue's per-frame overhead
   let queuedFrames = 0
   let queuedBytes = 0
-  /** Unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
-  const buffered = () => {
-    const bytes = ws.bufferedAmount
+  /** `bytes` unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
+  const withOverhead = (bytes: number) => {
     if (bytes === 0 || queuedBytes === 0) return bytes
     return bytes + Math.round(queuedFrames * Math.min(1, bytes / queuedBytes)) * FRAME_OVERHEAD_BYTES
+  }
+  /** Unsent bytes plus the overhead of the frames still queued. */
+  const buffered = () => withOverhead(ws.bufferedAmount)
+  // whether the budget may be tracking this socket: below TRACK_BYTES the budget only forgets
+  // it, so while it is not tracked the per-frame call is skipped (forgetting twice is harmless)
+  let noted = false
+  const noteBudget = () => {
+    if (budget === undefined) return
+    const bytes = buffered()
+    if (bytes < TRACK_BYTES && !noted) return
+    noted = bytes >= TRACK_BYTES
+    budget.note(entry, bytes)
   }
   const uncork = () => {
     corked = false
@@ -241,13 +264,14 @@ export const make = (
 
   const send = (frame: string) => {
     if (ws.readyState !== OPEN) return
-    if (ws.bufferedAmount === 0) {
+    const unsent = ws.bufferedAmount
+    if (unsent === 0) {
       queuedFrames = 0
       queuedBytes = 0
     }
-    const size = Buffer.byteLength(frame)
+    const size = byteLengthOf(frame)
     // the bound counts the frame about to be written: nothing is queued past it
-    if (buffered() + size + FRAME_OVERHEAD_BYTES > limits.maxSocketBytes) {
+    if (withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > limits.maxSocketBytes) {
       limit ??= "socket"
       return destroy("slow_consumer")
     }
@@ -268,7 +292,9 @@ export const make = (
     } catch {
       return destroy("protocol_error")
     }
-    if (budget !== undefined) budget.note(entry, buffered())
+    // what this socket holds now is at most what it held plus this frame (10 bytes of header at
+    // most): while that stays under TRACK_BYTES and the budget is not tracking it, skip the re-read
+    if (noted || unsent + size + 10 + queuedFrames * FRAME_OVERHEAD_BYTES >= TRACK_BYTES) noteBudget()
   }
 
   const highWater = Math.min(HIGH_WATER_BYTES, Math.floor(limits.maxSocketBytes / 4))
@@ -279,7 +305,7 @@ export const make = (
     const done = () => {
       socket.off("drain", done)
       socket.off("close", done)
-      if (budget !== undefined) budget.note(entry, buffered())
+      noteBudget()
       resume(Effect.void)
     }
     socket.once("drain", done)
