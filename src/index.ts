@@ -29,7 +29,17 @@ export { type BridgeConnection, WebSocketBridge } from "./services/WebSocketBrid
 export { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "./services/AgentInstanceFactory.ts"
 
 /** One scoped engine per request (`createForUser`) or a background run (`start`). */
-export { ExecutionEngineFactory, type RunHandle, type UserExecutionEngine } from "./services/ExecutionEngineFactory.ts"
+export {
+  ExecutionEngineFactory,
+  type RunHandle,
+  type RunSelector,
+  type RunState,
+  type StartOptions,
+  type UserExecutionEngine
+} from "./services/ExecutionEngineFactory.ts"
+
+/** Who may start a run now: limits, idempotent starts, the start budget, shutdown admission. */
+export { type Admission, AdmissionError, type AdmitOptions, RunAdmission, type RunLimits } from "./services/RunAdmission.ts"
 
 /** The registered agents by name, and the errors of looking one up or building the registry. */
 export { AgentRegistry, AgentRegistryError, type RegisteredAgent, UnknownAgentError } from "./services/AgentRegistry.ts"
@@ -68,7 +78,7 @@ export {
 } from "./services/ConversationStore.ts"
 
 /** The per-run emitter that stamps `seq`, `event_id`, ids and timestamps on every event. */
-export type { RunEmitter } from "./services/RunEmitter.ts"
+export type { RunEmitter, StopCause } from "./services/RunEmitter.ts"
 
 // ---------------------------------------------------------------------------
 // layers
@@ -81,6 +91,9 @@ export * as AgentRegistryLayer from "./layers/AgentRegistry.ts"
 
 /** The in-memory `WebSocketBridge` for one process. */
 export * as WebSocketBridgeMemory from "./layers/WebSocketBridgeMemory.ts"
+
+/** The in-memory `RunAdmission` (per-process limits). */
+export * as RunAdmissionMemory from "./layers/RunAdmissionMemory.ts"
 
 /** A `WebSocketBridge` test double that also records every event (`RecordedEvents`). */
 export * as WebSocketBridgeRecording from "./layers/WebSocketBridgeRecording.ts"
