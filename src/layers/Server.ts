@@ -52,6 +52,12 @@ import * as WebSocketConnection from "./WebSocketConnection.ts"
 /** Sockets pinged per slice of a heartbeat sweep. */
 const HEARTBEAT_SLICE = 256
 
+/** Resumes on a later turn of the event loop (`Effect.yieldNow` may resume in the same turn), so I/O runs between slices. */
+const nextMacrotask: Effect.Effect<void> = Effect.callback<void>((resume) => {
+  const timer = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(timer))
+})
+
 /** How long closing sockets get to finish the close handshake (shutdown, replaced connections). */
 const CLOSE_GRACE_MS = 1000
 const CLOSE_GRACE = "1 second"
@@ -232,7 +238,7 @@ export const layer: Layer.Layer<
             }
           }
         }
-        if (++n % HEARTBEAT_SLICE === 0) yield* Effect.yieldNow
+        if (++n % HEARTBEAT_SLICE === 0) yield* nextMacrotask
       }
     })
     if (config.heartbeatIntervalMs > 0) {
