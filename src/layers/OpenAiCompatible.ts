@@ -198,7 +198,16 @@ export const make = (options: OpenAiCompatibleOptions) =>
       return loop(0)
     }
 
-    const fail = (method: string) => (reason: Reason) => AiError.make({ module: MODULE, method, reason })
+    /** The reason with the key scrubbed out of its description: every reason built from the endpoint's text passes here. */
+    const scrubReason = (reason: Reason): Reason => {
+      const description = (reason as { readonly description?: unknown }).description
+      if (secret === undefined || secret === "" || typeof description !== "string" || !description.includes(secret)) return reason
+      const Class = reason.constructor as new(fields: object) => Reason
+      const { _tag: _, ...fields } = reason as unknown as Record<string, unknown>
+      return new Class({ ...fields, description: scrub(description) })
+    }
+
+    const fail = (method: string) => (reason: Reason) => AiError.make({ module: MODULE, method, reason: scrubReason(reason) })
 
     const streamText = (providerOptions: LanguageModel.ProviderOptions): Stream.Stream<Response.StreamPartEncoded, AiError.AiError> =>
       Stream.unwrap(Effect.gen(function*() {

@@ -174,7 +174,37 @@ export interface ChunkDecoder {
 }
 
 /** A fresh decoder; `messageId` names the text and reasoning parts. */
+/** Longest answer (or reasoning) one model turn may stream, in characters: past it the turn fails with `LLM_BAD_RESPONSE`. */
+export const MAX_TURN_CHARS = 1_000_000
+
+/** Longest tool-call arguments, in characters. */
+export const MAX_TOOL_ARGUMENT_CHARS = 256 * 1024
+
+/** Deepest nesting of tool-call arguments (objects and arrays). */
+export const MAX_TOOL_ARGUMENT_DEPTH = 64
+
+/** Tool calls one model turn may make. */
+export const MAX_TOOL_CALLS_PER_TURN = 64
+
+/** How deep `json` nests `[` and `{` (outside strings); a single linear pass. */
+const nestingOf = (json: string): number => {
+  let depth = 0
+  let max = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i)
+    if (inString) {
+      if (c === 92) i++ // backslash: skip the escaped character
+      else if (c === 34) inString = false
+    } else if (c === 34) inString = true
+    else if (c === 91 || c === 123) max = Math.max(max, ++depth)
+    else if (c === 93 || c === 125) depth--
+  }
+  return max
+}
+
 export const makeChunkDecoder = (messageId: string): ChunkDecoder => {
+  let streamedChars = 0
   let textOpen = false
   let reasoningOpen = false
   let finishReason: string | undefined
@@ -197,6 +227,8 @@ export const makeChunkDecoder = (messageId: string): ChunkDecoder => {
     close(out)
     for (const [index, call] of [...calls.entries()].sort(([a], [b]) => a - b)) {
       if (call.name === "") return badResponse(`tool call #${index} has no function name`)
+      if (call.args.length > MAX_TOOL_ARGUMENT_CHARS) return badResponse(`the arguments of tool call ${call.name} are longer than ${MAX_TOOL_ARGUMENT_CHARS} characters`)
+      if (nestingOf(call.args) > MAX_TOOL_ARGUMENT_DEPTH) return badResponse(`the arguments of tool call ${call.name} nest deeper than ${MAX_TOOL_ARGUMENT_DEPTH} levels`)
       let params: unknown
       try {
         params = call.args.trim() === "" ? {} : JSON.parse(call.args)
@@ -249,6 +281,8 @@ export const makeChunkDecoder = (messageId: string): ChunkDecoder => {
         : typeof delta.reasoning === "string"
         ? delta.reasoning
         : ""
+      streamedChars += reasoning.length + (typeof delta.content === "string" ? delta.content.length : 0)
+      if (streamedChars > MAX_TURN_CHARS) return badResponse(`the model's answer is longer than ${MAX_TURN_CHARS} characters in one turn`)
       if (reasoning !== "") {
         if (!reasoningOpen) {
           reasoningOpen = true
@@ -273,6 +307,7 @@ export const makeChunkDecoder = (messageId: string): ChunkDecoder => {
           if (typeof raw !== "object" || raw === null) return badResponse("a tool call is not an object")
           const t = raw as Record<string, unknown>
           const index = typeof t.index === "number" ? t.index : calls.size
+          if (!calls.has(index) && calls.size >= MAX_TOOL_CALLS_PER_TURN) return badResponse(`more than ${MAX_TOOL_CALLS_PER_TURN} tool calls in one turn`)
           const fn = (typeof t.function === "object" && t.function !== null ? t.function : {}) as Record<string, unknown>
           const call = calls.get(index) ?? { id: undefined, name: "", args: "" }
           if (typeof t.id === "string" && t.id !== "") call.id = t.id

@@ -356,6 +356,43 @@ describe("assistant: stop, secrets, conversations, coalescing", () => {
       for (const text of [...logLines, ...frames]) expect(text).not.toContain("VERY-SECRET")
     }).pipe(Effect.scoped))
 
+  it.live("the key never reaches a frame through the endpoint's text inside a 200 stream: error events, non-JSON events, tool arguments (review finding)", () =>
+    Effect.gen(function*() {
+      const key = "sk-review-0123456789-LEAKY-KEY"
+      const errorEvent: Fake.Handler = (x) => {
+        x.startStream()
+        x.data({ error: { message: `invalid session for ${key}` } })
+        x.res.end()
+      }
+      const notJson: Fake.Handler = (x) => {
+        x.startStream()
+        x.data(`{oops ${key}`)
+        x.res.end()
+      }
+      const badArgs = Fake.toolCalls([{ id: "c1", name: "calculate", arguments: `{"expression": "${key}` }])
+      const server = yield* Fake.start([errorEvent, notJson, badArgs])
+      const runs = yield* Effect.all([Harness.run("one"), Harness.run("two"), Harness.run("three")]).pipe(
+        Effect.provide(Harness.layer({ baseUrl: server.baseUrl, apiKey: Redacted.make(key) }))
+      )
+      for (const run of runs) expect(run.outcome.status).toBe("failed")
+      const frames = runs.flatMap((r) => r.events.map((e) => JSON.stringify(e)))
+      expect(frames.some((f) => f.includes("[redacted]"))).toBe(true)
+      for (const frame of frames) expect(frame).not.toContain("LEAKY-KEY")
+    }).pipe(Effect.scoped))
+
+  it.live("bounded model output: a turn over MAX_TURN_CHARS and tool arguments nested too deep fail with LLM_BAD_RESPONSE (review finding)", () =>
+    Effect.gen(function*() {
+      const chunk = "z".repeat(100_000)
+      const huge = Fake.text(Array.from({ length: 11 }, () => chunk))
+      const deep = Fake.toolCalls([{ id: "c1", name: "calculate", arguments: `{"expression":"1","x":${"[".repeat(10_000)}${"]".repeat(10_000)}}` }])
+      const server = yield* Fake.start([huge, deep])
+      const runs = yield* Effect.all([Harness.run("long"), Harness.run("deep")]).pipe(
+        Effect.provide(Harness.layer({ baseUrl: server.baseUrl }))
+      )
+      expect(Harness.rootError(runs[0].events)).toMatchObject({ code: "LLM_BAD_RESPONSE", message: expect.stringContaining("longer than") })
+      expect(Harness.rootError(runs[1].events)).toMatchObject({ code: "LLM_BAD_RESPONSE", message: expect.stringContaining("nest deeper") })
+    }).pipe(Effect.scoped))
+
   it.live("a thread remembers: the next run sees earlier requests and answers; other users and threads do not", () =>
     Effect.gen(function*() {
       const server = yield* Fake.start([Fake.text(["Nice to meet you, Ana."]), Fake.status(401), Fake.text(["Your name is Ana."])])
