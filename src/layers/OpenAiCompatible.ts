@@ -242,30 +242,39 @@ export const make = (options: OpenAiCompatibleOptions) =>
           if (Array.isArray(parts)) pending.push(...parts)
           else failure = parts
         })
-        const take = (chunk: string): Effect.Effect<Array<Response.StreamPartEncoded>, Reason> =>
-          Effect.suspend(() => {
-            const tooLarge = parser.feed(chunk)
-            if (tooLarge !== undefined) failure ??= new AiError.InvalidResponseError({ description: tooLarge.message, metadata: pinCode("LLM_BAD_RESPONSE") })
-            if (failure !== undefined) return Effect.fail(failure)
-            const out = pending
-            pending = []
-            return Effect.succeed(out)
-          })
+        // the parts decoded from a chunk, and its failure if it had one: parts decoded before a bad
+        // event in the same read still reach the client, then the stream fails
+        interface Taken {
+          readonly parts: ReadonlyArray<Response.StreamPartEncoded>
+          readonly failure: Reason | undefined
+        }
+        const take = (chunk: string): Taken => {
+          const tooLarge = parser.feed(chunk)
+          if (tooLarge !== undefined) failure ??= new AiError.InvalidResponseError({ description: tooLarge.message, metadata: pinCode("LLM_BAD_RESPONSE") })
+          const parts = pending
+          pending = []
+          return { parts, failure }
+        }
+        const emit = (taken: Taken): Stream.Stream<Response.StreamPartEncoded, Reason> =>
+          taken.failure === undefined
+            ? Stream.fromIterable(taken.parts)
+            : Stream.concat(Stream.fromIterable(taken.parts), Stream.fail(taken.failure))
         const ending = Stream.suspend(() =>
-          Stream.fromEffect(take(decoder.done() ? "" : `${text.decode()}\n\n`).pipe(
-            Effect.flatMap((rest) => {
+          Stream.concat(
+            emit(take(decoder.done() ? "" : `${text.decode()}\n\n`)),
+            Stream.suspend(() => {
               const closing = decoder.end()
-              return Array.isArray(closing) ? Effect.succeed([...rest, ...closing]) : Effect.fail(closing)
+              return Array.isArray(closing) ? Stream.fromIterable(closing) : Stream.fail(closing)
             })
-          ))
+          )
         )
         return response.stream.pipe(
           Stream.timeoutOrElse({ duration: timeoutMs, orElse: () => Stream.fail(timeoutReason("waiting for the next chunk")) }),
           Stream.mapError((error): Reason => (isReason(error) ? error : transportReason(error, "keep reading from"))),
-          Stream.mapEffect((bytes) => take(text.decode(bytes, { stream: true }))),
-          Stream.takeUntil(() => decoder.done()),
-          Stream.concat(ending),
-          Stream.flattenIterable
+          Stream.map((bytes) => take(text.decode(bytes, { stream: true }))),
+          Stream.takeUntil((taken) => taken.failure !== undefined || decoder.done()),
+          Stream.flatMap(emit),
+          Stream.concat(ending)
         )
       })).pipe(Stream.mapError(fail("streamText")))
 

@@ -380,6 +380,20 @@ describe("assistant: stop, secrets, conversations, coalescing", () => {
       for (const frame of frames) expect(frame).not.toContain("LEAKY-KEY")
     }).pipe(Effect.scoped))
 
+  it.live("text decoded in the same read as a bad event still reaches the client before the failure (review finding)", () =>
+    Effect.gen(function*() {
+      const oneRead: Fake.Handler = (x) => {
+        x.startStream()
+        x.res.write(`data: ${JSON.stringify(Fake.contentChunk("these words were streamed"))}\n\ndata: {oops\n\n`)
+        x.res.end()
+      }
+      const server = yield* Fake.start([oneRead])
+      const run = yield* Harness.run("hi").pipe(Effect.provide(Harness.layer({ baseUrl: server.baseUrl, coalesceMs: 0 })))
+      const deltas = run.events.flatMap((e) => (e.type === "partial_result" ? [e.delta] : []))
+      expect(deltas.join("")).toBe("these words were streamed")
+      expect(Harness.rootError(run.events)?.code).toBe("LLM_BAD_RESPONSE")
+    }).pipe(Effect.scoped))
+
   it.live("bounded model output: a turn over MAX_TURN_CHARS and tool arguments nested too deep fail with LLM_BAD_RESPONSE (review finding)", () =>
     Effect.gen(function*() {
       const chunk = "z".repeat(100_000)
