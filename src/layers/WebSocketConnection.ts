@@ -328,7 +328,13 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     yield* Effect.logInfo("connection closed").pipe(
       Effect.annotateLogs({
         code: closeCode,
-        reason: reason ?? (closeCode === 1000 || closeCode === 1001 ? "client_closed" : "client_gone"),
+        reason: reason ?? (socketError !== undefined && /max payload/i.test(socketError)
+          ? "message_too_big"
+          : socketError !== undefined
+          ? "protocol_error"
+          : closeCode === 1000 || closeCode === 1001
+          ? "client_closed"
+          : "client_gone"),
         duration_ms: Date.now() - openedAt,
         ...(limit === undefined ? {} : { limit }),
         ...(socketError === undefined ? {} : { error: socketError })
