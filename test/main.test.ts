@@ -118,6 +118,8 @@ describe("src/main.ts", () => {
       const long = yield* client.next("run_accepted", (m) => m.request_id === "long")
       yield* client.next("agent_thinking", (m) => m.run_id === long.run_id)
       proc.child.kill("SIGINT")
+      // the signal and a frame race: wait until the server is draining (admission closed) before the late start
+      yield* proc.printed(/draining/)
       // admission is closed: a new start is refused, while other frames are still answered
       client.send({ type: "start_agent", agent: "echo", user_request: "late", request_id: "late" })
       expect(yield* client.next("error", (e) => e.request_id === "late")).toMatchObject({ code: "SHUTTING_DOWN" })
