@@ -14,7 +14,7 @@
  * - The same slow-client guard (close 1013 above 8 MiB buffered), no
  *   compression, the same `maxPayload`.
  * - With `BASELINE_CORK=1` (the default), the same per-tick corking as
- *   agentwire's per-socket send (`makeSend` in src/layers/WebSocketConnection.ts):
+ *   agentwire's per-socket send (`makeSend` in src/server/WebSocketConnection.ts):
  *   the TCP socket is corked on its first frame of a tick and uncorked on
  *   `process.nextTick`, with an early flush every 64 KiB, so the frames a tick
  *   sends to one socket leave in one `writev`. `BASELINE_CORK=0` writes every

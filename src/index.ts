@@ -117,7 +117,7 @@ export * as OpenAiCompatible from "./layers/OpenAiCompatible.ts"
 export * as LlmErrorCode from "./llm/LlmErrorCode.ts"
 
 /** The HTTP + WebSocket server layer; requires config, auth and the agent runtime. */
-export * as Server from "./layers/Server.ts"
+export * as Server from "./server/Server.ts"
 
 // ---------------------------------------------------------------------------
 // agents and compositions

@@ -1,7 +1,7 @@
 /**
  * AgentwireServer: the HTTP + WebSocket front door, once it is listening.
  *
- * Implemented by `layers/Server.ts`. Routes: `GET /ws` (WebSocket, protocol v1),
+ * Implemented by `server/Server.ts`. Routes: `GET /ws` (WebSocket, protocol v1),
  * `GET /health`, `GET /ready`, `POST /api/runs`.
  *
  * @module

@@ -1,6 +1,6 @@
 /** The heartbeat's judgement: only a socket with no progress at all, whose ping is overdue, is dead. */
 import { describe, expect, it } from "@effect/vitest"
-import * as Heartbeat from "../../src/layers/Heartbeat.ts"
+import * as Heartbeat from "../../src/server/Heartbeat.ts"
 
 const base: Heartbeat.Observation = { at: 0, pong: false, bytesRead: 100, dispatched: 0, backlog: 0, handled: 0, pausedForInbox: false }
 const INTERVAL = 500

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { EventEmitter } from "node:events"
-import * as SocketOutput from "../../src/layers/SocketOutput.ts"
+import * as SocketOutput from "../../src/server/SocketOutput.ts"
 
 const KiB = 1024
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { IncomingMessage } from "node:http"
-import { selectProtocol, tokenOf } from "../../src/layers/WebSocketConnection.ts"
+import { selectProtocol, tokenOf } from "../../src/server/WebSocketConnection.ts"
 
 const request = (headers: Record<string, string>) => ({ headers }) as unknown as IncomingMessage
 const url = (query = "") => new URL(`http://localhost/ws${query}`)
