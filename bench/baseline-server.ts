@@ -30,6 +30,7 @@
  *
  * @module
  */
+import { tickerRun } from "./baseline-ticker.ts"
 import { jwtVerify } from "jose"
 import { createServer, type IncomingMessage } from "node:http"
 import type { Socket } from "node:net"
@@ -98,63 +99,6 @@ const deliver = (user_id: string, event: object) => {
   for (let i = 0; i < conns.length; i++) conns[i]!.send(frame)
 }
 
-const setting = (request: string, name: string, fallback: number) => {
-  const match = new RegExp(`\\b${name}\\s*=\\s*(\\d+)`).exec(request)
-  return match === null ? fallback : Number(match[1])
-}
-
-/** One ticker run: the events agentwire's ticker sends, in the same shape. */
-const tick = (user_id: string, request: string, request_id: string | undefined) => {
-  const steps = setting(request, "steps", 10)
-  const interval = setting(request, "interval_ms", 100)
-  const run_id = newId("run")
-  const thread_id = newId("thread")
-  const startedAt = performance.now()
-  let seq = 0
-  const stamp = () => {
-    seq++
-    return {
-      event_id: `${run_id}:${seq}`,
-      run_id,
-      thread_id,
-      user_id,
-      agent_name: "ticker",
-      depth: 0,
-      seq,
-      timestamp: new Date().toISOString()
-    }
-  }
-  deliver(user_id, {
-    type: "agent_started",
-    task_description: request,
-    request_id: request_id ?? newId("req"),
-    ...stamp()
-  })
-  const think = (step: number) =>
-    deliver(user_id, { type: "agent_thinking", reasoning: `tick ${step} of ${steps}`, step_number: step, ...stamp() })
-  const complete = () =>
-    deliver(user_id, {
-      type: "agent_completed",
-      status: "completed",
-      final_response: `ticked ${steps} times`,
-      duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
-      ...stamp()
-    })
-  if (interval === 0) {
-    for (let step = 1; step <= steps; step++) think(step)
-    complete()
-    return
-  }
-  let step = 1
-  const next = () => {
-    think(step)
-    if (step++ < steps) setTimeout(next, interval)
-    else complete()
-  }
-  if (steps === 0) complete()
-  else next()
-}
-
 const accept = (ws: WebSocket, user_id: string, socket: Socket) => {
   const conn: Conn = { ws, send: makeSend(ws, socket) }
   const conns = byUser.get(user_id)
@@ -179,7 +123,7 @@ const accept = (ws: WebSocket, user_id: string, socket: Socket) => {
     if (message.type === "ping") {
       ws.send(JSON.stringify({ type: "pong", timestamp: new Date().toISOString() }))
     } else if (message.type === "start_agent" && message.agent === "ticker" && typeof message.user_request === "string") {
-      tick(user_id, message.user_request, typeof message.request_id === "string" ? message.request_id : undefined)
+      tickerRun(user_id, message.user_request, typeof message.request_id === "string" ? message.request_id : undefined, (event) => deliver(user_id, event))
     }
   })
   ws.send(JSON.stringify({

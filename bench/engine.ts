@@ -32,6 +32,7 @@
  *
  * @module
  */
+import { tickerRun } from "./baseline-ticker.ts"
 import { Effect, Layer, Logger, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
@@ -233,43 +234,9 @@ const baselinePacedOnce = () =>
     const send = (_frame: string) => {}
     const deliver = (event: object) => send(JSON.stringify(event))
     for (let r = 0; r < PACED_RUNS; r++) {
-      const request = `steps=${PACED_STEPS} interval_ms=${PACED_INTERVAL_MS}`
-      const steps = Number(/\bsteps\s*=\s*(\d+)/.exec(request)![1])
-      const interval = Number(/\binterval_ms\s*=\s*(\d+)/.exec(request)![1])
-      const run_id = `run_${crypto.randomUUID().replaceAll("-", "")}`
-      const thread_id = `thread_${crypto.randomUUID().replaceAll("-", "")}`
-      const startedAt = performance.now()
-      let seq = 0
-      const stamp = () => {
-        seq++
-        return {
-          event_id: `${run_id}:${seq}`,
-          run_id,
-          thread_id,
-          user_id: USER,
-          agent_name: "ticker",
-          depth: 0,
-          seq,
-          timestamp: new Date().toISOString()
-        }
-      }
-      deliver({ type: "agent_started", task_description: request, request_id: `req_${crypto.randomUUID().replaceAll("-", "")}`, ...stamp() })
-      let step = 1
-      const next = () => {
-        deliver({ type: "agent_thinking", reasoning: `tick ${step} of ${steps}`, step_number: step, ...stamp() })
-        if (step++ < steps) setTimeout(next, interval)
-        else {
-          deliver({
-            type: "agent_completed",
-            status: "completed",
-            final_response: `ticked ${steps} times`,
-            duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
-            ...stamp()
-          })
-          if (--live === 0) resolve((cpuMicros() - c0) / PACED_EVENTS)
-        }
-      }
-      next()
+      tickerRun(USER, `steps=${PACED_STEPS} interval_ms=${PACED_INTERVAL_MS}`, undefined, deliver, () => {
+        if (--live === 0) resolve((cpuMicros() - c0) / PACED_EVENTS)
+      })
     }
   })
 

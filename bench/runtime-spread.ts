@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { tickerRun } from "./baseline-ticker.ts"
 import { Effect, Layer, References } from "effect"
 import * as BuiltinAgents from "../src/agents/BuiltinAgents.ts"
 import * as AgentRuntime from "../src/layers/AgentRuntime.ts"
@@ -78,46 +79,10 @@ const baselineRound = () =>
       for (let i = 0; i < sends.length; i++) sends[i]!(frame)
     }
     let live = RUNS
-    const run = () => {
-      const request = `steps=${STEPS} interval_ms=${INTERVAL_MS}`
-      const steps = Number(/\bsteps\s*=\s*(\d+)/.exec(request)![1])
-      const interval = Number(/\binterval_ms\s*=\s*(\d+)/.exec(request)![1])
-      const run_id = `run_${crypto.randomUUID().replaceAll("-", "")}`
-      const thread_id = `thread_${crypto.randomUUID().replaceAll("-", "")}`
-      const startedAt = performance.now()
-      let seq = 0
-      const stamp = () => {
-        seq++
-        return {
-          event_id: `${run_id}:${seq}`,
-          run_id,
-          thread_id,
-          user_id: USER,
-          agent_name: "ticker",
-          depth: 0,
-          seq,
-          timestamp: new Date().toISOString()
-        }
-      }
-      deliver({ type: "agent_started", task_description: request, request_id: `req_${crypto.randomUUID().replaceAll("-", "")}`, ...stamp() })
-      let step = 1
-      const next = () => {
-        deliver({ type: "agent_thinking", reasoning: `tick ${step} of ${steps}`, step_number: step, ...stamp() })
-        if (step++ < steps) {
-          setTimeout(next, interval)
-          return
-        }
-        deliver({
-          type: "agent_completed",
-          status: "completed",
-          final_response: `ticked ${steps} times`,
-          duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
-          ...stamp()
-        })
+    const run = () =>
+      tickerRun(USER, `steps=${STEPS} interval_ms=${INTERVAL_MS}`, undefined, deliver, () => {
         if (--live === 0) resolve((cpuMicros() - c0) / EVENTS)
-      }
-      next()
-    }
+      })
     let started = 0
     const tick = () => {
       const due = spreadMs === 0 ? RUNS : Math.min(RUNS, Math.floor(((performance.now() - t0) / spreadMs) * RUNS) + 1)
