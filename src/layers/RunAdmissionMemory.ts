@@ -11,6 +11,7 @@
  */
 import { Clock, Effect, Layer, Option } from "effect"
 import { DEFAULT_RUN_LIMITS } from "./AgentwireConfig.ts"
+import * as TokenBucket from "./TokenBucket.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { type Admission, AdmissionError, type AdmitOptions, type AdmittedRun, RunAdmission, type RunLimits } from "../services/RunAdmission.ts"
 
@@ -34,7 +35,7 @@ export const make = (limits: RunLimits) =>
     const perUser = new Map<string, number>()
     // insertion order = age: the first entries expire (or are evicted) first
     const requests = new Map<string, Remembered>()
-    const buckets = new Map<string, { tokens: number; at: number }>()
+    const buckets = new Map<string, TokenBucket.TokenBucket>()
 
     const forgetExpired = (now: number) => {
       for (const [key, entry] of requests) {
@@ -83,21 +84,16 @@ export const make = (limits: RunLimits) =>
 
     const takeStart = (now: number, user_id: string) => {
       if (limits.runStartsPerSecond <= 0) return
-      const bucket = buckets.get(user_id) ?? { tokens: limits.runStartBurst, at: now }
-      bucket.tokens = Math.min(limits.runStartBurst, bucket.tokens + ((now - bucket.at) / 1000) * limits.runStartsPerSecond)
-      bucket.at = now
-      if (bucket.tokens < 1) {
+      let bucket = buckets.get(user_id)
+      if (bucket === undefined) {
+        bucket = TokenBucket.make(limits.runStartsPerSecond, limits.runStartBurst, now)
         buckets.set(user_id, bucket)
-        const retry_after_ms = Math.ceil(((1 - bucket.tokens) / limits.runStartsPerSecond) * 1000)
-        throw new AdmissionError({ reason: "rate_limited", retry_after_ms })
       }
-      bucket.tokens -= 1
-      buckets.set(user_id, bucket)
+      const retry_after_ms = bucket.take(now)
+      if (retry_after_ms > 0) throw new AdmissionError({ reason: "rate_limited", retry_after_ms })
       if (buckets.size > MAX_BUCKETS) {
         // a bucket that refilled completely carries no state worth keeping
-        for (const [user, b] of buckets) {
-          if (b.tokens + ((now - b.at) / 1000) * limits.runStartsPerSecond >= limits.runStartBurst) buckets.delete(user)
-        }
+        for (const [user, b] of buckets) if (b.isFull(now)) buckets.delete(user)
       }
     }
 

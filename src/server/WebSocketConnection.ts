@@ -27,6 +27,7 @@ import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import * as TokenBucket from "../layers/TokenBucket.ts"
 import * as SocketOutput from "./SocketOutput.ts"
 
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
@@ -285,19 +286,11 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     }
 
     // the connection's frame budget: a client sending faster waits here, its inbox fills, and its socket is paused
-    let tokens = options.maxFramesPerSecond
-    let tokensAt = Date.now()
+    const frames = TokenBucket.make(options.maxFramesPerSecond, options.maxFramesPerSecond, Date.now())
     const frameBudget: Effect.Effect<void> = Effect.suspend(() => {
-      const rate = options.maxFramesPerSecond
-      if (rate <= 0) return Effect.void
-      const now = Date.now()
-      tokens = Math.min(rate, tokens + ((now - tokensAt) / 1000) * rate)
-      tokensAt = now
-      if (tokens >= 1) {
-        tokens -= 1
-        return Effect.void
-      }
-      return Effect.andThen(Effect.sleep(Math.ceil(((1 - tokens) / rate) * 1000)), frameBudget)
+      if (options.maxFramesPerSecond <= 0) return Effect.void
+      const wait = frames.take(Date.now())
+      return wait === 0 ? Effect.void : Effect.andThen(Effect.sleep(wait), frameBudget)
     })
 
     const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) =>
