@@ -100,14 +100,7 @@ const refuseUpgrade = (socket: Duplex, status: number, code: string, message: st
 }
 
 /** The path of a request target, or undefined when the target is not a valid URL. Never throws. */
-export const targetOf = (target: string | undefined): URL | undefined => {
-  try {
-    const url = new URL(target ?? "/", "http://localhost")
-    return url
-  } catch {
-    return undefined
-  }
-}
+export const targetOf = (target: string | undefined): URL | undefined => URL.parse(target ?? "/", "http://localhost") ?? undefined
 
 /** What the heartbeat sees of a connection now. */
 const observe = (connection: WebSocketConnection.Connection, at: number): Heartbeat.Observation => {
