@@ -1,5 +1,5 @@
 /**
- * `AgentInstanceFactory` over an `AgentRegistry` and a `WebSocketBridge`.
+ * `AgentInstanceFactory` over an `AgentRegistry`, a `RunLog` and a `WebSocketBridge`.
  *
  * Each instance gets its own `AgentContext`, bound to the run's emitter at the
  * instance's depth: thinking, tool calls and delegation all become events of
@@ -16,6 +16,7 @@ import { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "../
 import { AgentRegistry, type RegisteredAgent } from "../services/AgentRegistry.ts"
 import type { RunEmitter } from "../services/RunEmitter.ts"
 import { generateId, type UserExecutionContext } from "../services/UserExecutionContext.ts"
+import { RunLog } from "../services/RunLog.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as RunEmitterLayer from "./RunEmitter.ts"
 
@@ -54,6 +55,7 @@ const errorOf = (cause: Cause.Cause<AgentError | ToolError>): typeof AgentErrorI
 /** Builds the factory from its dependencies; exposed for hand wiring. */
 export const make = Effect.gen(function*() {
   const bridge = yield* WebSocketBridge
+  const log = yield* RunLog
   const registry = yield* AgentRegistry
 
   const instance = (agent: RegisteredAgent, context: UserExecutionContext, emitter: RunEmitter, depth: number): AgentInstance => {
@@ -143,6 +145,16 @@ export const make = Effect.gen(function*() {
         })
       }
       const cause = emitter.stopCause() ?? "user_request"
+      if (cause === "event_limit" || cause === "log_full") {
+        const error = cause === "event_limit"
+          ? { code: "EVENT_LIMIT", message: `the run sent too many events: at most ${log.settings.maxEventsPerRun} per run are kept (AGENTWIRE_MAX_EVENTS_PER_RUN), the last ones reserved for ending it` }
+          : { code: "LOG_FULL", message: "the server's run log is full (AGENTWIRE_RETENTION_BYTES) with runs still in progress" }
+        const final_response = `${agent.name} failed: ${error.message}`
+        return emit({ type: "agent_error", error }).pipe(
+          Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),
+          Effect.as<AgentOutcome>({ status: "failed", final_response, duration_ms, error })
+        )
+      }
       if (cause === "timeout") {
         const error = { code: "RUN_TIMEOUT", message: "the run did not finish within its time limit" }
         const final_response = `${agent.name} timed out: ${error.message}`
@@ -198,16 +210,22 @@ export const make = Effect.gen(function*() {
       held.holders++
       return held.emitter
     }
-    const emitter = RunEmitterLayer.make(context, bridge.emit, bridge.deliverSync)
+    const emitter = RunEmitterLayer.make(context, { log, bridge })
     emitters.set(context.run_id, { emitter, holders: 1 })
     return emitter
   }
-  const releaseEmitter = (run_id: string) => {
+  const releaseEmitter = (run_id: string): boolean => {
     const held = emitters.get(run_id)
-    if (held !== undefined && --held.holders === 0) emitters.delete(run_id)
+    if (held === undefined || --held.holders > 0) return false
+    emitters.delete(run_id)
+    return true
   }
+  // the last holder gone, the run's log is closed (a run that never sent its terminal event ends cancelled)
   const emitterFor = (context: UserExecutionContext) =>
-    Effect.acquireRelease(Effect.sync(() => acquireEmitter(context)), (emitter) => Effect.sync(() => releaseEmitter(emitter.context.run_id)))
+    Effect.acquireRelease(
+      Effect.sync(() => acquireEmitter(context)),
+      (emitter) => Effect.suspend(() => releaseEmitter(emitter.context.run_id) ? log.release(emitter.context.run_id) : Effect.void)
+    )
 
   // a sub-agent shares its parent's emitter; a root instance holds the run's emitter while it runs
   const create = (agent_name: string | undefined, context: UserExecutionContext, parent?: { readonly emitter: RunEmitter; readonly depth: number }) =>
@@ -229,8 +247,8 @@ export const make = Effect.gen(function*() {
   })
 })
 
-/** The factory. Requires the bridge and the agent registry. */
-export const layer: Layer.Layer<AgentInstanceFactory, never, WebSocketBridge | AgentRegistry> = Layer.effect(
+/** The factory. Requires the bridge, the run log and the agent registry. */
+export const layer: Layer.Layer<AgentInstanceFactory, never, WebSocketBridge | RunLog | AgentRegistry> = Layer.effect(
   AgentInstanceFactory,
   make
 )

@@ -25,6 +25,11 @@
  * | `AGENTWIRE_SHUTDOWN_GRACE_MS` | `10000` | at shutdown, how long runs in flight get to finish |
  * | `AGENTWIRE_MAX_CONNECTIONS_PER_USER` | `10` | a new connection over it closes the user's oldest with 4009 |
  * | `AGENTWIRE_MAX_FRAMES_PER_SECOND` | `200` | client frames handled per second per connection; faster senders are slowed (0 = unlimited) |
+ * | `AGENTWIRE_RETENTION_MS` | `900000` (15 min) | how long a finished run's events stay resumable |
+ * | `AGENTWIRE_MAX_EVENTS_PER_RUN` | `100000` | events one run may log; past it the run fails with `EVENT_LIMIT` |
+ * | `AGENTWIRE_RETENTION_BYTES` | `268435456` (256 MiB) | bytes of events all run logs may hold; the oldest finished runs are evicted first |
+ * | `AGENTWIRE_TOMBSTONE_MS` | `86400000` (24 h) | how long an expired run answers `RUN_EXPIRED` instead of `RUN_NOT_FOUND` |
+ * | `AGENTWIRE_SSE_HEARTBEAT_MS` | `15000` | comment line sent on an idle SSE stream so proxies keep it open |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure (unless a JWKS URL is set) |
  * | `AGENTWIRE_LLM_BASE_URL` | none | OpenAI-compatible API base URL (with `AGENTWIRE_LLM_MODEL`); enables `assistant` |
  * | `AGENTWIRE_LLM_MODEL` | none | model name (with `AGENTWIRE_LLM_BASE_URL`) |
@@ -43,6 +48,7 @@ import { Config, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
 import { availableParallelism } from "node:os"
 import { AgentwireConfig, type AgentwireSettings, ConfigInvalidError, type LlmSettings } from "../services/AgentwireConfig.ts"
 import type { RunLimits } from "../services/RunAdmission.ts"
+import type { RunLogSettings } from "../services/RunLog.ts"
 import { normalizeOrigin } from "../services/OriginPolicy.ts"
 
 const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
@@ -70,6 +76,15 @@ export const DEFAULT_RUN_LIMITS: RunLimits = {
   runStartBurst: 10,
   idempotencyWindowMs: 300_000
 }
+/** Default run log retention (`AGENTWIRE_RETENTION_MS`, `AGENTWIRE_MAX_EVENTS_PER_RUN`, `AGENTWIRE_RETENTION_BYTES`, `AGENTWIRE_TOMBSTONE_MS`). */
+export const DEFAULT_RUN_LOG_SETTINGS: RunLogSettings = {
+  retentionMs: 15 * 60_000,
+  maxEventsPerRun: 100_000,
+  maxBytes: 256 * 1024 * 1024,
+  tombstoneMs: 24 * 3_600_000
+}
+/** Default `AGENTWIRE_SSE_HEARTBEAT_MS`: 15 seconds, well under common proxy idle timeouts (60 s). */
+export const DEFAULT_SSE_HEARTBEAT_MS = 15_000
 /** Default `AGENTWIRE_RUN_TIMEOUT_MS`: 5 minutes. */
 export const DEFAULT_RUN_TIMEOUT_MS = 300_000
 /** Default `AGENTWIRE_SHUTDOWN_GRACE_MS`: 10 seconds. */
@@ -231,6 +246,13 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const shutdownGraceMs = yield* integer("AGENTWIRE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS, 0, 3_600_000)
   const maxConnectionsPerUser = yield* integer("AGENTWIRE_MAX_CONNECTIONS_PER_USER", DEFAULT_MAX_CONNECTIONS_PER_USER, 1, 10_000)
   const maxFramesPerSecond = yield* integer("AGENTWIRE_MAX_FRAMES_PER_SECOND", DEFAULT_MAX_FRAMES_PER_SECOND, 0, 1_000_000)
+  const runLog: RunLogSettings = {
+    retentionMs: yield* integer("AGENTWIRE_RETENTION_MS", DEFAULT_RUN_LOG_SETTINGS.retentionMs, 1000, 7 * 86_400_000),
+    maxEventsPerRun: yield* integer("AGENTWIRE_MAX_EVENTS_PER_RUN", DEFAULT_RUN_LOG_SETTINGS.maxEventsPerRun, 100, 10_000_000),
+    maxBytes: yield* integer("AGENTWIRE_RETENTION_BYTES", DEFAULT_RUN_LOG_SETTINGS.maxBytes, 1024 * 1024, 64 * 1024 ** 3),
+    tombstoneMs: yield* integer("AGENTWIRE_TOMBSTONE_MS", DEFAULT_RUN_LOG_SETTINGS.tombstoneMs, 0, 30 * 86_400_000)
+  }
+  const sseHeartbeatMs = yield* integer("AGENTWIRE_SSE_HEARTBEAT_MS", DEFAULT_SSE_HEARTBEAT_MS, 100, 3_600_000)
   const levelText = Option.getOrElse(yield* raw("AGENTWIRE_LOG_LEVEL"), () => "info")
   const logLevel = LOG_LEVELS[levelText.trim().toLowerCase()]
   if (logLevel === undefined) {
@@ -273,6 +295,8 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     shutdownGraceMs,
     maxConnectionsPerUser,
     maxFramesPerSecond,
+    runLog,
+    sseHeartbeatMs,
     logLevel,
     production,
     llm,
@@ -303,6 +327,8 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
     maxConnectionsPerUser: DEFAULT_MAX_CONNECTIONS_PER_USER,
     maxFramesPerSecond: DEFAULT_MAX_FRAMES_PER_SECOND,
+    runLog: DEFAULT_RUN_LOG_SETTINGS,
+    sseHeartbeatMs: DEFAULT_SSE_HEARTBEAT_MS,
     logLevel: "Info",
     production: false,
     llm: Option.none(),

@@ -172,6 +172,8 @@ export const make = Effect.gen(function*() {
         return yield* Effect.scoped(Effect.flatMap(createForUser(context), (engine) => {
           entry.emitter = engine.emitter
           if (entry.cause !== undefined) engine.emitter.setStopCause(entry.cause)
+          // a run whose log is full is ended by its emitter, through the same stop as any other
+          engine.emitter.onStopRequest((cause) => requestStop(entry, cause))
           return engine.run(resolved, request)
         }))
       }).pipe(

@@ -2,12 +2,19 @@
  * Builds the `RunEmitter` of one run.
  *
  * Each `emit` effect, when it runs, stamps the event (`seq`, `event_id`
- * `<run_id>:<seq>`, timestamp) and delivers it: in one synchronous step when
- * the bridge delivers synchronously, otherwise under this run's lock,
- * uninterruptibly: `seq` order is delivery order, a stamped
- * event is always delivered, and an emit interrupted while waiting for the lock
- * takes no `seq`. `event_id` is unique and stable for clients that deduplicate
- * after a reconnect.
+ * `<run_id>:<seq>`, timestamp), encodes it once, appends it to the run's log,
+ * then delivers it: in one synchronous step when both the log and the bridge
+ * work synchronously (the in-memory ones), otherwise under this run's lock,
+ * uninterruptibly: `seq` order is log order and delivery order, a stamped
+ * event is always logged before anyone sees it, and an emit interrupted while
+ * waiting for the lock takes no `seq`. `event_id` is unique and stable for
+ * clients that deduplicate after a reconnect.
+ *
+ * When the log answers that the run must end (`event_limit`, `log_full`), the
+ * event is still delivered, and the emitter asks the run's engine to stop it
+ * with that cause; the events its agents send while they end fit in the log's
+ * reserve. An event the log refuses (past its hard cap) takes no `seq` and is
+ * not delivered.
  *
  * Use one emitter per run: `AgentInstanceFactory` owns them (one per live
  * `run_id`); calling `make` twice for one run makes two sequences.
@@ -18,7 +25,9 @@ import { Effect, Semaphore } from "effect"
 import type { AgentEvent } from "../protocol/Protocol.ts"
 import type { AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
+import type { AppendResult, RunLog } from "../services/RunLog.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
+import type { WebSocketBridge } from "../services/WebSocketBridge.ts"
 
 // Events stamped within the same millisecond share one ISO string, across all runs of the
 // process: a paced run emits once per few ms, so a per-run cache would rarely hit, while the
@@ -34,27 +43,30 @@ const isoNow = (): string => {
   return lastIso
 }
 
-/**
- * A run emitter over `sink` (usually `WebSocketBridge.emit`). With
- * `deliverSync` (a synchronous delivery, e.g. `WebSocketBridge.deliverSync`),
- * each emit stamps and delivers in one synchronous step: nothing can run
- * between the two, so no lock is needed.
- */
-export const make = (
-  context: UserExecutionContext,
-  sink: (event: AgentEvent) => Effect.Effect<void>,
-  deliverSync?: (event: AgentEvent) => void
-): RunEmitter => {
+/** Where an emitter's events go: the run log first, then the bridge. */
+export interface EmitterSinks {
+  readonly log: Pick<RunLog["Service"], "append" | "appendSync">
+  readonly bridge: Pick<WebSocketBridge["Service"], "emit" | "deliverSync">
+}
+
+/** A run emitter over `sinks`. */
+export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmitter => {
   let seq = 0
   let rootError: AgentOutcome["error"]
   let outcome: AgentOutcome | undefined
   let stopCause: StopCause | undefined
+  let stopHandler: ((cause: StopCause) => void) | undefined
+  let refusedLogged = false
   const lock = Semaphore.makeUnsafe(1)
+
+  const setStopCause = (cause: StopCause) => {
+    stopCause ??= cause
+  }
 
   const stamp = (agent_name: string, depth: number, body: Parameters<RunEmitter["emit"]>[2]): AgentEvent => {
     seq++
     // The body's own fields come first; the stamp cannot be overridden by an agent.
-    const event = {
+    return {
       ...body,
       event_id: `${context.run_id}:${seq}`,
       run_id: context.run_id,
@@ -65,28 +77,75 @@ export const make = (
       seq,
       timestamp: isoNow()
     } as AgentEvent
-    if (depth === 0) {
-      if (event.type === "agent_error") rootError = event.error
-      else if (event.type === "agent_completed") {
-        const { duration_ms, final_response, status } = event
-        outcome = rootError === undefined
-          ? { status, final_response, duration_ms }
-          : { status, final_response, duration_ms, error: rootError }
-      }
-    }
-    return event
   }
+
+  /** Tracks the run's outcome from the events that passed. */
+  const observe = (event: AgentEvent) => {
+    if (event.depth !== 0) return
+    if (event.type === "agent_error") rootError = event.error
+    else if (event.type === "agent_completed") {
+      const { duration_ms, final_response, status } = event
+      outcome = rootError === undefined
+        ? { status, final_response, duration_ms }
+        : { status, final_response, duration_ms, error: rootError }
+    }
+  }
+
+  /** Acts on the log's answer; false when the event must not be delivered. */
+  const afterAppend = (result: AppendResult): boolean => {
+    if (result === "ok") return true
+    if (result === "refused") {
+      seq--
+      return false
+    }
+    if (stopCause === undefined) {
+      setStopCause(result)
+      stopHandler?.(result)
+    }
+    return true
+  }
+
+  // said once per run: a run past its log's hard cap drops its further events
+  const refused = (type: AgentEvent["type"]): Effect.Effect<void> => {
+    if (refusedLogged) return Effect.void
+    refusedLogged = true
+    return Effect.logError("run log refused an event past its hard cap; later events of this run are dropped").pipe(
+      Effect.annotateLogs({ run_id: context.run_id, user_id: context.user_id, event_type: type })
+    )
+  }
+
+  const { appendSync } = sinks.log
+  const { deliverSync } = sinks.bridge
+  const emit: RunEmitter["emit"] = appendSync !== undefined && deliverSync !== undefined
+    ? (agent_name, depth, body) =>
+      Effect.suspend(() => {
+        const event = stamp(agent_name, depth, body)
+        const frame = JSON.stringify(event)
+        if (!afterAppend(appendSync(event, frame))) return refused(event.type)
+        observe(event)
+        deliverSync(event, frame)
+        return Effect.void
+      })
+    : (agent_name, depth, body) =>
+      lock.withPermit(Effect.uninterruptible(Effect.suspend(() => {
+        const event = stamp(agent_name, depth, body)
+        const frame = JSON.stringify(event)
+        return Effect.flatMap(sinks.log.append(event, frame), (result) => {
+          if (!afterAppend(result)) return refused(event.type)
+          observe(event)
+          return sinks.bridge.emit(event, frame)
+        })
+      })))
 
   return {
     context,
     lastSeq: () => seq,
     outcome: () => outcome,
     stopCause: () => stopCause,
-    setStopCause: (cause) => {
-      stopCause ??= cause
+    setStopCause,
+    onStopRequest: (handler) => {
+      stopHandler = handler
     },
-    emit: deliverSync !== undefined
-      ? (agent_name, depth, body) => Effect.sync(() => deliverSync(stamp(agent_name, depth, body)))
-      : (agent_name, depth, body) => lock.withPermit(Effect.uninterruptible(Effect.suspend(() => sink(stamp(agent_name, depth, body)))))
+    emit
   }
 }

@@ -30,16 +30,16 @@ export const make = Effect.sync(() => {
     total--
   }
 
-  const deliver = (event: AgentEvent) => {
+  const deliver = (event: AgentEvent, encoded?: string) => {
     const connections = byUser.get(event.user_id)
     if (connections === undefined) return
-    const frame = JSON.stringify(event)
-    for (let i = 0; i < connections.length; i++) connections[i]!.send(frame)
+    const frame = encoded ?? JSON.stringify(event)
+    for (let i = 0; i < connections.length; i++) connections[i]!.send(frame, event)
   }
 
   return WebSocketBridge.of({
     register: (connection) => Effect.acquireRelease(Effect.sync(() => add(connection)), () => Effect.sync(() => remove(connection))),
-    emit: (event) => Effect.sync(() => deliver(event)),
+    emit: (event, frame) => Effect.sync(() => deliver(event, frame)),
     deliverSync: deliver,
     connectionCount: (user_id) => Effect.sync(() => user_id === undefined ? total : (byUser.get(user_id)?.length ?? 0))
   })

@@ -46,7 +46,7 @@ export const layer: Layer.Layer<WebSocketBridge | RecordedEvents> = Layer.effect
   const bridge = WebSocketBridge.of({
     register: inner.register,
     connectionCount: inner.connectionCount,
-    emit: (event) => Effect.flatMap(Effect.suspend(() => record(event)), () => inner.emit(event))
+    emit: (event, frame) => Effect.flatMap(Effect.suspend(() => record(event)), () => inner.emit(event, frame))
   })
   const recorded = RecordedEvents.of({
     all: Effect.sync(() => [...events]),

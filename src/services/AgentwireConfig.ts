@@ -8,6 +8,7 @@
  * @module
  */
 import type { RunLimits } from "./RunAdmission.ts"
+import type { RunLogSettings } from "./RunLog.ts"
 import { Context, Data, type LogLevel, type Option, type Redacted } from "effect"
 
 export interface AgentwireSettings {
@@ -44,6 +45,10 @@ export interface AgentwireSettings {
   readonly maxConnectionsPerUser: number
   /** Client frames handled per second per connection; faster senders are slowed by pausing reads (`AGENTWIRE_MAX_FRAMES_PER_SECOND`, 0 = unlimited). */
   readonly maxFramesPerSecond: number
+  /** Run log retention: how long, how many events per run, how many bytes in all, tombstones (see `RunLog`). */
+  readonly runLog: RunLogSettings
+  /** An idle SSE stream gets a comment line this often, in milliseconds (`AGENTWIRE_SSE_HEARTBEAT_MS`). */
+  readonly sseHeartbeatMs: number
   readonly logLevel: LogLevel.LogLevel
   /** `NODE_ENV=production`. */
   readonly production: boolean

@@ -7,8 +7,8 @@
  *
  * Stamping happens when an `emit` effect *runs*, never when it is built: each
  * run of the effect takes the next `seq` (1, 2, 3… with no gaps), `event_id`
- * `<run_id>:<seq>` and the timestamp, then hands the event on (to the bridge;
- * later also to a run log). Emits of one run are serialised, so `seq` order is
+ * `<run_id>:<seq>` and the timestamp, encodes it once, appends it to the run's
+ * log (`RunLog`), then delivers it (`WebSocketBridge`). Emits of one run are serialised, so `seq` order is
  * delivery order even when concurrent fibers emit. An effect that is built and
  * never run takes no `seq`; one that runs three times takes three.
  * Built by `layers/RunEmitter.ts`.
@@ -20,8 +20,12 @@ import type { AgentEventBody } from "../protocol/Protocol.ts"
 import type { AgentOutcome } from "./AgentInstanceFactory.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
 
-/** Why a run is ended from outside: its user stopped it, it ran out of time, or the server shut down past its grace period. */
-export type StopCause = "user_request" | "timeout" | "server_shutdown"
+/**
+ * Why a run is ended from outside: its user stopped it, it ran out of time,
+ * the server shut down past its grace period, or its log is full (its own
+ * events: `event_limit`; the process's retention budget: `log_full`).
+ */
+export type StopCause = "user_request" | "timeout" | "server_shutdown" | "event_limit" | "log_full"
 
 export interface RunEmitter {
   readonly context: UserExecutionContext
@@ -38,4 +42,9 @@ export interface RunEmitter {
   readonly stopCause: () => StopCause | undefined
   /** Records why the run is about to be interrupted; a later cause does not replace the first. */
   readonly setStopCause: (cause: StopCause) => void
+  /**
+   * Who ends the run when the emitter must (its log is full): the engine that
+   * runs it registers here. The emitter records the cause, then calls it.
+   */
+  readonly onStopRequest: (handler: (cause: StopCause) => void) => void
 }

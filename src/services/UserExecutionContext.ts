@@ -46,7 +46,7 @@ const check = (field: keyof UserExecutionContext, value: string): Effect.Effect<
 }
 
 /** Generates an id with a readable prefix, e.g. `run_3f2a…`. */
-export const generateId = (prefix: "run" | "req" | "thread" | "conn" | "tool"): string =>
+export const generateId = (prefix: "run" | "req" | "thread" | "conn" | "tool" | "epoch"): string =>
   `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
 
 /** Validates the input and returns a frozen context. */

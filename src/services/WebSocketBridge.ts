@@ -15,22 +15,30 @@ import type { AgentEvent } from "../protocol/Protocol.ts"
 export interface BridgeConnection {
   readonly id: string
   readonly user_id: string
-  /** Sends one already-encoded frame. Must not throw; a dead socket drops it. */
-  readonly send: (frame: string) => void
+  /**
+   * Sends one already-encoded frame; `event` is the agent event it encodes
+   * (absent for frames that are not agent events). Must not throw; a dead
+   * socket drops it.
+   */
+  readonly send: (frame: string, event?: AgentEvent) => void
 }
 
 export class WebSocketBridge extends Context.Service<WebSocketBridge, {
   /** Registers a connection until the surrounding scope closes. */
   readonly register: (connection: BridgeConnection) => Effect.Effect<void, never, Scope.Scope>
-  /** Delivers one event to every live connection of `event.user_id`, encoded once. */
-  readonly emit: (event: AgentEvent) => Effect.Effect<void>
+  /**
+   * Delivers one event to every live connection of `event.user_id`, encoded
+   * once (`frame`, when given, is that encoding: the run emitter encodes each
+   * event once for the log and the bridge).
+   */
+  readonly emit: (event: AgentEvent, frame?: string) => Effect.Effect<void>
   /**
    * The same delivery as a plain synchronous call, for bridges that deliver
    * synchronously (the in-memory one). When present, run emitters stamp and
    * deliver in one synchronous step, with no lock; bridges that need I/O leave
    * it out and emits of a run are serialised instead.
    */
-  readonly deliverSync?: ((event: AgentEvent) => void) | undefined
+  readonly deliverSync?: ((event: AgentEvent, frame?: string) => void) | undefined
   /** Live connections of one user, or of everyone when `user_id` is omitted. */
   readonly connectionCount: (user_id?: string) => Effect.Effect<number>
 }>()("agentwire/WebSocketBridge") {}

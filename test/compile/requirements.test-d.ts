@@ -25,6 +25,7 @@ import type { ConversationStore } from "../../src/services/ConversationStore.ts"
 import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 import type { RunAdmission } from "../../src/services/RunAdmission.ts"
+import type { RunLog } from "../../src/services/RunLog.ts"
 import type { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
 
 const program = Effect.gen(function*() {
@@ -34,7 +35,7 @@ const program = Effect.gen(function*() {
 })
 
 test("the factories' layers declare what they require", () => {
-  expectTypeOf<Layer.Services<typeof AgentInstanceFactoryLayer.layer>>().toEqualTypeOf<WebSocketBridge | AgentRegistry>()
+  expectTypeOf<Layer.Services<typeof AgentInstanceFactoryLayer.layer>>().toEqualTypeOf<WebSocketBridge | RunLog | AgentRegistry>()
   expectTypeOf<Layer.Services<typeof ExecutionEngineFactoryLayer.layer>>().toEqualTypeOf<
     AgentInstanceFactory | WebSocketBridge | RunAdmission
   >()

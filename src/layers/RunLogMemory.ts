@@ -1,0 +1,275 @@
+/**
+ * In-memory `RunLog` for one process.
+ *
+ * Each run keeps its frames (the JSON text already sent to sockets) in an
+ * array indexed by `seq - 1`; a run's summary is derived from its events (the
+ * first depth-0 event names the agent, the root `agent_completed` ends it).
+ * Finished runs are kept in end order: they expire `retentionMs` after their
+ * end, and when the byte budget is spent the oldest finished run is evicted
+ * first. Either way the run leaves a tombstone (run, user, last seq) for
+ * `tombstoneMs`, at most `MAX_TOMBSTONES` of them, oldest dropped first.
+ *
+ * Bytes are counted as the frame's length plus `EVENT_OVERHEAD_BYTES` per
+ * event (the array slot, the type); the figure is measured by
+ * `bench/runlog-memory.ts`. Time comes from the Effect `Clock`, so tests drive
+ * retention with `TestClock`; a sweep every `SWEEP_INTERVAL_MS` frees expired
+ * runs, and every read checks expiry itself.
+ *
+ * @module
+ */
+import { Clock, Effect, Layer, Option } from "effect"
+import type { AgentEvent } from "../protocol/Protocol.ts"
+import { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import {
+  AfterSeqError,
+  type AppendResult,
+  type ListOptions,
+  type LoggedEvent,
+  MAX_LIST_RUNS,
+  RunExpiredError,
+  RunLog,
+  type RunLogSettings,
+  RunNotFoundError,
+  type RunStatus,
+  type RunSummary
+} from "../services/RunLog.ts"
+import { generateId } from "../services/UserExecutionContext.ts"
+import { DEFAULT_RUN_LOG_SETTINGS } from "./AgentwireConfig.ts"
+
+/** Bytes counted per logged event beyond its frame's length (array slot, type, bookkeeping). */
+export const EVENT_OVERHEAD_BYTES = 64
+
+/** Tombstones kept at most (about 150 bytes each), oldest dropped first. */
+export const MAX_TOMBSTONES = 100_000
+
+/** How often expired runs are freed, in milliseconds (reads check expiry themselves). */
+export const SWEEP_INTERVAL_MS = 1000
+
+/** Events kept beyond the soft cap so that a run stopped there can still log its terminal events. */
+export const terminalReserve = (maxEventsPerRun: number): number => Math.min(1024, Math.floor(maxEventsPerRun / 4))
+
+interface RunRecord {
+  readonly run_id: string
+  readonly user_id: string
+  readonly thread_id: string
+  agent_name: string
+  readonly started_at: string
+  status: RunStatus
+  ended_at: string | undefined
+  /** When the run ended by the log's clock (retention counts from here). */
+  endedAtMs: number
+  readonly frames: Array<string>
+  readonly types: Array<AgentEvent["type"]>
+  bytes: number
+  waiters: Array<() => void> | undefined
+}
+
+interface Tombstone {
+  readonly user_id: string
+  readonly last_seq: number
+  readonly expiresAt: number
+}
+
+const summaryOf = (run: RunRecord): RunSummary => ({
+  run_id: run.run_id,
+  thread_id: run.thread_id,
+  user_id: run.user_id,
+  agent_name: run.agent_name,
+  status: run.status,
+  started_at: run.started_at,
+  ...(run.ended_at === undefined ? {} : { ended_at: run.ended_at }),
+  last_seq: run.frames.length
+})
+
+/** Builds the in-memory log over `settings`; the sweep runs in the surrounding scope. */
+export const make = (settings: RunLogSettings) =>
+  Effect.gen(function*() {
+    const clock = yield* Clock.Clock
+    const epoch = generateId("epoch")
+    const softCap = settings.maxEventsPerRun - terminalReserve(settings.maxEventsPerRun)
+    const runs = new Map<string, RunRecord>()
+    // insertion order = start order (newest last)
+    const byUser = new Map<string, Set<string>>()
+    // insertion order = end order: the first entries expire (and are evicted) first
+    const ended = new Set<string>()
+    const tombstones = new Map<string, Tombstone>()
+    let totalBytes = 0
+
+    const wake = (run: RunRecord) => {
+      const waiters = run.waiters
+      if (waiters === undefined) return
+      run.waiters = undefined
+      for (const w of waiters) w()
+    }
+
+    const forget = (run: RunRecord, now: number) => {
+      runs.delete(run.run_id)
+      ended.delete(run.run_id)
+      const mine = byUser.get(run.user_id)
+      mine?.delete(run.run_id)
+      if (mine !== undefined && mine.size === 0) byUser.delete(run.user_id)
+      totalBytes -= run.bytes
+      tombstones.set(run.run_id, { user_id: run.user_id, last_seq: run.frames.length, expiresAt: now + settings.tombstoneMs })
+      if (tombstones.size > MAX_TOMBSTONES) tombstones.delete(tombstones.keys().next().value!)
+      wake(run)
+    }
+
+    const sweep = (now: number) => {
+      for (const run_id of ended) {
+        const run = runs.get(run_id)!
+        if (run.endedAtMs + settings.retentionMs > now) break
+        forget(run, now)
+      }
+      for (const [run_id, tomb] of tombstones) {
+        if (tomb.expiresAt > now) break
+        tombstones.delete(run_id)
+      }
+    }
+
+    const end = (run: RunRecord, status: RunStatus, ended_at: string) => {
+      run.status = status
+      run.ended_at = ended_at
+      run.endedAtMs = clock.currentTimeMillisUnsafe()
+      ended.add(run.run_id)
+      wake(run)
+    }
+
+    const appendSync = (event: AgentEvent, frame: string): AppendResult => {
+      let run = runs.get(event.run_id)
+      if (run !== undefined && event.seq === 1 && run.frames.length > 0) {
+        // a run id used again (embedders choosing their own): the new run replaces the old
+        forget(run, clock.currentTimeMillisUnsafe())
+        run = undefined
+      }
+      if (run === undefined) {
+        run = {
+          run_id: event.run_id,
+          user_id: event.user_id,
+          thread_id: event.thread_id,
+          agent_name: event.depth === 0 ? event.agent_name : "",
+          started_at: event.timestamp,
+          status: "running",
+          ended_at: undefined,
+          endedAtMs: 0,
+          frames: [],
+          types: [],
+          bytes: 0,
+          waiters: undefined
+        }
+        runs.set(run.run_id, run)
+        tombstones.delete(run.run_id)
+        let mine = byUser.get(run.user_id)
+        if (mine === undefined) byUser.set(run.user_id, mine = new Set())
+        mine.add(run.run_id)
+      }
+      if (run.frames.length >= settings.maxEventsPerRun || run.status !== "running") return "refused"
+      if (run.agent_name === "" && event.depth === 0) run.agent_name = event.agent_name
+      const bytes = frame.length + EVENT_OVERHEAD_BYTES
+      run.frames.push(frame)
+      run.types.push(event.type)
+      run.bytes += bytes
+      totalBytes += bytes
+      if (event.type === "agent_completed" && event.depth === 0) end(run, event.status, event.timestamp)
+      else wake(run)
+      // the budget: the oldest finished runs go first; active runs alone over it must end
+      if (totalBytes > settings.maxBytes) {
+        const now = clock.currentTimeMillisUnsafe()
+        for (const run_id of ended) {
+          if (totalBytes <= settings.maxBytes) break
+          forget(runs.get(run_id)!, now)
+        }
+        if (totalBytes > settings.maxBytes && run.status === "running") return "log_full"
+      }
+      return run.frames.length > softCap && run.status === "running" ? "event_limit" : "ok"
+    }
+
+    /** The user's run, or why it cannot be read (expired runs are forgotten here too). */
+    const find = (user_id: string, run_id: string): RunRecord | RunNotFoundError | RunExpiredError => {
+      const now = clock.currentTimeMillisUnsafe()
+      const run = runs.get(run_id)
+      if (run !== undefined && run.status !== "running" && run.endedAtMs + settings.retentionMs <= now) forget(run, now)
+      const live = runs.get(run_id)
+      if (live !== undefined) return live.user_id === user_id ? live : new RunNotFoundError({ run_id })
+      const tomb = tombstones.get(run_id)
+      if (tomb !== undefined && tomb.user_id === user_id && tomb.expiresAt > now) {
+        return new RunExpiredError({ run_id, last_seq: tomb.last_seq })
+      }
+      return new RunNotFoundError({ run_id })
+    }
+
+    const found = (user_id: string, run_id: string) =>
+      Effect.suspend(() => {
+        const run = find(user_id, run_id)
+        return run instanceof RunNotFoundError || run instanceof RunExpiredError ? Effect.fail(run) : Effect.succeed(run)
+      })
+
+    const list = (user_id: string, options?: ListOptions): ReadonlyArray<RunSummary> => {
+      sweep(clock.currentTimeMillisUnsafe())
+      const mine = byUser.get(user_id)
+      if (mine === undefined) return []
+      const limit = Math.max(1, Math.min(options?.limit ?? MAX_LIST_RUNS, MAX_LIST_RUNS))
+      const ids = Array.from(mine)
+      const out: Array<RunSummary> = []
+      for (let i = ids.length - 1; i >= 0 && out.length < limit; i--) {
+        const run = runs.get(ids[i]!)!
+        if (options?.thread_id !== undefined && run.thread_id !== options.thread_id) continue
+        if (options?.status !== undefined && run.status !== options.status) continue
+        out.push(summaryOf(run))
+      }
+      return out
+    }
+
+    yield* Effect.forkScoped(
+      Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.sync(() => sweep(clock.currentTimeMillisUnsafe()))))
+    )
+
+    return RunLog.of({
+      epoch,
+      settings,
+      append: (event, frame) => Effect.sync(() => appendSync(event, frame)),
+      appendSync,
+      release: (run_id) =>
+        Effect.sync(() => {
+          const run = runs.get(run_id)
+          if (run !== undefined && run.status === "running") end(run, "cancelled", new Date(clock.currentTimeMillisUnsafe()).toISOString())
+        }),
+      summary: (user_id, run_id) => Effect.map(found(user_id, run_id), summaryOf),
+      list: (user_id, options) => Effect.sync(() => list(user_id, options)),
+      read: (user_id, run_id, after_seq, limits) =>
+        Effect.flatMap(found(user_id, run_id), (run) => {
+          const last = run.frames.length
+          if (after_seq > last) return Effect.fail(new AfterSeqError({ after_seq, last_seq: last }))
+          const events: Array<LoggedEvent> = []
+          let bytes = 0
+          for (let i = Math.max(0, after_seq); i < last && events.length < limits.maxEvents; i++) {
+            const frame = run.frames[i]!
+            if (events.length > 0 && bytes + frame.length > limits.maxBytes) break
+            bytes += frame.length
+            events.push({ seq: i + 1, type: run.types[i]!, frame })
+          }
+          return Effect.succeed({ events, summary: summaryOf(run) })
+        }),
+      waitFor: (user_id, run_id, after_seq) =>
+        Effect.flatMap(found(user_id, run_id), (run) => {
+          if (run.frames.length > after_seq || run.status !== "running") return Effect.void
+          return Effect.callback<void, RunNotFoundError | RunExpiredError>((resume) => {
+            const waiter = () => resume(Effect.asVoid(found(user_id, run_id)))
+            ;(run.waiters ??= []).push(waiter)
+            return Effect.sync(() => {
+              const i = run.waiters?.indexOf(waiter) ?? -1
+              if (i >= 0) run.waiters!.splice(i, 1)
+            })
+          })
+        })
+    })
+  })
+
+/** The in-memory log over `settings`. */
+export const layer = (settings: RunLogSettings): Layer.Layer<RunLog> => Layer.effect(RunLog, make(settings))
+
+/** The in-memory log with the retention settings of `AgentwireConfig` when one is provided, else the defaults. */
+export const layerConfig: Layer.Layer<RunLog> = Layer.effect(
+  RunLog,
+  Effect.flatMap(Effect.serviceOption(AgentwireConfig), (config) =>
+    make(Option.match(config, { onNone: () => DEFAULT_RUN_LOG_SETTINGS, onSome: (c) => c.runLog })))
+)

@@ -1,0 +1,181 @@
+/**
+ * RunLog: every event of a run, kept for a while, so that a client that lost
+ * its connection can get what it missed.
+ *
+ * Each event is appended to its run's log *before* it is delivered, and its
+ * `seq` is its position in that log (1, 2, 3…). A run's log lives while the run
+ * is active and `retentionMs` after its terminal event; then it leaves a small
+ * tombstone (`tombstoneMs`), so that a late client is told `RUN_EXPIRED` rather
+ * than `RUN_NOT_FOUND`. A global byte budget evicts the oldest finished runs
+ * first. `epoch` names the log's lifetime: a client that sees another epoch
+ * knows that what it did not receive is gone.
+ *
+ * The contract is what a shared store can offer too (appends, range reads from a
+ * seq, waiting for an append after a seq, run summaries, expiry); nothing in it
+ * assumes one process. `follow` below builds the live subscription from `read`
+ * and `waitFor`. Every read takes the asking user: another user's run is
+ * indistinguishable from an unknown one.
+ *
+ * Implementations: `layers/RunLogMemory.ts` (one process).
+ *
+ * @module
+ */
+import { Context, Data, Effect, Option, Stream } from "effect"
+import type { AgentEvent } from "../protocol/Protocol.ts"
+
+/** A run's status in the log: `running` while active, else its root `agent_completed.status`. */
+export type RunStatus = "running" | "completed" | "failed" | "cancelled" | "timed_out"
+
+/** What the log knows of one run (the `runs` list entry of the protocol). */
+export interface RunSummary {
+  readonly run_id: string
+  readonly thread_id: string
+  readonly user_id: string
+  /** The root agent's name (from the run's first depth-0 event). */
+  readonly agent_name: string
+  readonly status: RunStatus
+  /** ISO 8601, the timestamp of the run's first event. */
+  readonly started_at: string
+  /** ISO 8601, the timestamp of the root `agent_completed`; absent while running. */
+  readonly ended_at?: string | undefined
+  /** The `seq` of the last event logged (0 before the first). */
+  readonly last_seq: number
+}
+
+/** One logged event: its position, its type, and the frame sent for it (the event as JSON text). */
+export interface LoggedEvent {
+  readonly seq: number
+  readonly type: AgentEvent["type"]
+  readonly frame: string
+}
+
+/**
+ * What an append tells the run's emitter:
+ * - `ok`: logged;
+ * - `event_limit` / `log_full`: logged, but the run must end now (it reached
+ *   `maxEventsPerRun`, less a reserve kept for its terminal events; or the byte
+ *   budget is spent by active runs alone);
+ * - `refused`: not logged (the hard cap is reached): the event must not be delivered.
+ */
+export type AppendResult = "ok" | "event_limit" | "log_full" | "refused"
+
+/** A page of a run's log: events with `seq > after_seq`, in order, and the run as it was when read. */
+export interface LogPage {
+  readonly events: ReadonlyArray<LoggedEvent>
+  readonly summary: RunSummary
+}
+
+/** Retention settings (`AGENTWIRE_RETENTION_MS`, `AGENTWIRE_MAX_EVENTS_PER_RUN`, `AGENTWIRE_RETENTION_BYTES`, `AGENTWIRE_TOMBSTONE_MS`). */
+export interface RunLogSettings {
+  /** How long a finished run's events stay, in milliseconds. */
+  readonly retentionMs: number
+  /** Events one run may log; past it (less a reserve for its terminal events) the run fails with `EVENT_LIMIT`. */
+  readonly maxEventsPerRun: number
+  /** Bytes of event frames all logs together may hold; the oldest finished runs are evicted first. */
+  readonly maxBytes: number
+  /** How long an evicted or expired run is remembered as expired, in milliseconds. */
+  readonly tombstoneMs: number
+}
+
+/** No such run for this user (unknown, or another user's). */
+export class RunNotFoundError extends Data.TaggedError("RunNotFoundError")<{ readonly run_id: string }> {
+  override get message(): string {
+    return `no run ${JSON.stringify(this.run_id)}`
+  }
+}
+
+/** The run's events are gone (past retention, or evicted); `last_seq` is how far its log went. */
+export class RunExpiredError extends Data.TaggedError("RunExpiredError")<{ readonly run_id: string; readonly last_seq: number }> {
+  override get message(): string {
+    return `run ${JSON.stringify(this.run_id)} expired: its events (up to seq ${this.last_seq}) are no longer retained`
+  }
+}
+
+/** `after_seq` is past the run's last event. */
+export class AfterSeqError extends Data.TaggedError("AfterSeqError")<{ readonly after_seq: number; readonly last_seq: number }> {
+  override get message(): string {
+    return `after_seq ${this.after_seq} is beyond the run's last seq ${this.last_seq}`
+  }
+}
+
+/** Why a run's log cannot be read. */
+export type RunLogReadError = RunNotFoundError | RunExpiredError
+
+/** Filters of `list`. */
+export interface ListOptions {
+  readonly thread_id?: string | undefined
+  readonly status?: RunStatus | undefined
+  /** At most this many (the log caps it at `MAX_LIST_RUNS`). */
+  readonly limit?: number | undefined
+}
+
+/** Most runs one `list` returns. */
+export const MAX_LIST_RUNS = 100
+
+export class RunLog extends Context.Service<RunLog, {
+  /** The id of this log's lifetime: a client that reconnects and sees another one lost what it had not received. */
+  readonly epoch: string
+  readonly settings: RunLogSettings
+  /** Appends one stamped event (its `frame` is the event as JSON text). Appends of one run come in `seq` order. */
+  readonly append: (event: AgentEvent, frame: string) => Effect.Effect<AppendResult>
+  /** The same append as a synchronous call, for logs that hold their data in process; absent otherwise. */
+  readonly appendSync?: ((event: AgentEvent, frame: string) => AppendResult) | undefined
+  /** The run's emitter is gone: a run that never logged its terminal event is closed as `cancelled`. */
+  readonly release: (run_id: string) => Effect.Effect<void>
+  /** The run as the log knows it. */
+  readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
+  /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */
+  readonly list: (user_id: string, options?: ListOptions) => Effect.Effect<ReadonlyArray<RunSummary>>
+  /**
+   * Events with `seq > after_seq`, in order: at most `maxEvents` of them and
+   * about `maxBytes` of frames (always at least one when one exists).
+   */
+  readonly read: (
+    user_id: string,
+    run_id: string,
+    after_seq: number,
+    limits: { readonly maxEvents: number; readonly maxBytes: number }
+  ) => Effect.Effect<LogPage, RunLogReadError | AfterSeqError>
+  /** Waits until the run has an event with `seq > after_seq`, or has ended, or is gone (then it fails). */
+  readonly waitFor: (user_id: string, run_id: string, after_seq: number) => Effect.Effect<void, RunLogReadError>
+}>()("agentwire/RunLog") {}
+
+/** What `follow` yields: an event, or (once) the point where the replay caught up with the log. */
+export type FollowItem =
+  | { readonly _tag: "Event"; readonly event: LoggedEvent }
+  | { readonly _tag: "CaughtUp"; readonly summary: RunSummary }
+
+/** Events read per page when following: enough to fill a socket's send buffer, small enough to pace it. */
+export const FOLLOW_PAGE = { maxEvents: 256, maxBytes: 128 * 1024 } as const
+
+/**
+ * A run's events with `seq > after_seq`, in order, each once: first what the
+ * log holds, then a `CaughtUp` marker, then each new event as it is appended,
+ * until the run's last event. Pull-based: a slow consumer reads the next page
+ * only when it asks, so following costs no buffering. Fails when the run is
+ * unknown, another user's, or expired (also when it expires while followed).
+ */
+export const follow = (
+  log: RunLog["Service"],
+  user_id: string,
+  run_id: string,
+  after_seq: number
+): Stream.Stream<FollowItem, RunLogReadError | AfterSeqError> =>
+  Stream.paginate({ cursor: after_seq, caughtUp: false }, (state) =>
+    Effect.gen(function*() {
+      const page = yield* log.read(user_id, run_id, state.cursor, FOLLOW_PAGE)
+      const { events, summary } = page
+      const items: Array<FollowItem> = events.map((event) => ({ _tag: "Event", event }))
+      const cursor = events.length > 0 ? events[events.length - 1]!.seq : state.cursor
+      const atEnd = cursor >= summary.last_seq
+      let caughtUp = state.caughtUp
+      if (atEnd && !caughtUp) {
+        items.push({ _tag: "CaughtUp", summary })
+        caughtUp = true
+      }
+      if (atEnd && summary.status !== "running") return [items, Option.none()] as const
+      // nothing new: wait for the next append (or the run's end, or its expiry)
+      if (events.length === 0) yield* log.waitFor(user_id, run_id, cursor)
+      return [items, Option.some({ cursor, caughtUp })] as const
+    })
+  )
