@@ -26,10 +26,11 @@ import type { AgentwireConfig, AgentwireSettings } from "./services/AgentwireCon
 import type { AgentwireServer } from "./services/AgentwireServer.ts"
 import type { Auth } from "./services/Auth.ts"
 import type { ExecutionEngineFactory } from "./services/ExecutionEngineFactory.ts"
+import type { RunLog } from "./services/RunLog.ts"
 import type { WebSocketBridge } from "./services/WebSocketBridge.ts"
 
 /** Everything the server layer provides, for embedders that want to use the services too. */
-export type ServerServices = AgentwireServer | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge
+export type ServerServices = AgentwireServer | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge | RunLog
 
 /** The server with the agents of `registry`, over the in-memory bridge. */
 export const layerServer = <E, R>(

@@ -77,6 +77,24 @@ export {
   ConversationStoreError
 } from "./services/ConversationStore.ts"
 
+/** Every event of a run, retained for resume: `RunLog`, its errors, and `follow` (replay then live, from a seq). */
+export {
+  AfterSeqError,
+  type AppendResult,
+  follow,
+  type FollowItem,
+  type ListOptions,
+  type LoggedEvent,
+  type LogPage,
+  RunExpiredError,
+  RunLog,
+  type RunLogReadError,
+  type RunLogSettings,
+  RunNotFoundError,
+  type RunStatus,
+  type RunSummary
+} from "./services/RunLog.ts"
+
 /** The per-run emitter that stamps `seq`, `event_id`, ids and timestamps on every event. */
 export type { RunEmitter, StopCause } from "./services/RunEmitter.ts"
 
@@ -91,6 +109,9 @@ export * as AgentRegistryLayer from "./layers/AgentRegistry.ts"
 
 /** The in-memory `WebSocketBridge` for one process. */
 export * as WebSocketBridgeMemory from "./layers/WebSocketBridgeMemory.ts"
+
+/** The in-memory `RunLog` (one process): `layer(settings)`, `layerConfig` (from `AgentwireConfig`). */
+export * as RunLogMemory from "./layers/RunLogMemory.ts"
 
 /** The in-memory `RunAdmission` (per-process limits). */
 export * as RunAdmissionMemory from "./layers/RunAdmissionMemory.ts"

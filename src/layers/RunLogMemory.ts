@@ -162,7 +162,13 @@ export const make = (settings: RunLogSettings) =>
         if (mine === undefined) byUser.set(run.user_id, mine = new Set())
         mine.add(run.run_id)
       }
-      if (run.frames.length >= settings.maxEventsPerRun || run.status !== "running") return "refused"
+      if (run.frames.length >= settings.maxEventsPerRun) return "refused"
+      if (run.status !== "running") {
+        // more root runs on one context (embedders running an engine twice): the run is open again
+        ended.delete(run.run_id)
+        run.status = "running"
+        run.ended_at = undefined
+      }
       if (run.agent_name === "" && event.depth === 0) run.agent_name = event.agent_name
       const bytes = frame.length + EVENT_OVERHEAD_BYTES
       run.frames.push(frame)

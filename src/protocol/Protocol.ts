@@ -84,12 +84,57 @@ export const Authenticate = Schema.Struct({
 })
 export type Authenticate = typeof Authenticate.Type
 
+/** A `seq` position: 0 (before the first event) or more. */
+const SeqPosition = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+
+/**
+ * Asks for the events of `run_id` with `seq > after_seq` (0 = all): every
+ * retained one, in order, then `run_resumed`, then (if the run is still
+ * active) its live events, each exactly once on this connection. Unknown runs
+ * and other users' runs: `error RUN_NOT_FOUND`; runs past retention:
+ * `error RUN_EXPIRED` with `last_seq`.
+ */
+export const ResumeRun = Schema.Struct({
+  type: Schema.Literal("resume_run"),
+  run_id: Id,
+  after_seq: SeqPosition,
+  request_id: Schema.optionalKey(Id)
+})
+export type ResumeRun = typeof ResumeRun.Type
+
+/** A run's status: `running` while active, else its root `agent_completed.status`. */
+export const RunStatus = Schema.Literals(["running", "completed", "failed", "cancelled", "timed_out"])
+export type RunStatus = typeof RunStatus.Type
+
+/** Most runs a `runs` answer lists. */
+export const MAX_LIST_RUNS = 100
+
+/** Lists the user's active and retained runs, newest first (at most `limit`, 1 to 100, default 100); answered with `runs`. */
+export const ListRuns = Schema.Struct({
+  type: Schema.Literal("list_runs"),
+  thread_id: Schema.optionalKey(Id),
+  status: Schema.optionalKey(RunStatus),
+  limit: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(MAX_LIST_RUNS))),
+  request_id: Schema.optionalKey(Id)
+})
+export type ListRuns = typeof ListRuns.Type
+
 /** Every message a client may send. */
-export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate, StopAgent]).pipe(Schema.toTaggedUnion("type"))
+export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate, StopAgent, ResumeRun, ListRuns]).pipe(
+  Schema.toTaggedUnion("type")
+)
 export type ClientMessage = typeof ClientMessage.Type
 
 /** The `type` values a client may send. */
-export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = ["start_agent", "user_message", "ping", "authenticate", "stop_agent"]
+export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = [
+  "start_agent",
+  "user_message",
+  "ping",
+  "authenticate",
+  "stop_agent",
+  "resume_run",
+  "list_runs"
+]
 
 // ---------------------------------------------------------------------------
 // server -> client: connection-level frames
@@ -100,7 +145,13 @@ export const ConnectionEstablished = Schema.Struct({
   connection_id: Schema.String,
   user_id: Schema.String,
   protocol_version: Schema.Literal(PROTOCOL_VERSION),
-  max_message_bytes: Schema.Int
+  max_message_bytes: Schema.Int,
+  /**
+   * The id of the run log's lifetime. A client that reconnects and sees
+   * another epoch than before knows that the events it did not receive are
+   * gone (the server restarted); the same epoch means `resume_run` can get them.
+   */
+  server_epoch: Schema.optionalKey(Schema.String)
 })
 export type ConnectionEstablished = typeof ConnectionEstablished.Type
 
@@ -142,6 +193,44 @@ export const RunStopped = Schema.Struct({
 export type RunStopped = typeof RunStopped.Type
 
 /**
+ * Sent after the replay of a `resume_run`: events up to `last_seq` were
+ * replayed (those after `after_seq`); `status` is the run's at that moment. A
+ * `running` run's later events follow live.
+ */
+export const RunResumed = Schema.Struct({
+  type: Schema.Literal("run_resumed"),
+  run_id: Schema.String,
+  after_seq: Schema.Int,
+  last_seq: Schema.Int,
+  status: RunStatus,
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type RunResumed = typeof RunResumed.Type
+
+/** One run in a `runs` answer. */
+export const RunInfo = Schema.Struct({
+  run_id: Schema.String,
+  thread_id: Schema.String,
+  agent_name: Schema.String,
+  status: RunStatus,
+  /** ISO 8601: the run's first event. */
+  started_at: Schema.String,
+  /** ISO 8601: the run's root `agent_completed`; absent while running. */
+  ended_at: Schema.optionalKey(Schema.String),
+  /** The `seq` of its last event so far. */
+  last_seq: Schema.Int
+})
+export type RunInfo = typeof RunInfo.Type
+
+/** Answer to `list_runs`: the user's active and retained runs, newest first. */
+export const Runs = Schema.Struct({
+  type: Schema.Literal("runs"),
+  runs: Schema.Array(RunInfo),
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type Runs = typeof Runs.Type
+
+/**
  * Codes of protocol `error` frames. v1 grows this list by addition; clients
  * must treat a code they do not know as a generic refusal.
  */
@@ -165,7 +254,11 @@ export const ErrorCode = Schema.Literals([
   // the request_id was used within the idempotency window for a different request
   "REQUEST_ID_CONFLICT",
   // the server failed to handle the frame (a bug); the connection stays open
-  "INTERNAL"
+  "INTERNAL",
+  // resume_run: no such run for this user (unknown, or another user's: indistinguishable)
+  "RUN_NOT_FOUND",
+  // resume_run: the run's events are no longer retained; `last_seq` says how far its log went
+  "RUN_EXPIRED"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -176,7 +269,11 @@ export const ProtocolError = Schema.Struct({
   message: Schema.String,
   request_id: Schema.optionalKey(Schema.String),
   /** With `RATE_LIMITED`: how long until a start would be admitted, in milliseconds. */
-  retry_after_ms: Schema.optionalKey(Schema.Int)
+  retry_after_ms: Schema.optionalKey(Schema.Int),
+  /** With `RUN_NOT_FOUND` and `RUN_EXPIRED`: the run asked for. */
+  run_id: Schema.optionalKey(Schema.String),
+  /** With `RUN_EXPIRED`: the `seq` of the run's last event. */
+  last_seq: Schema.optionalKey(Schema.Int)
 })
 export type ProtocolError = typeof ProtocolError.Type
 
@@ -303,6 +400,8 @@ export const ServerMessage = Schema.Union([
   Authenticated,
   RunAccepted,
   RunStopped,
+  RunResumed,
+  Runs,
   ProtocolError,
   ...agentEventMembers
 ]).pipe(
@@ -341,6 +440,8 @@ const decodeUserMessage = Schema.decodeUnknownResult(UserMessage)
 const decodePing = Schema.decodeUnknownResult(Ping)
 const decodeAuthenticate = Schema.decodeUnknownResult(Authenticate)
 const decodeStopAgent = Schema.decodeUnknownResult(StopAgent)
+const decodeResumeRun = Schema.decodeUnknownResult(ResumeRun)
+const decodeListRuns = Schema.decodeUnknownResult(ListRuns)
 
 const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
 
@@ -373,6 +474,10 @@ export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError
     ? decodeAuthenticate(value)
     : type === "stop_agent"
     ? decodeStopAgent(value, { errors: "all" })
+    : type === "resume_run"
+    ? decodeResumeRun(value, { errors: "all" })
+    : type === "list_runs"
+    ? decodeListRuns(value, { errors: "all" })
     : undefined
   if (result === undefined) {
     return {

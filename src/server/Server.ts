@@ -43,6 +43,7 @@ import { Auth, AuthError, type VerifiedToken } from "../services/Auth.ts"
 import { isOriginAllowed } from "../services/OriginPolicy.ts"
 import { RunAdmission } from "../services/RunAdmission.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import type { RunLog } from "../services/RunLog.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as Heartbeat from "./Heartbeat.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
@@ -122,7 +123,7 @@ const observe = (connection: WebSocketConnection.Connection, at: number): Heartb
 export const layer: Layer.Layer<
   AgentwireServer,
   ServerStartError,
-  AgentwireConfig | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge | RunAdmission
+  AgentwireConfig | Auth | ExecutionEngineFactory | AgentInstanceFactory | WebSocketBridge | RunAdmission | RunLog
 > = Layer.effect(
   AgentwireServer,
   Effect.gen(function*() {
@@ -131,7 +132,7 @@ export const layer: Layer.Layer<
     const engines = yield* ExecutionEngineFactory
     const bridge = yield* WebSocketBridge
     // every connection and handshake fiber lives here; all are interrupted at shutdown
-    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission>()
+    const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission | RunLog>()
     let shuttingDown = false
     let server: ReturnType<typeof createServer> | undefined
 

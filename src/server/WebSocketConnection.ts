@@ -11,20 +11,24 @@
  *
  * @module
  */
-import { Cause, Effect, FiberHandle, FiberSet, Queue } from "effect"
+import { Cause, Effect, FiberHandle, FiberMap, FiberSet, Queue, Semaphore, Stream } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import type { WebSocket } from "ws"
 import {
+  type AgentEvent,
   type ClientMessage,
   decodeClientFrame,
+  type ListRuns,
   PROTOCOL_VERSION,
   type ProtocolError,
+  type ResumeRun,
   type ServerMessage,
   SUBPROTOCOL
 } from "../protocol/Protocol.ts"
 import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
+import { follow, RunLog, type RunLogReadError } from "../services/RunLog.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
@@ -36,6 +40,23 @@ const INBOX_HIGH_WATER = 64
 const INBOX_LOW_WATER = 8
 
 const TOKEN_PROTOCOL_PREFIX = "jwt."
+
+/** Runs whose sent `seq` range one connection remembers (oldest forgotten first; followed runs are kept). */
+export const MAX_TRACKED_RUNS = 256
+
+/** Runs one connection may follow (`resume_run`) at once; more answer `RATE_LIMITED`. */
+export const MAX_FOLLOWED_RUNS = 64
+
+/**
+ * What one connection sent of one run: the `seq` range `low..high` (empty when
+ * `high < low`), and whether a `resume_run` follower is sending the run
+ * (then live events of the run are left to it: it reads them from the log).
+ */
+interface Tracked {
+  low: number
+  high: number
+  follower: number
+}
 
 
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
@@ -134,6 +155,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     const bridge = yield* WebSocketBridge
     const engines = yield* ExecutionEngineFactory
     const auth = yield* Auth
+    const log = yield* RunLog
     const openedAt = Date.now()
     const inbox = yield* Queue.unbounded<string | Uint8Array, Cause.Done>()
     let closeCode = 1006
@@ -175,9 +197,41 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
       connection_id,
       user_id,
       protocol_version: PROTOCOL_VERSION,
-      max_message_bytes: options.maxMessageBytes
+      max_message_bytes: options.maxMessageBytes,
+      server_epoch: log.epoch
     })
-    yield* bridge.register({ id: connection_id, user_id, send: output.send })
+
+    // per run, what this connection sent: each event reaches the connection at most once
+    const tracked = new Map<string, Tracked>()
+    let followers = 0
+    const track = (run_id: string): Tracked => {
+      let t = tracked.get(run_id)
+      if (t !== undefined) return t
+      if (tracked.size >= MAX_TRACKED_RUNS) {
+        for (const [id, old] of tracked) {
+          if (old.follower === 0) {
+            tracked.delete(id)
+            break
+          }
+        }
+      }
+      t = { low: Number.POSITIVE_INFINITY, high: 0, follower: 0 }
+      tracked.set(run_id, t)
+      return t
+    }
+    const sent = (t: Tracked, seq: number) => {
+      if (seq < t.low) t.low = seq
+      if (seq > t.high) t.high = seq
+    }
+    // the bridge's live events: skipped when a follower sends the run, or when already sent
+    const sendLive = (frame: string, event?: AgentEvent) => {
+      if (event === undefined) return output.send(frame)
+      const t = track(event.run_id)
+      if (t.follower !== 0 || (event.seq >= t.low && event.seq <= t.high)) return
+      sent(t, event.seq)
+      output.send(frame)
+    }
+    yield* bridge.register({ id: connection_id, user_id, send: sendLive })
     yield* Effect.logInfo("connection opened")
 
     const refuse = (error: ProtocolError) => Effect.sync(() => reply(error))
@@ -223,7 +277,12 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     // stops wait for the stopped runs' terminal events in the background: the socket's other frames go on
     const background = yield* FiberSet.make()
 
-    const refusal = (code: ProtocolError["code"], message: string, request_id: string | undefined, extra: { readonly retry_after_ms?: number } = {}) =>
+    const refusal = (
+      code: ProtocolError["code"],
+      message: string,
+      request_id: string | undefined,
+      extra: { readonly retry_after_ms?: number; readonly run_id?: string; readonly last_seq?: number } = {}
+    ) =>
       refuse({ type: "error", code, message, ...withRequestId(request_id), ...extra })
 
     const startRun = (
@@ -268,6 +327,87 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         )
       ).pipe(Effect.asVoid)
 
+    const runNotReadable = (error: RunLogReadError, request_id: string | undefined) =>
+      error._tag === "RunExpiredError"
+        ? refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
+        : refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
+
+    // resume_run: one follower per run; pages of the replay are sent one at a time, each after the
+    // socket drained, so a long replay never trips the slow-consumer bound
+    const followed = yield* FiberMap.make<string>()
+    const pages = Semaphore.makeUnsafe(1)
+    let followerIds = 0
+    const resumeRun = (message: ResumeRun) =>
+      Effect.gen(function*() {
+        const { after_seq, request_id, run_id } = message
+        // ownership first: another user's run is indistinguishable from an unknown one
+        const summary = yield* Effect.result(log.summary(user_id, run_id))
+        if (summary._tag === "Failure") return yield* runNotReadable(summary.failure, request_id)
+        if (after_seq > summary.success.last_seq) {
+          return yield* refusal(
+            "INVALID_MESSAGE",
+            `invalid resume_run: after_seq ${after_seq} is beyond the run's last seq ${summary.success.last_seq}`,
+            request_id,
+            { run_id }
+          )
+        }
+        const t = tracked.get(run_id)
+        if ((t === undefined || t.follower === 0) && followers >= MAX_FOLLOWED_RUNS) {
+          return yield* refusal("RATE_LIMITED", `at most ${MAX_FOLLOWED_RUNS} runs can be resumed at once on one connection`, request_id, {
+            retry_after_ms: 1000
+          })
+        }
+        // from here on the run's live events are left to the follower, which reads them from the log
+        const state = track(run_id)
+        if (state.follower === 0) followers++
+        const id = ++followerIds
+        state.follower = id
+        // what this connection already sent of the run is not sent again
+        const skipLow = state.low
+        const skipHigh = state.high
+        const stream = follow(log, user_id, run_id, after_seq)
+        const body = Stream.runForEachArray(stream, (items) =>
+          pages.withPermit(Effect.andThen(
+            output.drained,
+            Effect.sync(() => {
+              for (const item of items) {
+                if (item._tag === "CaughtUp") {
+                  const { last_seq, status } = item.summary
+                  reply({ type: "run_resumed", run_id, after_seq, last_seq, status, ...withRequestId(request_id) })
+                  continue
+                }
+                const seq = item.event.seq
+                if (seq >= skipLow && seq <= skipHigh) continue
+                sent(state, seq)
+                output.send(item.event.frame)
+              }
+            })
+          ))).pipe(
+            Effect.catchTags({
+              RunNotFoundError: (e) => runNotReadable(e, request_id),
+              RunExpiredError: (e) => runNotReadable(e, request_id),
+              AfterSeqError: (e) => refusal("INVALID_MESSAGE", `invalid resume_run: ${e.message}`, request_id, { run_id })
+            }),
+            Effect.ensuring(Effect.sync(() => {
+              // a later resume of the same run took over: it owns the state now
+              if (state.follower !== id) return
+              state.follower = 0
+              followers--
+            }))
+          )
+        yield* FiberMap.run(followed, run_id, body)
+      })
+
+    const listRuns = (message: ListRuns) =>
+      Effect.flatMap(log.list(user_id, { thread_id: message.thread_id, status: message.status, limit: message.limit }), (runs) =>
+        Effect.sync(() =>
+          reply({
+            type: "runs",
+            runs: runs.map(({ user_id: _, ...run }) => run),
+            ...withRequestId(message.request_id)
+          })
+        ))
+
     const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
       switch (message.type) {
         case "error":
@@ -282,6 +422,10 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           return authenticate(message.token, message.request_id)
         case "stop_agent":
           return stopRuns({ run_id: message.run_id, thread_id: message.thread_id }, message.request_id)
+        case "resume_run":
+          return resumeRun(message)
+        case "list_runs":
+          return listRuns(message)
       }
     }
 

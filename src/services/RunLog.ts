@@ -37,7 +37,7 @@ export interface RunSummary {
   /** ISO 8601, the timestamp of the run's first event. */
   readonly started_at: string
   /** ISO 8601, the timestamp of the root `agent_completed`; absent while running. */
-  readonly ended_at?: string | undefined
+  readonly ended_at?: string
   /** The `seq` of the last event logged (0 before the first). */
   readonly last_seq: number
 }
