@@ -164,6 +164,10 @@ export const make = Effect.gen(function*() {
       const info = { run_id: context.run_id, thread_id: context.thread_id, request_id: context.request_id, agent_name: resolved, duplicate: false }
 
       const body = Effect.gen(function*() {
+        // a forked fiber may run before `FiberMap.run` returns it: stops from inside the run need it now
+        yield* Effect.withFiber((fiber) => Effect.sync(() => {
+          entry.fiber = fiber as Fiber.Fiber<AgentOutcome>
+        }))
         if (options?.onAccepted !== undefined) yield* options.onAccepted(info)
         // the run's timer: a child fiber, gone with the run
         yield* Effect.forkChild(

@@ -60,6 +60,8 @@ export const HIGH_WATER_BYTES = 256 * 1024
 /** Frames queued in one tick are written together, in writes of at most about this many bytes. */
 const CORK_FLUSH_BYTES = 64 * 1024
 
+const EMPTY = new Uint8Array(0)
+
 /** `WebSocket.OPEN` */
 const OPEN = 1
 
@@ -77,6 +79,10 @@ export interface CorkableSocket {
   cork(): void
   uncork(): void
   readonly writableLength: number
+  /** True when a write returned false: only then does the socket emit `drain`. */
+  readonly writableNeedDrain?: boolean
+  /** Used with an empty chunk as a flush barrier: its callback runs once everything written before it left. */
+  write?(chunk: Uint8Array, callback: () => void): unknown
   once(event: "drain" | "close", listener: () => void): unknown
   off(event: "drain" | "close", listener: () => void): unknown
 }
@@ -302,7 +308,10 @@ export const make = (
 
   const drained: Effect.Effect<void> = Effect.callback<void>((resume) => {
     if (!backedUp() || socket === undefined) return resume(Effect.void)
+    let resumed = false
     const done = () => {
+      if (resumed) return
+      resumed = true
       socket.off("drain", done)
       socket.off("close", done)
       noteBudget()
@@ -310,6 +319,15 @@ export const make = (
     }
     socket.once("drain", done)
     socket.once("close", done)
+    // a socket emits `drain` only after a write that returned false; when the queue grew past the
+    // mark without one (several small writes under a cork), an empty write is the flush barrier
+    if (socket.writableNeedDrain === false && socket.write !== undefined) {
+      try {
+        socket.write(EMPTY, done)
+      } catch {
+        done()
+      }
+    }
     return Effect.sync(() => {
       socket.off("drain", done)
       socket.off("close", done)

@@ -28,7 +28,7 @@ import {
 } from "../protocol/Protocol.ts"
 import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
-import { follow, RunLog, type RunLogReadError } from "../services/RunLog.ts"
+import { follow, FOLLOW_PAGE, RunLog, type RunLogReadError } from "../services/RunLog.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
@@ -124,6 +124,7 @@ export interface Connection {
   readonly ws: WebSocket
   readonly socket: Duplex
   readonly output: SocketOutput.SocketOutput
+  readonly limits: SocketOutput.OutputLimits
   readonly liveness: Liveness
 }
 
@@ -137,6 +138,7 @@ export const make = (
   ws,
   socket,
   output: SocketOutput.make(ws, socket, limits, budget),
+  limits,
   liveness: { pong: true, handled: 0, pausedForInbox: false }
 })
 
@@ -335,6 +337,12 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     // resume_run: one follower per run; pages of the replay are sent one at a time, each after the
     // socket drained, so a long replay never trips the slow-consumer bound
     const followed = yield* FiberMap.make<string>()
+    // a page (its frames and their per-frame overhead) plus what waits below the drain mark stays
+    // well under the socket's bound: an eighth of it in bytes, an eighth of it in frame overheads
+    const replayPage = {
+      maxBytes: Math.min(FOLLOW_PAGE.maxBytes, Math.floor(connection.limits.maxSocketBytes / 8)),
+      maxEvents: Math.max(1, Math.min(FOLLOW_PAGE.maxEvents, Math.floor(connection.limits.maxSocketBytes / 8 / SocketOutput.FRAME_OVERHEAD_BYTES)))
+    }
     const pages = Semaphore.makeUnsafe(1)
     let followerIds = 0
     const resumeRun = (message: ResumeRun) =>
@@ -365,7 +373,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         // what this connection already sent of the run is not sent again
         const skipLow = state.low
         const skipHigh = state.high
-        const stream = follow(log, user_id, run_id, after_seq)
+        const stream = follow(log, user_id, run_id, after_seq, replayPage)
         const body = Stream.runForEachArray(stream, (items) =>
           pages.withPermit(Effect.andThen(
             output.drained,

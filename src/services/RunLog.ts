@@ -152,18 +152,19 @@ export const FOLLOW_PAGE = { maxEvents: 256, maxBytes: 128 * 1024 } as const
  * A run's events with `seq > after_seq`, in order, each once: first what the
  * log holds, then a `CaughtUp` marker, then each new event as it is appended,
  * until the run's last event. Pull-based: a slow consumer reads the next page
- * only when it asks, so following costs no buffering. Fails when the run is
+ * (at most `pageLimits`) only when it asks, so following costs no buffering. Fails when the run is
  * unknown, another user's, or expired (also when it expires while followed).
  */
 export const follow = (
   log: RunLog["Service"],
   user_id: string,
   run_id: string,
-  after_seq: number
+  after_seq: number,
+  pageLimits: { readonly maxEvents: number; readonly maxBytes: number } = FOLLOW_PAGE
 ): Stream.Stream<FollowItem, RunLogReadError | AfterSeqError> =>
   Stream.paginate({ cursor: after_seq, caughtUp: false }, (state) =>
     Effect.gen(function*() {
-      const page = yield* log.read(user_id, run_id, state.cursor, FOLLOW_PAGE)
+      const page = yield* log.read(user_id, run_id, state.cursor, pageLimits)
       const { events, summary } = page
       const items: Array<FollowItem> = events.map((event) => ({ _tag: "Event", event }))
       const cursor = events.length > 0 ? events[events.length - 1]!.seq : state.cursor
