@@ -158,4 +158,24 @@ describe("SocketOutput: corking and draining", () => {
       yield* Fiber.join(waiting)
       expect(tcp.events.listenerCount("drain")).toBe(0)
     }))
+
+  it.effect("drained resumes when a queue grew past the mark with no write returning false (no drain will come): an empty write is the flush barrier", () =>
+    Effect.gen(function*() {
+      const t = fakeWs()
+      const tcp = fakeSocket(() => t.ws.bufferedAmount)
+      const flushed: Array<() => void> = []
+      const socket = { ...tcp.socket, writableNeedDrain: false, write: (_: Uint8Array, cb: () => void) => void flushed.push(cb) }
+      Object.defineProperty(socket, "writableLength", { get: () => t.ws.bufferedAmount })
+      const out = SocketOutput.make(t.ws, socket, { maxSocketBytes: 8 * 1024 * KiB })
+      out.send("x".repeat(SocketOutput.HIGH_WATER_BYTES + 1))
+      const waiting = yield* Effect.forkChild(out.drained)
+      yield* Effect.yieldNow
+      expect(waiting.pollUnsafe()).toBeUndefined()
+      // before the fix it waited for a "drain" that never comes; now the barrier's callback resumes it
+      expect(flushed).toHaveLength(1)
+      t.ws.bufferedAmount = 0
+      flushed[0]!()
+      yield* Fiber.join(waiting)
+      expect(tcp.events.listenerCount("drain")).toBe(0)
+    }))
 })
