@@ -94,6 +94,7 @@ export const make = (settings: RunLogSettings) =>
     const ended = new Set<string>()
     const tombstones = new Map<string, Tombstone>()
     let totalBytes = 0
+    let evicted = 0
 
     const wake = (run: RunRecord) => {
       const waiters = run.waiters
@@ -183,6 +184,7 @@ export const make = (settings: RunLogSettings) =>
         for (const run_id of ended) {
           if (totalBytes <= settings.maxBytes) break
           forget(runs.get(run_id)!, now)
+          evicted++
         }
         if (totalBytes > settings.maxBytes && run.status === "running") return "log_full"
       }
@@ -239,8 +241,16 @@ export const make = (settings: RunLogSettings) =>
           const run = runs.get(run_id)
           if (run !== undefined && run.status === "running") end(run, "cancelled", new Date(clock.currentTimeMillisUnsafe()).toISOString())
         }),
-      summary: (user_id, run_id) => Effect.map(found(user_id, run_id), summaryOf),
-      list: (user_id, options) => Effect.sync(() => list(user_id, options)),
+      summary: Effect.fn("RunLog.summary")((user_id: string, run_id: string) => Effect.map(found(user_id, run_id), summaryOf)),
+      list: Effect.fn("RunLog.list")((user_id: string, options?: ListOptions) => Effect.sync(() => list(user_id, options))),
+      stats: Effect.sync(() => ({
+        runs: runs.size,
+        activeRuns: runs.size - ended.size,
+        bytes: totalBytes,
+        maxBytes: settings.maxBytes,
+        tombstones: tombstones.size,
+        evicted
+      })),
       read: (user_id, run_id, after_seq, limits) =>
         Effect.flatMap(found(user_id, run_id), (run) => {
           const last = run.frames.length

@@ -43,7 +43,7 @@ import { Auth, AuthError, type VerifiedToken } from "../services/Auth.ts"
 import { isOriginAllowed } from "../services/OriginPolicy.ts"
 import { RunAdmission } from "../services/RunAdmission.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
-import type { RunLog } from "../services/RunLog.ts"
+import { RunLog } from "../services/RunLog.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as Heartbeat from "./Heartbeat.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
@@ -131,6 +131,7 @@ export const layer: Layer.Layer<
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
     const bridge = yield* WebSocketBridge
+    const runLog = yield* RunLog
     // every connection and handshake fiber lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission | RunLog>()
     let shuttingDown = false
@@ -179,6 +180,18 @@ export const layer: Layer.Layer<
             threshold_ms: READY_MAX_EVENT_LOOP_DELAY_MS
           },
           bridge: { status: "up", required: true, connections: yield* bridge.connectionCount() },
+          run_log: yield* Effect.map(runLog.stats, (stats) => ({
+            // a log whose active runs alone fill the budget fails the runs that append (LOG_FULL)
+            status: stats.bytes <= stats.maxBytes ? "up" as const : "down" as const,
+            required: false,
+            epoch: runLog.epoch,
+            runs: stats.runs,
+            active_runs: stats.activeRuns,
+            bytes: stats.bytes,
+            budget_bytes: stats.maxBytes,
+            tombstones: stats.tombstones,
+            evicted_runs: stats.evicted
+          })),
           send_buffers: {
             status: budget.tracked() <= budget.maxProcessBytes ? "up" : "down",
             required: false,

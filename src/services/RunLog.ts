@@ -109,6 +109,19 @@ export interface ListOptions {
   readonly limit?: number | undefined
 }
 
+/** What the log holds now (for `/ready` and metrics). */
+export interface RunLogStats {
+  /** Runs retained, active ones included. */
+  readonly runs: number
+  readonly activeRuns: number
+  /** Bytes counted against `maxBytes`. */
+  readonly bytes: number
+  readonly maxBytes: number
+  readonly tombstones: number
+  /** Finished runs evicted by the byte budget since start. */
+  readonly evicted: number
+}
+
 /** Most runs one `list` returns. */
 export const MAX_LIST_RUNS = 100
 
@@ -136,6 +149,8 @@ export class RunLog extends Context.Service<RunLog, {
     after_seq: number,
     limits: { readonly maxEvents: number; readonly maxBytes: number }
   ) => Effect.Effect<LogPage, RunLogReadError | AfterSeqError>
+  /** What the log holds now. */
+  readonly stats: Effect.Effect<RunLogStats>
   /** Waits until the run has an event with `seq > after_seq`, or has ended, or is gone (then it fails). */
   readonly waitFor: (user_id: string, run_id: string, after_seq: number) => Effect.Effect<void, RunLogReadError>
 }>()("agentwire/RunLog") {}
