@@ -38,7 +38,7 @@
  *
  * @module
  */
-import { ByteSize, Effect, Layer, Result, Stream } from "effect"
+import { ByteSize, Effect, Exit, Layer, Result, Stream } from "effect"
 import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth, bearerToken } from "../services/Auth.ts"
@@ -250,7 +250,7 @@ export const make = (options: RouteOptions) =>
         const who = yield* authenticate(request)
         if (who._tag === "Failure") return who.failure
         const query = RunEventsHttp.parseListQuery(searchParams(request))
-        if (query._tag === "Failure") return problem(400, "INVALID_MESSAGE", `invalid query parameter ${query.failure.message}`)
+        if (query._tag === "Failure") return problem(400, "INVALID_MESSAGE", query.failure.message)
         const runs = yield* log.list(who.success, query.success)
         return HttpServerResponse.jsonUnsafe({ runs: runs.map(runInfo) }, { headers: PRIVATE })
       }))
@@ -283,14 +283,13 @@ export const make = (options: RouteOptions) =>
         const run_id = (yield* HttpRouter.params).run_id ?? ""
         const sse = RunEventsHttp.wantsEventStream(request.headers.accept)
         const from = RunEventsHttp.parseAfterSeq(params, sse ? request.headers["last-event-id"] : undefined)
-        if (from._tag === "Failure") return problem(400, "INVALID_MESSAGE", `invalid ${from.failure.message}`)
-        const after_seq = from.success
+        if (from._tag === "Failure") return problem(400, "INVALID_MESSAGE", from.failure.message)
+        const { after_seq, name } = from.success
         // ownership first: another user's run is indistinguishable from an unknown one
         const summary = yield* Effect.result(log.summary(user_id, run_id))
         if (summary._tag === "Failure") return runNotReadable(summary.failure)
         const { last_seq, status } = summary.success
         if (after_seq > last_seq) {
-          const name = sse && request.headers["last-event-id"] !== undefined && request.headers["last-event-id"].trim() !== "" ? "Last-Event-ID" : "after_seq"
           return problem(400, "INVALID_MESSAGE", `invalid ${name}: ${after_seq} is beyond the run's last seq ${last_seq}`, { run_id, last_seq })
         }
 
@@ -330,7 +329,19 @@ export const make = (options: RouteOptions) =>
         // counted until the response ends: the request's scope closes after the body is written, or when the client leaves
         sseStreams++
         sseByUser.set(user_id, open + 1)
-        yield* Effect.addFinalizer(() => releaseStream(user_id))
+        const openedAt = Date.now()
+        yield* Effect.addFinalizer((exit) =>
+          Effect.andThen(
+            releaseStream(user_id),
+            Effect.logInfo("event stream closed").pipe(Effect.annotateLogs({
+              user_id,
+              run_id,
+              after_seq,
+              // interrupted: the client left (or the server shut down) before the run's end
+              reason: Exit.isSuccess(exit) ? "run_ended" : Exit.hasInterrupts(exit) ? "client_gone" : "error",
+              duration_ms: Date.now() - openedAt
+            }))
+          ))
         const encoder = new TextEncoder()
         const body = RunEventsHttp.eventStream(log, user_id, run_id, after_seq, options.sseHeartbeatMs).pipe(
           Stream.map((text) => encoder.encode(text))

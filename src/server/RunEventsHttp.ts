@@ -99,25 +99,31 @@ export const parseListQuery = (params: URLSearchParams): Result.Result<ListOptio
     return { thread_id, status: status as RunStatus | undefined, limit }
   })
 
+/** Where an events request starts, and which parameter said so. */
+export interface StartPosition {
+  readonly after_seq: number
+  readonly name: "after_seq" | "Last-Event-ID"
+}
+
 /**
  * Where an events request starts: `Last-Event-ID` (SSE only, when present and
- * not empty) wins over `?after_seq=`; neither means 0 (from the first event).
+ * not blank) wins over `?after_seq=`; neither means 0 (from the first event).
  */
 export const parseAfterSeq = (
   params: URLSearchParams,
   lastEventId: string | undefined
-): Result.Result<number, InvalidParameter> =>
+): Result.Result<StartPosition, InvalidParameter> =>
   Result.gen(function*() {
     if (lastEventId !== undefined && lastEventId.trim() !== "") {
       const seq = parseSeq(lastEventId.trim())
       if (seq === undefined) return yield* invalid("Last-Event-ID", `must be an event id (a seq) sent by this stream, got ${shown(lastEventId)}`)
-      return seq
+      return { after_seq: seq, name: "Last-Event-ID" } as const
     }
     const text = yield* single(params, "after_seq")
-    if (text === undefined) return 0
+    if (text === undefined) return { after_seq: 0, name: "after_seq" } as const
     const seq = parseSeq(text)
     if (seq === undefined) return yield* invalid("after_seq", `must be a whole number from 0 in decimal digits, got ${shown(text)}`)
-    return seq
+    return { after_seq: seq, name: "after_seq" } as const
   })
 
 /** `Accept` asks for an event stream. */
