@@ -15,20 +15,39 @@
  *   503 `SERVER_BUSY` / `SHUTTING_DOWN` (with `Retry-After`), 409
  *   `REQUEST_ID_CONFLICT`; a repeated `request_id` with the same payload
  *   answers 200 with the original run and starts nothing.
+ * - `GET /api/runs?thread_id=&status=&limit=` with a bearer token: 200
+ *   `{runs: [{run_id, thread_id, agent_name, status, started_at, ended_at?,
+ *   last_seq}]}`, the user's active and retained runs, newest first (as
+ *   `list_runs`); a bad parameter is 400 `INVALID_MESSAGE` naming it.
+ * - `GET /api/runs/{run_id}`: 200 with that run's entry; 404 `RUN_NOT_FOUND`
+ *   for unknown runs and other users' runs alike; 410 `RUN_EXPIRED` (with
+ *   `last_seq`) for a run past retention.
+ * - `GET /api/runs/{run_id}/events?after_seq=N`: 200 with a JSON array of the
+ *   retained events with `seq > N` (at most `MAX_EVENTS_PER_PAGE`; `Link:
+ *   rel="next"` when more are retained); with `Accept: text/event-stream`, an
+ *   SSE stream that replays, then follows live until the run's last event
+ *   (`Last-Event-ID` wins over `after_seq`; `: keepalive` every
+ *   `sseHeartbeatMs` while idle; 204 when the run has ended and nothing is
+ *   left after N; 429 `RATE_LIMITED` past `maxSseStreamsPerUser` streams).
+ *   This endpoint also takes the token from `?token=` (browsers' `EventSource`
+ *   cannot send headers). `after_seq` past the run's last event is 400
+ *   `INVALID_MESSAGE` naming it.
  * - Any other method on these paths: 405 with `Allow`.
  *
  * Health and readiness are unauthenticated (probes); the run API is not.
  *
  * @module
  */
-import { ByteSize, Effect, Layer, Result } from "effect"
+import { ByteSize, Effect, Exit, Layer, Result, Stream } from "effect"
 import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth, bearerToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import type { AdmissionError } from "../services/RunAdmission.ts"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
+import { RunLog, type RunLogReadError, type RunSummary } from "../services/RunLog.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
+import * as RunEventsHttp from "./RunEventsHttp.ts"
 
 /** One component of `/ready`: a status measured from a real signal, plus facts about it. */
 export interface ComponentStatus {
@@ -49,6 +68,10 @@ export interface RouteOptions {
   readonly maxMessageBytes: number
   readonly secretSource: "configured" | "generated"
   readonly readiness: Effect.Effect<Readiness>
+  /** An idle SSE stream gets a `: keepalive` comment this often, in milliseconds. */
+  readonly sseHeartbeatMs: number
+  /** Open SSE streams one user may hold; one more is refused with 429 `RATE_LIMITED`. */
+  readonly maxSseStreamsPerUser: number
 }
 
 /** `application/json`, with no charset or `charset=utf-8` (the body is read as UTF-8). */
@@ -62,19 +85,36 @@ const isJson = (contentType: string | undefined): boolean => {
 const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "QUERY"] as const
 
 /** 405 with `Allow` for every method `path` does not serve. */
-const notAllowed = (path: `/${string}`, allow: (typeof METHODS)[number]) => {
-  const [first, ...rest] = METHODS.filter((m) => m !== allow).map((method) =>
+const notAllowed = (path: `/${string}`, ...allowed: ReadonlyArray<(typeof METHODS)[number]>) => {
+  const allow = allowed.join(", ")
+  const [first, ...rest] = METHODS.filter((m) => !allowed.includes(m)).map((method) =>
     HttpRouter.add(method, path, () =>
       Effect.succeed(HttpServerResponse.jsonUnsafe(
-        { error: { code: "METHOD_NOT_ALLOWED", message: `${method} is not allowed on ${path}; use ${allow}` } },
+        { error: { code: "METHOD_NOT_ALLOWED", message: `${method} is not allowed on ${path}; use ${allowed.join(" or ")}` } },
         { status: 405, headers: { allow } }
       )))
   )
   return Layer.mergeAll(first!, ...rest)
 }
 
-const problem = (status: number, code: string, message: string) =>
-  HttpServerResponse.jsonUnsafe({ error: { code, message } }, { status })
+const problem = (status: number, code: string, message: string, extra: Record<string, unknown> = {}) =>
+  HttpServerResponse.jsonUnsafe({ error: { code, message, ...extra } }, { status })
+
+/** A run's log entry as the API shows it (without the owner). */
+const runInfo = ({ user_id: _, ...run }: RunSummary) => run
+
+/** Answers about a user's own runs are private: never cached by a browser or a proxy. */
+const PRIVATE = { "cache-control": "no-store" } as const
+
+/** 404 for unknown and other users' runs alike; 410 with `last_seq` for runs past retention. */
+const runNotReadable = (error: RunLogReadError) =>
+  error._tag === "RunExpiredError"
+    ? problem(410, "RUN_EXPIRED", error.message, { run_id: error.run_id, last_seq: error.last_seq })
+    : problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(error.run_id.slice(0, 128))}`)
+
+/** The request's query parameters (none when its target cannot be parsed). */
+const searchParams = (request: HttpServerRequest.HttpServerRequest): URLSearchParams =>
+  URL.parse(request.url, "http://localhost")?.searchParams ?? new URLSearchParams()
 
 /** Builds the routes layer for `HttpRouter.toHttpEffect`. */
 export const make = (options: RouteOptions) =>
@@ -82,6 +122,11 @@ export const make = (options: RouteOptions) =>
     const auth = yield* Auth
     const engines = yield* ExecutionEngineFactory
     const instances = yield* AgentInstanceFactory
+    const log = yield* RunLog
+
+    // open SSE streams, in all and per user (each released when its response ends, however it ends)
+    let sseStreams = 0
+    const sseByUser = new Map<string, number>()
 
     const health = HttpRouter.add("GET", "/health", HttpServerResponse.jsonUnsafe({ status: "ok" }))
 
@@ -97,20 +142,25 @@ export const make = (options: RouteOptions) =>
           components: {
             ...components,
             agents: { names: instances.agentNames },
-            auth: { secret: options.secretSource }
+            auth: { secret: options.secretSource },
+            sse: { status: "up", required: false, streams: sseStreams }
           }
         }
         return HttpServerResponse.jsonUnsafe(body, { status: down.length === 0 && !shuttingDown ? 200 : 503 })
       })
     )
 
-    /** The request's user, or the refusal to answer with (logged, without the token). */
-    const authenticate = (request: HttpServerRequest.HttpServerRequest) =>
+    /**
+     * The request's user, or the refusal to answer with (logged, without the token).
+     * With `query`, the token may also come from `?token=` (the header wins).
+     */
+    const authenticate = (request: HttpServerRequest.HttpServerRequest, query?: URLSearchParams) =>
       Effect.gen(function*() {
-        const token = bearerToken(request.headers.authorization)
+        const fromQuery = query?.get("token")
+        const token = bearerToken(request.headers.authorization) ?? (fromQuery === null || fromQuery === "" ? undefined : fromQuery)
         if (token === undefined) {
           yield* Effect.logInfo("request refused").pipe(Effect.annotateLogs({ status: 401, reason: "missing" }))
-          return Result.fail(problem(401, "UNAUTHORIZED", "send Authorization: Bearer <jwt>"))
+          return Result.fail(problem(401, "UNAUTHORIZED", query === undefined ? "send Authorization: Bearer <jwt>" : "send Authorization: Bearer <jwt>, or ?token=<jwt>"))
         }
         const verified = yield* Effect.result(auth.verify(token))
         if (verified._tag === "Failure") {
@@ -195,15 +245,127 @@ export const make = (options: RouteOptions) =>
         return HttpServerResponse.jsonUnsafe({ run_ids })
       }))
 
+    const listRuns = HttpRouter.add("GET", "/api/runs", (request) =>
+      Effect.gen(function*() {
+        const who = yield* authenticate(request)
+        if (who._tag === "Failure") return who.failure
+        const query = RunEventsHttp.parseListQuery(searchParams(request))
+        if (query._tag === "Failure") return problem(400, "INVALID_MESSAGE", query.failure.message)
+        const runs = yield* log.list(who.success, query.success)
+        return HttpServerResponse.jsonUnsafe({ runs: runs.map(runInfo) }, { headers: PRIVATE })
+      }))
+
+    const getRun = HttpRouter.add("GET", "/api/runs/:run_id", (request) =>
+      Effect.gen(function*() {
+        const who = yield* authenticate(request)
+        if (who._tag === "Failure") return who.failure
+        const run_id = (yield* HttpRouter.params).run_id ?? ""
+        // another user's run is indistinguishable from an unknown one
+        const summary = yield* Effect.result(log.summary(who.success, run_id))
+        if (summary._tag === "Failure") return runNotReadable(summary.failure)
+        return HttpServerResponse.jsonUnsafe(runInfo(summary.success), { headers: PRIVATE })
+      }))
+
+    const releaseStream = (user_id: string) =>
+      Effect.sync(() => {
+        sseStreams--
+        const left = (sseByUser.get(user_id) ?? 1) - 1
+        if (left <= 0) sseByUser.delete(user_id)
+        else sseByUser.set(user_id, left)
+      })
+
+    const runEvents = HttpRouter.add("GET", "/api/runs/:run_id/events", (request) =>
+      Effect.gen(function*() {
+        const params = searchParams(request)
+        const who = yield* authenticate(request, params)
+        if (who._tag === "Failure") return who.failure
+        const user_id = who.success
+        const run_id = (yield* HttpRouter.params).run_id ?? ""
+        const sse = RunEventsHttp.wantsEventStream(request.headers.accept)
+        const from = RunEventsHttp.parseAfterSeq(params, sse ? request.headers["last-event-id"] : undefined)
+        if (from._tag === "Failure") return problem(400, "INVALID_MESSAGE", from.failure.message)
+        const { after_seq, name } = from.success
+        // ownership first: another user's run is indistinguishable from an unknown one
+        const summary = yield* Effect.result(log.summary(user_id, run_id))
+        if (summary._tag === "Failure") return runNotReadable(summary.failure)
+        const { last_seq, status } = summary.success
+        if (after_seq > last_seq) {
+          return problem(400, "INVALID_MESSAGE", `invalid ${name}: ${after_seq} is beyond the run's last seq ${last_seq}`, { run_id, last_seq })
+        }
+
+        if (!sse) {
+          const page = yield* Effect.result(log.read(user_id, run_id, after_seq, {
+            maxEvents: RunEventsHttp.MAX_EVENTS_PER_PAGE,
+            maxBytes: RunEventsHttp.MAX_BYTES_PER_PAGE
+          }))
+          if (page._tag === "Failure") {
+            const error = page.failure
+            return error._tag === "AfterSeqError"
+              ? problem(400, "INVALID_MESSAGE", `invalid after_seq: ${error.message}`, { run_id, last_seq: error.last_seq })
+              : runNotReadable(error)
+          }
+          const { events, summary: now } = page.success
+          const next = events.length > 0 ? events[events.length - 1]!.seq : after_seq
+          const headers: Record<string, string> = {
+            ...PRIVATE,
+            "agentwire-last-seq": String(now.last_seq),
+            "agentwire-run-status": now.status
+          }
+          // the page was cut: the rest is one more request away
+          if (next < now.last_seq) headers.link = `</api/runs/${encodeURIComponent(run_id)}/events?after_seq=${next}>; rel="next"`
+          return HttpServerResponse.text(RunEventsHttp.encodeJsonArray(events), { contentType: "application/json", headers })
+        }
+
+        // an ended run with nothing left: 204 tells EventSource not to reconnect
+        if (status !== "running" && after_seq >= last_seq) return HttpServerResponse.empty({ status: 204, headers: PRIVATE })
+        const open = sseByUser.get(user_id) ?? 0
+        if (open >= options.maxSseStreamsPerUser) {
+          yield* Effect.logInfo("event stream refused").pipe(Effect.annotateLogs({ user_id, reason: "too_many_streams", open }))
+          return HttpServerResponse.jsonUnsafe(
+            { error: { code: "RATE_LIMITED", message: `at most ${options.maxSseStreamsPerUser} event streams per user at once; close one first`, retry_after_ms: 1000 } },
+            { status: 429, headers: { "retry-after": "1" } }
+          )
+        }
+        // counted until the response ends: the request's scope closes after the body is written, or when the client leaves
+        sseStreams++
+        sseByUser.set(user_id, open + 1)
+        const openedAt = Date.now()
+        yield* Effect.addFinalizer((exit) =>
+          Effect.andThen(
+            releaseStream(user_id),
+            Effect.logInfo("event stream closed").pipe(Effect.annotateLogs({
+              user_id,
+              run_id,
+              after_seq,
+              // interrupted: the client left (or the server shut down) before the run's end
+              reason: Exit.isSuccess(exit) ? "run_ended" : Exit.hasInterrupts(exit) ? "client_gone" : "error",
+              duration_ms: Date.now() - openedAt
+            }))
+          ))
+        const encoder = new TextEncoder()
+        const body = RunEventsHttp.eventStream(log, user_id, run_id, after_seq, options.sseHeartbeatMs).pipe(
+          Stream.map((text) => encoder.encode(text))
+        )
+        return HttpServerResponse.stream(body, {
+          contentType: "text/event-stream; charset=utf-8",
+          headers: { "cache-control": "no-store", "x-accel-buffering": "no" }
+        })
+      }))
+
     return Layer.mergeAll(
       health,
       ready,
       startRun,
       stopRun,
+      listRuns,
+      getRun,
+      runEvents,
       notAllowed("/api/runs/:run_id/stop", "POST"),
+      notAllowed("/api/runs/:run_id/events", "GET"),
+      notAllowed("/api/runs/:run_id", "GET"),
       notAllowed("/health", "GET"),
       notAllowed("/ready", "GET"),
-      notAllowed("/api/runs", "POST"),
+      notAllowed("/api/runs", "GET", "POST"),
       notAllowed("/ws", "GET"),
       // the WebSocket endpoint asked without Upgrade: say how to use it
       HttpRouter.add("GET", "/ws", HttpServerResponse.jsonUnsafe(

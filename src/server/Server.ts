@@ -207,7 +207,10 @@ export const layer: Layer.Layer<
     const routes = yield* HttpRoutes.make({
       maxMessageBytes: config.maxMessageBytes,
       secretSource: Option.isSome(config.jwtSecret) ? "configured" : "generated",
-      readiness
+      readiness,
+      sseHeartbeatMs: config.sseHeartbeatMs,
+      // a user's SSE streams are capped like their sockets (counted apart from them)
+      maxSseStreamsPerUser: config.maxConnectionsPerUser
     })
     const httpEffect = yield* HttpRouter.toHttpEffect(routes)
     // HTTP requests run in a scope of their own, closed last at shutdown: during the drain the
