@@ -13,17 +13,9 @@
  *
  * @module
  */
-import { Effect, Option, Result, Schema, Stream } from "effect"
+import { Result, Schema, Stream } from "effect"
 import { Id, RunStatus } from "../protocol/Protocol.ts"
-import {
-  type AfterSeqError,
-  FOLLOW_PAGE,
-  type ListOptions,
-  type LoggedEvent,
-  MAX_LIST_RUNS,
-  type RunLog,
-  type RunLogReadError
-} from "../services/RunLog.ts"
+import { follow, type ListOptions, type LoggedEvent, MAX_LIST_RUNS, type RunLog } from "../services/RunLog.ts"
 
 /** Events one `GET /api/runs/{run_id}/events` JSON answer holds at most; a client pages on with the last one's `seq`. */
 export const MAX_EVENTS_PER_PAGE = 1000
@@ -159,25 +151,21 @@ export const eventStream = (
 ): Stream.Stream<string> =>
   Stream.concat(
     Stream.succeed(OPENING),
-    Stream.paginate(after_seq, (cursor: number) =>
-      Effect.gen(function*() {
-        while (true) {
-          const { events, summary } = yield* log.read(user_id, run_id, cursor, FOLLOW_PAGE)
-          if (events.length > 0) {
-            let text = ""
-            for (const event of events) text += encodeEvent(event)
-            const last = events[events.length - 1]!.seq
-            const done = last >= summary.last_seq && summary.status !== "running"
-            return [[text], done ? Option.none() : Option.some(last)] as const
-          }
-          if (summary.status !== "running") return [[], Option.none<number>()] as const
-          // nothing new: wait for the next append (or the run's end), a comment every heartbeatMs meanwhile
-          const woke = yield* Effect.timeoutOption(log.waitFor(user_id, run_id, cursor), heartbeatMs)
-          if (Option.isNone(woke)) return [[KEEPALIVE], Option.some(cursor)] as const
+    // one chunk of SSE text per page of the log, so that a page is one write
+    follow(log, user_id, run_id, after_seq, { idleMs: heartbeatMs }).pipe(
+      Stream.mapArray((items) => {
+        let text = ""
+        for (const item of items) {
+          if (item._tag === "Event") text += encodeEvent(item.event)
+          else if (item._tag === "Idle") text += KEEPALIVE
         }
-      }).pipe(
-        Effect.catch((error: RunLogReadError | AfterSeqError) =>
-          Effect.succeed([[`: ${error._tag === "RunExpiredError" ? "RUN_EXPIRED" : "RUN_NOT_FOUND"}: ${error.message}\n\n`], Option.none<number>()] as const)
-        )
-      ))
+        return [text] as const
+      }),
+      Stream.filter((text) => text.length > 0),
+      Stream.catchTags({
+        RunExpiredError: (error) => Stream.succeed(`: RUN_EXPIRED: ${error.message}\n\n`),
+        RunNotFoundError: (error) => Stream.succeed(`: RUN_NOT_FOUND: ${error.message}\n\n`),
+        AfterSeqError: (error) => Stream.succeed(`: RUN_NOT_FOUND: ${error.message}\n\n`)
+      })
+    )
   )

@@ -373,12 +373,13 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         // what this connection already sent of the run is not sent again
         const skipLow = state.low
         const skipHigh = state.high
-        const stream = follow(log, user_id, run_id, after_seq, replayPage)
+        const stream = follow(log, user_id, run_id, after_seq, { pageLimits: replayPage })
         const body = Stream.runForEachArray(stream, (items) =>
           pages.withPermit(Effect.andThen(
             output.drained,
             Effect.sync(() => {
               for (const item of items) {
+                if (item._tag === "Idle") continue
                 if (item._tag === "CaughtUp") {
                   const { last_seq, status } = item.summary
                   reply({ type: "run_resumed", run_id, after_seq, last_seq, status, ...withRequestId(request_id) })

@@ -155,10 +155,24 @@ export class RunLog extends Context.Service<RunLog, {
   readonly waitFor: (user_id: string, run_id: string, after_seq: number) => Effect.Effect<void, RunLogReadError>
 }>()("agentwire/RunLog") {}
 
-/** What `follow` yields: an event, or (once) the point where the replay caught up with the log. */
+/**
+ * What `follow` yields: an event; (once) the point where the replay caught up
+ * with the log; or, with `idleMs`, a sign that nothing came for that long.
+ */
 export type FollowItem =
   | { readonly _tag: "Event"; readonly event: LoggedEvent }
   | { readonly _tag: "CaughtUp"; readonly summary: RunSummary }
+  | { readonly _tag: "Idle" }
+
+/** Options of `follow`. */
+export interface FollowOptions {
+  /** Events and bytes read per page (default `FOLLOW_PAGE`). */
+  readonly pageLimits?: { readonly maxEvents: number; readonly maxBytes: number } | undefined
+  /** When set, an `Idle` item whenever nothing new came for this many milliseconds while waiting (e.g. SSE keepalives). */
+  readonly idleMs?: number | undefined
+}
+
+const IDLE: FollowItem = { _tag: "Idle" }
 
 /** Events read per page when following: enough to fill a socket's send buffer, small enough to pace it. */
 export const FOLLOW_PAGE = { maxEvents: 256, maxBytes: 128 * 1024 } as const
@@ -167,7 +181,7 @@ export const FOLLOW_PAGE = { maxEvents: 256, maxBytes: 128 * 1024 } as const
  * A run's events with `seq > after_seq`, in order, each once: first what the
  * log holds, then a `CaughtUp` marker, then each new event as it is appended,
  * until the run's last event. Pull-based: a slow consumer reads the next page
- * (at most `pageLimits`) only when it asks, so following costs no buffering. Fails when the run is
+ * (at most `options.pageLimits`) only when it asks, so following costs no buffering. Fails when the run is
  * unknown, another user's, or expired (also when it expires while followed).
  */
 export const follow = (
@@ -175,11 +189,11 @@ export const follow = (
   user_id: string,
   run_id: string,
   after_seq: number,
-  pageLimits: { readonly maxEvents: number; readonly maxBytes: number } = FOLLOW_PAGE
+  options: FollowOptions = {}
 ): Stream.Stream<FollowItem, RunLogReadError | AfterSeqError> =>
   Stream.paginate({ cursor: after_seq, caughtUp: false }, (state) =>
     Effect.gen(function*() {
-      const page = yield* log.read(user_id, run_id, state.cursor, pageLimits)
+      const page = yield* log.read(user_id, run_id, state.cursor, options.pageLimits ?? FOLLOW_PAGE)
       const { events, summary } = page
       const items: Array<FollowItem> = events.map((event) => ({ _tag: "Event", event }))
       const cursor = events.length > 0 ? events[events.length - 1]!.seq : state.cursor
@@ -191,7 +205,10 @@ export const follow = (
       }
       if (atEnd && summary.status !== "running") return [items, Option.none()] as const
       // nothing new: wait for the next append (or the run's end, or its expiry)
-      if (events.length === 0) yield* log.waitFor(user_id, run_id, cursor)
+      if (events.length === 0) {
+        if (options.idleMs === undefined) yield* log.waitFor(user_id, run_id, cursor)
+        else if (Option.isNone(yield* Effect.timeoutOption(log.waitFor(user_id, run_id, cursor), options.idleMs))) items.push(IDLE)
+      }
       return [items, Option.some({ cursor, caughtUp })] as const
     })
   )

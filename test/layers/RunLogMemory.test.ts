@@ -193,7 +193,9 @@ describe("follow", () => {
       yield* append(event("r", 4))
       yield* append(event("r", 5, { end: true }))
       const items = yield* Fiber.join(fiber)
-      const shown = items.map((i) => (i._tag === "Event" ? i.event.seq : `caught-up@${i.summary.last_seq}:${i.summary.status}`))
+      const shown = items.map((i) =>
+        i._tag === "Event" ? i.event.seq : i._tag === "CaughtUp" ? `caught-up@${i.summary.last_seq}:${i.summary.status}` : "idle"
+      )
       expect(shown).toEqual([2, 3, "caught-up@3:running", 4, 5])
     }).pipe(withLog()))
 
