@@ -166,14 +166,14 @@ const params: Params = quick
     users: flag("users", 250),
     runs: flag("runs", 250),
     steps: flag("steps", 200),
-    rounds: flag("rounds", runlogMode ? 12 : 7),
+    rounds: flag("rounds", runlogMode ? 24 : 7),
     pacedConnections: flag("paced-connections", 400),
     pacedUsers: flag("paced-users", 100),
     pacedRuns: flag("paced-runs", 1000),
     pacedSteps: flag("paced-steps", 40),
     pacedIntervalMs: flag("paced-interval", 5),
     pacedSpreadMs: flag("paced-spread", 3000),
-    pacedRounds: flag("paced-rounds", runlogMode ? 8 : 4),
+    pacedRounds: flag("paced-rounds", runlogMode ? 16 : 4),
     loadMs: 4000,
     holdRuns: 1000,
     idleConnections: 5000,
@@ -185,7 +185,7 @@ const params: Params = quick
     logLevel: logLevelArg
   }
 
-const WATCHDOG_MS = quick ? 150_000 : runlogMode ? 600_000 : 298_000
+const WATCHDOG_MS = quick ? 150_000 : runlogMode ? 900_000 : 298_000
 const GIB = 1024 * 1024 * 1024
 const NOFILE = 200_000
 const PHASE_TIMEOUT_MS = quick ? 8000 : 30_000
@@ -452,17 +452,21 @@ const throughputResults = (rs: ReadonlyArray<Round>): ThroughputResults => {
   }
 }
 
-/** Rounds of `round` on every target, the order rotated each round so drift hits all alike; one warm-up round each first. */
+/**
+ * Rounds of `round` on every target, the order rotated each round so drift hits all alike (or as `orderOf`
+ * says); one warm-up round each first.
+ */
 const alternate = async (
   targets: ReadonlyArray<Target>,
   rounds: number,
   round: (target: Target) => Promise<Round>,
-  what: string
+  what: string,
+  orderOf: (r: number) => ReadonlyArray<Target> = (r) => [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]
 ) => {
   for (const target of targets) await round(target)
   const out = new Map<TargetName, Array<Round>>(targets.map((t) => [t.name, []]))
   for (let r = 0; r < rounds; r++) {
-    const order = [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]
+    const order = orderOf(r)
     for (const target of order) {
       const result = await round(target)
       out.get(target.name)!.push(result)
@@ -890,17 +894,50 @@ const pacedOnlyRun = async () => {
   ].join("\n"))
 }
 
+/** `--runlog-fill=<n>`: bursts of RUNLOG_FILL_RUNS × RUNLOG_FILL_STEPS events per server before the measured rounds (default 4). */
+const runlogFill = Number(argv.find((a) => a.startsWith("--runlog-fill="))?.slice("--runlog-fill=".length) ?? "4")
+const RUNLOG_FILL_STEPS = 2000
+
+/**
+ * A distribution-free confidence interval of the median of `xs` (order statistics of a
+ * binomial(n, ½)), at least `level`: `[lo, hi]`, or NaNs when there are too few values.
+ */
+const medianInterval = (xs: ReadonlyArray<number>, level = 0.95): readonly [number, number] => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const n = sorted.length
+  // P(X <= k) for X ~ binomial(n, 1/2)
+  let cumulative = 0
+  let choose = 1
+  let k = -1
+  for (let i = 0; i <= n; i++) {
+    cumulative += choose / 2 ** n
+    if (cumulative > (1 - level) / 2) break
+    k = i
+    choose = (choose * (n - i)) / (i + 1)
+  }
+  // [x_(k+1), x_(n-k)] in 1-based order statistics covers the median with probability >= level
+  if (k < 0) return [Number.NaN, Number.NaN]
+  return [sorted[k]!, sorted[n - 1 - k]!]
+}
+
 /**
  * `--runlog`: agentwire with its in-memory run log against the same build whose log keeps nothing
- * (`bench/agentwire-nolog.ts`), and the corked baseline, under the paced then the burst load, rounds
- * rotated as in the full run. Prints server CPU per delivered event for each, the with / without ratio
- * and the difference, per delivered event and per logged event (a logged event is delivered to every
- * socket of its user), the median of the per-round differences (each round of one server next to the
- * other's), and each server's heap after a forced GC once the paced rounds are done (what the log then
- * retains).
+ * (`bench/agentwire-nolog.ts`), and the corked baseline, under the paced then the burst load.
+ *
+ * First every server gets `--runlog-fill` bursts of 100 runs × 2,000 events on the paced connections,
+ * enough to fill the log's default 256 MiB budget, so that the measured rounds see a log in its steady
+ * state under sustained load (full, evicting the oldest finished runs; `--runlog-fill=0` starts empty
+ * and the log grows during the rounds instead). Then the rounds: the two agentwire processes always
+ * run next to each other, in turn first (agentwire, no log, baseline; then baseline, no log,
+ * agentwire; …), so each round of one has a neighbour of the other for a paired difference.
+ *
+ * Prints server CPU per delivered event for each, the with / without ratio, the difference per
+ * delivered event and per logged event (a logged event is delivered to every socket of its user: ×
+ * sockets per user), the median of the paired per-round differences with its 95 % interval, and each
+ * server's heap after a forced GC at each step (what the log retains).
  */
 const runlogRun = async () => {
-  log(`pinning: ${pinning.description}; run log on vs off, ${params.pacedRounds} paced and ${params.rounds} burst rounds`)
+  log(`pinning: ${pinning.description}; run log on vs off, ${runlogFill} fill bursts, ${params.pacedRounds} paced and ${params.rounds} burst rounds`)
   const started = new Date().toISOString()
   const info = machine()
   const names: Array<TargetName> = ["agentwire", "agentwire-nolog", "baseline"]
@@ -909,24 +946,44 @@ const runlogRun = async () => {
     const server = await startServer(name)
     targets.push({ name, ...server, loadgen: await startLoadgen(name, server.port, `127.0.${i + 1}.`) })
   }
+  const [withLog, withoutLog, baseline] = targets as [Target, Target, Target]
+  const pairedOrder = (r: number) => r % 2 === 0 ? [withLog, withoutLog, baseline] : [baseline, withoutLog, withLog]
   for (const target of targets) {
     const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
     if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
   }
-  const heapAtStart = new Map<TargetName, number>()
-  for (const target of targets) heapAtStart.set(target.name, (await probe(target, true)).heapUsed)
-  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced")
-  const heapAfterPaced = new Map<TargetName, number>()
-  for (const target of targets) heapAfterPaced.set(target.name, (await probe(target, true)).heapUsed)
+  const heaps = new Map<string, Map<TargetName, number>>()
+  const readHeaps = async (label: string) => {
+    const m = new Map<TargetName, number>()
+    for (const target of targets) m.set(target.name, (await probe(target, true)).heapUsed)
+    heaps.set(label, m)
+  }
+  await readHeaps("JS heap after GC, connections open, MiB")
+  for (let i = 0; i < runlogFill; i++) {
+    for (const target of targets) {
+      check(
+        target,
+        "fill burst",
+        await command<RunsReply>(
+          target,
+          { cmd: "burst", id: newRequestId(), runs: params.pacedUsers, steps: RUNLOG_FILL_STEPS, timeoutMs: PHASE_TIMEOUT_MS * 2 },
+          PHASE_TIMEOUT_MS * 2 + 5000
+        )
+      )
+    }
+    log(`  fill burst ${i + 1} of ${runlogFill} done`)
+  }
+  if (runlogFill > 0) await readHeaps(`JS heap after GC after filling (${runlogFill} × ${params.pacedUsers} runs × ${RUNLOG_FILL_STEPS + 2} events), MiB`)
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced", pairedOrder)
+  await readHeaps("JS heap after GC after the paced rounds, MiB")
   const more = params.connections - params.pacedConnections
   for (const target of targets) {
     if (more === 0) break
     const reply = await connect(target, more, params.users - params.pacedUsers, params.pacedUsers, "load")
     if (!reply.ok) throw new Error(`${target.name}: load connections: ${reply.error ?? "failed"}`)
   }
-  const burst = await alternate(targets, params.rounds, burstRound, "burst")
-  const heapAtEnd = new Map<TargetName, number>()
-  for (const target of targets) heapAtEnd.set(target.name, (await probe(target, true)).heapUsed)
+  const burst = await alternate(targets, params.rounds, burstRound, "burst", pairedOrder)
+  await readHeaps("JS heap after GC at the end, MiB")
 
   const perEvent = (r: Round) => (r.serverCpuMs * 1000) / r.frames
   const perEventSystem = (r: Round) => (r.serverSystemMs * 1000) / r.frames
@@ -941,15 +998,17 @@ const runlogRun = async () => {
       medianEventsPerSecond: median(of(name).map((r) => r.eventsPerSecond)),
       rounds: of(name).map(perEvent)
     })
-    const withLog = of("agentwire")
-    const withoutLog = of("agentwire-nolog")
-    const pairedDiffs = withLog.map((r, i) => perEvent(r) - perEvent(withoutLog[i]!))
+    const on = of("agentwire")
+    const off = of("agentwire-nolog")
+    const pairedDiffs = on.map((r, i) => perEvent(r) - perEvent(off[i]!))
     return {
       agentwire: stats("agentwire"),
       nolog: stats("agentwire-nolog"),
       baseline: stats("baseline"),
+      pairedDiffs,
       pairedDiffMedian: median(pairedDiffs),
-      pairedDiffs
+      pairedDiffInterval: medianInterval(pairedDiffs),
+      pairsWhereLogCostMore: pairedDiffs.filter((d) => d > 0).length
     }
   }
   const pacedSummary = summarize(paced)
@@ -958,31 +1017,31 @@ const runlogRun = async () => {
   const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1)
   const f2 = (x: number) => x.toFixed(2)
   const rows = (what: "paced" | "burst", s: ReturnType<typeof summarize>) => {
-    const med = what === "paced"
-    const cpu = (t: typeof s.agentwire) => med ? t.medianMicrosPerEvent : t.overallMicrosPerEvent
-    const diff = cpu(s.agentwire) - cpu(s.nolog)
+    const n = what === "paced" ? params.pacedRounds : params.rounds
+    const k = fanOut[what]
+    const [lo, hi] = s.pairedDiffInterval
+    const diff = s.agentwire.medianMicrosPerEvent - s.nolog.medianMicrosPerEvent
     return [
-      `| **${what === "paced" ? "Paced" : "Burst"}**: server CPU µs per delivered event (${
-        med ? `median of ${params.pacedRounds} rounds` : `all ${params.rounds} rounds`
-      }) | ${f2(cpu(s.agentwire))} | ${f2(cpu(s.nolog))} | ${f2(cpu(s.baseline))} | ${f2(cpu(s.agentwire) / cpu(s.nolog))} |`,
-      `| ${what}: of which system µs (median of rounds) | ${f2(s.agentwire.medianSystemMicrosPerEvent)} | ${f2(s.nolog.medianSystemMicrosPerEvent)} | ${
+      `| **${what === "paced" ? "Paced" : "Burst"}**: server CPU µs per delivered event (median of ${n} rounds) | ${f2(s.agentwire.medianMicrosPerEvent)} | ${
+        f2(s.nolog.medianMicrosPerEvent)
+      } | ${f2(s.baseline.medianMicrosPerEvent)} | ${f2(s.agentwire.medianMicrosPerEvent / s.nolog.medianMicrosPerEvent)} |`,
+      `| ${what}: the same over all rounds (total CPU / total events) | ${f2(s.agentwire.overallMicrosPerEvent)} | ${f2(s.nolog.overallMicrosPerEvent)} | ${
+        f2(s.baseline.overallMicrosPerEvent)
+      } | ${f2(s.agentwire.overallMicrosPerEvent / s.nolog.overallMicrosPerEvent)} |`,
+      `| ${what}: of which system, µs (median of rounds) | ${f2(s.agentwire.medianSystemMicrosPerEvent)} | ${f2(s.nolog.medianSystemMicrosPerEvent)} | ${
         f2(s.baseline.medianSystemMicrosPerEvent)
       } | |`,
-      `| ${what}: log's cost per delivered event, µs (difference; median of per-round differences) | ${f2(diff)} (${f2(s.pairedDiffMedian)}) | | | |`,
-      `| ${what}: log's cost per logged event (× ${fanOut[what]} sockets per user), µs | ${f2(diff * fanOut[what])} (${
-        f2(s.pairedDiffMedian * fanOut[what])
-      }) | | | |`,
-      ...(med ? [] : [
-        `| ${what}: events/s delivered (median of rounds) | ${s.agentwire.medianEventsPerSecond.toFixed(0)} | ${s.nolog.medianEventsPerSecond.toFixed(0)} | ${
-          s.baseline.medianEventsPerSecond.toFixed(0)
-        } | ${f2(s.agentwire.medianEventsPerSecond / s.nolog.medianEventsPerSecond)} |`
-      ])
+      `| ${what}: the log's CPU per delivered event, µs: median of the ${n} paired round differences [95 % interval]; difference of medians | ${
+        f2(s.pairedDiffMedian)
+      } [${f2(lo)}, ${f2(hi)}]; ${f2(diff)} | | | ${s.pairsWhereLogCostMore} of ${n} pairs > 0 |`,
+      `| ${what}: the same per logged event (× ${k} sockets per user), µs | ${f2(s.pairedDiffMedian * k)} [${f2(lo * k)}, ${f2(hi * k)}]; ${f2(diff * k)} | | | |`,
+      `| ${what}: events/s delivered (median of rounds) | ${s.agentwire.medianEventsPerSecond.toFixed(0)} | ${s.nolog.medianEventsPerSecond.toFixed(0)} | ${
+        s.baseline.medianEventsPerSecond.toFixed(0)
+      } | ${f2(s.agentwire.medianEventsPerSecond / s.nolog.medianEventsPerSecond)} |`
     ]
   }
-  const heapRow = (label: string, m: Map<TargetName, number>) =>
-    `| ${label} | ${mib(m.get("agentwire")!)} | ${mib(m.get("agentwire-nolog")!)} | ${mib(m.get("baseline")!)} | |`
   const table = [
-    `Run log on vs off, ${started}, commit ${info.commit}${info.dirty ? " (src modified)" : ""}; ${pinning.description}; load average at start ${
+    `Run log on vs off, ${started}, commit ${info.commit}${info.dirty ? " (src modified)" : ""}, command \`${info.command}\`; ${pinning.description}; load average at start ${
       info.loadAverageAtStart.join(" ")
     }, at end ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
     "",
@@ -990,9 +1049,7 @@ const runlogRun = async () => {
     "|---|---:|---:|---:|---:|",
     ...rows("paced", pacedSummary),
     ...rows("burst", burstSummary),
-    heapRow("JS heap after GC before the paced rounds, MiB", heapAtStart),
-    heapRow("JS heap after GC after the paced rounds, MiB", heapAfterPaced),
-    heapRow("JS heap after GC at the end, MiB", heapAtEnd),
+    ...[...heaps].map(([label, m]) => `| ${label} | ${mib(m.get("agentwire")!)} | ${mib(m.get("agentwire-nolog")!)} | ${mib(m.get("baseline")!)} | |`),
     "",
     `per-round CPU µs/event, paced: log ${pacedSummary.agentwire.rounds.map(f2).join(" ")}; no log ${pacedSummary.nolog.rounds.map(f2).join(" ")}`,
     `per-round CPU µs/event, burst: log ${burstSummary.agentwire.rounds.map(f2).join(" ")}; no log ${burstSummary.nolog.rounds.map(f2).join(" ")}`,
@@ -1000,8 +1057,11 @@ const runlogRun = async () => {
   ].join("\n")
   process.stdout.write(`${table}\n`)
   if (outArg !== undefined) {
-    const heaps = { start: Object.fromEntries(heapAtStart), afterPaced: Object.fromEntries(heapAfterPaced), end: Object.fromEntries(heapAtEnd) }
-    writeFileSync(resolve(outArg), `${JSON.stringify({ machine: info, params, fanOut, paced: pacedSummary, burst: burstSummary, heaps }, null, 2)}\n`)
+    const heapsJson = Object.fromEntries([...heaps].map(([label, m]) => [label, Object.fromEntries(m)]))
+    writeFileSync(
+      resolve(outArg),
+      `${JSON.stringify({ machine: info, params, runlogFill, fanOut, paced: pacedSummary, burst: burstSummary, heaps: heapsJson }, null, 2)}\n`
+    )
     log(`wrote ${resolve(outArg)}`)
   }
 }
