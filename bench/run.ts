@@ -1066,6 +1066,12 @@ const runlogRun = async () => {
   }
 }
 
+/** `--keep-logs`: say where the servers' and load generators' logs are; else remove them. */
+const keepOrRemoveLogs = () => {
+  if (argv.includes("--keep-logs")) log(`server and load generator logs kept in ${workDir}`)
+  else rmSync(workDir, { recursive: true, force: true })
+}
+
 const main = async () => {
   // the orchestrator shares the load generators' CPU(s), never the server's
   if (pinning.client !== undefined) execSync(`taskset -pc ${pinning.client} ${process.pid}`, { stdio: "ignore" })
@@ -1079,6 +1085,8 @@ const main = async () => {
   }
   if (runlogMode) {
     await runlogRun()
+    keepOrRemoveLogs()
+    log(`done in ${((performance.now() - t0) / 1000).toFixed(1)}s`)
     return
   }
   const results = await benchmark()
@@ -1092,8 +1100,7 @@ const main = async () => {
     : undefined
   const files = writeResults(results, root, { json, docs: write })
   for (const file of files) log(`wrote ${file}`)
-  if (argv.includes("--keep-logs")) log(`server and load generator logs kept in ${workDir}`)
-  else rmSync(workDir, { recursive: true, force: true })
+  keepOrRemoveLogs()
   log(`done in ${((performance.now() - t0) / 1000).toFixed(1)}s`)
 }
 
