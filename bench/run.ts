@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick | --paced-only | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
+ * `npm run bench [-- --quick | --paced-only | --runlog | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
  *   [--agentwire-dir=<checkout>] [--keep-logs] [--server-node-flag=<flag>…] [--log-level=<level>] [--no-pin]
  *   [--baseline-cork=immediate] [size flags]`:
  * the orchestrator. docs/benchmarks.md describes every phase and option.
@@ -39,6 +39,9 @@
  * with `--strace`, one more round per server under `strace -c -f` gives
  * syscalls per delivered event. `--agentwire-dir` runs another checkout's
  * `src/main.ts` (to measure a proposed change against the same baselines).
+ * `--runlog` runs the paced and burst rounds of agentwire, agentwire without
+ * its run log (`bench/agentwire-nolog.ts`) and the corked baseline, and prints
+ * what logging every event costs.
  *
  * Every wait is bounded; a watchdog ends the bench and every child process
  * (killed by pid) if it runs over.
@@ -46,7 +49,7 @@
  * @module
  */
 import { execSync, spawn } from "node:child_process"
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from "node:os"
 import { join, resolve } from "node:path"
 import type { EngineResult } from "./engine.ts"
@@ -105,13 +108,18 @@ const straceOn = argv.includes("--strace")
 const logLevelArg = argv.find((a) => a.startsWith("--log-level="))?.slice("--log-level=".length) ?? "info"
 /** `--paced-only`: only the paced rounds (agentwire and both baselines), a short table, nothing written. */
 const pacedOnly = argv.includes("--paced-only")
+/**
+ * `--runlog`: what the run log costs: paced then burst rounds of agentwire, agentwire without its log
+ * (`bench/agentwire-nolog.ts`) and the corked baseline, rotated; a short table, nothing written but `--out`.
+ */
+const runlogMode = argv.includes("--runlog")
 /** `--baseline-cork=immediate`: the corked baseline uncorks on `setImmediate` instead of `process.nextTick` (an experiment). */
 const baselineCork = argv.find((a) => a.startsWith("--baseline-cork="))?.slice("--baseline-cork=".length) ?? "1"
 /** `--no-pin`: do not pin processes to CPUs even when the machine has two or more. */
 /** CPUs available, read before the orchestrator pins itself (which narrows `availableParallelism()`). */
 const NPROC = availableParallelism()
 const pinning = choosePinning(NPROC, !argv.includes("--no-pin"))
-const write = !argv.includes("--no-write") && !quick && !profile && !argv.includes("--paced-only")
+const write = !argv.includes("--no-write") && !quick && !profile && !pacedOnly && !runlogMode
 /** `--out=<file>`: also (or, with `--no-write`, only) write the raw JSON there. */
 const outArg = argv.find((a) => a.startsWith("--out="))?.slice("--out=".length)
 /** `--agentwire-dir=<checkout>`: run that checkout's `src/main.ts` instead (to measure a proposed change). */
@@ -158,14 +166,14 @@ const params: Params = quick
     users: flag("users", 250),
     runs: flag("runs", 250),
     steps: flag("steps", 200),
-    rounds: flag("rounds", 7),
+    rounds: flag("rounds", runlogMode ? 24 : 7),
     pacedConnections: flag("paced-connections", 400),
     pacedUsers: flag("paced-users", 100),
     pacedRuns: flag("paced-runs", 1000),
     pacedSteps: flag("paced-steps", 40),
     pacedIntervalMs: flag("paced-interval", 5),
     pacedSpreadMs: flag("paced-spread", 3000),
-    pacedRounds: flag("paced-rounds", 4),
+    pacedRounds: flag("paced-rounds", runlogMode ? 16 : 4),
     loadMs: 4000,
     holdRuns: 1000,
     idleConnections: 5000,
@@ -177,7 +185,7 @@ const params: Params = quick
     logLevel: logLevelArg
   }
 
-const WATCHDOG_MS = quick ? 150_000 : 298_000
+const WATCHDOG_MS = quick ? 150_000 : runlogMode ? 900_000 : 298_000
 const GIB = 1024 * 1024 * 1024
 const NOFILE = 200_000
 const PHASE_TIMEOUT_MS = quick ? 8000 : 30_000
@@ -206,8 +214,11 @@ watchdog.unref()
 // ---------------------------------------------------------------------------
 // processes
 
-/** `baseline`: raw `ws`, corked per tick like agentwire; `uncorked`: the same server writing each frame alone. */
-type TargetName = "agentwire" | "baseline" | "uncorked"
+/**
+ * `baseline`: raw `ws`, corked per tick like agentwire; `uncorked`: the same server writing each frame alone;
+ * `agentwire-nolog`: agentwire with a run log that keeps nothing (`bench/agentwire-nolog.ts`, `--runlog` only).
+ */
+type TargetName = "agentwire" | "baseline" | "uncorked" | "agentwire-nolog"
 
 interface Target {
   readonly name: TargetName
@@ -229,21 +240,22 @@ const startServer = async (
 ) => {
   const port = await freePort()
   const nodeFlags = ["--expose-gc", "--import", "./bench/probe.ts", ...serverNodeFlags, ...extraNodeFlags]
-  const server = name === "agentwire" || name === "agentwire-heartbeat"
+  const server = name === "agentwire" || name === "agentwire-heartbeat" || name === "agentwire-nolog"
     ? spawnNode({
       name,
       cwd: root,
       cpus: pinning.server,
       nofile: NOFILE,
       logFile: join(workDir, `${name}.log`),
-      args: [...nodeFlags, join(agentwireDir, "src/main.ts")],
+      // the no-log variant is this checkout's (it imports ../src); --agentwire-dir moves only the real one
+      args: [...nodeFlags, name === "agentwire-nolog" ? join(root, "bench/agentwire-nolog.ts") : join(agentwireDir, "src/main.ts")],
       env: {
         AGENTWIRE_HOST: "127.0.0.1",
         AGENTWIRE_PORT: String(port),
         AGENTWIRE_JWT_SECRET: BENCH_SECRET,
         AGENTWIRE_LOG_LEVEL: params.logLevel,
         AGENTWIRE_MAX_MESSAGE_BYTES: "65536",
-        AGENTWIRE_HEARTBEAT_MS: name === "agentwire" ? "0" : String(HEARTBEAT_MS),
+        AGENTWIRE_HEARTBEAT_MS: name === "agentwire-heartbeat" ? String(HEARTBEAT_MS) : "0",
         // admission and client-frame limits (issue 8) high or off: the bench offers the same
         // load to all servers, and the baselines refuse and slow nothing; every run must be admitted
         AGENTWIRE_MAX_RUNS_PER_USER: "10000",
@@ -251,7 +263,7 @@ const startServer = async (
         AGENTWIRE_RUN_STARTS_PER_SECOND: "0",
         AGENTWIRE_MAX_FRAMES_PER_SECOND: "0",
         AGENTWIRE_MAX_CONNECTIONS_PER_USER: "10000",
-        BENCH_LOOP_DELAY: name === "agentwire" ? "0" : "1",
+        BENCH_LOOP_DELAY: name === "agentwire-heartbeat" ? "1" : "0",
         NODE_ENV: "production"
       }
     })
@@ -440,17 +452,21 @@ const throughputResults = (rs: ReadonlyArray<Round>): ThroughputResults => {
   }
 }
 
-/** Rounds of `round` on every target, the order rotated each round so drift hits all alike; one warm-up round each first. */
+/**
+ * Rounds of `round` on every target, the order rotated each round so drift hits all alike (or as `orderOf`
+ * says); one warm-up round each first.
+ */
 const alternate = async (
   targets: ReadonlyArray<Target>,
   rounds: number,
   round: (target: Target) => Promise<Round>,
-  what: string
+  what: string,
+  orderOf: (r: number) => ReadonlyArray<Target> = (r) => [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]
 ) => {
   for (const target of targets) await round(target)
   const out = new Map<TargetName, Array<Round>>(targets.map((t) => [t.name, []]))
   for (let r = 0; r < rounds; r++) {
-    const order = [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]
+    const order = orderOf(r)
     for (const target of order) {
       const result = await round(target)
       out.get(target.name)!.push(result)
@@ -878,6 +894,184 @@ const pacedOnlyRun = async () => {
   ].join("\n"))
 }
 
+/** `--runlog-fill=<n>`: bursts of RUNLOG_FILL_RUNS × RUNLOG_FILL_STEPS events per server before the measured rounds (default 4). */
+const runlogFill = Number(argv.find((a) => a.startsWith("--runlog-fill="))?.slice("--runlog-fill=".length) ?? "4")
+const RUNLOG_FILL_STEPS = 2000
+
+/**
+ * A distribution-free confidence interval of the median of `xs` (order statistics of a
+ * binomial(n, ½)), at least `level`: `[lo, hi]`, or NaNs when there are too few values.
+ */
+const medianInterval = (xs: ReadonlyArray<number>, level = 0.95): readonly [number, number] => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const n = sorted.length
+  // P(X <= k) for X ~ binomial(n, 1/2)
+  let cumulative = 0
+  let choose = 1
+  let k = -1
+  for (let i = 0; i <= n; i++) {
+    cumulative += choose / 2 ** n
+    if (cumulative > (1 - level) / 2) break
+    k = i
+    choose = (choose * (n - i)) / (i + 1)
+  }
+  // [x_(k+1), x_(n-k)] in 1-based order statistics covers the median with probability >= level
+  if (k < 0) return [Number.NaN, Number.NaN]
+  return [sorted[k]!, sorted[n - 1 - k]!]
+}
+
+/**
+ * `--runlog`: agentwire with its in-memory run log against the same build whose log keeps nothing
+ * (`bench/agentwire-nolog.ts`), and the corked baseline, under the paced then the burst load.
+ *
+ * First every server gets `--runlog-fill` bursts of 100 runs × 2,000 events on the paced connections,
+ * enough to fill the log's default 256 MiB budget, so that the measured rounds see a log in its steady
+ * state under sustained load (full, evicting the oldest finished runs; `--runlog-fill=0` starts empty
+ * and the log grows during the rounds instead). Then the rounds: the two agentwire processes always
+ * run next to each other, in turn first (agentwire, no log, baseline; then baseline, no log,
+ * agentwire; …), so each round of one has a neighbour of the other for a paired difference.
+ *
+ * Prints server CPU per delivered event for each, the with / without ratio, the difference per
+ * delivered event and per logged event (a logged event is delivered to every socket of its user: ×
+ * sockets per user), the median of the paired per-round differences with its 95 % interval, and each
+ * server's heap after a forced GC at each step (what the log retains).
+ */
+const runlogRun = async () => {
+  log(`pinning: ${pinning.description}; run log on vs off, ${runlogFill} fill bursts, ${params.pacedRounds} paced and ${params.rounds} burst rounds`)
+  const started = new Date().toISOString()
+  const info = machine()
+  const names: Array<TargetName> = ["agentwire", "agentwire-nolog", "baseline"]
+  const targets: Array<Target> = []
+  for (const [i, name] of names.entries()) {
+    const server = await startServer(name)
+    targets.push({ name, ...server, loadgen: await startLoadgen(name, server.port, `127.0.${i + 1}.`) })
+  }
+  const [withLog, withoutLog, baseline] = targets as [Target, Target, Target]
+  const pairedOrder = (r: number) => r % 2 === 0 ? [withLog, withoutLog, baseline] : [baseline, withoutLog, withLog]
+  for (const target of targets) {
+    const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
+    if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
+  }
+  const heaps = new Map<string, Map<TargetName, number>>()
+  const readHeaps = async (label: string) => {
+    const m = new Map<TargetName, number>()
+    for (const target of targets) m.set(target.name, (await probe(target, true)).heapUsed)
+    heaps.set(label, m)
+  }
+  await readHeaps("JS heap after GC, connections open, MiB")
+  for (let i = 0; i < runlogFill; i++) {
+    for (const target of targets) {
+      check(
+        target,
+        "fill burst",
+        await command<RunsReply>(
+          target,
+          { cmd: "burst", id: newRequestId(), runs: params.pacedUsers, steps: RUNLOG_FILL_STEPS, timeoutMs: PHASE_TIMEOUT_MS * 2 },
+          PHASE_TIMEOUT_MS * 2 + 5000
+        )
+      )
+    }
+    log(`  fill burst ${i + 1} of ${runlogFill} done`)
+  }
+  if (runlogFill > 0) await readHeaps(`JS heap after GC after filling (${runlogFill} × ${params.pacedUsers} runs × ${RUNLOG_FILL_STEPS + 2} events), MiB`)
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced", pairedOrder)
+  await readHeaps("JS heap after GC after the paced rounds, MiB")
+  const more = params.connections - params.pacedConnections
+  for (const target of targets) {
+    if (more === 0) break
+    const reply = await connect(target, more, params.users - params.pacedUsers, params.pacedUsers, "load")
+    if (!reply.ok) throw new Error(`${target.name}: load connections: ${reply.error ?? "failed"}`)
+  }
+  const burst = await alternate(targets, params.rounds, burstRound, "burst", pairedOrder)
+  await readHeaps("JS heap after GC at the end, MiB")
+
+  const perEvent = (r: Round) => (r.serverCpuMs * 1000) / r.frames
+  const perEventSystem = (r: Round) => (r.serverSystemMs * 1000) / r.frames
+  const summarize = (rounds: Map<TargetName, Array<Round>>) => {
+    const of = (name: TargetName) => rounds.get(name)!
+    const frames = (name: TargetName) => of(name).reduce((s, r) => s + r.frames, 0)
+    const cpu = (name: TargetName) => of(name).reduce((s, r) => s + r.serverCpuMs, 0)
+    const stats = (name: TargetName) => ({
+      medianMicrosPerEvent: median(of(name).map(perEvent)),
+      medianSystemMicrosPerEvent: median(of(name).map(perEventSystem)),
+      overallMicrosPerEvent: (cpu(name) * 1000) / frames(name),
+      medianEventsPerSecond: median(of(name).map((r) => r.eventsPerSecond)),
+      rounds: of(name).map(perEvent)
+    })
+    const on = of("agentwire")
+    const off = of("agentwire-nolog")
+    const pairedDiffs = on.map((r, i) => perEvent(r) - perEvent(off[i]!))
+    return {
+      agentwire: stats("agentwire"),
+      nolog: stats("agentwire-nolog"),
+      baseline: stats("baseline"),
+      pairedDiffs,
+      pairedDiffMedian: median(pairedDiffs),
+      pairedDiffInterval: medianInterval(pairedDiffs),
+      pairsWhereLogCostMore: pairedDiffs.filter((d) => d > 0).length
+    }
+  }
+  const pacedSummary = summarize(paced)
+  const burstSummary = summarize(burst)
+  const fanOut = { paced: params.pacedConnections / params.pacedUsers, burst: params.connections / params.users }
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1)
+  const f2 = (x: number) => x.toFixed(2)
+  const rows = (what: "paced" | "burst", s: ReturnType<typeof summarize>) => {
+    const n = what === "paced" ? params.pacedRounds : params.rounds
+    const k = fanOut[what]
+    const [lo, hi] = s.pairedDiffInterval
+    const diff = s.agentwire.medianMicrosPerEvent - s.nolog.medianMicrosPerEvent
+    return [
+      `| **${what === "paced" ? "Paced" : "Burst"}**: server CPU µs per delivered event (median of ${n} rounds) | ${f2(s.agentwire.medianMicrosPerEvent)} | ${
+        f2(s.nolog.medianMicrosPerEvent)
+      } | ${f2(s.baseline.medianMicrosPerEvent)} | ${f2(s.agentwire.medianMicrosPerEvent / s.nolog.medianMicrosPerEvent)} |`,
+      `| ${what}: the same over all rounds (total CPU / total events) | ${f2(s.agentwire.overallMicrosPerEvent)} | ${f2(s.nolog.overallMicrosPerEvent)} | ${
+        f2(s.baseline.overallMicrosPerEvent)
+      } | ${f2(s.agentwire.overallMicrosPerEvent / s.nolog.overallMicrosPerEvent)} |`,
+      `| ${what}: of which system, µs (median of rounds) | ${f2(s.agentwire.medianSystemMicrosPerEvent)} | ${f2(s.nolog.medianSystemMicrosPerEvent)} | ${
+        f2(s.baseline.medianSystemMicrosPerEvent)
+      } | |`,
+      `| ${what}: the log's CPU per delivered event, µs: median of the ${n} paired round differences [95 % interval]; difference of medians | ${
+        f2(s.pairedDiffMedian)
+      } [${f2(lo)}, ${f2(hi)}]; ${f2(diff)} | | | ${s.pairsWhereLogCostMore} of ${n} pairs > 0 |`,
+      `| ${what}: the same per logged event (× ${k} sockets per user), µs | ${f2(s.pairedDiffMedian * k)} [${f2(lo * k)}, ${f2(hi * k)}]; ${f2(diff * k)} | | | |`,
+      `| ${what}: events/s delivered (median of rounds) | ${s.agentwire.medianEventsPerSecond.toFixed(0)} | ${s.nolog.medianEventsPerSecond.toFixed(0)} | ${
+        s.baseline.medianEventsPerSecond.toFixed(0)
+      } | ${f2(s.agentwire.medianEventsPerSecond / s.nolog.medianEventsPerSecond)} |`
+    ]
+  }
+  const table = [
+    `Run log on vs off, ${started}, commit ${info.commit}${info.dirty ? " (src modified)" : ""}, command \`${info.command}\`; ${pinning.description}; load average at start ${
+      info.loadAverageAtStart.join(" ")
+    }, at end ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
+    "",
+    "| | agentwire (log) | agentwire, no log | raw `ws`, corked | log / no log |",
+    "|---|---:|---:|---:|---:|",
+    ...rows("paced", pacedSummary),
+    ...rows("burst", burstSummary),
+    ...[...heaps].map(([label, m]) => `| ${label} | ${mib(m.get("agentwire")!)} | ${mib(m.get("agentwire-nolog")!)} | ${mib(m.get("baseline")!)} | |`),
+    "",
+    `per-round CPU µs/event, paced: log ${pacedSummary.agentwire.rounds.map(f2).join(" ")}; no log ${pacedSummary.nolog.rounds.map(f2).join(" ")}`,
+    `per-round CPU µs/event, burst: log ${burstSummary.agentwire.rounds.map(f2).join(" ")}; no log ${burstSummary.nolog.rounds.map(f2).join(" ")}`,
+    ""
+  ].join("\n")
+  process.stdout.write(`${table}\n`)
+  if (outArg !== undefined) {
+    const heapsJson = Object.fromEntries([...heaps].map(([label, m]) => [label, Object.fromEntries(m)]))
+    writeFileSync(
+      resolve(outArg),
+      `${JSON.stringify({ machine: info, params, runlogFill, fanOut, paced: pacedSummary, burst: burstSummary, heaps: heapsJson }, null, 2)}\n`
+    )
+    log(`wrote ${resolve(outArg)}`)
+  }
+}
+
+/** `--keep-logs`: say where the servers' and load generators' logs are; else remove them. */
+const keepOrRemoveLogs = () => {
+  if (argv.includes("--keep-logs")) log(`server and load generator logs kept in ${workDir}`)
+  else rmSync(workDir, { recursive: true, force: true })
+}
+
 const main = async () => {
   // the orchestrator shares the load generators' CPU(s), never the server's
   if (pinning.client !== undefined) execSync(`taskset -pc ${pinning.client} ${process.pid}`, { stdio: "ignore" })
@@ -887,6 +1081,12 @@ const main = async () => {
   }
   if (pacedOnly) {
     await pacedOnlyRun()
+    return
+  }
+  if (runlogMode) {
+    await runlogRun()
+    keepOrRemoveLogs()
+    log(`done in ${((performance.now() - t0) / 1000).toFixed(1)}s`)
     return
   }
   const results = await benchmark()
@@ -900,8 +1100,7 @@ const main = async () => {
     : undefined
   const files = writeResults(results, root, { json, docs: write })
   for (const file of files) log(`wrote ${file}`)
-  if (argv.includes("--keep-logs")) log(`server and load generator logs kept in ${workDir}`)
-  else rmSync(workDir, { recursive: true, force: true })
+  keepOrRemoveLogs()
   log(`done in ${((performance.now() - t0) / 1000).toFixed(1)}s`)
 }
 

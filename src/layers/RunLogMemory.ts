@@ -36,10 +36,22 @@ import {
 import { generateId } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_LOG_SETTINGS } from "./AgentwireConfig.ts"
 
-/** Bytes counted per logged event beyond its frame's length (array slot, type, bookkeeping). */
+/**
+ * Bytes counted per logged event beyond its frame's length (array slot, type, bookkeeping).
+ *
+ * Measured (`bench/runlog-memory.ts`, Node 24, 2026-11-30): a retained event
+ * costs its frame's length + 39–43 B of heap when the frame is one-byte text
+ * (string header, two array slots and their growth slack), and a run costs
+ * about 450–770 B of its own (record, index entries) that is not counted; 64
+ * per event covers both for runs of about 30 events or more (a 42-event run:
+ * 15,990 B of heap, 16,550 counted), and undercounts runs of a few events
+ * (3 events: 1,940 B of heap, 1,250 counted). A frame with any character past
+ * U+00FF (“quotes”, —, emoji, most non-Latin scripts) is stored two bytes per
+ * character: about 1.9 × what is counted.
+ */
 export const EVENT_OVERHEAD_BYTES = 64
 
-/** Tombstones kept at most (about 150 bytes each), oldest dropped first. */
+/** Tombstones kept at most (about 190 bytes of heap each, measured; not counted in the byte budget), oldest dropped first. */
 export const MAX_TOMBSTONES = 100_000
 
 /** How often expired runs are freed, in milliseconds (reads check expiry themselves). */
