@@ -48,6 +48,7 @@ export const noopRunLog: Layer.Layer<RunLog> = Layer.effect(
         release: () => Effect.void,
         summary: (_user_id, run_id) => Effect.fail(new RunNotFoundError({ run_id })),
         list: () => Effect.succeed([]),
+        stats: Effect.succeed({ runs: 0, activeRuns: 0, bytes: 0, maxBytes: 0, tombstones: 0, evicted: 0 }),
         read: (_user_id, run_id) => Effect.fail(new RunNotFoundError({ run_id })),
         waitFor: (_user_id, run_id) => Effect.fail(new RunNotFoundError({ run_id }))
       })

@@ -9,9 +9,9 @@
  * first. Either way the run leaves a tombstone (run, user, last seq) for
  * `tombstoneMs`, at most `MAX_TOMBSTONES` of them, oldest dropped first.
  *
- * Bytes are counted as the frame's length plus `EVENT_OVERHEAD_BYTES` per
- * event (the array slot, the type); the figure is measured by
- * `bench/runlog-memory.ts`. Time comes from the Effect `Clock`, so tests drive
+ * Bytes are counted as each frame's heap size (`frameBytes`) plus
+ * `EVENT_OVERHEAD_BYTES` per event and `RUN_OVERHEAD_BYTES` per run; the
+ * figures are measured by `bench/runlog-memory.ts`. Time comes from the Effect `Clock`, so tests drive
  * retention with `TestClock`; a sweep every `SWEEP_INTERVAL_MS` frees expired
  * runs, and every read checks expiry itself.
  *
@@ -37,19 +37,23 @@ import { generateId } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_LOG_SETTINGS } from "./AgentwireConfig.ts"
 
 /**
- * Bytes counted per logged event beyond its frame's length (array slot, type, bookkeeping).
+ * Bytes counted per logged event beyond its frame's text (string header, two
+ * array slots and their growth slack).
  *
  * Measured (`bench/runlog-memory.ts`, Node 24, 2026-11-30): a retained event
- * costs its frame's length + 39–43 B of heap when the frame is one-byte text
- * (string header, two array slots and their growth slack), and a run costs
- * about 450–770 B of its own (record, index entries) that is not counted; 64
- * per event covers both for runs of about 30 events or more (a 42-event run:
- * 15,990 B of heap, 16,550 counted), and undercounts runs of a few events
- * (3 events: 1,940 B of heap, 1,250 counted). A frame with any character past
- * U+00FF (“quotes”, —, emoji, most non-Latin scripts) is stored two bytes per
- * character: about 1.9 × what is counted.
+ * costs its frame's length + 39–43 B of heap when the frame is one-byte text.
+ * A frame with any character past U+00FF (“quotes”, —, emoji, most non-Latin
+ * scripts) is stored two bytes per character, and is counted so (`frameBytes`).
  */
-export const EVENT_OVERHEAD_BYTES = 64
+export const EVENT_OVERHEAD_BYTES = 48
+
+/** Bytes counted per retained run beyond its events (record, index entries): measured 450–770 B. */
+export const RUN_OVERHEAD_BYTES = 800
+
+const TWO_BYTE = /[^\u0000-\u00ff]/
+
+/** Heap bytes of a frame's text: V8 keeps a string one byte per character unless one is past U+00FF. */
+export const frameBytes = (frame: string): number => (TWO_BYTE.test(frame) ? 2 * frame.length : frame.length)
 
 /** Tombstones kept at most (about 190 bytes of heap each, measured; not counted in the byte budget), oldest dropped first. */
 export const MAX_TOMBSTONES = 100_000
@@ -166,10 +170,11 @@ export const make = (settings: RunLogSettings) =>
           endedAtMs: 0,
           frames: [],
           types: [],
-          bytes: 0,
+          bytes: RUN_OVERHEAD_BYTES,
           waiters: undefined
         }
         runs.set(run.run_id, run)
+        totalBytes += RUN_OVERHEAD_BYTES
         tombstones.delete(run.run_id)
         let mine = byUser.get(run.user_id)
         if (mine === undefined) byUser.set(run.user_id, mine = new Set())
@@ -183,7 +188,7 @@ export const make = (settings: RunLogSettings) =>
         run.ended_at = undefined
       }
       if (run.agent_name === "" && event.depth === 0) run.agent_name = event.agent_name
-      const bytes = frame.length + EVENT_OVERHEAD_BYTES
+      const bytes = frameBytes(frame) + EVENT_OVERHEAD_BYTES
       run.frames.push(frame)
       run.types.push(event.type)
       run.bytes += bytes

@@ -42,8 +42,10 @@ const appendRun = (run_id: string, n: number, options: { readonly user?: string;
 /** The bytes the log counts for a run appended by `appendRun`. */
 const runBytes = (run_id: string, n: number, options: { readonly open?: boolean; readonly pad?: number } = {}) =>
   Array.from({ length: n }, (_, i) => i + 1).reduce(
-    (sum, seq) => sum + JSON.stringify(event(run_id, seq, { ...options, end: options.open !== true && seq === n })).length + RunLogMemory.EVENT_OVERHEAD_BYTES,
-    0
+    (sum, seq) =>
+      sum + RunLogMemory.frameBytes(JSON.stringify(event(run_id, seq, { ...options, end: options.open !== true && seq === n }))) +
+      RunLogMemory.EVENT_OVERHEAD_BYTES,
+    RunLogMemory.RUN_OVERHEAD_BYTES
   )
 
 const readAll = (user: string, run_id: string, after = 0) =>
@@ -181,6 +183,12 @@ describe("RunLogMemory", () => {
       const foreign = yield* Effect.flip(log.waitFor("bob", "r", 0))
       expect(foreign._tag).toBe("RunNotFoundError")
     }).pipe(withLog()))
+
+  it("counts a frame with a character past U+00FF at two bytes per character, as V8 stores it", () => {
+    expect(RunLogMemory.frameBytes("plain ascii and latin-1 é")).toBe(25)
+    expect(RunLogMemory.frameBytes("“quoted”")).toBe(16)
+    expect(RunLogMemory.frameBytes("emoji 🙂")).toBe(16)
+  })
 })
 
 describe("follow", () => {
