@@ -354,8 +354,10 @@ export const connect = (options: ClientOptions): Client => {
   }
 
   const wakeAll = (tracker: Tracker) => {
-    for (const w of Array.from(tracker.wake)) w()
+    // taken out first: a waiter that finds nothing new registers itself again
+    const waiters = Array.from(tracker.wake)
     tracker.wake.clear()
+    for (const w of waiters) w()
   }
 
   const deliver = (tracker: Tracker, event: AgentEvent) => {
