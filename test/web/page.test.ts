@@ -3,8 +3,8 @@
  * playwright-core), against a real server behind a TCP proxy: ask the
  * calculator and see the answer and the tool call; start a long ticker, cut
  * every socket, see the page reconnect and the timeline go on with no
- * duplicate step; press Stop and see the run end cancelled. Saves
- * docs/screenshot.png. Also: no request leaves the origin, no console error,
+ * duplicate step; press Stop and see the run end cancelled. Saves a
+ * screenshot (docs/screenshot.png with UPDATE_SCREENSHOT=1). Also: no request leaves the origin, no console error,
  * and the page fits a phone-sized screen.
  */
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
@@ -16,7 +16,10 @@ import { type Proxy, startProxy } from "../fixtures/proxy.ts"
 import { startServer, type TestServer } from "../fixtures/testServer.ts"
 
 const CHROMIUM = "/usr/bin/chromium"
-const SCREENSHOT = new URL("../../docs/screenshot.png", import.meta.url).pathname
+// every run saves its screenshot; UPDATE_SCREENSHOT=1 writes the README's (docs/screenshot.png) instead of a temp file
+const SCREENSHOT = process.env.UPDATE_SCREENSHOT === "1"
+  ? new URL("../../docs/screenshot.png", import.meta.url).pathname
+  : join(tmpdir(), "agentwire-page-screenshot.png")
 
 let server: TestServer
 let proxy: Proxy
@@ -117,6 +120,7 @@ describe("web page in Chromium", () => {
     expect(await page.textContent(".turn:nth-child(3) .answer")).toBe("calculator: 6*7 = 42")
     expect(await page.locator(".turn:nth-child(3) ~ * , #timeline .item.agent .item.agent").count()).toBe(2)
     await page.screenshot({ path: SCREENSHOT })
+    console.log(`screenshot: ${SCREENSHOT}`)
 
     // an unknown agent is refused in plain words
     await page.evaluate(() => {
