@@ -156,8 +156,8 @@ describe("src/main.ts", () => {
       const client = yield* connect(url)
       yield* client.next("connection_established")
       yield* proc.printed(/handshake refused.*status=400/)
-      // the demo banner prints the token three times on purpose (token, URL, curl); nothing else may
-      expect((proc.stdout() + proc.stderr()).split(token).length - 1).toBe(3)
+      // the demo banner prints the token four times on purpose (token, page URL, WebSocket URL, curl); nothing else may
+      expect((proc.stdout() + proc.stderr()).split(token).length - 1).toBe(4)
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped))

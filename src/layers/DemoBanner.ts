@@ -29,6 +29,8 @@ export const layer: Layer.Layer<never, never, AgentwireConfig | AgentwireServer 
         "  No AGENTWIRE_JWT_SECRET set: generated a secret for this process (development only).",
         `  Demo token for user "${DEMO_USER}", valid 12 hours:`,
         `    ${token}`,
+        "  Open the web page (the token travels in the URL fragment, never to the server's logs):",
+        `    ${server.url}/#token=${token}`,
         "  Connect:",
         `    ${ws}/ws?token=${token}`,
         `  Start a run over HTTP:`,

@@ -48,6 +48,7 @@ import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as Heartbeat from "./Heartbeat.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
 import * as SocketOutput from "./SocketOutput.ts"
+import * as WebPage from "./WebPage.ts"
 import * as WebSocketConnection from "./WebSocketConnection.ts"
 
 /** Sockets pinged per slice of a heartbeat sweep. */
@@ -212,7 +213,7 @@ export const layer: Layer.Layer<
       // a user's SSE streams are capped like their sockets (counted apart from them)
       maxSseStreamsPerUser: config.maxConnectionsPerUser
     })
-    const httpEffect = yield* HttpRouter.toHttpEffect(routes)
+    const httpEffect = yield* HttpRouter.toHttpEffect(Layer.merge(routes, WebPage.routes))
     // HTTP requests run in a scope of their own, closed last at shutdown: during the drain the
     // routes still answer (/ready 503, new runs SHUTTING_DOWN) instead of failing with the layer's scope
     const httpScope = yield* Scope.make()

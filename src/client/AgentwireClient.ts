@@ -1,0 +1,769 @@
+/**
+ * `agentwire/client`: a typed client of protocol v1 for browsers and Node 24
+ * (the global `WebSocket`; no Node-only imports, no server code).
+ *
+ * What it does for you:
+ * - connects with a token offered as the subprotocol `jwt.<token>` beside
+ *   `agentwire.v1` (browsers cannot set headers, and URLs get logged);
+ * - reconnects with jittered exponential backoff (`reconnect`), and on every
+ *   reconnect sends `resume_run {after_seq}` for each run it follows that has not
+ *   ended, from the highest `seq` up to which it has every event;
+ * - per run, delivers each event exactly once and in `seq` order: events that
+ *   arrive early (a fresh connection gets live events before its replay, §5.2)
+ *   are held until the gap fills, and anything seen before, keyed by
+ *   `(run_id, seq)`, is dropped;
+ * - compares `server_epoch` on every connection: another epoch means the
+ *   server's run log is gone, and every unfinished run ends with a
+ *   {@link RunLostError} instead of waiting forever;
+ * - puts a `request_id` on every command and re-sends unanswered commands after
+ *   a reconnect: a retried start is answered `run_accepted {duplicate: true}`
+ *   and never runs the agent twice;
+ * - asks `token` (when it is a function) for a fresh token before each
+ *   connection and `refreshBeforeExpiryMs` before the current one expires,
+ *   and hands it to the server in-band (`authenticate`), without reconnecting;
+ * - pings when the line is quiet and treats a connection that answers nothing
+ *   for `pongTimeoutMs` as dead (a pulled cable is otherwise noticed late).
+ *
+ * ```ts
+ * const client = connect({ url: "ws://127.0.0.1:8080/ws", token: () => fetchToken() })
+ * const run = await client.start("calculator", "2+3*4")
+ * for await (const event of run) console.log(event.seq, event.type)
+ * ```
+ *
+ * The Effect-native face (events as a `Stream`, typed errors) is in
+ * `./Effect.ts`, exported from the same entry point.
+ *
+ * @module
+ */
+import {
+  type AgentEvent,
+  type ClientMessage,
+  decodeServerFrame,
+  type ErrorCode,
+  type RunInfo,
+  type RunStatus,
+  type ServerMessage,
+  SUBPROTOCOL
+} from "../protocol/Protocol.ts"
+
+export type { AgentEvent, RunInfo, RunStatus, ServerMessage } from "../protocol/Protocol.ts"
+
+/** Close codes the client reacts to (docs/protocol.md §6). */
+const CLOSE_TOKEN_EXPIRED = 4001
+const CLOSE_REPLACED = 4009
+
+/** Where a token comes from: a fixed string, or a function asked before each connection and each refresh. */
+export type TokenSource = string | (() => string | Promise<string>)
+
+/** Reconnect policy: the n-th retry waits `min(maxDelayMs, initialDelayMs × factor^n)`, of which a random half (jitter). */
+export interface ReconnectOptions {
+  /** First delay in ms (default 250). */
+  readonly initialDelayMs?: number
+  /** Largest delay in ms (default 10000). */
+  readonly maxDelayMs?: number
+  /** Growth per attempt (default 2). */
+  readonly factor?: number
+}
+
+/** Options of {@link connect}. */
+export interface ClientOptions {
+  /** The WebSocket endpoint, e.g. `ws://127.0.0.1:8080/ws`. */
+  readonly url: string
+  /** The JWT, or a function giving a current one (called before each connection and each refresh). */
+  readonly token: TokenSource
+  readonly reconnect?: ReconnectOptions
+  /** With a function `token`: refresh in-band this many ms before the token's `exp` (default 60000; 0 = never). */
+  readonly refreshBeforeExpiryMs?: number
+  /** Send `ping` after this many ms without any frame from the server (default 20000; 0 = never). */
+  readonly pingIntervalMs?: number
+  /** A connection that received nothing this long after a ping is closed and reconnected (default 10000). */
+  readonly pongTimeoutMs?: number
+  /** The WebSocket constructor (default: the global one). */
+  readonly WebSocket?: WebSocketConstructor
+  /** Random numbers in [0, 1) for the backoff jitter and request ids' salt (default `Math.random`); seed it in tests. */
+  readonly random?: () => number
+}
+
+/** The part of the standard `WebSocket` constructor the client uses. */
+export type WebSocketConstructor = new(url: string, protocols: Array<string>) => WebSocket
+
+/**
+ * What the client knows of its connection; it never claims more than it saw.
+ *
+ * - `connecting`: the first connection is being opened;
+ * - `open`: `connection_established` arrived; every followed run is caught up
+ *   or being followed live (`resumed` > 0 after a reconnect that resumed runs);
+ * - `resuming`: connected again after a drop; `pending` runs have not
+ *   finished their replay yet;
+ * - `reconnecting`: the connection dropped; the next attempt is at `retryAt`
+ *   (epoch ms), attempt number `attempt`;
+ * - `closed`: given up: `close()` was called, or the server replaced this
+ *   connection (4009, too many connections of the user).
+ */
+export type ConnectionState =
+  | { readonly status: "connecting"; readonly attempt: number }
+  | { readonly status: "open"; readonly reconnects: number; readonly resumed: number; readonly epoch: string | undefined }
+  | { readonly status: "resuming"; readonly reconnects: number; readonly pending: number; readonly epoch: string | undefined }
+  | { readonly status: "reconnecting"; readonly attempt: number; readonly retryAt: number; readonly reason: string }
+  | { readonly status: "closed"; readonly reason: string }
+
+/** The server refused a command (`error` frame), e.g. `UNKNOWN_AGENT`, `RATE_LIMITED`, `RUN_LIMIT_EXCEEDED`. */
+export class CommandError extends Error {
+  override readonly name = "CommandError"
+  /** The protocol error code (a newer code is passed through as a string; `CONNECTION_LOST` when the answer was lost). */
+  readonly code: ErrorCode | "CONNECTION_LOST" | (string & {})
+  /** With `RATE_LIMITED` / `SERVER_BUSY`: when a retry may succeed, in ms. */
+  readonly retryAfterMs: number | undefined
+  constructor(code: ErrorCode | "CONNECTION_LOST" | (string & {}), message: string, retryAfterMs?: number) {
+    super(message)
+    this.code = code
+    this.retryAfterMs = retryAfterMs
+  }
+}
+
+/** Why a run's events can no longer be had. */
+export type RunLostReason =
+  /** `server_epoch` changed: the server restarted and its run log is gone. */
+  | "server_restarted"
+  /** `RUN_EXPIRED`: past the retention window. */
+  | "expired"
+  /** `RUN_NOT_FOUND`. */
+  | "not_found"
+  /** The client was closed before the run ended. */
+  | "client_closed"
+
+/** A run the client follows ended without its last event reaching the client. */
+export class RunLostError extends Error {
+  override readonly name = "RunLostError"
+  readonly run_id: string
+  readonly reason: RunLostReason
+  /** Every event up to this `seq` was delivered before the loss. */
+  readonly lastDeliveredSeq: number
+  constructor(run_id: string, reason: RunLostReason, message: string, lastDeliveredSeq: number) {
+    super(message)
+    this.run_id = run_id
+    this.reason = reason
+    this.lastDeliveredSeq = lastDeliveredSeq
+  }
+}
+
+/** The client was closed; the command was not sent or not answered. */
+export class ClientClosedError extends Error {
+  override readonly name = "ClientClosedError"
+  constructor(message = "the client is closed") {
+    super(message)
+  }
+}
+
+/** A run the client follows: its ids, and its events (each once, in `seq` order) as an async iterable. */
+export interface Run extends AsyncIterable<AgentEvent> {
+  readonly run_id: string
+  readonly thread_id: string | undefined
+  /** The start's `request_id` (undefined for a run attached with {@link Client.follow}). */
+  readonly request_id: string | undefined
+  /** `true` when the server answered the start as a repeat of an earlier one (nothing new was started). */
+  readonly duplicate: boolean
+  /** Events delivered so far, in `seq` order. */
+  readonly events: ReadonlyArray<AgentEvent>
+  /** The root `agent_completed`, once delivered. */
+  readonly completed: Promise<Extract<AgentEvent, { type: "agent_completed" }>>
+  /** Highest `seq` up to which every event was delivered. */
+  readonly lastSeq: number
+}
+
+/** Options of {@link Client.start}. */
+export interface StartOptions {
+  readonly thread_id?: string
+  /** Defaults to a fresh id; re-sent unchanged on reconnect so the start is idempotent. */
+  readonly request_id?: string
+}
+
+/** Filter of {@link Client.listRuns}. */
+export interface ListRunsOptions {
+  readonly thread_id?: string
+  readonly status?: RunStatus
+  readonly limit?: number
+}
+
+/** A connected agentwire client. */
+export interface Client {
+  /** The connection state now; see {@link ConnectionState}. */
+  readonly state: ConnectionState
+  /** Called on every state change; returns the unsubscribe function. */
+  readonly onState: (listener: (state: ConnectionState) => void) => () => void
+  /** Called with every event the client delivers (of every followed run, each once, in per-run order). */
+  readonly onEvent: (listener: (event: AgentEvent) => void) => () => void
+  /**
+   * Starts a run of `agent` (the server's default agent when undefined) on
+   * `request`. Resolves at `run_accepted`; rejects with {@link CommandError}
+   * when refused, {@link ClientClosedError} when closed first.
+   */
+  readonly start: (agent: string | undefined, request: string, options?: StartOptions) => Promise<Run>
+  /** Follows an existing run (e.g. one from {@link Client.listRuns}) from `afterSeq` (default 0: all of it). */
+  readonly follow: (run_id: string, afterSeq?: number) => Run
+  /** Stops a run; resolves with the run ids actually stopped (empty when it had already ended). */
+  readonly stop: (run_id: string) => Promise<ReadonlyArray<string>>
+  /** The user's active and retained runs, newest first. */
+  readonly listRuns: (options?: ListRunsOptions) => Promise<ReadonlyArray<RunInfo>>
+  /** Skips the backoff wait and reconnects now (e.g. on the browser's `online` event). */
+  readonly reconnectNow: () => void
+  /** Closes the connection for good; followed runs that have not ended fail with `RunLostError("client_closed")`. */
+  readonly close: () => void
+}
+
+type AgentCompleted = Extract<AgentEvent, { type: "agent_completed" }>
+
+interface Tracker {
+  readonly run_id: string
+  thread_id: string | undefined
+  readonly request_id: string | undefined
+  duplicate: boolean
+  readonly events: Array<AgentEvent>
+  /** Early events (seq > delivered + 1), by seq. */
+  readonly held: Map<number, AgentEvent>
+  delivered: number
+  ended: boolean
+  failure: RunLostError | undefined
+  /** Waiting for this connection's `run_resumed` (or its error). */
+  resuming: boolean
+  readonly wake: Set<() => void>
+  readonly completed: Promise<AgentCompleted>
+  resolveCompleted: (event: AgentCompleted) => void
+  rejectCompleted: (error: Error) => void
+}
+
+interface Pending {
+  readonly request_id: string
+  readonly frame: ClientMessage
+  readonly resolve: (message: ServerMessage) => void
+  readonly reject: (error: Error) => void
+  /** Re-send on a new connection when unanswered (idempotent commands). */
+  readonly resend: boolean
+  sentOn: WebSocket | undefined
+}
+
+/** Events of runs the client does not follow (yet) are kept, at most this many per run and this many runs. */
+const MAX_ORPHAN_EVENTS = 10_000
+const MAX_ORPHAN_RUNS = 64
+
+const isAgentEvent = (message: ServerMessage): message is AgentEvent => "seq" in message && "run_id" in message
+
+const hex = (random: () => number, n: number): string => {
+  const bytes = new Uint8Array(n)
+  globalThis.crypto.getRandomValues(bytes)
+  // the salt keeps ids distinct even where getRandomValues is stubbed
+  return Array.from(bytes, (b) => ((b ^ Math.floor(random() * 256)) & 255).toString(16).padStart(2, "0")).join("")
+}
+
+/** The `exp` of a JWT in ms, read without verifying (the server verifies); undefined when unreadable. */
+export const tokenExpiry = (token: string): number | undefined => {
+  const part = token.split(".")[1]
+  if (part === undefined) return undefined
+  try {
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "="))
+    const exp = (JSON.parse(json) as { exp?: unknown }).exp
+    return typeof exp === "number" && Number.isFinite(exp) ? exp * 1000 : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Opens a client; it connects at once and keeps reconnecting until {@link Client.close}. */
+export const connect = (options: ClientOptions): Client => {
+  const WebSocketImpl: WebSocketConstructor | undefined = options.WebSocket ?? globalThis.WebSocket
+  if (WebSocketImpl === undefined) throw new Error("agentwire/client: no WebSocket constructor (pass options.WebSocket)")
+  const random = options.random ?? Math.random
+  const initialDelay = options.reconnect?.initialDelayMs ?? 250
+  const maxDelay = options.reconnect?.maxDelayMs ?? 10_000
+  const factor = options.reconnect?.factor ?? 2
+  const refreshBefore = options.refreshBeforeExpiryMs ?? 60_000
+  const pingInterval = options.pingIntervalMs ?? 20_000
+  const pongTimeout = options.pongTimeoutMs ?? 10_000
+
+  let state: ConnectionState = { status: "connecting", attempt: 0 }
+  const stateListeners = new Set<(state: ConnectionState) => void>()
+  const eventListeners = new Set<(event: AgentEvent) => void>()
+  const trackers = new Map<string, Tracker>()
+  const orphans = new Map<string, Array<AgentEvent>>()
+  const pending = new Map<string, Pending>()
+
+  let ws: WebSocket | undefined
+  let established = false
+  let epoch: string | undefined
+  let attempt = 0
+  let reconnects = 0
+  let connectedBefore = false
+  let lastResumed = 0
+  let closed = false
+  let retryTimer: ReturnType<typeof setTimeout> | undefined
+  let refreshTimer: ReturnType<typeof setTimeout> | undefined
+  let pingTimer: ReturnType<typeof setTimeout> | undefined
+  let lastReceived = 0
+  let currentToken: string | undefined
+
+  const newId = (prefix: string) => `${prefix}_${hex(random, 12)}`
+
+  const setState = (next: ConnectionState) => {
+    state = next
+    for (const listener of Array.from(stateListeners)) listener(next)
+  }
+
+  const openState = () => {
+    const resuming = Array.from(trackers.values()).filter((t) => t.resuming && !t.ended).length
+    if (resuming > 0) setState({ status: "resuming", reconnects, pending: resuming, epoch })
+    else setState({ status: "open", reconnects, resumed: reconnects > 0 ? lastResumed : 0, epoch })
+  }
+
+  const sendFrame = (socket: WebSocket, frame: ClientMessage) => {
+    if (socket.readyState !== 1) return false
+    try {
+      socket.send(JSON.stringify(frame))
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  // ---- runs ----------------------------------------------------------------
+
+  const makeTracker = (run_id: string, thread_id: string | undefined, request_id: string | undefined, afterSeq: number): Tracker => {
+    let resolveCompleted!: (event: AgentCompleted) => void
+    let rejectCompleted!: (error: Error) => void
+    const completed = new Promise<AgentCompleted>((resolve, reject) => {
+      resolveCompleted = resolve
+      rejectCompleted = reject
+    })
+    // an unobserved lost run must not be an unhandled rejection
+    completed.catch(() => {})
+    return {
+      run_id,
+      thread_id,
+      request_id,
+      duplicate: false,
+      events: [],
+      held: new Map(),
+      delivered: afterSeq,
+      ended: false,
+      failure: undefined,
+      resuming: false,
+      wake: new Set(),
+      completed,
+      resolveCompleted,
+      rejectCompleted
+    }
+  }
+
+  const wakeAll = (tracker: Tracker) => {
+    // taken out first: a waiter that finds nothing new registers itself again
+    const waiters = Array.from(tracker.wake)
+    tracker.wake.clear()
+    for (const w of waiters) w()
+  }
+
+  const deliver = (tracker: Tracker, event: AgentEvent) => {
+    if (tracker.ended || event.seq <= tracker.delivered || tracker.held.has(event.seq)) return
+    tracker.held.set(event.seq, event)
+    let next = tracker.held.get(tracker.delivered + 1)
+    while (next !== undefined && !tracker.ended) {
+      tracker.held.delete(next.seq)
+      tracker.delivered = next.seq
+      tracker.thread_id ??= next.thread_id
+      tracker.events.push(next)
+      for (const listener of Array.from(eventListeners)) listener(next)
+      if (next.type === "agent_completed" && next.depth === 0) {
+        tracker.ended = true
+        tracker.held.clear()
+        tracker.resolveCompleted(next)
+      }
+      next = tracker.held.get(tracker.delivered + 1)
+    }
+    wakeAll(tracker)
+  }
+
+  const loseRun = (tracker: Tracker, reason: RunLostReason, message: string) => {
+    if (tracker.ended) return
+    tracker.ended = true
+    tracker.failure = new RunLostError(tracker.run_id, reason, message, tracker.delivered)
+    tracker.held.clear()
+    tracker.rejectCompleted(tracker.failure)
+    wakeAll(tracker)
+  }
+
+  const resumeTracker = (tracker: Tracker) => {
+    if (ws === undefined || !established || tracker.ended) return
+    tracker.resuming = true
+    sendFrame(ws, { type: "resume_run", run_id: tracker.run_id, after_seq: tracker.delivered, request_id: newId("res") })
+  }
+
+  const track = (run_id: string, thread_id: string | undefined, request_id: string | undefined, afterSeq: number): Tracker => {
+    const existing = trackers.get(run_id)
+    if (existing !== undefined) return existing
+    const tracker = makeTracker(run_id, thread_id, request_id, afterSeq)
+    trackers.set(run_id, tracker)
+    const early = orphans.get(run_id)
+    orphans.delete(run_id)
+    for (const event of early ?? []) deliver(tracker, event)
+    return tracker
+  }
+
+  const runOf = (tracker: Tracker): Run => ({
+    run_id: tracker.run_id,
+    get thread_id() {
+      return tracker.thread_id
+    },
+    request_id: tracker.request_id,
+    get duplicate() {
+      return tracker.duplicate
+    },
+    events: tracker.events,
+    completed: tracker.completed,
+    get lastSeq() {
+      return tracker.delivered
+    },
+    [Symbol.asyncIterator]: (): AsyncIterator<AgentEvent> => {
+      let index = 0
+      return {
+        next: () =>
+          new Promise<IteratorResult<AgentEvent>>((resolve, reject) => {
+            const attempt = () => {
+              const event = tracker.events[index]
+              if (event !== undefined) {
+                index++
+                return resolve({ value: event, done: false })
+              }
+              if (tracker.failure !== undefined) return reject(tracker.failure)
+              if (tracker.ended) return resolve({ value: undefined, done: true })
+              tracker.wake.add(attempt)
+            }
+            attempt()
+          }),
+        return: () => {
+          index = Number.POSITIVE_INFINITY
+          return Promise.resolve({ value: undefined, done: true })
+        }
+      }
+    }
+  })
+
+  // ---- commands ------------------------------------------------------------
+
+  const command = (frame: ClientMessage & { readonly request_id: string }, resend: boolean): Promise<ServerMessage> => {
+    if (closed) return Promise.reject(new ClientClosedError())
+    return new Promise<ServerMessage>((resolve, reject) => {
+      const entry: Pending = { request_id: frame.request_id, frame, resolve, reject, resend, sentOn: undefined }
+      pending.set(frame.request_id, entry)
+      if (ws !== undefined && established && sendFrame(ws, frame)) entry.sentOn = ws
+    })
+  }
+
+  const settle = (request_id: string | undefined, message: ServerMessage): boolean => {
+    if (request_id === undefined) return false
+    const entry = pending.get(request_id)
+    if (entry === undefined) return false
+    pending.delete(request_id)
+    if (message.type === "error") entry.reject(new CommandError(message.code, message.message, message.retry_after_ms))
+    else entry.resolve(message)
+    return true
+  }
+
+  // ---- token refresh -------------------------------------------------------
+
+  const clearRefresh = () => {
+    if (refreshTimer !== undefined) clearTimeout(refreshTimer)
+    refreshTimer = undefined
+  }
+
+  const scheduleRefresh = (expiresAtMs: number | undefined) => {
+    clearRefresh()
+    if (typeof options.token === "string" || refreshBefore <= 0 || expiresAtMs === undefined) return
+    const delay = Math.max(1000, Math.min(expiresAtMs - refreshBefore - Date.now(), 2 ** 31 - 1))
+    refreshTimer = setTimeout(refresh, delay)
+  }
+
+  const refresh = () => {
+    const socket = ws
+    if (closed || socket === undefined || !established || typeof options.token === "string") return
+    const source = options.token
+    Promise.resolve()
+      .then(() => source())
+      .then((token) => {
+        if (socket !== ws || closed) return
+        return command({ type: "authenticate", token, request_id: newId("auth") }, false).then((answer) => {
+          currentToken = token
+          scheduleRefresh(answer.type === "authenticated" ? Date.parse(answer.expires_at) : tokenExpiry(token))
+        })
+      })
+      .catch(() => {
+        // refused or the provider failed: try again soon; the 4001 close + reconnect is the fallback
+        if (socket === ws && !closed) refreshTimer = setTimeout(refresh, 5000)
+      })
+  }
+
+  // ---- liveness ------------------------------------------------------------
+
+  const clearPing = () => {
+    if (pingTimer !== undefined) clearTimeout(pingTimer)
+    pingTimer = undefined
+  }
+
+  const schedulePing = (socket: WebSocket) => {
+    clearPing()
+    if (pingInterval <= 0) return
+    const check = () => {
+      if (socket !== ws) return
+      const quiet = Date.now() - lastReceived
+      if (quiet >= pingInterval + pongTimeout) {
+        // nothing at all since our ping: the line is dead, even if the socket does not know yet
+        drop(socket, "no answer from the server")
+        return
+      }
+      if (quiet >= pingInterval) sendFrame(socket, { type: "ping" })
+      pingTimer = setTimeout(check, quiet >= pingInterval ? pongTimeout : pingInterval - quiet)
+    }
+    pingTimer = setTimeout(check, pingInterval)
+  }
+
+  // ---- connection ----------------------------------------------------------
+
+  const onEstablished = (socket: WebSocket, serverEpoch: string | undefined) => {
+    established = true
+    attempt = 0
+    if (connectedBefore) reconnects++
+    connectedBefore = true
+    const epochChanged = epoch !== undefined && serverEpoch !== undefined && serverEpoch !== epoch
+    epoch = serverEpoch ?? epoch
+    if (epochChanged) {
+      for (const tracker of trackers.values()) {
+        loseRun(tracker, "server_restarted", "the server restarted (another server_epoch): the run's remaining events are gone")
+      }
+      orphans.clear()
+    }
+    // resume every followed run that has not ended, from what it has
+    let resumed = 0
+    for (const tracker of trackers.values()) {
+      if (!tracker.ended) {
+        resumeTracker(tracker)
+        resumed++
+      }
+    }
+    lastResumed = resumed
+    // unanswered commands: idempotent ones are sent again, the others fail
+    for (const entry of Array.from(pending.values())) {
+      if (entry.sentOn !== undefined && entry.sentOn !== socket && !entry.resend) {
+        pending.delete(entry.request_id)
+        entry.reject(new CommandError("CONNECTION_LOST", "the connection dropped before the server answered"))
+      } else if (sendFrame(socket, entry.frame)) {
+        entry.sentOn = socket
+      }
+    }
+    if (typeof options.token !== "string" && currentToken !== undefined) scheduleRefresh(tokenExpiry(currentToken))
+    openState()
+  }
+
+  const onFrame = (socket: WebSocket, data: unknown) => {
+    if (socket !== ws) return
+    lastReceived = Date.now()
+    if (typeof data !== "string") return
+    const message = decodeServerFrame(data)
+    if (message === undefined) return
+    if (isAgentEvent(message)) {
+      const tracker = trackers.get(message.run_id)
+      if (tracker !== undefined) return deliver(tracker, message)
+      // a run we do not follow (yet): its run_accepted may be on its way (retried start)
+      let early = orphans.get(message.run_id)
+      if (early === undefined) {
+        if (orphans.size >= MAX_ORPHAN_RUNS) orphans.delete(orphans.keys().next().value!)
+        early = []
+        orphans.set(message.run_id, early)
+      }
+      if (early.length < MAX_ORPHAN_EVENTS) early.push(message)
+      return
+    }
+    switch (message.type) {
+      case "connection_established":
+        return onEstablished(socket, message.server_epoch)
+      case "run_accepted": {
+        const tracker = track(message.run_id, message.thread_id, message.request_id, 0)
+        if (message.duplicate === true) {
+          // the start reached the server before (a retry): this connection may have missed its beginning
+          tracker.duplicate = true
+          resumeTracker(tracker)
+          openState()
+        }
+        settle(message.request_id, message)
+        return
+      }
+      case "run_resumed": {
+        const tracker = trackers.get(message.run_id)
+        if (tracker !== undefined && tracker.resuming) {
+          tracker.resuming = false
+          if (state.status === "resuming") openState()
+        }
+        settle(message.request_id, message)
+        return
+      }
+      case "error": {
+        if (message.run_id !== undefined && (message.code === "RUN_NOT_FOUND" || message.code === "RUN_EXPIRED")) {
+          const tracker = trackers.get(message.run_id)
+          if (tracker !== undefined) {
+            tracker.resuming = false
+            loseRun(tracker, message.code === "RUN_EXPIRED" ? "expired" : "not_found", message.message)
+            if (state.status === "resuming") openState()
+          }
+        }
+        settle(message.request_id, message)
+        return
+      }
+      default:
+        if ("request_id" in message) settle(message.request_id, message)
+    }
+  }
+
+  const scheduleReconnect = (reason: string) => {
+    if (closed) return
+    const base = Math.min(maxDelay, initialDelay * factor ** attempt)
+    const delay = base / 2 + random() * (base / 2)
+    attempt++
+    setState({ status: "reconnecting", attempt, retryAt: Date.now() + delay, reason })
+    retryTimer = setTimeout(open, delay)
+  }
+
+  const drop = (socket: WebSocket, reason: string) => {
+    if (socket !== ws) return
+    ws = undefined
+    established = false
+    clearPing()
+    clearRefresh()
+    for (const tracker of trackers.values()) tracker.resuming = false
+    try {
+      socket.close()
+    } catch {
+      // already closing
+    }
+    scheduleReconnect(reason)
+  }
+
+  const open = () => {
+    retryTimer = undefined
+    if (closed) return
+    if (state.status !== "reconnecting") setState({ status: "connecting", attempt })
+    const tokenSource = options.token
+    Promise.resolve()
+      .then(() => (typeof tokenSource === "string" ? tokenSource : tokenSource()))
+      .then(
+        (token) => {
+          if (closed) return
+          currentToken = token
+          let socket: WebSocket
+          try {
+            socket = new WebSocketImpl(options.url, [SUBPROTOCOL, `jwt.${token}`])
+          } catch (error) {
+            scheduleReconnect(`cannot open the WebSocket: ${error instanceof Error ? error.message : String(error)}`)
+            return
+          }
+          ws = socket
+          established = false
+          lastReceived = Date.now()
+          socket.onmessage = (event) => onFrame(socket, event.data)
+          socket.onopen = () => schedulePing(socket)
+          socket.onclose = (event) => {
+            if (socket !== ws) return
+            if (event.code === CLOSE_REPLACED) {
+              ws = undefined
+              clearPing()
+              clearRefresh()
+              setState({ status: "closed", reason: "replaced by a newer connection of the same user (too many open connections)" })
+              return
+            }
+            if (event.code === CLOSE_TOKEN_EXPIRED) attempt = 0
+            drop(
+              socket,
+              event.code === CLOSE_TOKEN_EXPIRED
+                ? "the token expired"
+                : event.code === 1001
+                ? "the server is restarting"
+                : established
+                ? "the connection dropped"
+                : "could not connect"
+            )
+          }
+          socket.onerror = () => {
+            // a close event follows
+          }
+        },
+        (error: unknown) => scheduleReconnect(`the token provider failed: ${error instanceof Error ? error.message : String(error)}`)
+      )
+  }
+
+  const close = () => {
+    if (closed) return
+    closed = true
+    if (retryTimer !== undefined) clearTimeout(retryTimer)
+    clearPing()
+    clearRefresh()
+    const socket = ws
+    ws = undefined
+    try {
+      socket?.close(1000, "client closed")
+    } catch {
+      // ignore
+    }
+    for (const tracker of trackers.values()) loseRun(tracker, "client_closed", "the client was closed before the run ended")
+    for (const entry of pending.values()) entry.reject(new ClientClosedError())
+    pending.clear()
+    setState({ status: "closed", reason: "closed by the client" })
+  }
+
+  const client: Client = {
+    get state() {
+      return state
+    },
+    onState: (listener) => {
+      stateListeners.add(listener)
+      return () => stateListeners.delete(listener)
+    },
+    onEvent: (listener) => {
+      eventListeners.add(listener)
+      return () => eventListeners.delete(listener)
+    },
+    start: (agent, request, startOptions = {}) => {
+      const request_id = startOptions.request_id ?? newId("req")
+      const frame: ClientMessage & { request_id: string } = {
+        type: "start_agent",
+        ...(agent === undefined ? {} : { agent }),
+        user_request: request,
+        ...(startOptions.thread_id === undefined ? {} : { thread_id: startOptions.thread_id }),
+        request_id
+      }
+      return command(frame, true).then((answer) => {
+        const run_id = answer.type === "run_accepted" ? answer.run_id : ""
+        return runOf(trackers.get(run_id) ?? track(run_id, startOptions.thread_id, request_id, 0))
+      })
+    },
+    follow: (run_id, afterSeq = 0) => {
+      const known = trackers.get(run_id)
+      if (known !== undefined) return runOf(known)
+      const tracker = track(run_id, undefined, undefined, afterSeq)
+      if (closed) loseRun(tracker, "client_closed", "the client is closed")
+      else resumeTracker(tracker)
+      return runOf(tracker)
+    },
+    stop: (run_id) =>
+      command({ type: "stop_agent", run_id, request_id: newId("stop") }, true).then((answer) =>
+        answer.type === "run_stopped" ? answer.run_ids : []
+      ),
+    listRuns: (filter = {}) =>
+      command({ type: "list_runs", ...filter, request_id: newId("list") }, true).then((answer) =>
+        answer.type === "runs" ? answer.runs : []
+      ),
+    reconnectNow: () => {
+      if (closed || retryTimer === undefined) return
+      clearTimeout(retryTimer)
+      attempt = 0
+      open()
+    },
+    close
+  }
+  open()
+  return client
+}

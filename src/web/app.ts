@@ -1,0 +1,493 @@
+/**
+ * The agentwire web page: sign in with a token, chat with an agent, watch each
+ * run live as a tree (agents by depth, thinking, tool calls with parameters,
+ * results, status and duration), stop it, and see the connection's true state.
+ *
+ * Plain DOM and the `agentwire/client` library (served as ES modules by
+ * `src/server/WebPage.ts`); no UI library. All text from the server is set
+ * with `textContent`, never parsed as HTML.
+ *
+ * @module
+ */
+import {
+  type AgentEvent,
+  type Client,
+  CommandError,
+  connect,
+  type ConnectionState,
+  type Run,
+  type RunInfo,
+  RunLostError
+} from "../client/AgentwireClient.ts"
+
+const TOKEN_KEY = "agentwire.token"
+
+// ---- tiny DOM helpers --------------------------------------------------------
+
+type Attrs = Record<string, string | boolean | undefined>
+const h = (tag: string, attrs: Attrs = {}, ...children: Array<Node | string | undefined>): HTMLElement => {
+  const el = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === false) continue
+    el.setAttribute(k, v === true ? "" : v)
+  }
+  for (const child of children) if (child !== undefined) el.append(child)
+  return el
+}
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T
+
+const randomId = (prefix: string) => {
+  const bytes = new Uint8Array(8)
+  crypto.getRandomValues(bytes)
+  return `${prefix}-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`
+}
+
+const formatMs = (ms: number) => (ms < 1000 ? `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`)
+const json = (value: unknown) => {
+  const text = typeof value === "string" ? value : JSON.stringify(value)
+  return text.length > 400 ? `${text.slice(0, 400)}…` : text
+}
+
+// ---- errors in plain words ---------------------------------------------------
+
+const plainCommandError = (error: unknown): string => {
+  if (error instanceof CommandError) {
+    switch (error.code) {
+      case "UNKNOWN_AGENT":
+        return `There is no agent by that name. ${error.message}`
+      case "RATE_LIMITED":
+        return `You are starting runs too quickly. Try again in ${Math.ceil((error.retryAfterMs ?? 1000) / 1000)} s.`
+      case "RUN_LIMIT_EXCEEDED":
+        return "You already have the most runs in flight that you may have. Stop one, or wait for one to finish."
+      case "SERVER_BUSY":
+        return "The server is at capacity right now. Try again in a few seconds."
+      case "SHUTTING_DOWN":
+        return "The server is restarting and accepts no new runs. Try again in a moment."
+      case "INVALID_MESSAGE":
+        return `The server could not accept that request: ${error.message}`
+      case "CONNECTION_LOST":
+        return "The connection dropped before the server answered. Try again."
+      default:
+        return `The server refused: ${error.message} (${error.code})`
+    }
+  }
+  if (error instanceof RunLostError) {
+    return error.reason === "server_restarted"
+      ? "The server restarted while this run was going; the rest of it is lost."
+      : error.reason === "expired"
+      ? "This run is too old: the server no longer keeps its events."
+      : error.reason === "not_found"
+      ? "The server does not know this run (it may have restarted)."
+      : "Stopped following this run."
+  }
+  return error instanceof Error ? error.message : String(error)
+}
+
+const plainAgentError = (code: string, message: string): string => {
+  const what: Record<string, string> = {
+    TOOL_FAILED: "A tool failed",
+    TOOL_TIMEOUT: "A tool took too long",
+    SUBAGENT_FAILED: "A helper agent failed",
+    UNKNOWN_AGENT: "It asked for an agent that does not exist",
+    MAX_DEPTH: "It delegated too deeply",
+    RUN_TIMEOUT: "The run took longer than allowed",
+    INTERNAL: "The agent crashed",
+    LLM_AUTH: "The language model refused the server's credentials",
+    LLM_RATE_LIMITED: "The language model is rate limiting us",
+    LLM_UNAVAILABLE: "The language model could not be reached",
+    LLM_TIMEOUT: "The language model stopped answering",
+    LLM_BAD_RESPONSE: "The language model sent something unusable",
+    LLM_CONTEXT_TOO_LONG: "The conversation is too long for the model",
+    LLM_MAX_STEPS: "The model kept calling tools without answering",
+    EVENT_LIMIT: "The run produced too many events",
+    LOG_FULL: "The server's run log is full",
+    INVALID_INPUT: "The request was not understood"
+  }
+  return `${what[code] ?? "Something went wrong"}: ${message}`
+}
+
+// ---- sign-in -------------------------------------------------------------------
+
+const tokenFromHash = (): string | undefined => {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash)
+  if (match === null) return undefined
+  // keep it out of the address bar, history and screenshots
+  history.replaceState(null, "", location.pathname + location.search)
+  return decodeURIComponent(match[1]!)
+}
+
+const signIn = () => {
+  const app = $("app")
+  app.replaceChildren(
+    h(
+      "main",
+      { class: "signin" },
+      h("h1", {}, "agentwire"),
+      h("p", {}, "Paste a token to sign in. `npm start` prints a page link that carries the development token."),
+      h(
+        "form",
+        { id: "signin-form" },
+        h("label", { for: "token-input" }, "Token"),
+        h("textarea", { id: "token-input", rows: "4", required: true, autocomplete: "off", spellcheck: "false" }),
+        h("button", { type: "submit" }, "Sign in")
+      )
+    )
+  )
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault()
+    const token = ($("token-input") as HTMLTextAreaElement).value.trim()
+    if (token.length === 0) return
+    sessionStorage.setItem(TOKEN_KEY, token)
+    start(token)
+  })
+  $("token-input").focus()
+}
+
+// ---- the app ---------------------------------------------------------------------
+
+interface Turn {
+  readonly run: Run
+  readonly el: HTMLElement
+  readonly answer: HTMLElement
+  readonly status: HTMLElement
+  readonly timeline: HTMLElement
+  /** Message texts of partial_result deltas, by message_id. */
+  readonly messages: Map<string, string>
+  ended: boolean
+}
+
+const start = (token: string) => {
+  const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`
+  const client: Client = connect({ url: wsUrl, token })
+  const states: Array<string> = []
+  ;(window as unknown as { agentwire: unknown }).agentwire = { client, states }
+
+  const app = $("app")
+  app.replaceChildren(
+    h(
+      "header",
+      { class: "top" },
+      h("h1", {}, "agentwire"),
+      h("span", { id: "conn", class: "conn", role: "status", "aria-live": "polite", "data-status": "connecting" }, "Connecting…"),
+      h("button", { id: "retry", type: "button", hidden: true }, "Reconnect now"),
+      h("button", { id: "signout", type: "button", class: "quiet" }, "Sign out")
+    ),
+    h(
+      "div",
+      { class: "layout" },
+      h(
+        "nav",
+        { class: "threads", "aria-label": "Threads" },
+        h("div", { class: "threads-head" }, h("h2", {}, "Threads"), h("button", { id: "new-thread", type: "button" }, "New chat")),
+        h("ul", { id: "thread-list" })
+      ),
+      h(
+        "main",
+        { class: "chat", "aria-label": "Chat" },
+        h("ol", { id: "turns", class: "turns", "aria-live": "polite" }),
+        h("p", { id: "notice", class: "notice", role: "alert", hidden: true }),
+        h(
+          "form",
+          { id: "ask", class: "ask" },
+          h("label", { for: "agent", class: "visually-hidden" }, "Agent"),
+          h(
+            "select",
+            { id: "agent" },
+            h("option", { value: "" }, "default agent"),
+            h("option", { value: "calculator" }, "calculator"),
+            h("option", { value: "echo" }, "echo"),
+            h("option", { value: "ticker" }, "ticker"),
+            h("option", { value: "supervisor" }, "supervisor"),
+            h("option", { value: "assistant" }, "assistant")
+          ),
+          h("label", { for: "message", class: "visually-hidden" }, "Message"),
+          h("textarea", { id: "message", rows: "2", placeholder: "Ask something… (Enter to send, Shift+Enter for a new line)", required: true }),
+          h("button", { id: "send", type: "submit" }, "Send"),
+          h("button", { id: "stop", type: "button", disabled: true }, "Stop")
+        )
+      ),
+      h(
+        "aside",
+        { class: "timeline", "aria-label": "Run timeline" },
+        h("h2", {}, "Timeline ", h("span", { id: "timeline-run", class: "muted" })),
+        h("div", { id: "timeline" })
+      )
+    )
+  )
+
+  const conn = $("conn")
+  const retry = $<HTMLButtonElement>("retry")
+  const notice = $("notice")
+  const turnsEl = $("turns")
+  const timelineEl = $("timeline")
+  const stopButton = $<HTMLButtonElement>("stop")
+  const message = $<HTMLTextAreaElement>("message")
+  const agentSelect = $<HTMLSelectElement>("agent")
+
+  let threadId = randomId("chat")
+  const turns = new Map<string, Turn>()
+  let selected: Turn | undefined
+
+  const showNotice = (text: string | undefined) => {
+    notice.hidden = text === undefined
+    notice.textContent = text ?? ""
+  }
+
+  // ---- connection state: says only what the client saw
+  let countdown: ReturnType<typeof setInterval> | undefined
+  const renderState = (state: ConnectionState) => {
+    states.push(state.status)
+    conn.dataset.status = state.status
+    if (countdown !== undefined) clearInterval(countdown)
+    countdown = undefined
+    retry.hidden = state.status !== "reconnecting"
+    switch (state.status) {
+      case "connecting":
+        conn.textContent = "Connecting…"
+        break
+      case "open":
+        conn.textContent = state.reconnects === 0
+          ? "Connected"
+          : state.resumed > 0
+          ? `Reconnected · resumed ${state.resumed} run${state.resumed === 1 ? "" : "s"}, nothing missed`
+          : "Reconnected"
+        break
+      case "resuming":
+        conn.textContent = `Reconnected · catching up on ${state.pending} run${state.pending === 1 ? "" : "s"}…`
+        break
+      case "reconnecting": {
+        const tick = () => {
+          const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000))
+          conn.textContent = `Offline (${state.reason}) · retrying${s > 0 ? ` in ${s} s` : "…"} (attempt ${state.attempt})`
+        }
+        tick()
+        countdown = setInterval(tick, 1000)
+        break
+      }
+      case "closed":
+        conn.textContent = `Disconnected: ${state.reason}`
+        break
+    }
+    if (state.status === "open") void refreshThreads()
+  }
+  client.onState(renderState)
+  renderState(client.state)
+  retry.addEventListener("click", () => client.reconnectNow())
+  window.addEventListener("online", () => client.reconnectNow())
+  $("signout").addEventListener("click", () => {
+    client.close()
+    sessionStorage.removeItem(TOKEN_KEY)
+    signIn()
+  })
+
+  // ---- threads (from list_runs: the user's retained runs)
+  const refreshThreads = async () => {
+    let runs: ReadonlyArray<RunInfo>
+    try {
+      runs = await client.listRuns()
+    } catch {
+      return
+    }
+    const byThread = new Map<string, Array<RunInfo>>()
+    for (const run of runs) byThread.set(run.thread_id, [...(byThread.get(run.thread_id) ?? []), run])
+    const list = $("thread-list")
+    list.replaceChildren(
+      ...Array.from(byThread, ([id, runsOf]) =>
+        h(
+          "li",
+          {},
+          h(
+            "button",
+            { type: "button", class: id === threadId ? "thread current" : "thread", "aria-current": id === threadId ? "true" : undefined },
+            h("span", { class: "thread-title" }, runsOf.at(-1)?.agent_name ?? ""),
+            h("span", { class: "muted" }, ` ${runsOf.length} run${runsOf.length === 1 ? "" : "s"} · ${runsOf[0]!.status}`)
+          )
+        )
+      )
+    )
+    Array.from(byThread.keys()).forEach((id, i) => {
+      list.children[i]!.querySelector("button")!.addEventListener("click", () => openThread(id, byThread.get(id)!))
+    })
+  }
+
+  const openThread = (id: string, runs: ReadonlyArray<RunInfo>) => {
+    threadId = id
+    turnsEl.replaceChildren()
+    turns.clear()
+    timelineEl.replaceChildren()
+    selected = undefined
+    for (const info of [...runs].reverse()) addTurn(client.follow(info.run_id), undefined)
+    void refreshThreads()
+  }
+  $("new-thread").addEventListener("click", () => {
+    threadId = randomId("chat")
+    turnsEl.replaceChildren()
+    turns.clear()
+    timelineEl.replaceChildren()
+    selected = undefined
+    stopButton.disabled = true
+    void refreshThreads()
+    message.focus()
+  })
+
+  // ---- one turn: the question, the streamed answer, and its timeline
+  const select = (turn: Turn) => {
+    selected = turn
+    for (const t of turns.values()) t.el.classList.toggle("selected", t === turn)
+    timelineEl.replaceChildren(turn.timeline)
+    $("timeline-run").textContent = turn.run.run_id.slice(0, 12) + "…"
+    stopButton.disabled = turn.ended
+  }
+
+  const addTurn = (run: Run, question: string | undefined) => {
+    const q = h("p", { class: "question" }, question ?? "")
+    const answer = h("p", { class: "answer", "aria-live": "polite" })
+    const status = h("span", { class: "run-status", "data-status": "running" }, "running")
+    const el = h("li", { class: "turn", "data-run": run.run_id, tabindex: "0" }, q, h("div", { class: "answer-box" }, answer, status))
+    const timeline = h("ol", { class: "tree", "data-run": run.run_id })
+    const turn: Turn = { run, el, answer, status, timeline, messages: new Map(), ended: false }
+    turns.set(run.run_id, turn)
+    turnsEl.append(el)
+    el.addEventListener("click", () => select(turn))
+    el.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault()
+        select(turn)
+      }
+    })
+    select(turn)
+    el.scrollIntoView({ block: "end" })
+    void follow(turn, q)
+    return turn
+  }
+
+  const follow = async (turn: Turn, question: HTMLElement) => {
+    // the open agent at each depth: events nest under the agent that sent them
+    const stack: Array<HTMLElement> = [turn.timeline]
+    const tools = new Map<string, HTMLElement>()
+    try {
+      for await (const event of turn.run) {
+        render(turn, event, stack, tools, question)
+      }
+    } catch (error) {
+      turn.status.textContent = "lost"
+      turn.status.dataset.status = "lost"
+      turn.answer.textContent ||= plainCommandError(error)
+      turn.timeline.append(h("li", { class: "item error" }, plainCommandError(error)))
+    }
+    turn.ended = true
+    if (selected === turn) stopButton.disabled = true
+  }
+
+  const render = (turn: Turn, event: AgentEvent, stack: Array<HTMLElement>, tools: Map<string, HTMLElement>, question: HTMLElement) => {
+    // an agent's own events go into its list (stack[depth + 1]); agent_started into its parent's (stack[depth])
+    const level = event.type === "agent_started" ? event.depth : event.depth + 1
+    const container = stack[Math.min(level, stack.length - 1)]!
+    const item = (cls: string, ...children: Array<Node | string | undefined>) => {
+      const li = h("li", { class: `item ${cls}`, "data-seq": String(event.seq), "data-type": event.type }, ...children)
+      container.append(li)
+      if (selected === turn) li.scrollIntoView({ block: "nearest" })
+      return li
+    }
+    switch (event.type) {
+      case "agent_started": {
+        if (event.depth === 0 && question.textContent === "") question.textContent = event.task_description
+        const children = h("ol", { class: "tree" })
+        item("agent", h("span", { class: "label" }, event.agent_name), h("span", { class: "muted" }, ` ${json(event.task_description)}`), children)
+        stack.length = event.depth + 1
+        stack[event.depth + 1] = children
+        break
+      }
+      case "agent_thinking":
+        item("thinking", h("span", { class: "label" }, "thinking"), ` ${event.reasoning}`)
+        break
+      case "tool_executing": {
+        const li = item(
+          "tool",
+          h("span", { class: "label" }, `${event.tool_name}`),
+          h("code", { class: "params" }, json(event.parameters)),
+          h("span", { class: "tool-status", "data-status": "running" }, "running…")
+        )
+        tools.set(event.execution_id, li)
+        break
+      }
+      case "tool_completed": {
+        const li = tools.get(event.execution_id)
+        const result = event.results.status === "success" ? json(event.results.output) : event.results.error ?? event.results.status
+        const target = li ?? item("tool", h("span", { class: "label" }, event.tool_name))
+        target.dataset.done = String(event.seq)
+        const status = target.querySelector<HTMLElement>(".tool-status") ?? target.appendChild(h("span", { class: "tool-status" }))
+        status.dataset.status = event.results.status
+        status.textContent = `${event.results.status} · ${formatMs(event.duration_ms)}`
+        target.append(h("div", { class: "result", "data-seq": String(event.seq), "data-type": event.type }, `→ ${result}`))
+        break
+      }
+      case "partial_result": {
+        const text = (turn.messages.get(event.message_id) ?? "") + event.delta
+        turn.messages.set(event.message_id, text)
+        if (event.depth === 0) turn.answer.textContent = text
+        break
+      }
+      case "agent_error":
+        item("error", plainAgentError(event.error.code, event.error.message))
+        break
+      case "agent_stopped":
+        item("stopped", event.reason === "user_request" ? "Stopped at your request" : "Stopped: the server is shutting down")
+        break
+      case "agent_completed": {
+        item(`done ${event.status}`, h("span", { class: "label" }, `${event.agent_name} ${event.status.replace("_", " ")}`), h("span", { class: "muted" }, ` · ${formatMs(event.duration_ms)}`))
+        stack.length = event.depth + 1
+        if (event.depth === 0) {
+          turn.answer.textContent = event.status === "completed" || turn.answer.textContent === "" ? event.final_response : turn.answer.textContent
+          turn.status.textContent = `${event.status.replace("_", " ")} · ${formatMs(event.duration_ms)}`
+          turn.status.dataset.status = event.status
+          void refreshThreads()
+        }
+        break
+      }
+    }
+  }
+
+  // ---- asking and stopping
+  $("ask").addEventListener("submit", (event) => {
+    event.preventDefault()
+    const text = message.value.trim()
+    if (text === "") return
+    const agent = agentSelect.value === "" ? undefined : agentSelect.value
+    showNotice(undefined)
+    message.value = ""
+    client.start(agent, text, { thread_id: threadId }).then(
+      (run) => {
+        if (!turns.has(run.run_id)) addTurn(run, text)
+      },
+      (error: unknown) => {
+        message.value = text
+        showNotice(plainCommandError(error))
+      }
+    )
+  })
+  message.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault()
+      $<HTMLFormElement>("ask").requestSubmit()
+    }
+  })
+  stopButton.addEventListener("click", () => {
+    const turn = selected
+    if (turn === undefined || turn.ended) return
+    stopButton.disabled = true
+    client.stop(turn.run.run_id).catch((error: unknown) => {
+      stopButton.disabled = false
+      showNotice(plainCommandError(error))
+    })
+  })
+  message.focus()
+}
+
+const token = tokenFromHash() ?? sessionStorage.getItem(TOKEN_KEY) ?? undefined
+if (token !== undefined) {
+  sessionStorage.setItem(TOKEN_KEY, token)
+  start(token)
+} else {
+  signIn()
+}

@@ -1,0 +1,142 @@
+/**
+ * The web page in a real Chromium (Debian's `chromium`, driven by
+ * playwright-core), against a real server behind a TCP proxy: ask the
+ * calculator and see the answer and the tool call; start a long ticker, cut
+ * every socket, see the page reconnect and the timeline go on with no
+ * duplicate step; press Stop and see the run end cancelled. Saves a
+ * screenshot (docs/screenshot.png with UPDATE_SCREENSHOT=1). Also: no request leaves the origin, no console error,
+ * and the page fits a phone-sized screen.
+ */
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { type BrowserContext, chromium, type Page } from "playwright-core"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type Proxy, startProxy } from "../fixtures/proxy.ts"
+import { startServer, type TestServer } from "../fixtures/testServer.ts"
+
+const CHROMIUM = "/usr/bin/chromium"
+// every run saves its screenshot; UPDATE_SCREENSHOT=1 writes the README's (docs/screenshot.png) instead of a temp file
+const SCREENSHOT = process.env.UPDATE_SCREENSHOT === "1"
+  ? new URL("../../docs/screenshot.png", import.meta.url).pathname
+  : join(tmpdir(), "agentwire-page-screenshot.png")
+
+let server: TestServer
+let proxy: Proxy
+let context: BrowserContext
+let profile: string
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`)
+  server = await startServer()
+  proxy = await startProxy(server.port)
+  profile = mkdtempSync(join(tmpdir(), "agentwire-chromium-"))
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    viewport: { width: 1280, height: 800 }
+  })
+}, 60_000)
+
+afterAll(async () => {
+  await context?.close()
+  await proxy?.close()
+  await server?.close()
+  if (profile !== undefined) rmSync(profile, { recursive: true, force: true })
+})
+
+const ask = async (page: Page, agent: string, text: string) => {
+  await page.selectOption("#agent", agent)
+  await page.fill("#message", text)
+  await page.press("#message", "Enter")
+}
+
+/** The data-seq of every timeline item of a run (tool results included). */
+const seqsOf = (page: Page, run: string) =>
+  page.$$eval(`ol.tree[data-run="${run}"] [data-seq]`, (els) => els.map((e) => Number((e as HTMLElement).dataset.seq)))
+
+describe("web page in Chromium", () => {
+  it("chat, tool call in the timeline, a cut socket survived with no duplicate step, Stop → cancelled", async () => {
+    const page = await context.newPage()
+    const origin = `http://127.0.0.1:${proxy.port}`
+    const foreign: Array<string> = []
+    const consoleErrors: Array<string> = []
+    page.on("request", (r) => {
+      if (!r.url().startsWith(origin) && !r.url().startsWith("ws://127.0.0.1:" + proxy.port) && !r.url().startsWith("data:")) foreign.push(r.url())
+    })
+    page.on("console", (m) => {
+      if (m.type() === "error") consoleErrors.push(m.text())
+    })
+    page.on("pageerror", (e) => consoleErrors.push(e.message))
+
+    const token = await server.issue("browser-user")
+    await page.goto(`${origin}/#token=${token}`)
+    await page.waitForSelector('#conn[data-status="open"]')
+    expect(await page.textContent("#conn")).toContain("Connected")
+    // the token left the address bar
+    expect(page.url()).toBe(`${origin}/`)
+
+    // 1. the calculator: answer in the chat, the tool call with parameters, result, status and duration in the timeline
+    await ask(page, "calculator", "2+3*4")
+    await page.waitForSelector('.run-status[data-status="completed"]')
+    expect(await page.textContent(".turn .answer")).toBe("2+3*4 = 14")
+    const tool = page.locator(".item.tool").first()
+    expect(await tool.locator(".label").textContent()).toBe("calculate")
+    expect(await tool.locator(".params").textContent()).toBe('{"expression":"2+3*4"}')
+    expect(await tool.locator(".result").textContent()).toBe("→ 14")
+    expect(await tool.locator(".tool-status").textContent()).toMatch(/^success · [\d.]+ ms$/)
+
+    // 2. a long ticker; the server side cuts every socket; the page reconnects and the timeline goes on
+    await ask(page, "ticker", "steps=3000 interval_ms=15")
+    const tickerRun = await page.locator(".turn").nth(1).getAttribute("data-run")
+    expect(tickerRun).toMatch(/^run_/)
+    await page.waitForFunction((run) => document.querySelectorAll(`ol.tree[data-run="${run}"] .item.thinking`).length >= 20, tickerRun)
+    proxy.cutAll()
+    await page.waitForFunction(() => (window as unknown as { agentwire: { states: Array<string> } }).agentwire.states.includes("reconnecting"))
+    await page.waitForSelector('#conn[data-status="open"]')
+    expect(await page.textContent("#conn")).toContain("Reconnected")
+    const before = (await seqsOf(page, tickerRun!)).length
+    await page.waitForFunction(([run, n]) => document.querySelectorAll(`ol.tree[data-run="${run}"] .item.thinking`).length >= Number(n) + 40, [tickerRun, before] as const)
+
+    // 3. Stop (from the keyboard): the run ends cancelled
+    await page.locator(".turn").nth(1).focus()
+    await page.keyboard.press("Enter")
+    await page.focus("#stop")
+    await page.keyboard.press("Enter")
+    await page.waitForSelector(`.turn[data-run="${tickerRun}"] .run-status[data-status="cancelled"]`)
+    const seqs = await seqsOf(page, tickerRun!)
+    expect(new Set(seqs).size).toBe(seqs.length)
+    expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 1))
+    expect(await page.locator(`ol.tree[data-run="${tickerRun}"] .item.stopped`).textContent()).toBe("Stopped at your request")
+    expect(await page.locator(`ol.tree[data-run="${tickerRun}"] > .item.agent > .tree > .item.done`).last().textContent()).toContain("ticker cancelled")
+
+    // the threads list shows this chat
+    await page.waitForFunction(() => document.querySelectorAll("#thread-list .thread").length >= 1)
+
+    // the default agent delegates: the timeline nests the sub-agents by depth
+    await ask(page, "", "what is 6*7?")
+    await page.waitForSelector('.turn:nth-child(3) .run-status[data-status="completed"]')
+    expect(await page.textContent(".turn:nth-child(3) .answer")).toBe("calculator: 6*7 = 42")
+    expect(await page.locator(".turn:nth-child(3) ~ * , #timeline .item.agent .item.agent").count()).toBe(2)
+    await page.screenshot({ path: SCREENSHOT })
+    console.log(`screenshot: ${SCREENSHOT}`)
+
+    // an unknown agent is refused in plain words
+    await page.evaluate(() => {
+      const select = document.querySelector("#agent") as HTMLSelectElement
+      select.append(new Option("nope", "nope"))
+    })
+    await ask(page, "nope", "hello")
+    await page.waitForSelector("#notice:not([hidden])")
+    expect(await page.textContent("#notice")).toContain("There is no agent by that name")
+
+    // a phone-sized screen: nothing wider than the viewport
+    await page.setViewportSize({ width: 390, height: 844 })
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390)
+
+    expect(foreign).toEqual([])
+    expect(consoleErrors).toEqual([])
+    await page.close()
+  }, 90_000)
+})
