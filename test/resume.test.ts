@@ -165,6 +165,56 @@ describe("resume_run and list_runs", () => {
       expect(client.ws.readyState).toBe(WebSocket.OPEN)
     }).pipe(Effect.scoped, Effect.provide(serverLayer({ maxSocketBufferBytes: 65_536 }))), 60_000)
 
+  it.live("eight readers that are away while resuming a long run are not dropped by the process budget: a waiting replay holds one page", () =>
+    Effect.gen(function*() {
+      const { run_id } = yield* runUnwatched("away", "steps=20000 interval_ms=0")
+      const clients: Array<Client> = []
+      for (let i = 0; i < 8; i++) clients.push((yield* connectAs("away")).client)
+      const sockets = clients.map((c) => (c.ws as unknown as { _socket: import("node:net").Socket })._socket)
+      for (const socket of sockets) socket.pause()
+      for (const client of clients) client.send({ type: "resume_run", run_id, after_seq: 0 })
+      // not a synchronisation: the readers are away for a while; before, 6 of 8 were dropped (limit=process)
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 500)))
+      for (const socket of sockets) socket.resume()
+      for (const client of clients) {
+        yield* client.next("run_resumed")
+        expect(seqsOf(client.received, run_id).length).toBe(20_002)
+        expect(client.ws.readyState).toBe(WebSocket.OPEN)
+      }
+    }).pipe(Effect.scoped, Effect.provide(serverLayer({ maxProcessBufferBytes: 1024 * 1024, maxConnectionsPerUser: 20 }))), 60_000)
+
+  it.live("resume(0), then resume(after 15000) while the first is behind, then resume(0): every event once, and each replaced request is answered RESUME_REPLACED", () =>
+    Effect.gen(function*() {
+      const { run_id } = yield* runUnwatched("jumpy", "steps=20000 interval_ms=0")
+      const { client } = yield* connectAs("jumpy")
+      const socket = (client.ws as unknown as { _socket: import("node:net").Socket })._socket
+      socket.pause()
+      client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "first" })
+      client.send({ type: "resume_run", run_id, after_seq: 15_000, request_id: "second" })
+      client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "third" })
+      socket.resume()
+      yield* client.next("run_resumed", (m) => m.request_id === "third")
+      const replaced = client.received.filter((m) => m.type === "error" && m.code === "RESUME_REPLACED").map((m) => (m as { request_id?: string }).request_id)
+      expect(replaced.sort()).toEqual(["first", "second"])
+      const seqs = seqsOf(client.received, run_id)
+      expect(new Set(seqs).size).toBe(seqs.length)
+      expect([...seqs].sort((a, b) => a - b)).toEqual(oneTo(20_002))
+    }).pipe(Effect.scoped, Effect.provide(serverLayer())), 60_000)
+
+  it.live("a replay that started within the retention window finishes even when the window ends during it", () =>
+    Effect.gen(function*() {
+      const { run_id } = yield* runUnwatched("late", "steps=20000 interval_ms=0")
+      const { client } = yield* connectAs("late")
+      const socket = (client.ws as unknown as { _socket: import("node:net").Socket })._socket
+      socket.pause()
+      client.send({ type: "resume_run", run_id, after_seq: 0 })
+      // not a synchronisation: the reader is away past the 1.5 s retention; before, the replay ended in RUN_EXPIRED
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 2500)))
+      socket.resume()
+      yield* client.next("run_resumed")
+      expect(seqsOf(client.received, run_id)).toEqual(oneTo(20_002))
+    }).pipe(Effect.scoped, Effect.provide(serverLayer({ runLog: { ...AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, retentionMs: 1500 } }))), 60_000)
+
   it.live("unknown runs and other users' runs are RUN_NOT_FOUND alike; after_seq past the end names the field; bad after_seq is INVALID_MESSAGE", () =>
     Effect.gen(function*() {
       const { run_id } = yield* runUnwatched("owner", "steps=3 interval_ms=0")

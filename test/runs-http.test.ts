@@ -546,7 +546,7 @@ describe("retention over HTTP (TestClock)", () => {
       expect((yield* getAs(user, `/api/runs/${run}`)).json.error.code).toBe("RUN_NOT_FOUND")
     }).pipe(
       Effect.provide(serverLayer(probe, {
-        runLog: { retentionMs: 60_000, maxEventsPerRun: 1000, maxBytes: 1024 * 1024, tombstoneMs: 300_000 }
+        runLog: { retentionMs: 60_000, maxEventsPerRun: 1000, maxBytes: 1024 * 1024, maxBytesPerUser: 1024 * 1024, tombstoneMs: 300_000 }
       })),
       Effect.scoped
     )

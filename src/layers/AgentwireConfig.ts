@@ -28,6 +28,7 @@
  * | `AGENTWIRE_RETENTION_MS` | `900000` (15 min) | how long a finished run's events stay resumable |
  * | `AGENTWIRE_MAX_EVENTS_PER_RUN` | `100000` | events one run may log; past it the run fails with `EVENT_LIMIT` |
  * | `AGENTWIRE_RETENTION_BYTES` | `268435456` (256 MiB) | bytes of events all run logs may hold; the oldest finished runs are evicted first |
+ * | `AGENTWIRE_RETENTION_BYTES_PER_USER` | `67108864` (64 MiB) | one user's share: past it that user's oldest finished runs go first, then their run fails `LOG_FULL` |
  * | `AGENTWIRE_TOMBSTONE_MS` | `86400000` (24 h) | how long an expired run answers `RUN_EXPIRED` instead of `RUN_NOT_FOUND` |
  * | `AGENTWIRE_SSE_HEARTBEAT_MS` | `15000` | comment line sent on an idle SSE stream so proxies keep it open |
  * | `NODE_ENV` | none | `production` makes a missing secret a startup failure (unless a JWKS URL is set) |
@@ -81,6 +82,7 @@ export const DEFAULT_RUN_LOG_SETTINGS: RunLogSettings = {
   retentionMs: 15 * 60_000,
   maxEventsPerRun: 100_000,
   maxBytes: 256 * 1024 * 1024,
+  maxBytesPerUser: 64 * 1024 * 1024,
   tombstoneMs: 24 * 3_600_000
 }
 /** Default `AGENTWIRE_SSE_HEARTBEAT_MS`: 15 seconds, well under common proxy idle timeouts (60 s). */
@@ -250,6 +252,7 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     retentionMs: yield* integer("AGENTWIRE_RETENTION_MS", DEFAULT_RUN_LOG_SETTINGS.retentionMs, 1000, 7 * 86_400_000),
     maxEventsPerRun: yield* integer("AGENTWIRE_MAX_EVENTS_PER_RUN", DEFAULT_RUN_LOG_SETTINGS.maxEventsPerRun, 100, 10_000_000),
     maxBytes: yield* integer("AGENTWIRE_RETENTION_BYTES", DEFAULT_RUN_LOG_SETTINGS.maxBytes, 1024 * 1024, 64 * 1024 ** 3),
+    maxBytesPerUser: yield* integer("AGENTWIRE_RETENTION_BYTES_PER_USER", DEFAULT_RUN_LOG_SETTINGS.maxBytesPerUser, 64 * 1024, 64 * 1024 ** 3),
     tombstoneMs: yield* integer("AGENTWIRE_TOMBSTONE_MS", DEFAULT_RUN_LOG_SETTINGS.tombstoneMs, 0, 30 * 86_400_000)
   }
   const sseHeartbeatMs = yield* integer("AGENTWIRE_SSE_HEARTBEAT_MS", DEFAULT_SSE_HEARTBEAT_MS, 100, 3_600_000)

@@ -58,6 +58,12 @@ export const frameBytes = (frame: string): number => (TWO_BYTE.test(frame) ? 2 *
 /** Tombstones kept at most (about 190 bytes of heap each, measured; not counted in the byte budget), oldest dropped first. */
 export const MAX_TOMBSTONES = 100_000
 
+/**
+ * A finished run read within this long is kept past its retention, and evicted
+ * last under the byte budget: a replay that started within the window finishes.
+ */
+export const REPLAY_GRACE_MS = 30_000
+
 /** How often expired runs are freed, in milliseconds (reads check expiry themselves). */
 export const SWEEP_INTERVAL_MS = 1000
 
@@ -74,6 +80,8 @@ interface RunRecord {
   ended_at: string | undefined
   /** When the run ended by the log's clock (retention counts from here). */
   endedAtMs: number
+  /** When the run was last read (a replay in progress keeps it `REPLAY_GRACE_MS` past each read). */
+  lastReadAtMs: number
   readonly frames: Array<string>
   readonly types: Array<AgentEvent["type"]>
   bytes: number
@@ -110,6 +118,16 @@ export const make = (settings: RunLogSettings) =>
     const ended = new Set<string>()
     const tombstones = new Map<string, Tombstone>()
     let totalBytes = 0
+    // bytes per user, against the user's share of the budget
+    const userBytes = new Map<string, number>()
+    const addUserBytes = (user_id: string, bytes: number) => {
+      const next = (userBytes.get(user_id) ?? 0) + bytes
+      if (next <= 0) userBytes.delete(user_id)
+      else userBytes.set(user_id, next)
+    }
+    const beingRead = (run: RunRecord, now: number) => run.lastReadAtMs + REPLAY_GRACE_MS > now
+    const expired = (run: RunRecord, now: number) =>
+      run.status !== "running" && run.endedAtMs + settings.retentionMs <= now && !beingRead(run, now)
     let evicted = 0
 
     const wake = (run: RunRecord) => {
@@ -126,6 +144,7 @@ export const make = (settings: RunLogSettings) =>
       mine?.delete(run.run_id)
       if (mine !== undefined && mine.size === 0) byUser.delete(run.user_id)
       totalBytes -= run.bytes
+      addUserBytes(run.user_id, -run.bytes)
       tombstones.set(run.run_id, { user_id: run.user_id, last_seq: run.frames.length, expiresAt: now + settings.tombstoneMs })
       if (tombstones.size > MAX_TOMBSTONES) tombstones.delete(tombstones.keys().next().value!)
       wake(run)
@@ -135,7 +154,8 @@ export const make = (settings: RunLogSettings) =>
       for (const run_id of ended) {
         const run = runs.get(run_id)!
         if (run.endedAtMs + settings.retentionMs > now) break
-        forget(run, now)
+        // a run being replayed stays until its reader is done
+        if (!beingRead(run, now)) forget(run, now)
       }
       for (const [run_id, tomb] of tombstones) {
         if (tomb.expiresAt > now) break
@@ -168,6 +188,7 @@ export const make = (settings: RunLogSettings) =>
           status: "running",
           ended_at: undefined,
           endedAtMs: 0,
+          lastReadAtMs: Number.NEGATIVE_INFINITY,
           frames: [],
           types: [],
           bytes: RUN_OVERHEAD_BYTES,
@@ -175,6 +196,7 @@ export const make = (settings: RunLogSettings) =>
         }
         runs.set(run.run_id, run)
         totalBytes += RUN_OVERHEAD_BYTES
+        addUserBytes(run.user_id, RUN_OVERHEAD_BYTES)
         tombstones.delete(run.run_id)
         let mine = byUser.get(run.user_id)
         if (mine === undefined) byUser.set(run.user_id, mine = new Set())
@@ -193,15 +215,39 @@ export const make = (settings: RunLogSettings) =>
       run.types.push(event.type)
       run.bytes += bytes
       totalBytes += bytes
+      addUserBytes(run.user_id, bytes)
       if (event.type === "agent_completed" && event.depth === 0) end(run, event.status, event.timestamp)
       else wake(run)
       // the budget: the oldest finished runs go first; active runs alone over it must end
+      // a user over their share loses their own oldest finished runs first: one busy user cannot
+      // push everyone else's runs out of retention
+      if ((userBytes.get(run.user_id) ?? 0) > settings.maxBytesPerUser) {
+        const now = clock.currentTimeMillisUnsafe()
+        const mine = byUser.get(run.user_id)
+        if (mine !== undefined) {
+          for (const pass of [false, true]) {
+            for (const run_id of mine) {
+              if ((userBytes.get(run.user_id) ?? 0) <= settings.maxBytesPerUser) break
+              const other = runs.get(run_id)!
+              if (other.status === "running" || (!pass && beingRead(other, now))) continue
+              forget(other, now)
+              evicted++
+            }
+          }
+        }
+        if ((userBytes.get(run.user_id) ?? 0) > settings.maxBytesPerUser && run.status === "running") return "log_full"
+      }
+      // the whole budget: the oldest finished runs go first, those being replayed last
       if (totalBytes > settings.maxBytes) {
         const now = clock.currentTimeMillisUnsafe()
-        for (const run_id of ended) {
-          if (totalBytes <= settings.maxBytes) break
-          forget(runs.get(run_id)!, now)
-          evicted++
+        for (const pass of [false, true]) {
+          for (const run_id of ended) {
+            if (totalBytes <= settings.maxBytes) break
+            const other = runs.get(run_id)!
+            if (!pass && beingRead(other, now)) continue
+            forget(other, now)
+            evicted++
+          }
         }
         if (totalBytes > settings.maxBytes && run.status === "running") return "log_full"
       }
@@ -212,7 +258,7 @@ export const make = (settings: RunLogSettings) =>
     const find = (user_id: string, run_id: string): RunRecord | RunNotFoundError | RunExpiredError => {
       const now = clock.currentTimeMillisUnsafe()
       const run = runs.get(run_id)
-      if (run !== undefined && run.status !== "running" && run.endedAtMs + settings.retentionMs <= now) forget(run, now)
+      if (run !== undefined && expired(run, now)) forget(run, now)
       const live = runs.get(run_id)
       if (live !== undefined) return live.user_id === user_id ? live : new RunNotFoundError({ run_id })
       const tomb = tombstones.get(run_id)
@@ -270,6 +316,7 @@ export const make = (settings: RunLogSettings) =>
       })),
       read: (user_id, run_id, after_seq, limits) =>
         Effect.flatMap(found(user_id, run_id), (run) => {
+          run.lastReadAtMs = clock.currentTimeMillisUnsafe()
           const last = run.frames.length
           if (after_seq > last) return Effect.fail(new AfterSeqError({ after_seq, last_seq: last }))
           const events: Array<LoggedEvent> = []

@@ -107,6 +107,8 @@ export interface SocketOutput {
   readonly backedUp: () => boolean
   /** Resumes once the output is no longer backed up (or the socket closed). */
   readonly drained: Effect.Effect<void>
+  /** Resumes once every byte written so far left the process (at once when none waits); a closed socket resumes it too. */
+  readonly flushed: Effect.Effect<void>
   /** Why the server ended this connection, if it did. */
   readonly closeReason: () => CloseReason | undefined
   /** Which limit a `slow_consumer` close hit. */
@@ -334,8 +336,31 @@ export const make = (
     })
   })
 
+  // everything written so far left the process: the flush barrier's callback, or at once when nothing waits
+  const flushed: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    if (socket === undefined || ws.readyState !== OPEN || socket.writableLength === 0 || socket.write === undefined) {
+      return resume(Effect.void)
+    }
+    let resumed = false
+    const done = () => {
+      if (resumed) return
+      resumed = true
+      socket.off("close", done)
+      noteBudget()
+      resume(Effect.void)
+    }
+    socket.once("close", done)
+    try {
+      socket.write(EMPTY, done)
+    } catch {
+      done()
+    }
+    return Effect.sync(() => socket.off("close", done))
+  })
+
   return {
     send,
+    flushed,
     close: (code, text, why) => {
       if (reason === undefined) reason = why
       try {

@@ -32,6 +32,7 @@ import { follow, FOLLOW_PAGE, RunLog, type RunLogReadError } from "../services/R
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
+import * as SentSeqs from "./SentSeqs.ts"
 import * as SocketOutput from "./SocketOutput.ts"
 
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
@@ -44,18 +45,21 @@ const TOKEN_PROTOCOL_PREFIX = "jwt."
 /** Runs whose sent `seq` range one connection remembers (oldest forgotten first; followed runs are kept). */
 export const MAX_TRACKED_RUNS = 256
 
+/** Bytes of one replay page at most: what a replay to a reader that is away holds in the server. */
+export const REPLAY_PAGE_BYTES = 64 * 1024
+
 /** Runs one connection may follow (`resume_run`) at once; more answer `RATE_LIMITED`. */
 export const MAX_FOLLOWED_RUNS = 64
 
 /**
- * What one connection sent of one run: the `seq` range `low..high` (empty when
- * `high < low`), and whether a `resume_run` follower is sending the run
- * (then live events of the run are left to it: it reads them from the log).
+ * What one connection sent of one run (its seqs), and which `resume_run`
+ * follower, if any, is sending the run (then live events of the run are left
+ * to it: it reads them from the log) and what it answers when replaced.
  */
 interface Tracked {
-  low: number
-  high: number
+  readonly sent: SentSeqs.SentSeqs
   follower: number
+  replaced: (() => void) | undefined
 }
 
 
@@ -217,20 +221,16 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           }
         }
       }
-      t = { low: Number.POSITIVE_INFINITY, high: 0, follower: 0 }
+      t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
       tracked.set(run_id, t)
       return t
-    }
-    const sent = (t: Tracked, seq: number) => {
-      if (seq < t.low) t.low = seq
-      if (seq > t.high) t.high = seq
     }
     // the bridge's live events: skipped when a follower sends the run, or when already sent
     const sendLive = (frame: string, event?: AgentEvent) => {
       if (event === undefined) return output.send(frame)
       const t = track(event.run_id)
-      if (t.follower !== 0 || (event.seq >= t.low && event.seq <= t.high)) return
-      sent(t, event.seq)
+      if (t.follower !== 0 || t.sent.has(event.seq)) return
+      t.sent.add(event.seq)
       output.send(frame)
     }
     yield* bridge.register({ id: connection_id, user_id, send: sendLive })
@@ -334,13 +334,12 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
         ? refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
         : refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
 
-    // resume_run: one follower per run; pages of the replay are sent one at a time, each after the
-    // socket drained, so a long replay never trips the slow-consumer bound
+    // resume_run: one follower per run; pages of the replay are sent one at a time, each once the
+    // socket flushed the previous one, so a replay to a reader that is away holds at most one page
+    // in the server: it never trips the socket's bound nor weighs on the process budget
     const followed = yield* FiberMap.make<string>()
-    // a page (its frames and their per-frame overhead) plus what waits below the drain mark stays
-    // well under the socket's bound: an eighth of it in bytes, an eighth of it in frame overheads
     const replayPage = {
-      maxBytes: Math.min(FOLLOW_PAGE.maxBytes, Math.floor(connection.limits.maxSocketBytes / 8)),
+      maxBytes: Math.min(REPLAY_PAGE_BYTES, Math.floor(connection.limits.maxSocketBytes / 8)),
       maxEvents: Math.max(1, Math.min(FOLLOW_PAGE.maxEvents, Math.floor(connection.limits.maxSocketBytes / 8 / SocketOutput.FRAME_OVERHEAD_BYTES)))
     }
     const pages = Semaphore.makeUnsafe(1)
@@ -365,18 +364,31 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             retry_after_ms: 1000
           })
         }
+        if (t !== undefined && t.sent.ranges() >= SentSeqs.MAX_RANGES) {
+          return yield* refusal("RATE_LIMITED", `too many partial resumes of this run on one connection; resume it on a new connection`, request_id, {
+            run_id,
+            retry_after_ms: 1000
+          })
+        }
         // from here on the run's live events are left to the follower, which reads them from the log
         const state = track(run_id)
         if (state.follower === 0) followers++
+        // a follower already sending this run is replaced; its request gets an answer saying so
+        state.replaced?.()
         const id = ++followerIds
         state.follower = id
-        // what this connection already sent of the run is not sent again
-        const skipLow = state.low
-        const skipHigh = state.high
+        state.replaced = () =>
+          reply({
+            type: "error",
+            code: "RESUME_REPLACED",
+            message: "a later resume_run of this run on this connection took over from this one",
+            run_id,
+            ...withRequestId(request_id)
+          })
         const stream = follow(log, user_id, run_id, after_seq, { pageLimits: replayPage })
         const body = Stream.runForEachArray(stream, (items) =>
           pages.withPermit(Effect.andThen(
-            output.drained,
+            output.flushed,
             Effect.sync(() => {
               for (const item of items) {
                 if (item._tag === "Idle") continue
@@ -385,9 +397,10 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
                   reply({ type: "run_resumed", run_id, after_seq, last_seq, status, ...withRequestId(request_id) })
                   continue
                 }
+                // what this connection already sent of the run is not sent again
                 const seq = item.event.seq
-                if (seq >= skipLow && seq <= skipHigh) continue
-                sent(state, seq)
+                if (state.sent.has(seq)) continue
+                state.sent.add(seq)
                 output.send(item.event.frame)
               }
             })
@@ -401,6 +414,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
               // a later resume of the same run took over: it owns the state now
               if (state.follower !== id) return
               state.follower = 0
+              state.replaced = undefined
               followers--
             }))
           )
@@ -488,7 +502,12 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     )
   }).pipe(
     Effect.scoped,
-    Effect.onInterrupt(() => Effect.sync(() => output.destroy("server_shutdown"))),
+    Effect.onInterrupt(() =>
+      Effect.andThen(
+        Effect.sync(() => output.destroy("server_shutdown")),
+        Effect.suspend(() => Effect.logInfo("connection closed").pipe(Effect.annotateLogs({ reason: output.closeReason() ?? "server_shutdown" })))
+      )
+    ),
     Effect.tapCause((cause) =>
       Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("connection failed", Cause.pretty(cause).slice(0, 2000))
     ),

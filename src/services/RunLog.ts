@@ -65,7 +65,7 @@ export interface LogPage {
   readonly summary: RunSummary
 }
 
-/** Retention settings (`AGENTWIRE_RETENTION_MS`, `AGENTWIRE_MAX_EVENTS_PER_RUN`, `AGENTWIRE_RETENTION_BYTES`, `AGENTWIRE_TOMBSTONE_MS`). */
+/** Retention settings (`AGENTWIRE_RETENTION_MS`, `AGENTWIRE_MAX_EVENTS_PER_RUN`, `AGENTWIRE_RETENTION_BYTES`, `AGENTWIRE_RETENTION_BYTES_PER_USER`, `AGENTWIRE_TOMBSTONE_MS`). */
 export interface RunLogSettings {
   /** How long a finished run's events stay, in milliseconds. */
   readonly retentionMs: number
@@ -73,6 +73,12 @@ export interface RunLogSettings {
   readonly maxEventsPerRun: number
   /** Bytes of event frames all logs together may hold; the oldest finished runs are evicted first. */
   readonly maxBytes: number
+  /**
+   * Bytes one user's runs may hold: past it that user's own oldest finished
+   * runs are evicted first, and a run of theirs that would still exceed it
+   * fails with `LOG_FULL`; other users' runs are untouched.
+   */
+  readonly maxBytesPerUser: number
   /** How long an evicted or expired run is remembered as expired, in milliseconds. */
   readonly tombstoneMs: number
 }

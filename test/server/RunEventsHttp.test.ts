@@ -166,7 +166,7 @@ const completed = (user_id: string, seq: number, run_id: string): AgentEvent => 
   timestamp: new Date(0).toISOString()
 })
 
-const settings = { retentionMs: 60_000, maxEventsPerRun: 100_000, maxBytes: 64 * 1024 * 1024, tombstoneMs: 60_000 }
+const settings = { retentionMs: 60_000, maxEventsPerRun: 100_000, maxBytes: 64 * 1024 * 1024, maxBytesPerUser: 64 * 1024 * 1024, tombstoneMs: 60_000 }
 
 describe("eventStream over the in-memory log", () => {
   it.effect("replays, follows live, sends a keepalive only while idle, and ends after the run's last event", () =>
