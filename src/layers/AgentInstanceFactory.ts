@@ -16,7 +16,7 @@ import { type AgentInstance, AgentInstanceFactory, type AgentOutcome } from "../
 import { AgentRegistry, type RegisteredAgent } from "../services/AgentRegistry.ts"
 import type { RunEmitter } from "../services/RunEmitter.ts"
 import { generateId, type UserExecutionContext } from "../services/UserExecutionContext.ts"
-import { RunLog } from "../services/RunLog.ts"
+import { RunLog, terminalReserve } from "../services/RunLog.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as RunEmitterLayer from "./RunEmitter.ts"
 
@@ -147,8 +147,8 @@ export const make = Effect.gen(function*() {
       const cause = emitter.stopCause() ?? "user_request"
       if (cause === "event_limit" || cause === "log_full") {
         const error = cause === "event_limit"
-          ? { code: "EVENT_LIMIT", message: `the run sent too many events: at most ${log.settings.maxEventsPerRun} per run are kept (AGENTWIRE_MAX_EVENTS_PER_RUN), the last ones reserved for ending it` }
-          : { code: "LOG_FULL", message: "the server's run log is full (AGENTWIRE_RETENTION_BYTES) with runs still in progress" }
+          ? { code: "EVENT_LIMIT", message: `the run sent too many events: a run is stopped after ${log.settings.maxEventsPerRun - terminalReserve(log.settings.maxEventsPerRun)} events, so that its last ones fit in AGENTWIRE_MAX_EVENTS_PER_RUN (${log.settings.maxEventsPerRun})` }
+          : { code: "LOG_FULL", message: "the run log is full: the user's runs in progress exceed their share (AGENTWIRE_RETENTION_BYTES_PER_USER), or all runs in progress exceed AGENTWIRE_RETENTION_BYTES" }
         const final_response = `${agent.name} failed: ${error.message}`
         return emit({ type: "agent_error", error }).pipe(
           Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),

@@ -20,6 +20,7 @@
 import { Clock, Effect, Layer, Option } from "effect"
 import type { AgentEvent } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import * as RunLogContract from "../services/RunLog.ts"
 import {
   AfterSeqError,
   type AppendResult,
@@ -67,8 +68,8 @@ export const REPLAY_GRACE_MS = 30_000
 /** How often expired runs are freed, in milliseconds (reads check expiry themselves). */
 export const SWEEP_INTERVAL_MS = 1000
 
-/** Events kept beyond the soft cap so that a run stopped there can still log its terminal events. */
-export const terminalReserve = (maxEventsPerRun: number): number => Math.min(1024, Math.floor(maxEventsPerRun / 4))
+/** Events kept beyond the soft cap so that a run stopped there can still log its terminal events (see `RunLog`). */
+export const terminalReserve = RunLogContract.terminalReserve
 
 interface RunRecord {
   readonly run_id: string

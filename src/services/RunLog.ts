@@ -128,6 +128,13 @@ export interface RunLogStats {
   readonly evicted: number
 }
 
+/**
+ * Events a log keeps past its soft cap so that a run stopped there can still
+ * log its terminal events: a quarter of `maxEventsPerRun`, at most 1024. A run
+ * is told `event_limit` once it passes `maxEventsPerRun - terminalReserve(…)`.
+ */
+export const terminalReserve = (maxEventsPerRun: number): number => Math.min(1024, Math.floor(maxEventsPerRun / 4))
+
 /** Most runs one `list` returns. */
 export const MAX_LIST_RUNS = 100
 
