@@ -147,7 +147,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
       ),
       recordRun: Effect.fn("ConversationStore.recordRun")((run, opts) =>
         Effect.sync(() => {
-          const at = now()
+          const at = opts?.at ?? now()
           const thread = open(run, opts?.title ?? "", at)
           const i = thread.runs.findIndex((r) => r.run_id === run.run_id)
           if (i >= 0) thread.runs[i] = run

@@ -191,7 +191,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
         )).pipe(Effect.mapError(failWith("append")))
       }),
       recordRun: Effect.fn("ConversationStore.recordRun")(function*(run: RunRecord, opts) {
-        const at = now()
+        const at = opts?.at ?? now()
         yield* sql.withTransaction(Effect.gen(function*() {
           yield* openThread(run.user_id, run.thread_id, opts?.title ?? "", at)
           yield* sql`INSERT INTO agentwire_runs ${

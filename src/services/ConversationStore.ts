@@ -149,6 +149,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly append: (
     key: ConversationKey,
     messages: ReadonlyArray<ConversationMessage>,
+    /** `at`: when, ms since the epoch (default now). */
     options?: { readonly run_id?: string | undefined; readonly at?: number | undefined }
   ) => Effect.Effect<void, ConversationStoreError>
   /**
@@ -158,7 +159,12 @@ export class ConversationStore extends Context.Service<ConversationStore, {
    */
   readonly recordRun: (
     run: RunRecord,
-    options?: { readonly title?: string | undefined; readonly messages?: ReadonlyArray<ConversationMessage> | undefined }
+    options?: {
+      readonly title?: string | undefined
+      readonly messages?: ReadonlyArray<ConversationMessage> | undefined
+      /** When this was recorded, ms since the epoch (default now): the thread's `updated_at` and the messages' `created_at`. */
+      readonly at?: number | undefined
+    }
   ) => Effect.Effect<void, ConversationStoreError>
   /** Whether `thread_id` is `user_id`'s thread, unknown, or another user's. */
   readonly threadAccess: (key: ConversationKey) => Effect.Effect<ThreadAccess, ConversationStoreError>
