@@ -8,6 +8,9 @@ import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { connect as netConnect, createServer, type Server } from "node:net"
 import { fileURLToPath } from "node:url"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { connect } from "./fixtures/client.ts"
 import * as Fake from "./fixtures/fakeOpenAi.ts"
 
@@ -25,8 +28,9 @@ interface Started {
 const start = (env: Record<string, string>) =>
   Effect.acquireRelease(
     Effect.sync((): Started => {
+      // history goes to a fresh directory unless the test names one
       const child = spawn(process.execPath, [MAIN], {
-        env: { PATH: process.env.PATH ?? "", AGENTWIRE_PORT: "0", ...env },
+        env: { PATH: process.env.PATH ?? "", AGENTWIRE_PORT: "0", AGENTWIRE_DATA_DIR: mkdtempSync(join(tmpdir(), "agentwire-main-")), ...env },
         stdio: ["ignore", "pipe", "pipe"]
       })
       let out = ""

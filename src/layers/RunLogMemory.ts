@@ -239,6 +239,20 @@ export const make = (settings: RunLogSettings) =>
           const run = runs.get(run_id)
           if (run !== undefined && run.status === "running") end(run, "cancelled", new Date(clock.currentTimeMillisUnsafe()).toISOString())
         }),
+      eraseUser: (user_id) =>
+        Effect.sync(() => {
+          // ended runs and tombstones of the user go without a trace; a run still running keeps its log
+          let erased = 0
+          for (const run_id of Array.from(byUser.get(user_id) ?? [])) {
+            const run = runs.get(run_id)!
+            if (run.status === "running") continue
+            forget(run, 0)
+            tombstones.delete(run_id)
+            erased++
+          }
+          for (const [run_id, tomb] of Array.from(tombstones)) if (tomb.user_id === user_id) tombstones.delete(run_id)
+          return erased
+        }),
       summary: (user_id, run_id) => Effect.map(found(user_id, run_id), summaryOf),
       list: (user_id, options) => Effect.sync(() => list(user_id, options)),
       read: (user_id, run_id, after_seq, limits) =>

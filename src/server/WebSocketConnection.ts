@@ -33,6 +33,7 @@ import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
 import * as SocketOutput from "./SocketOutput.ts"
+import * as ThreadRequests from "./ThreadRequests.ts"
 
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
 const INBOX_HIGH_WATER = 64
@@ -416,6 +417,9 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           })
         ))
 
+    // threads (issue 14): answered in the background by server/ThreadRequests.ts
+    const threads = yield* ThreadRequests.makeHandler(user_id, reply)
+
     const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
       switch (message.type) {
         case "error":
@@ -434,6 +438,10 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           return resumeRun(message)
         case "list_runs":
           return listRuns(message)
+        case "list_threads":
+        case "get_thread":
+        case "delete_thread":
+          return threads(message)
       }
     }
 
