@@ -2,7 +2,8 @@
  * Entrypoint: read config, compose layers, run. `npm start` runs this file.
  *
  * Every startup failure (bad config value, missing secret in production, port
- * in use, bad agent registry) prints one line naming the cause and exits 3.
+ * in use, bad agent registry, a history database that cannot be opened or
+ * migrated) prints one line naming the cause and exits 3.
  *
  * @module
  */
@@ -10,6 +11,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, Layer, Logger, Option, References } from "effect"
 import * as Agentwire from "./Agentwire.ts"
 import * as AgentwireConfig from "./layers/AgentwireConfig.ts"
+import * as History from "./layers/History.ts"
 import { redactTokens } from "./services/Auth.ts"
 
 /** Exit code of a startup failure. */
@@ -17,7 +19,8 @@ const STARTUP_FAILURE = 3
 
 const main = Effect.gen(function*() {
   const settings = yield* AgentwireConfig.fromEnv
-  const app = Agentwire.layerServerWithBanner(Agentwire.layerBuiltinRegistry(settings)).pipe(
+  const history = yield* History.settingsFromEnv
+  const app = Agentwire.layerApp(settings, history).pipe(
     Layer.provide(AgentwireConfig.layer(settings)),
     // one logfmt line per log call: greppable, and never spread over several lines
     Layer.provide(Logger.layer([Logger.consoleLogFmt]))

@@ -8,6 +8,10 @@ import { Effect } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { connect as netConnect, createServer, type Server } from "node:net"
 import { fileURLToPath } from "node:url"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { SignJWT } from "jose"
 import { connect } from "./fixtures/client.ts"
 import * as Fake from "./fixtures/fakeOpenAi.ts"
 
@@ -25,8 +29,9 @@ interface Started {
 const start = (env: Record<string, string>) =>
   Effect.acquireRelease(
     Effect.sync((): Started => {
+      // history goes to a fresh directory unless the test names one
       const child = spawn(process.execPath, [MAIN], {
-        env: { PATH: process.env.PATH ?? "", AGENTWIRE_PORT: "0", ...env },
+        env: { PATH: process.env.PATH ?? "", AGENTWIRE_PORT: "0", AGENTWIRE_DATA_DIR: mkdtempSync(join(tmpdir(), "agentwire-main-")), ...env },
         stdio: ["ignore", "pipe", "pipe"]
       })
       let out = ""
@@ -96,6 +101,72 @@ describe("src/main.ts", () => {
         expect(proc.stdout()).toBe("")
       }).pipe(Effect.scoped))
   }
+
+  it.live("exits 3 naming the history database, never its password, when it cannot be reached", () =>
+    Effect.gen(function*() {
+      const { port, server } = yield* listenOnFreePort
+      // a port that refuses connections
+      yield* Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+      const password = "hunter2-do-not-print"
+      const proc = yield* start({ AGENTWIRE_DATABASE_URL: `postgres://agent:${password}@127.0.0.1:${port}/history` })
+      expect(yield* proc.exit).toBe(3)
+      const lines = proc.stderr().trim().split("\n")
+      expect(lines).toHaveLength(1)
+      expect(lines[0]).toMatch(new RegExp(`^agentwire: cannot start: history database postgres://agent@127\\.0\\.0\\.1:${port}/history cannot be used`))
+      expect(proc.stderr() + proc.stdout()).not.toContain(password)
+    }).pipe(Effect.scoped))
+
+  it.live("history survives a restart: SIGTERM, start again on the same data dir; the thread is listed and the assistant's next run sees it", () =>
+    Effect.gen(function*() {
+      const dataDir = mkdtempSync(join(tmpdir(), "agentwire-restart-"))
+      const secret = "restart-test-secret-0123456789abcdef"
+      const model = yield* Fake.start([Fake.text(["Nice to meet you, ", "Ada."]), Fake.text(["Your name is Ada."])])
+      const env = {
+        AGENTWIRE_DATA_DIR: dataDir,
+        AGENTWIRE_JWT_SECRET: secret,
+        AGENTWIRE_LLM_BASE_URL: model.baseUrl,
+        AGENTWIRE_LLM_MODEL: "tiny"
+      }
+      const token = yield* Effect.promise(() =>
+        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("ada").setIssuedAt().setExpirationTime("10m").sign(new TextEncoder().encode(secret)))
+      const open = (proc: Started) =>
+        Effect.gen(function*() {
+          const listening = yield* proc.printed(/listening on http:\/\/127\.0\.0\.1:\d+/)
+          const port = /:(\d+)$/.exec(listening)![1]
+          const client = yield* connect(`ws://127.0.0.1:${port}/ws?token=${token}`)
+          yield* client.next("connection_established")
+          return client
+        })
+
+      const first = yield* start(env)
+      const client1 = yield* open(first)
+      client1.send({ type: "user_message", text: "My name is Ada", thread_id: "t-restart" })
+      const events1 = yield* client1.runEvents()
+      expect(events1.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", final_response: "Nice to meet you, Ada." })
+      first.child.kill("SIGTERM")
+      expect(yield* first.exit).toBe(0)
+
+      const second = yield* start(env)
+      const client2 = yield* open(second)
+      client2.send({ type: "list_threads", request_id: "l" })
+      const listed = yield* client2.next("threads", (m) => m.request_id === "l")
+      expect(listed.threads).toMatchObject([{ thread_id: "t-restart", title: "My name is Ada", last_status: "completed" }])
+      client2.send({ type: "get_thread", thread_id: "t-restart", request_id: "g" })
+      const thread = yield* client2.next("thread", (m) => m.request_id === "g")
+      expect(thread.messages.map((m) => [m.role, m.content])).toEqual([["user", "My name is Ada"], ["assistant", "Nice to meet you, Ada."]])
+      client2.send({ type: "user_message", text: "What is my name?", thread_id: "t-restart" })
+      const events2 = yield* client2.runEvents()
+      expect(events2.at(-1)).toMatchObject({ type: "agent_completed", final_response: "Your name is Ada." })
+      // the model saw the conversation from before the restart
+      const messages = (model.requests[1]!.body as { messages: ReadonlyArray<{ role: string; content: unknown }> }).messages
+      expect(messages.filter((m) => m.role !== "system").map((m) => [m.role, typeof m.content === "string" ? m.content : JSON.stringify(m.content)])).toEqual([
+        ["user", "My name is Ada"],
+        ["assistant", "Nice to meet you, Ada."],
+        ["user", "What is my name?"]
+      ])
+      second.child.kill("SIGTERM")
+      expect(yield* second.exit).toBe(0)
+    }).pipe(Effect.scoped), 60_000)
 
   it.live("exits 3 naming the port when it is already in use", () =>
     Effect.gen(function*() {

@@ -20,13 +20,15 @@
  *
  * Conversation memory (root runs only, `depth` 0): the run sees the messages
  * of its `(user_id, thread_id)` as they stood when it started
- * (`ConversationStore`); a completed run appends its request and answer, a
- * failed or stopped run appends its request only. A delegated assistant
- * (depth ≥ 1) sees only its request.
+ * (`ConversationStore.load`). The engine records every root run in the store
+ * when it ends: a completed run adds its request and answer, a failed or
+ * stopped run its request only. A store that cannot answer degrades the run to
+ * no history (logged), it does not fail it. A delegated assistant (depth ≥ 1)
+ * sees only its request.
  *
  * @module
  */
-import { type Duration, Effect, Exit, Stream } from "effect"
+import { type Duration, Effect, Stream } from "effect"
 import { AiError, LanguageModel, Prompt, type Tool, type Toolkit } from "effect/ai"
 import { BuiltinToolkit } from "./AssistantTools.ts"
 import * as DeltaCoalescer from "../llm/DeltaCoalescer.ts"
@@ -90,9 +92,10 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
         const store = yield* ConversationStore
         const key = { user_id: ctx.user_id, thread_id: ctx.thread_id }
         const remember = ctx.depth === 0
+        // history unavailable: answer without it (history degrades, the run does not fail)
         const history = remember
           ? yield* store.load(key).pipe(
-            Effect.mapError((e) => new Agent.AgentError({ code: "CONVERSATION_STORE", message: e.message }))
+            Effect.catch((e) => Effect.as(Effect.logWarning("conversation history unavailable").pipe(Effect.annotateLogs({ error: e.message })), []))
           )
           : []
         const handlers = yield* options.toolkit
@@ -188,19 +191,7 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
           ...history.map((m) => ({ role: m.role, content: m.content })),
           { role: "user", content: request }
         ])
-        return yield* loop(prompt, 1).pipe(
-          // runs on success, failure and interruption (a stopped run)
-          Effect.onExit((exit) =>
-            remember
-              ? store.append(
-                key,
-                Exit.isSuccess(exit)
-                  ? [{ role: "user", content: request }, { role: "assistant", content: exit.value }]
-                  : [{ role: "user", content: request }]
-              ).pipe(Effect.catch((e) => Effect.logWarning("conversation not saved").pipe(Effect.annotateLogs({ error: e.message }))))
-              : Effect.void
-          )
-        )
+        return yield* loop(prompt, 1)
       })
   })
 }

@@ -13,14 +13,25 @@
  * (`interruptAll`, and closing the layer). A run's admission slot is released
  * when its fiber ends.
  *
+ * History (when a `ConversationStore` is provided around the layer): each root
+ * run is recorded when it starts (status `running`; the thread is created,
+ * titled from the request) and when it ends (its outcome, and its messages:
+ * the request, plus the answer when it completed). The store queues these
+ * writes (`ConversationStoreBuffered`), so recording never waits on a database;
+ * a failed record is logged, never a failed run. A start that names a thread
+ * another user already has is refused (`AdmissionError` `thread_not_found`);
+ * when the store cannot tell within `THREAD_CHECK_TIMEOUT`, the run starts
+ * (its history is still keyed by its own user, so nothing leaks).
+ *
  * @module
  */
 import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
+import { ConversationStore, titleOf } from "../services/ConversationStore.ts"
 import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { ExecutionEngineFactory, type RunHandle, type RunState, type StartOptions, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
-import { RunAdmission } from "../services/RunAdmission.ts"
+import { AdmissionError, RunAdmission } from "../services/RunAdmission.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
@@ -37,6 +48,9 @@ const cancelledOutcome: AgentOutcome = {
   final_response: "the run was cancelled",
   duration_ms: 0
 }
+
+/** How long a start waits for the store to say whose a named thread is. */
+export const THREAD_CHECK_TIMEOUT = "500 millis"
 
 /** A run in flight, as the engine tracks it. */
 interface ActiveRun {
@@ -60,6 +74,7 @@ export const make = Effect.gen(function*() {
     onNone: () => DEFAULT_RUN_TIMEOUT_MS,
     onSome: (config) => config.runTimeoutMs
   })
+  const history = Option.getOrUndefined(yield* Effect.serviceOption(ConversationStore))
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   const active = new Map<string, ActiveRun>()
   const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
@@ -82,6 +97,19 @@ export const make = Effect.gen(function*() {
     })
   )
 
+  /** A history write: queued by the store; its failure is logged, never the run's. */
+  const recorded = (write: Effect.Effect<void, { readonly message: string }>) =>
+    Effect.catch(write, (e) => Effect.logWarning("run not recorded in history").pipe(Effect.annotateLogs({ error: e.message })))
+
+  /** Refuses a start on a thread id that another user already has. */
+  const checkThread = (context: UserExecutionContext): Effect.Effect<void, AdmissionError> =>
+    history === undefined ? Effect.void : history.threadAccess({ user_id: context.user_id, thread_id: context.thread_id }).pipe(
+      Effect.timeoutOption(THREAD_CHECK_TIMEOUT),
+      Effect.map(Option.getOrElse(() => "none" as const)),
+      Effect.catch((e) => Effect.as(Effect.logWarning("thread owner unknown: history unavailable").pipe(Effect.annotateLogs({ error: e.message })), "none" as const)),
+      Effect.flatMap((access) => access === "foreign" ? Effect.fail(new AdmissionError({ reason: "thread_not_found" })) : Effect.void)
+    )
+
   const engineFor = (emitter: RunEmitter): UserExecutionEngine => {
     const context = emitter.context
     return {
@@ -94,15 +122,38 @@ export const make = Effect.gen(function*() {
           // synchronous log write per run start measurably costs a busy server (docs/benchmarks.md)
           yield* Effect.logDebug("run started")
           const startedAt = performance.now()
+          const record = history === undefined ? undefined : {
+            run_id: context.run_id,
+            user_id: context.user_id,
+            thread_id: context.thread_id,
+            agent_name: agent.agent_name,
+            started_at: Date.now()
+          }
+          const title = titleOf(request)
+          if (history !== undefined && record !== undefined) {
+            yield* recorded(history.recordRun({ ...record, status: "running" }, { title }))
+          }
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
           return yield* agent.run(request).pipe(Effect.onExit(() => {
             const outcome = emitter.outcome() ?? cancelledOutcome
-            return Effect.logInfo("run ended").pipe(Effect.annotateLogs({
+            const ended = history === undefined || record === undefined ? Effect.void : recorded(history.recordRun({
+              ...record,
+              status: outcome.status,
+              ended_at: Date.now(),
+              final_response: outcome.final_response,
+              ...(outcome.error ? { error_code: outcome.error.code } : {})
+            }, {
+              title,
+              messages: outcome.status === "completed"
+                ? [{ role: "user", content: request }, { role: "assistant", content: outcome.final_response }]
+                : [{ role: "user", content: request }]
+            }))
+            return Effect.andThen(ended, Effect.logInfo("run ended").pipe(Effect.annotateLogs({
               outcome: outcome.status,
               duration_ms: Math.round(performance.now() - startedAt),
               events: emitter.lastSeq(),
               ...(outcome.error ? { error_code: outcome.error.code } : {})
-            }))
+            })))
           }))
         }).pipe(Effect.annotateLogs({ user_id: context.user_id, run_id: context.run_id, agent: agent_name ?? "(default)" }))
     }
@@ -130,6 +181,7 @@ export const make = Effect.gen(function*() {
   const start = (context: UserExecutionContext, agent_name: string | undefined, request: string, options?: StartOptions) =>
     Effect.gen(function*() {
       const resolved = yield* instances.resolve(agent_name)
+      if (options?.threadGiven === true) yield* checkThread(context)
       // a hash, not the request: remembered requests cost the same whatever their size
       const idempotency = options?.idempotent === true
         ? { fingerprint: createHash("sha256").update(JSON.stringify([resolved, request])).digest("base64"), threadGiven: options.threadGiven === true }

@@ -315,6 +315,20 @@ export const make = (settings: RunLogSettings) =>
         tombstones: tombstones.size,
         evicted
       })),
+      eraseUser: (user_id) =>
+        Effect.sync(() => {
+          // ended runs and tombstones of the user go without a trace; a run still running keeps its log
+          let erased = 0
+          for (const run_id of Array.from(byUser.get(user_id) ?? [])) {
+            const run = runs.get(run_id)!
+            if (run.status === "running") continue
+            forget(run, 0)
+            tombstones.delete(run_id)
+            erased++
+          }
+          for (const [run_id, tomb] of Array.from(tombstones)) if (tomb.user_id === user_id) tombstones.delete(run_id)
+          return erased
+        }),
       read: (user_id, run_id, after_seq, limits) =>
         Effect.flatMap(found(user_id, run_id), (run) => {
           run.lastReadAtMs = clock.currentTimeMillisUnsafe()

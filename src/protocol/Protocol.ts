@@ -119,8 +119,46 @@ export const ListRuns = Schema.Struct({
 })
 export type ListRuns = typeof ListRuns.Type
 
+// ---------------------------------------------------------------------------
+// client -> server: threads (issue 14: durable history)
+
+/** Most threads a `threads` answer lists. */
+export const MAX_LIST_THREADS = 100
+
+/**
+ * Lists the user's threads, newest `updated_at` first, `limit` (1 to 100,
+ * default 20) at a time; `before` is the `next_before` of the previous page.
+ * Answered with `threads`.
+ */
+export const ListThreads = Schema.Struct({
+  type: Schema.Literal("list_threads"),
+  before: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(200))),
+  limit: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1), Schema.isLessThanOrEqualTo(MAX_LIST_THREADS))),
+  request_id: Schema.optionalKey(Id)
+})
+export type ListThreads = typeof ListThreads.Type
+
+/** Asks for one thread: its messages and runs. Answered with `thread`, or `error THREAD_NOT_FOUND`. */
+export const GetThread = Schema.Struct({
+  type: Schema.Literal("get_thread"),
+  thread_id: Id,
+  request_id: Schema.optionalKey(Id)
+})
+export type GetThread = typeof GetThread.Type
+
+/** Deletes one thread (its runs in flight are stopped first). Answered with `thread_deleted`, or `error THREAD_NOT_FOUND`. */
+export const DeleteThread = Schema.Struct({
+  type: Schema.Literal("delete_thread"),
+  thread_id: Id,
+  request_id: Schema.optionalKey(Id)
+})
+export type DeleteThread = typeof DeleteThread.Type
+
+const threadClientMembers = [ListThreads, GetThread, DeleteThread] as const
+const THREAD_CLIENT_TYPES = ["list_threads", "get_thread", "delete_thread"] as const
+
 /** Every message a client may send. */
-export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate, StopAgent, ResumeRun, ListRuns]).pipe(
+export const ClientMessage = Schema.Union([StartAgent, UserMessage, Ping, Authenticate, StopAgent, ResumeRun, ListRuns, ...threadClientMembers]).pipe(
   Schema.toTaggedUnion("type")
 )
 export type ClientMessage = typeof ClientMessage.Type
@@ -133,7 +171,8 @@ export const CLIENT_MESSAGE_TYPES: ReadonlyArray<ClientMessage["type"]> = [
   "authenticate",
   "stop_agent",
   "resume_run",
-  "list_runs"
+  "list_runs",
+  ...THREAD_CLIENT_TYPES
 ]
 
 // ---------------------------------------------------------------------------
@@ -260,7 +299,12 @@ export const ErrorCode = Schema.Literals([
   // resume_run: the run's events are no longer retained; `last_seq` says how far its log went
   "RUN_EXPIRED",
   // resume_run: a later resume_run of the same run on the same connection took over from this one
-  "RESUME_REPLACED"
+  "RESUME_REPLACED",
+  // threads (issue 14): no such thread for this user (unknown, or another user's: indistinguishable);
+  // also a start naming a thread id another user has
+  "THREAD_NOT_FOUND",
+  // threads (issue 14): the history database cannot answer now; streaming is not affected; retry later
+  "HISTORY_UNAVAILABLE"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -395,6 +439,73 @@ export type EventStamp = "event_id" | "run_id" | "thread_id" | "user_id" | "agen
 /** An agent event before stamping: what an agent (through its context) reports. */
 export type AgentEventBody = AgentEvent extends infer E ? E extends AgentEvent ? Omit<E, EventStamp> : never : never
 
+// ---------------------------------------------------------------------------
+// server -> client: threads (issue 14: durable history). Times are ISO 8601.
+
+/** One entry of `threads`. `last_status`: the status of the thread's newest run (absent when none). */
+export const ThreadInfo = Schema.Struct({
+  thread_id: Schema.String,
+  title: Schema.String,
+  created_at: Schema.String,
+  updated_at: Schema.String,
+  last_status: Schema.optionalKey(RunStatus)
+})
+export type ThreadInfo = typeof ThreadInfo.Type
+
+/** The answer to `list_threads`; `next_before` (absent on the last page) asks for the next page. */
+export const Threads = Schema.Struct({
+  type: Schema.Literal("threads"),
+  threads: Schema.Array(ThreadInfo),
+  next_before: Schema.optionalKey(Schema.String),
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type Threads = typeof Threads.Type
+
+/** A stored message: the request (`user`) or the answer (`assistant`) of the run `run_id`. */
+export const ThreadMessage = Schema.Struct({
+  role: Schema.Literals(["user", "assistant"]),
+  content: Schema.String,
+  run_id: Schema.optionalKey(Schema.String),
+  created_at: Schema.String
+})
+export type ThreadMessage = typeof ThreadMessage.Type
+
+/** The summary of one run of a thread. */
+export const ThreadRun = Schema.Struct({
+  run_id: Schema.String,
+  agent_name: Schema.String,
+  status: RunStatus,
+  started_at: Schema.String,
+  ended_at: Schema.optionalKey(Schema.String),
+  final_response: Schema.optionalKey(Schema.String),
+  error_code: Schema.optionalKey(Schema.String)
+})
+export type ThreadRun = typeof ThreadRun.Type
+
+/** The answer to `get_thread`: messages and runs, oldest first. */
+export const Thread = Schema.Struct({
+  type: Schema.Literal("thread"),
+  thread_id: Schema.String,
+  title: Schema.String,
+  created_at: Schema.String,
+  updated_at: Schema.String,
+  last_status: Schema.optionalKey(RunStatus),
+  messages: Schema.Array(ThreadMessage),
+  runs: Schema.Array(ThreadRun),
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type Thread = typeof Thread.Type
+
+/** The answer to `delete_thread`. */
+export const ThreadDeleted = Schema.Struct({
+  type: Schema.Literal("thread_deleted"),
+  thread_id: Schema.String,
+  request_id: Schema.optionalKey(Schema.String)
+})
+export type ThreadDeleted = typeof ThreadDeleted.Type
+
+const threadServerMembers = [Threads, Thread, ThreadDeleted] as const
+
 /** Every frame a server may send. */
 export const ServerMessage = Schema.Union([
   ConnectionEstablished,
@@ -405,6 +516,7 @@ export const ServerMessage = Schema.Union([
   RunResumed,
   Runs,
   ProtocolError,
+  ...threadServerMembers,
   ...agentEventMembers
 ]).pipe(
   Schema.toTaggedUnion("type")
@@ -444,6 +556,9 @@ const decodeAuthenticate = Schema.decodeUnknownResult(Authenticate)
 const decodeStopAgent = Schema.decodeUnknownResult(StopAgent)
 const decodeResumeRun = Schema.decodeUnknownResult(ResumeRun)
 const decodeListRuns = Schema.decodeUnknownResult(ListRuns)
+const decodeListThreads = Schema.decodeUnknownResult(ListThreads)
+const decodeGetThread = Schema.decodeUnknownResult(GetThread)
+const decodeDeleteThread = Schema.decodeUnknownResult(DeleteThread)
 
 const describeIssue = (error: Schema.SchemaError): string => error.message.replace(/\s+/g, " ").trim()
 
@@ -480,6 +595,12 @@ export const decodeClientValue = (value: unknown): ClientMessage | ProtocolError
     ? decodeResumeRun(value, { errors: "all" })
     : type === "list_runs"
     ? decodeListRuns(value, { errors: "all" })
+    : type === "list_threads"
+    ? decodeListThreads(value, { errors: "all" })
+    : type === "get_thread"
+    ? decodeGetThread(value, { errors: "all" })
+    : type === "delete_thread"
+    ? decodeDeleteThread(value, { errors: "all" })
     : undefined
   if (result === undefined) {
     return {

@@ -178,7 +178,7 @@ export const make = (options: RouteOptions) =>
         { error: { code: error.code, message: error.message, ...(error.retry_after_ms === undefined ? {} : { retry_after_ms: error.retry_after_ms }) } },
         {
           status: error.status,
-          headers: error.status === 409 ? {} : { "retry-after": String(Math.max(1, Math.ceil((error.retry_after_ms ?? 5000) / 1000))) }
+          headers: error.status === 409 || error.status === 404 ? {} : { "retry-after": String(Math.max(1, Math.ceil((error.retry_after_ms ?? 5000) / 1000))) }
         }
       )
 

@@ -39,6 +39,7 @@ import { type WebSocket, WebSocketServer } from "ws"
 import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { AgentwireServer, ServerStartError } from "../services/AgentwireServer.ts"
+import { ConversationStore } from "../services/ConversationStore.ts"
 import { Auth, AuthError, type VerifiedToken } from "../services/Auth.ts"
 import { isOriginAllowed } from "../services/OriginPolicy.ts"
 import { RunAdmission } from "../services/RunAdmission.ts"
@@ -49,6 +50,7 @@ import * as Heartbeat from "./Heartbeat.ts"
 import * as HttpRoutes from "./HttpRoutes.ts"
 import * as SocketOutput from "./SocketOutput.ts"
 import * as WebPage from "./WebPage.ts"
+import * as ThreadRoutes from "./ThreadRoutes.ts"
 import * as WebSocketConnection from "./WebSocketConnection.ts"
 
 /** Sockets pinged per slice of a heartbeat sweep. */
@@ -164,6 +166,9 @@ export const layer: Layer.Layer<
       ({ timer }) => Effect.sync(() => clearInterval(timer))
     )
 
+    // history (issue 14): not required; a degraded database degrades history, not streaming
+    const history = Option.getOrUndefined(yield* Effect.serviceOption(ConversationStore))
+
     const readiness: Effect.Effect<HttpRoutes.Readiness> = Effect.gen(function*() {
       const admissionOpen = yield* engines.admissionOpen
       const listening = server?.listening === true && !shuttingDown
@@ -193,6 +198,7 @@ export const layer: Layer.Layer<
             tombstones: stats.tombstones,
             evicted_runs: stats.evicted
           })),
+          ...(history === undefined ? {} : { history: yield* Effect.map(history.health, ({ status, ...facts }) => ({ status: status === "up" ? "up" as const : "down" as const, required: false, state: status, ...facts })) }),
           send_buffers: {
             status: budget.tracked() <= budget.maxProcessBytes ? "up" : "down",
             required: false,
@@ -213,7 +219,8 @@ export const layer: Layer.Layer<
       // a user's SSE streams are capped like their sockets (counted apart from them)
       maxSseStreamsPerUser: config.maxConnectionsPerUser
     })
-    const httpEffect = yield* HttpRouter.toHttpEffect(Layer.merge(routes, WebPage.routes))
+    // the thread API (issue 14) and the web page (issue 13) beside the run routes
+    const httpEffect = yield* HttpRouter.toHttpEffect(Layer.mergeAll(routes, WebPage.routes, yield* ThreadRoutes.make))
     // HTTP requests run in a scope of their own, closed last at shutdown: during the drain the
     // routes still answer (/ready 503, new runs SHUTTING_DOWN) instead of failing with the layer's scope
     const httpScope = yield* Scope.make()

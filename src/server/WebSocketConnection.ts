@@ -34,6 +34,7 @@ import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
 import * as SentSeqs from "./SentSeqs.ts"
 import * as SocketOutput from "./SocketOutput.ts"
+import * as ThreadRequests from "./ThreadRequests.ts"
 
 /** Client frames waiting to be handled before the socket stops reading (backpressure, nothing dropped). */
 const INBOX_HIGH_WATER = 64
@@ -431,6 +432,9 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           })
         ))
 
+    // threads (issue 14): answered in the background by server/ThreadRequests.ts
+    const threads = yield* ThreadRequests.makeHandler(user_id, reply)
+
     const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
       switch (message.type) {
         case "error":
@@ -449,6 +453,10 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           return resumeRun(message)
         case "list_runs":
           return listRuns(message)
+        case "list_threads":
+        case "get_thread":
+        case "delete_thread":
+          return threads(message)
       }
     }
 

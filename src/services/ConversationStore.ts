@@ -1,22 +1,46 @@
 /**
- * ConversationStore: the history of each conversation thread, for agents that
- * remember (the `assistant`).
+ * ConversationStore: the durable history of each conversation thread: its
+ * messages, and a summary of every run on it.
  *
  * A conversation is keyed by `(user_id, thread_id)`: thread ids are chosen by
- * clients, so the same `thread_id` of two users names two different
- * conversations, and no user ever reads another's. The contract is
- * storage-neutral: an in-memory layer (`layers/ConversationStoreMemory.ts`)
- * today, durable ones later. A store may forget old messages (bounded memory);
- * it never reorders them.
+ * clients, so no user ever reads another's thread (a foreign thread is
+ * indistinguishable from an unknown one). The engine refuses a run on a thread
+ * id another user already has (`threadAccess` answers `foreign`), so in
+ * practice a thread id names one user's thread.
+ *
+ * What is stored, per thread: `title` (the start of its first request),
+ * `created_at`/`updated_at`; its messages (role, content, the `run_id` that
+ * produced it, time), oldest first; a `RunRecord` per run (agent, status,
+ * started/ended, final response or error code). Not the run's events (those
+ * live briefly in the `RunLog`).
+ *
+ * Who writes: the engine (`layers/ExecutionEngineFactory.ts`) records each root
+ * run when it starts (`recordRun` with status `running`, creating the thread)
+ * and when it ends (`recordRun` with its outcome and its messages: the request,
+ * plus the answer when it completed). Agents read (`load`).
+ *
+ * Times are milliseconds since the Unix epoch. The contract is
+ * storage-neutral; implementations: in memory (`layers/ConversationStoreMemory.ts`,
+ * bounded, lost on restart), SQL over `effect/sql` (`layers/ConversationStoreSql.ts`:
+ * SQLite or PostgreSQL), and the write-behind wrapper that keeps durable writes
+ * off the hot path (`layers/ConversationStoreBuffered.ts`).
  *
  * @module
  */
-import { Context, Data, type Effect } from "effect"
+import { Context, Data, type Effect, type Option } from "effect"
 
 /** One message of a conversation: what the user asked, or the final answer. */
 export interface ConversationMessage {
   readonly role: "user" | "assistant"
   readonly content: string
+}
+
+/** A message as stored: with the run that produced it and when. */
+export interface StoredMessage extends ConversationMessage {
+  /** The run whose request or answer this is; absent for messages appended outside a run. */
+  readonly run_id?: string | undefined
+  /** Milliseconds since the epoch. */
+  readonly created_at: number
 }
 
 /** Which conversation: one user's thread. */
@@ -25,18 +49,136 @@ export interface ConversationKey {
   readonly thread_id: string
 }
 
+/** A run's status: `running` while active, else its root `agent_completed.status`. */
+export type RunRecordStatus = "running" | "completed" | "failed" | "cancelled" | "timed_out"
+
+/** The summary of one run on a thread. */
+export interface RunRecord {
+  readonly run_id: string
+  readonly user_id: string
+  readonly thread_id: string
+  readonly agent_name: string
+  readonly status: RunRecordStatus
+  /** Milliseconds since the epoch. */
+  readonly started_at: number
+  /** Milliseconds since the epoch; absent while running. */
+  readonly ended_at?: number | undefined
+  /** The answer of a completed run (or the failure text of another), when it ended. */
+  readonly final_response?: string | undefined
+  /** The root error's code, for a failed or timed-out run. */
+  readonly error_code?: string | undefined
+}
+
+/** One entry of a thread list. */
+export interface ThreadSummary {
+  readonly thread_id: string
+  readonly title: string
+  readonly created_at: number
+  readonly updated_at: number
+  /** The status of the thread's newest run; absent when it has none. */
+  readonly last_status?: RunRecordStatus | undefined
+}
+
+/** A whole thread: its messages (oldest first) and runs (oldest first). */
+export interface ThreadDetail extends ThreadSummary {
+  readonly messages: ReadonlyArray<StoredMessage>
+  readonly runs: ReadonlyArray<RunRecord>
+}
+
+/**
+ * Where a thread list page starts: threads strictly older than this
+ * `(updated_at, thread_id)` in list order (newest first).
+ */
+export interface ThreadCursor {
+  readonly updated_at: number
+  readonly thread_id: string
+}
+
+/** A page of threads, newest `updated_at` first; `next` is where the next page starts, absent on the last page. */
+export interface ThreadPage {
+  readonly threads: ReadonlyArray<ThreadSummary>
+  readonly next?: ThreadCursor | undefined
+}
+
+/** What `eraseUser` removed. */
+export interface ErasedCounts {
+  readonly threads: number
+  readonly messages: number
+  readonly runs: number
+}
+
+/** Whether a thread id is the user's, unknown, or already another user's. */
+export type ThreadAccess = "own" | "none" | "foreign"
+
+/** The store's condition, for `/ready`. */
+export interface StoreHealth {
+  /** `up`; `degraded` when writes are failing or waiting (history is behind, streaming is not affected). */
+  readonly status: "up" | "degraded"
+  /** Which storage: `memory`, `sqlite`, `postgres`. */
+  readonly backend: string
+  /** Writes accepted but not yet stored. */
+  readonly pending_writes: number
+  /** Writes given up on since start (queue full during a long outage, or still pending at shutdown). */
+  readonly dropped_writes: number
+  /** The last storage failure, if the last attempt failed. */
+  readonly last_error?: string | undefined
+}
+
+/** Most threads one `listThreads` page holds. */
+export const MAX_THREAD_PAGE = 100
+
+/** Characters of the first request kept as a thread's title. */
+export const TITLE_MAX_CHARS = 120
+
+/** The title of a thread whose first request is `request`: its first line, trimmed, cut to `TITLE_MAX_CHARS`. */
+export const titleOf = (request: string): string => {
+  const line = request.trim().split("\n", 1)[0] ?? ""
+  return line.length > TITLE_MAX_CHARS ? `${line.slice(0, TITLE_MAX_CHARS - 1)}…` : line
+}
+
 /** The store could not be read or written (a durable store's I/O failure). */
 export class ConversationStoreError extends Data.TaggedError("ConversationStoreError")<{
-  readonly operation: "load" | "append"
+  readonly operation: "load" | "append" | "record" | "access" | "list" | "get" | "delete" | "erase"
   readonly message: string
 }> {}
 
 export class ConversationStore extends Context.Service<ConversationStore, {
-  /** The messages of `key`, oldest first; empty for a new thread. A snapshot: later appends do not change it. */
+  /** The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot. */
   readonly load: (key: ConversationKey) => Effect.Effect<ReadonlyArray<ConversationMessage>, ConversationStoreError>
-  /** Appends `messages` (in order) to `key`'s conversation, atomically. */
+  /** Appends `messages` (in order) to `key`'s conversation, atomically, creating the thread if needed. */
   readonly append: (
     key: ConversationKey,
-    messages: ReadonlyArray<ConversationMessage>
+    messages: ReadonlyArray<ConversationMessage>,
+    /** `at`: when, ms since the epoch (default now). */
+    options?: { readonly run_id?: string | undefined; readonly at?: number | undefined }
   ) => Effect.Effect<void, ConversationStoreError>
+  /**
+   * Records (inserts or replaces) a run's summary and appends `messages` (tagged
+   * with its `run_id`), atomically; creates the thread (titled from `title`) when
+   * it does not exist, and moves its `updated_at` to now.
+   */
+  readonly recordRun: (
+    run: RunRecord,
+    options?: {
+      readonly title?: string | undefined
+      readonly messages?: ReadonlyArray<ConversationMessage> | undefined
+      /** When this was recorded, ms since the epoch (default now): the thread's `updated_at` and the messages' `created_at`. */
+      readonly at?: number | undefined
+    }
+  ) => Effect.Effect<void, ConversationStoreError>
+  /** Whether `thread_id` is `user_id`'s thread, unknown, or another user's. */
+  readonly threadAccess: (key: ConversationKey) => Effect.Effect<ThreadAccess, ConversationStoreError>
+  /** The user's threads, newest `updated_at` first, `limit` (1 to `MAX_THREAD_PAGE`) per page, starting after `before`. */
+  readonly listThreads: (
+    user_id: string,
+    options?: { readonly before?: ThreadCursor | undefined; readonly limit?: number | undefined }
+  ) => Effect.Effect<ThreadPage, ConversationStoreError>
+  /** The whole thread, or none when the user has no such thread. */
+  readonly getThread: (key: ConversationKey) => Effect.Effect<Option.Option<ThreadDetail>, ConversationStoreError>
+  /** Deletes the thread with its messages and runs; false when the user had no such thread. */
+  readonly deleteThread: (key: ConversationKey) => Effect.Effect<boolean, ConversationStoreError>
+  /** Deletes every thread, message and run of the user (data-protection requests); other users are untouched. */
+  readonly eraseUser: (user_id: string) => Effect.Effect<ErasedCounts, ConversationStoreError>
+  /** The store's condition now. */
+  readonly health: Effect.Effect<StoreHealth>
 }>()("agentwire/ConversationStore") {}

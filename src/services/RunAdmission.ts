@@ -32,14 +32,15 @@ export interface RunLimits {
 
 /** Why a start was refused; `code` is the wire error code. */
 export class AdmissionError extends Data.TaggedError("AdmissionError")<{
-  readonly reason: "shutting_down" | "run_limit" | "server_busy" | "rate_limited" | "request_id_conflict"
+  /** `thread_not_found`: the start named a thread id that another user has (indistinguishable from an unknown thread to the client). */
+  readonly reason: "shutting_down" | "run_limit" | "server_busy" | "rate_limited" | "request_id_conflict" | "thread_not_found"
   /** The limit that was hit (runs), when there is one. */
   readonly limit?: number | undefined
   /** For `rate_limited` and `server_busy`: when to retry, in ms. */
   readonly retry_after_ms?: number | undefined
 }> {
   /** The protocol error code (`error.code` on the socket, `error.code` over HTTP). */
-  get code(): "SHUTTING_DOWN" | "RUN_LIMIT_EXCEEDED" | "SERVER_BUSY" | "RATE_LIMITED" | "REQUEST_ID_CONFLICT" {
+  get code(): "SHUTTING_DOWN" | "RUN_LIMIT_EXCEEDED" | "SERVER_BUSY" | "RATE_LIMITED" | "REQUEST_ID_CONFLICT" | "THREAD_NOT_FOUND" {
     switch (this.reason) {
       case "shutting_down":
         return "SHUTTING_DOWN"
@@ -51,11 +52,13 @@ export class AdmissionError extends Data.TaggedError("AdmissionError")<{
         return "RATE_LIMITED"
       case "request_id_conflict":
         return "REQUEST_ID_CONFLICT"
+      case "thread_not_found":
+        return "THREAD_NOT_FOUND"
     }
   }
   /** The HTTP status of the refusal. */
-  get status(): 409 | 429 | 503 {
-    return this.reason === "request_id_conflict" ? 409 : this.reason === "run_limit" || this.reason === "rate_limited" ? 429 : 503
+  get status(): 404 | 409 | 429 | 503 {
+    return this.reason === "thread_not_found" ? 404 : this.reason === "request_id_conflict" ? 409 : this.reason === "run_limit" || this.reason === "rate_limited" ? 429 : 503
   }
   override get message(): string {
     switch (this.reason) {
@@ -69,6 +72,8 @@ export class AdmissionError extends Data.TaggedError("AdmissionError")<{
         return `too many run starts; retry in ${this.retry_after_ms} ms`
       case "request_id_conflict":
         return "this request_id was already used for a different request; use a fresh request_id per request"
+      case "thread_not_found":
+        return "no such thread: start without thread_id for a new thread, or name one of your own threads"
     }
   }
 }

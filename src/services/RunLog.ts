@@ -148,6 +148,12 @@ export class RunLog extends Context.Service<RunLog, {
   readonly appendSync?: ((event: AgentEvent, frame: string) => AppendResult) | undefined
   /** The run's emitter is gone: a run that never logged its terminal event is closed as `cancelled`. */
   readonly release: (run_id: string) => Effect.Effect<void>
+  /**
+   * Forgets every ended run of the user, with its events and tombstone
+   * (data-protection erasure); runs still running keep their logs. Returns the
+   * number of runs erased. Optional: a log without it keeps events until retention ends.
+   */
+  readonly eraseUser?: ((user_id: string) => Effect.Effect<number>) | undefined
   /** The run as the log knows it. */
   readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
   /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */

@@ -1,0 +1,214 @@
+/**
+ * Write-behind for a durable `ConversationStore`: storing history never delays
+ * event delivery, and a database that is slow or down degrades history, not
+ * streaming.
+ *
+ * - **Writes from runs** (`append`, `recordRun`) are queued in memory and
+ *   return at once; one writer fiber applies them in order, one at a time.
+ * - **A failing write is retried**, in order, with backoff (100 ms doubling to
+ *   5 s), for as long as it fails: nothing behind it is applied first, nothing
+ *   is skipped. Meanwhile `health` says `degraded` (with the last error and the
+ *   number of writes waiting), which `/ready` reports.
+ * - **Bounded**: at most `maxPending` writes wait (default 10 000, about two per
+ *   run). A write arriving when the queue is full is dropped, counted
+ *   (`dropped_writes`) and logged at error level: during an outage longer than
+ *   the queue lasts, the newest history is lost, loudly.
+ * - **Shutdown**: the queue gets `flushOnCloseMs` (default 5 s) to drain; what is
+ *   still waiting then is counted as dropped and logged.
+ * - **Reads** (`load`, `listThreads`, `getThread`, `threadAccess`) first wait
+ *   (at most `readBarrierMs`, default 1 s) for the writes queued before them, so a
+ *   client reads its own writes; then they ask the database (and fail if it is down).
+ * - **Deletes** (`deleteThread`, `eraseUser`) go through the same queue, so a
+ *   queued write can never bring deleted data back; the caller waits up to
+ *   `confirmMs` (default 5 s) for the result, then gets a `ConversationStoreError`
+ *   saying the deletion stays queued and is applied when the database answers.
+ *
+ * Only within one process: several instances on one PostgreSQL each have
+ * their own queue (writes of one run come from the one process running it).
+ *
+ * @module
+ */
+import { Cause, Deferred, Effect, Exit, Fiber, Layer } from "effect"
+import { ConversationStore, ConversationStoreError, type StoreHealth } from "../services/ConversationStore.ts"
+
+export interface BufferedOptions {
+  /** Writes that may wait (default 10 000). */
+  readonly maxPending?: number | undefined
+  /** How long a read waits for earlier writes, ms (default 1 000). */
+  readonly readBarrierMs?: number | undefined
+  /** How long a delete or erase waits for its result, ms (default 5 000). */
+  readonly confirmMs?: number | undefined
+  /** How long shutdown waits for the queue to drain, ms (default 5 000). */
+  readonly flushOnCloseMs?: number | undefined
+  /** First retry delay, ms (default 100); doubles up to `retryMaxMs`. */
+  readonly retryBaseMs?: number | undefined
+  /** Longest retry delay, ms (default 5 000). */
+  readonly retryMaxMs?: number | undefined
+  /** The clock that stamps queued writes, ms since the epoch (default `Date.now`). */
+  readonly now?: (() => number) | undefined
+}
+
+interface Item {
+  readonly seq: number
+  readonly op: Effect.Effect<unknown, ConversationStoreError>
+  readonly done?: Deferred.Deferred<unknown, ConversationStoreError> | undefined
+}
+
+/** Wraps `inner`; the writer fiber lives in the scope (its close flushes). */
+export const make = (inner: ConversationStore["Service"], options: BufferedOptions = {}) =>
+  Effect.gen(function*() {
+    const maxPending = Math.max(1, options.maxPending ?? 10_000)
+    const readBarrierMs = options.readBarrierMs ?? 1_000
+    const confirmMs = options.confirmMs ?? 5_000
+    const flushOnCloseMs = options.flushOnCloseMs ?? 5_000
+    const retryBaseMs = options.retryBaseMs ?? 100
+    const retryMaxMs = options.retryMaxMs ?? 5_000
+    const now = options.now ?? Date.now
+    const backend = (yield* inner.health).backend
+
+    const queue: Array<Item> = []
+    let enqueued = 0
+    let committed = 0
+    let dropped = 0
+    let failing = false
+    let lastError: string | undefined
+    let wakeWriter: (() => void) | undefined
+    const waiters = new Set<{ readonly seq: number; readonly wake: () => void }>()
+
+    const settle = () => {
+      for (const waiter of Array.from(waiters)) {
+        if (waiter.seq <= committed) {
+          waiters.delete(waiter)
+          waiter.wake()
+        }
+      }
+    }
+
+    const enqueue = (op: Effect.Effect<unknown, ConversationStoreError>, done?: Deferred.Deferred<unknown, ConversationStoreError>): boolean => {
+      if (queue.length >= maxPending) {
+        dropped++
+        return false
+      }
+      queue.push({ seq: ++enqueued, op, done })
+      const wake = wakeWriter
+      wakeWriter = undefined
+      wake?.()
+      return true
+    }
+
+    const write = (operation: string, op: Effect.Effect<unknown, ConversationStoreError>): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (enqueue(op)) return Effect.void
+        // loud, but not one line per lost write: the first, then every 1000th
+        return dropped === 1 || dropped % 1000 === 0
+          ? Effect.logError("history write dropped: the write queue is full").pipe(
+            Effect.annotateLogs({ operation, dropped_writes: dropped, pending_writes: queue.length, last_error: lastError ?? "" })
+          )
+          : Effect.void
+      })
+
+    /** Waits (at most `ms`) until every write queued before now is applied. */
+    const barrier = (ms: number) =>
+      Effect.suspend(() => {
+        const seq = enqueued
+        if (committed >= seq) return Effect.void
+        return Effect.callback<void>((resume) => {
+          const waiter = { seq, wake: () => resume(Effect.void) }
+          waiters.add(waiter)
+          return Effect.sync(() => waiters.delete(waiter))
+        }).pipe(Effect.timeoutOption(ms), Effect.asVoid)
+      })
+
+    const idle = Effect.callback<void>((resume) => {
+      if (queue.length > 0) return resume(Effect.void)
+      wakeWriter = () => resume(Effect.void)
+      return Effect.sync(() => void (wakeWriter = undefined))
+    })
+
+    const writer: Effect.Effect<never> = Effect.gen(function*() {
+      let attempt = 0
+      while (true) {
+        if (queue.length === 0) yield* idle
+        const item = queue[0]!
+        const exit = yield* Effect.exit(item.op)
+        if (Exit.isSuccess(exit)) {
+          queue.shift()
+          committed = item.seq
+          if (failing) yield* Effect.logInfo("history writes resumed").pipe(Effect.annotateLogs({ pending_writes: queue.length }))
+          failing = false
+          lastError = undefined
+          attempt = 0
+          if (item.done !== undefined) Deferred.doneUnsafe(item.done, exit)
+          settle()
+          continue
+        }
+        const message = Cause.pretty(exit.cause).split("\n", 1)[0]!.slice(0, 300)
+        if (!failing) {
+          yield* Effect.logWarning("history write failed: retrying; history is degraded, streaming is not").pipe(
+            Effect.annotateLogs({ error: message, pending_writes: queue.length })
+          )
+        }
+        failing = true
+        lastError = message
+        attempt++
+        yield* Effect.sleep(Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(attempt - 1, 16)))
+      }
+    })
+    const writerFiber = yield* Effect.forkScoped(writer)
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        yield* barrier(flushOnCloseMs)
+        yield* Fiber.interrupt(writerFiber)
+        if (queue.length > 0) {
+          dropped += queue.length
+          yield* Effect.logError("history writes lost at shutdown: the database did not take them in time").pipe(
+            Effect.annotateLogs({ lost_writes: queue.length, last_error: lastError ?? "" })
+          )
+          queue.length = 0
+        }
+      })
+    )
+
+    /** A delete through the queue, waited for at most `confirmMs`. */
+    const confirmed = <A>(operation: "delete" | "erase", op: Effect.Effect<A, ConversationStoreError>) =>
+      Effect.gen(function*() {
+        const done = Deferred.makeUnsafe<unknown, ConversationStoreError>()
+        if (!enqueue(op, done)) {
+          return yield* new ConversationStoreError({ operation, message: "history is unavailable: its write queue is full; retry later" })
+        }
+        const result = yield* Deferred.await(done).pipe(Effect.timeoutOption(confirmMs))
+        if (result._tag === "None") {
+          return yield* new ConversationStoreError({
+            operation,
+            message: "history is unavailable: the deletion is queued and is applied when the database answers again; retry to confirm"
+          })
+        }
+        return result.value as A
+      })
+
+    const health: Effect.Effect<StoreHealth> = Effect.sync(() => ({
+      status: failing || queue.length >= maxPending ? "degraded" : "up",
+      backend,
+      pending_writes: queue.length,
+      dropped_writes: dropped,
+      ...(lastError === undefined ? {} : { last_error: lastError })
+    }))
+
+    return ConversationStore.of({
+      load: (key) => Effect.andThen(barrier(readBarrierMs), inner.load(key)),
+      // stamped when queued, not when applied
+      append: (key, messages, opts) => Effect.suspend(() => write("append", inner.append(key, messages, { ...opts, at: opts?.at ?? now() }))),
+      recordRun: (run, opts) => Effect.suspend(() => write("record", inner.recordRun(run, { ...opts, at: opts?.at ?? now() }))),
+      threadAccess: (key) => Effect.andThen(barrier(readBarrierMs), inner.threadAccess(key)),
+      listThreads: (user_id, opts) => Effect.andThen(barrier(readBarrierMs), inner.listThreads(user_id, opts)),
+      getThread: (key) => Effect.andThen(barrier(readBarrierMs), inner.getThread(key)),
+      deleteThread: (key) => confirmed("delete", inner.deleteThread(key)),
+      eraseUser: (user_id) => confirmed("erase", inner.eraseUser(user_id)),
+      health
+    })
+  })
+
+/** `make` over the store of `inner`'s layer. */
+export const layer = <E, R>(inner: Layer.Layer<ConversationStore, E, R>, options: BufferedOptions = {}) =>
+  Layer.effect(ConversationStore, Effect.flatMap(ConversationStore, (store) => make(store, options))).pipe(Layer.provide(inner))

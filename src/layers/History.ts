@@ -1,0 +1,139 @@
+/**
+ * Where the server keeps history (threads, messages, run summaries): the
+ * `ConversationStore` of the composition.
+ *
+ * - `AGENTWIRE_DATABASE_URL` set (`postgres://user:password@host:port/db`):
+ *   PostgreSQL through `@effect/sql-pg`, for several instances sharing history.
+ * - Otherwise SQLite (Node's built-in `node:sqlite`), in the file
+ *   `agentwire.db` of `AGENTWIRE_DATA_DIR` (default `./data`, created on start).
+ *   Back it up by copying the file (with the server stopped, or with
+ *   `sqlite3 agentwire.db ".backup copy.db"` while it runs).
+ *
+ * Either way the schema is migrated at startup (`effect/sql` `Migrator`), and
+ * writes go through `ConversationStoreBuffered` (off the hot path). A database
+ * that cannot be opened or migrated is a `HistoryStartError` naming it, never
+ * with its password: `src/main.ts` prints it and exits 3.
+ *
+ * @module
+ */
+import { PgClient } from "@effect/sql-pg"
+import { Config, Context, Data, Effect, Layer, Option, Redacted } from "effect"
+import { SqlClient } from "effect/sql"
+import { mkdirSync } from "node:fs"
+import { join, resolve } from "node:path"
+import { ConfigInvalidError } from "../services/AgentwireConfig.ts"
+import { ConversationStore } from "../services/ConversationStore.ts"
+import * as ConversationStoreBuffered from "./ConversationStoreBuffered.ts"
+import * as ConversationStoreSql from "./ConversationStoreSql.ts"
+import * as SqliteClient from "./SqliteClient.ts"
+
+/** Default `AGENTWIRE_DATA_DIR`. */
+export const DEFAULT_DATA_DIR = "./data"
+
+/** The SQLite file inside the data directory. */
+export const SQLITE_FILE = "agentwire.db"
+
+/** Where history goes. */
+export interface HistorySettings {
+  /** `AGENTWIRE_DATA_DIR`: the SQLite database's directory (used when no database URL is set). */
+  readonly dataDir: string
+  /** `AGENTWIRE_DATABASE_URL`: a PostgreSQL URL; never logged. */
+  readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+}
+
+/** The history database cannot be opened or migrated; `database` names it without a password. */
+export class HistoryStartError extends Data.TaggedError("HistoryStartError")<{
+  readonly database: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `history database ${this.database} cannot be used: ${this.reason}`
+  }
+}
+
+/** A PostgreSQL URL as it may be shown: scheme, user, host, port and database; never the password. */
+export const describeUrl = (url: string): string => {
+  const parsed = URL.parse(url)
+  if (parsed === null) return "postgres (AGENTWIRE_DATABASE_URL is not a valid URL)"
+  const user = parsed.username === "" ? "" : `${decodeURIComponent(parsed.username)}@`
+  return `${parsed.protocol}//${user}${parsed.host}${parsed.pathname}`
+}
+
+/** Reads `AGENTWIRE_DATA_DIR` and `AGENTWIRE_DATABASE_URL`. */
+export const settingsFromEnv: Effect.Effect<HistorySettings, ConfigInvalidError> = Effect.gen(function*() {
+  const read = (variable: string) =>
+    Config.String(variable).pipe(
+      Config.option,
+      Effect.map(Option.filter((value) => value.trim().length > 0)),
+      Effect.mapError((error) => new ConfigInvalidError({ variable, expected: `readable (${error.message})` }))
+    )
+  const dataDir = Option.getOrElse(yield* read("AGENTWIRE_DATA_DIR"), () => DEFAULT_DATA_DIR).trim()
+  const url = yield* read("AGENTWIRE_DATABASE_URL")
+  if (Option.isSome(url) && !/^postgres(ql)?:\/\/[^/]/.test(url.value.trim())) {
+    // the value may hold a password: never echoed
+    return yield* new ConfigInvalidError({ variable: "AGENTWIRE_DATABASE_URL", expected: "a PostgreSQL URL (postgres://user:password@host:5432/database)" })
+  }
+  return { dataDir, databaseUrl: Option.map(url, (u) => Redacted.make(u.trim())) }
+})
+
+/** Options of the durable layers. */
+export interface HistoryLayerOptions extends ConversationStoreBuffered.BufferedOptions {
+  /** PostgreSQL: connections in the pool (default 4). */
+  readonly maxConnections?: number | undefined
+  /** PostgreSQL: how long connecting may take (default 5 seconds). */
+  readonly connectTimeoutMs?: number | undefined
+}
+
+/** Migrates the database of `sql`, then builds the buffered store on it. */
+const storeOn = (sql: SqlClient.SqlClient, backend: string, database: string, options: HistoryLayerOptions, hide: (text: string) => string) =>
+  Effect.gen(function*() {
+    const applied = yield* ConversationStoreSql.migrate().pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.mapError((e) => new HistoryStartError({ database, reason: `migration failed: ${hide(e.message)}` }))
+    )
+    if (applied.length > 0) yield* Effect.logDebug("history schema migrated").pipe(Effect.annotateLogs({ database, migrations: applied.join(",") }))
+    const inner = yield* ConversationStoreSql.make({ backend }).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+    yield* Effect.logDebug("history").pipe(Effect.annotateLogs({ backend, database }))
+    return yield* ConversationStoreBuffered.make(inner, options)
+  })
+
+/** SQLite in `dataDir/agentwire.db` (the directory is created). */
+export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}): Layer.Layer<ConversationStore, HistoryStartError> =>
+  Layer.effect(ConversationStore, Effect.gen(function*() {
+    const file = join(resolve(dataDir), SQLITE_FILE)
+    const database = `sqlite:${file}`
+    yield* Effect.try({
+      try: () => mkdirSync(resolve(dataDir), { recursive: true }),
+      catch: (e) => new HistoryStartError({ database, reason: `cannot create AGENTWIRE_DATA_DIR: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    const sql = yield* SqliteClient.make(file).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: e.message })))
+    return yield* storeOn(sql, "sqlite", database, options, (t) => t)
+  }))
+
+/** PostgreSQL at `url`. */
+export const layerPostgres = (url: Redacted.Redacted<string>, options: HistoryLayerOptions = {}): Layer.Layer<ConversationStore, HistoryStartError> =>
+  Layer.effect(ConversationStore, Effect.gen(function*() {
+    const text = Redacted.value(url)
+    const database = describeUrl(text)
+    const password = URL.parse(text)?.password ?? ""
+    const hide = (t: string) => (password.length > 0 ? t.replaceAll(password, "***").replaceAll(decodeURIComponent(password), "***") : t)
+    const context = yield* Layer.build(PgClient.layer({
+      url,
+      maxConnections: options.maxConnections ?? 4,
+      connectTimeout: `${options.connectTimeoutMs ?? 5000} millis`
+    })).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: hide(e.message) })))
+    const sql = Context.get(context, SqlClient.SqlClient)
+    // the pool may connect lazily: make sure the database answers now
+    yield* sql`SELECT 1`.pipe(
+      Effect.timeoutOrElse({ duration: `${(options.connectTimeoutMs ?? 5000) + 1000} millis`, orElse: () => Effect.fail(new HistoryStartError({ database, reason: "no answer (timed out)" })) }),
+      Effect.mapError((e) => e._tag === "HistoryStartError" ? e : new HistoryStartError({ database, reason: hide(e.message) }))
+    )
+    return yield* storeOn(sql, "postgres", database, options, hide)
+  }))
+
+/** PostgreSQL when `databaseUrl` is set, else SQLite in `dataDir`. */
+export const layer = (settings: HistorySettings, options: HistoryLayerOptions = {}): Layer.Layer<ConversationStore, HistoryStartError> =>
+  Option.match(settings.databaseUrl, {
+    onNone: () => layerSqlite(settings.dataDir, options),
+    onSome: (url) => layerPostgres(url, options)
+  })

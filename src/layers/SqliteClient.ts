@@ -1,0 +1,95 @@
+/**
+ * An `effect/sql` `SqlClient` over Node 24's built-in `node:sqlite`
+ * (`@effect/sql-sqlite-node` has no build for effect 4.1).
+ *
+ * One connection, used by one fiber at a time (a semaphore); statements run
+ * synchronously on the event loop (a typical history write takes tens of
+ * microseconds). The file is opened in WAL mode with a 5 second busy timeout,
+ * so a second process on the same file waits instead of failing. Errors are
+ * `SqlError`s with classified reasons (`UniqueViolation`, …).
+ *
+ * @module
+ */
+import { Effect, Layer, Semaphore, Stream } from "effect"
+import { Reactivity } from "effect/reactivity"
+import { SqlClient, type SqlConnection, SqlError, Statement } from "effect/sql"
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite"
+
+// node:sqlite puts the SQLite result code on `errcode`; classifySqliteError reads `code`/`errno`
+const fail = (operation: string) => (cause: unknown) => {
+  const errno = (cause as { errcode?: number }).errcode
+  const c = errno === undefined ? cause : Object.assign(cause as object, { errno })
+  return new SqlError.SqlError({ reason: SqlError.classifySqliteError(c, { operation }) })
+}
+
+/** Statements kept prepared (by SQL text). */
+const STATEMENT_CACHE = 200
+
+/** A `SqlClient` on the SQLite database at `filename` (`:memory:` for a private in-memory one); closed with the scope. */
+export const make = (filename: string) =>
+  Effect.gen(function*() {
+    const db = yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => {
+          const db = new DatabaseSync(filename)
+          db.exec("PRAGMA busy_timeout = 5000")
+          if (filename !== ":memory:") db.exec("PRAGMA journal_mode = WAL")
+          db.exec("PRAGMA synchronous = NORMAL")
+          return db
+        },
+        catch: fail("open")
+      }),
+      (db) => Effect.sync(() => db.close())
+    )
+    const cache = new Map<string, StatementSync>()
+    const prepare = (sql: string) => {
+      let statement = cache.get(sql)
+      if (statement === undefined) {
+        statement = db.prepare(sql)
+        cache.set(sql, statement)
+        if (cache.size > STATEMENT_CACHE) cache.delete(cache.keys().next().value!)
+      }
+      return statement
+    }
+    const run = (sql: string, params: ReadonlyArray<unknown>) =>
+      Effect.try({
+        try: () => {
+          const statement = prepare(sql)
+          statement.setReturnArrays(false)
+          return statement.all(...(params as Array<SQLInputValue>))
+        },
+        catch: fail("execute")
+      })
+    const values = (sql: string, params: ReadonlyArray<unknown>) =>
+      Effect.try({
+        try: () => {
+          const statement = prepare(sql)
+          statement.setReturnArrays(true)
+          return statement.all(...(params as Array<SQLInputValue>)) as unknown as ReadonlyArray<ReadonlyArray<unknown>>
+        },
+        catch: fail("executeValues")
+      })
+    const unprepared = (sql: string, params: ReadonlyArray<unknown>) =>
+      Effect.try({
+        try: () => params.length === 0 && !/^\s*(select|with|pragma)\b/i.test(sql) ? (db.exec(sql), []) : db.prepare(sql).all(...(params as Array<SQLInputValue>)),
+        catch: fail("executeUnprepared")
+      })
+    const connection: SqlConnection.Connection = {
+      execute: (sql, params, transform) => Effect.map(run(sql, params), (rows) => transform ? transform(rows) : rows),
+      executeRaw: run,
+      executeStream: (sql, params, transform) =>
+        Stream.fromIterableEffect(Effect.map(run(sql, params), (rows) => transform ? transform(rows) : rows)),
+      executeValues: values,
+      executeValuesUnprepared: values,
+      executeUnprepared: (sql, params, transform) => Effect.map(unprepared(sql, params), (rows) => transform ? transform(rows) : rows)
+    }
+    const acquirers = SqlClient.makeSqliteAcquirers({
+      connection: Effect.succeed(connection),
+      semaphore: yield* Semaphore.make(1)
+    })
+    return yield* SqlClient.make({ ...acquirers, compiler: Statement.makeCompilerSqlite(), driver: "node:sqlite", spanAttributes: [] })
+  }).pipe(Effect.provide(Reactivity.layer))
+
+/** The client as a layer. */
+export const layer = (filename: string): Layer.Layer<SqlClient.SqlClient, SqlError.SqlError> =>
+  Layer.effect(SqlClient.SqlClient, make(filename))

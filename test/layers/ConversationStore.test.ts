@@ -1,0 +1,56 @@
+/**
+ * The shared store suite against the in-memory layer and SQLite (a temp file).
+ * PostgreSQL: `ConversationStorePg.test.ts`.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import * as ConversationStoreMemory from "../../src/layers/ConversationStoreMemory.ts"
+import * as ConversationStoreSql from "../../src/layers/ConversationStoreSql.ts"
+import * as SqliteClient from "../../src/layers/SqliteClient.ts"
+import { SqlClient } from "effect/sql"
+import { storeSuite } from "../fixtures/store-suite.ts"
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => mkdtempSync(join(tmpdir(), "agentwire-store-"))),
+  (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+)
+
+describe("ConversationStore", () => {
+  storeSuite("memory", (clock) => ConversationStoreMemory.make({ now: clock.now }))
+
+  storeSuite("sqlite", (clock) =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const sql = yield* SqliteClient.make(join(dir, "history.db"))
+      return yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ now: clock.now, backend: "sqlite" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+    }))
+})
+
+describe("ConversationStoreSql on SQLite: migrations", () => {
+  it.effect("an empty database gets every migration; one at the previous version gets the rest and keeps its data", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const empty = yield* SqliteClient.make(join(dir, "empty.db"))
+      expect(yield* ConversationStoreSql.migrate().pipe(Effect.provideService(SqlClient.SqlClient, empty))).toEqual([1, 2])
+      expect(yield* ConversationStoreSql.migrate().pipe(Effect.provideService(SqlClient.SqlClient, empty))).toEqual([])
+
+      const sql = yield* SqliteClient.make(join(dir, "old.db"))
+      yield* Effect.gen(function*() {
+        expect(yield* ConversationStoreSql.migrate(1)).toEqual([1])
+        yield* sql`INSERT INTO agentwire_threads (user_id, thread_id, title, created_at, updated_at) VALUES ('alice', 't', 'old thread', 1000, 1000)`
+        yield* sql`INSERT INTO agentwire_messages (user_id, thread_id, role, content, run_id, created_at) VALUES ('alice', 't', 'user', 'hi', NULL, 1000)`
+        expect(yield* ConversationStoreSql.migrate()).toEqual([2])
+        const store = yield* ConversationStoreSql.make()
+        expect(yield* store.load({ user_id: "alice", thread_id: "t" })).toEqual([{ role: "user", content: "hi" }])
+        yield* store.recordRun({ run_id: "run_1", user_id: "alice", thread_id: "t", agent_name: "echo", status: "completed", started_at: 2000, ended_at: 2001 })
+        const thread = Option.getOrThrow(yield* store.getThread({ user_id: "alice", thread_id: "t" }))
+        expect(thread.title).toBe("old thread")
+        expect(thread.runs.map((r) => r.run_id)).toEqual(["run_1"])
+      }).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+    })))
+})
