@@ -4,11 +4,8 @@
  * cuts connections at random points (mid-run, mid-replay, at the seam).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted, References } from "effect"
+import { Effect } from "effect"
 import WebSocket from "ws"
-import { builtinAgents } from "../src/agents/BuiltinAgents.ts"
-import * as Agentwire from "../src/Agentwire.ts"
-import * as AgentRegistryLayer from "../src/layers/AgentRegistry.ts"
 import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
 import { decodeServerMessage, type ServerMessage } from "../src/protocol/Protocol.ts"
 import type { AgentwireSettings } from "../src/services/AgentwireConfig.ts"
@@ -17,23 +14,9 @@ import { Auth } from "../src/services/Auth.ts"
 import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { type Client, connect } from "./fixtures/client.ts"
+import * as TestServer from "./fixtures/testServer.ts"
 
-const SECRET = "resume-suite-secret-0123456789abcdef012345"
-
-const registry = AgentRegistryLayer.layer([...builtinAgents], { defaultAgent: "supervisor" })
-
-const serverLayer = (settings: Partial<AgentwireSettings> = {}) =>
-  Agentwire.layerServer(registry).pipe(
-    Layer.provide(Layer.succeed(References.MinimumLogLevel, "Warn")),
-    Layer.provideMerge(AgentwireConfig.layer({
-      port: 0,
-      jwtSecret: Option.some(Redacted.make(SECRET)),
-      maxFramesPerSecond: 0,
-      shutdownGraceMs: 100,
-      ...settings,
-      runLimits: { ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 0, maxRunsPerUser: 1000, ...settings.runLimits }
-    }))
-  )
+const serverLayer = (settings: Partial<AgentwireSettings> = {}) => TestServer.serverLayer(settings)
 
 const wsUrl = AgentwireServer.useSync((s) => `${s.url.replace(/^http/, "ws")}/ws`)
 const tokenFor = (user: string) => Auth.use((auth) => auth.issue(user, 600))
