@@ -145,10 +145,12 @@ export const make = Effect.gen(function*() {
         })
       }
       const cause = emitter.stopCause() ?? "user_request"
-      if (cause === "event_limit" || cause === "log_full") {
+      if (cause === "event_limit" || cause === "log_full" || cause === "log_unavailable") {
         const error = cause === "event_limit"
           ? { code: "EVENT_LIMIT", message: `the run sent too many events: at most ${log.settings.maxEventsPerRun} per run are kept (AGENTWIRE_MAX_EVENTS_PER_RUN), the last ones reserved for ending it` }
-          : { code: "LOG_FULL", message: "the server's run log is full (AGENTWIRE_RETENTION_BYTES) with runs still in progress" }
+          : cause === "log_full"
+          ? { code: "LOG_FULL", message: "the server's run log is full (AGENTWIRE_RETENTION_BYTES) with runs still in progress" }
+          : { code: "LOG_UNAVAILABLE", message: "the run log (Redis) is unreachable and this instance's buffer for it is full (AGENTWIRE_REDIS_BUFFER_EVENTS): the run's events are not kept" }
         const final_response = `${agent.name} failed: ${error.message}`
         return emit({ type: "agent_error", error }).pipe(
           Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),

@@ -258,7 +258,9 @@ export const ErrorCode = Schema.Literals([
   // resume_run: no such run for this user (unknown, or another user's: indistinguishable)
   "RUN_NOT_FOUND",
   // resume_run: the run's events are no longer retained; `last_seq` says how far its log went
-  "RUN_EXPIRED"
+  "RUN_EXPIRED",
+  // resume_run / list_runs: the shared run log (Redis) is unreachable right now; retry later
+  "LOG_UNAVAILABLE"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 

@@ -332,6 +332,8 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     const runNotReadable = (error: RunLogReadError, request_id: string | undefined) =>
       error._tag === "RunExpiredError"
         ? refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
+        : error._tag === "RunLogUnavailableError"
+        ? refusal("LOG_UNAVAILABLE", error.message, request_id)
         : refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
 
     // resume_run: one follower per run; pages of the replay are sent one at a time, each after the
@@ -395,6 +397,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             Effect.catchTags({
               RunNotFoundError: (e) => runNotReadable(e, request_id),
               RunExpiredError: (e) => runNotReadable(e, request_id),
+              RunLogUnavailableError: (e) => runNotReadable(e, request_id),
               AfterSeqError: (e) => refusal("INVALID_MESSAGE", `invalid resume_run: ${e.message}`, request_id, { run_id })
             }),
             Effect.ensuring(Effect.sync(() => {
@@ -415,7 +418,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             runs: runs.map(({ user_id: _, ...run }) => run),
             ...withRequestId(message.request_id)
           })
-        ))
+        )).pipe(Effect.catchTag("RunLogUnavailableError", (e) => runNotReadable(e, message.request_id)))
 
     const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
       switch (message.type) {
