@@ -439,8 +439,14 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
       Effect.ignore
     )
 
-    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters
+    // Redis is back: buffered events flush (on their timer), the epoch is checked, waiters look again
     const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    client.on("ready", () => {
+      wakeAll()
+      runFork(refreshEpoch)
+    })
+
+    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters
     yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
@@ -610,13 +616,29 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
     const waitFor = (user_id: string, run_id: string, after_seq: number) =>
       Effect.callback<void, RunNotFoundError | RunExpiredError | RunLogUnavailableError>((resume) => {
         let done = false
+        const finish = (outcome: Effect.Effect<void, RunNotFoundError | RunExpiredError>) => {
+          if (done) return
+          done = true
+          remove()
+          resume(outcome)
+        }
+        // looks at the run; keeps waiting while nothing changed or Redis is unreachable
+        const check = summary(user_id, run_id).pipe(
+          Effect.matchEffect({
+            onFailure: (error) =>
+              Effect.sync(() => {
+                if (error._tag !== "RunLogUnavailableError") finish(Effect.fail(error))
+              }),
+            onSuccess: (s) =>
+              Effect.sync(() => {
+                if (s.last_seq > after_seq || s.status !== "running") finish(Effect.void)
+              })
+          })
+        )
         const waiter: Waiter = {
           after_seq,
           wake: () => {
-            if (done) return
-            done = true
-            remove()
-            resume(Effect.asVoid(summary(user_id, run_id)))
+            if (!done) runFork(check)
           }
         }
         const remove = () => {
@@ -624,31 +646,10 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
           mine?.delete(waiter)
           if (mine !== undefined && mine.size === 0) waiters.delete(run_id)
         }
-        // registered before the check, so an append between the two still wakes it
+        // registered before the first look, so an append between the two still wakes it
         let mine = waiters.get(run_id)
         if (mine === undefined) waiters.set(run_id, mine = new Set())
         mine.add(waiter)
-        const check = summary(user_id, run_id).pipe(
-          Effect.matchEffect({
-            onFailure: (error) => {
-              if (error._tag === "RunLogUnavailableError") return Effect.void // wakes when Redis is back
-              if (!done) {
-                done = true
-                remove()
-                resume(Effect.fail(error))
-              }
-              return Effect.void
-            },
-            onSuccess: (s) =>
-              Effect.sync(() => {
-                if (!done && (s.last_seq > after_seq || s.status !== "running")) {
-                  done = true
-                  remove()
-                  resume(Effect.void)
-                }
-              })
-          })
-        )
         runFork(check)
         return Effect.sync(() => {
           done = true

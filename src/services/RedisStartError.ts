@@ -48,7 +48,10 @@ export const redisStartReason = (cause: unknown): string => {
     if (/NOAUTH/i.test(text)) return "authentication required (NOAUTH): put the password in the URL"
     if (/NOPERM/i.test(text)) return "the user lacks a permission (NOPERM)"
     if (/certificate|SSL|TLS/i.test(text)) return "TLS handshake failed"
-    current = (current as { cause?: unknown }).cause
+    if (/ECONNREFUSED/.test(text)) return "connection refused"
+    if (/ENOTFOUND|EAI_AGAIN/.test(text)) return "host not found"
+    const next = current as { cause?: unknown; socketError?: unknown; originalError?: unknown }
+    current = next.socketError ?? next.originalError ?? next.cause
   }
   return "connection failed"
 }
