@@ -9,10 +9,18 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Context, Effect, Exit, Fiber, Layer, Redacted, Stream } from "effect"
+import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
+import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
+import * as RunAdmissionMemory from "../../src/layers/RunAdmissionMemory.ts"
 import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
+import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 import { follow, RunLog, type RunLogSettings } from "../../src/services/RunLog.ts"
 import { INSTALL_HINT, type RedisServer, redisServerPath, startRedis } from "../fixtures/redisServer.ts"
 import { event, runLogSuite, SETTINGS } from "../fixtures/runlog-suite.ts"
+import { QuietLogs, registry, runInvariants } from "../fixtures/runtime.ts"
 
 const installed = redisServerPath() !== undefined
 if (!installed) console.warn(`RunLogRedis tests skipped: redis-server is not installed (${INSTALL_HINT})`)
@@ -171,7 +179,8 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       // Redis comes back empty (no persistence): a new epoch; the lost run is expired, the small one unknown
       yield* Effect.promise(() => own.restart())
       yield* eventually(log.stats, (s) => s.store?.up === true && s.store.bufferedEvents === 0)
-      expect(yield* Effect.flip(log.summary("alice", "big"))).toMatchObject({ _tag: "RunExpiredError", last_seq: 30 })
+      const big = yield* eventually(Effect.flip(log.summary("alice", "big")), (e) => e._tag === "RunExpiredError")
+      expect(big).toMatchObject({ _tag: "RunExpiredError", last_seq: 30 })
       // small's start is gone with Redis's data: remembered as expired at its last seq rather than logged with a gap
       expect(yield* Effect.flip(log.summary("alice", "small"))).toMatchObject({ _tag: "RunExpiredError", last_seq: 5 })
     }).pipe(Effect.scoped), 30_000)
@@ -194,5 +203,38 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       yield* Effect.promise(() => gone.stop())
       const refused = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${gone.port}` })))
       expect(refused.message).toBe(`cannot reach Redis at 127.0.0.1:${gone.port} (AGENTWIRE_REDIS_URL): connection refused`)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a run whose events overflow the outage buffer ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log then answers RUN_EXPIRED", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const runtime = ExecutionEngineFactoryLayer.layer.pipe(
+        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+        Layer.provideMerge(RunAdmissionMemory.layerConfig),
+        Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, { url: own.url, bufferEvents: 10 })),
+        Layer.provideMerge(WebSocketBridgeRecording.layer),
+        Layer.provide(registry),
+        Layer.provide(QuietLogs),
+        Layer.provide(AgentwireConfig.layer())
+      )
+      const ctx = yield* Layer.build(runtime)
+      const engines = Context.get(ctx, ExecutionEngineFactory)
+      const recorded = Context.get(ctx, WebSocketBridgeRecording.RecordedEvents)
+      const log = Context.get(ctx, RunLog)
+      const context = yield* UserExecutionContext.make({ user_id: "alice" })
+      const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=2")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
+      yield* Effect.promise(() => own.kill())
+      const outcome = yield* handle.await
+      expect(outcome).toMatchObject({ status: "failed", error: { code: "LOG_UNAVAILABLE" } })
+      const events = yield* recorded.ofRun(context.run_id)
+      expect(runInvariants(events)).toEqual([])
+      expect(events.find((e) => e.type === "agent_error")).toMatchObject({ depth: 0, error: { code: "LOG_UNAVAILABLE" } })
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "failed" })
+      yield* Effect.promise(() => own.restart())
+      // the lost run is recorded once Redis answers again
+      const expired = yield* eventually(Effect.flip(log.summary("alice", context.run_id)), (e) => e._tag === "RunExpiredError")
+      expect(expired).toMatchObject({ _tag: "RunExpiredError", last_seq: events.length })
     }).pipe(Effect.scoped), 30_000)
 })
