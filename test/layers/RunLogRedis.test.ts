@@ -96,6 +96,17 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect((yield* a.summary("alice", "y")).status).toBe("cancelled")
     }).pipe(Effect.scoped))
 
+  it.live("an append repeated after its answer was lost (a retried flush) is recognised and skipped; a gap in seq is a defect", () =>
+    Effect.gen(function*() {
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS)), RunLog)
+      for (let seq = 1; seq <= 3; seq++) yield* appendTo(log, event("d", seq))
+      expect(yield* appendTo(log, event("d", 2))).toBe("ok")
+      expect((yield* log.read("alice", "d", 0, { maxEvents: 100, maxBytes: 1 << 20 })).events.map((e) => e.seq)).toEqual([1, 2, 3])
+      const gap = yield* Effect.exit(appendTo(log, event("d", 5)))
+      expect(Exit.isFailure(gap) && String(gap.cause)).toContain("RUNLOG_ORDER")
+      expect((yield* log.summary("alice", "d")).last_seq).toBe(3)
+    }).pipe(Effect.scoped))
+
   it.live("the epoch: stable across a second instance and a rebuilt layer; new after Redis restarts empty", () =>
     Effect.gen(function*() {
       const own = yield* Effect.promise(() => startRedis())
