@@ -145,10 +145,12 @@ export const make = Effect.gen(function*() {
         })
       }
       const cause = emitter.stopCause() ?? "user_request"
-      if (cause === "event_limit" || cause === "log_full") {
+      if (cause === "event_limit" || cause === "log_full" || cause === "log_unavailable") {
         const error = cause === "event_limit"
           ? { code: "EVENT_LIMIT", message: `the run sent too many events: a run is stopped after ${log.settings.maxEventsPerRun - terminalReserve(log.settings.maxEventsPerRun)} events, so that its last ones fit in AGENTWIRE_MAX_EVENTS_PER_RUN (${log.settings.maxEventsPerRun})` }
-          : { code: "LOG_FULL", message: "the run log is full: the user's runs in progress exceed their share (AGENTWIRE_RETENTION_BYTES_PER_USER), or all runs in progress exceed AGENTWIRE_RETENTION_BYTES" }
+          : cause === "log_full"
+          ? { code: "LOG_FULL", message: "the run log is full: the user's runs in progress exceed their share (AGENTWIRE_RETENTION_BYTES_PER_USER), or all runs in progress exceed AGENTWIRE_RETENTION_BYTES" }
+          : { code: "LOG_UNAVAILABLE", message: "the run log (Redis) is unreachable and this instance's buffer for it is full (AGENTWIRE_REDIS_BUFFER_EVENTS): the run's events are not kept" }
         const final_response = `${agent.name} failed: ${error.message}`
         return emit({ type: "agent_error", error }).pipe(
           Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),

@@ -38,6 +38,8 @@
  * | `AGENTWIRE_LLM_TIMEOUT_MS` | `60000` | no byte from the model for this long = `LLM_TIMEOUT` |
  * | `AGENTWIRE_LLM_MAX_STEPS` | `8` | model turns per run before `LLM_MAX_STEPS` |
  * | `AGENTWIRE_STREAM_COALESCE_MS` | `20` | at most one `partial_result` per message this often (0 = every chunk) |
+ * | `AGENTWIRE_REDIS_URL` | none | `redis://[user:password@]host:port[/db]` or `rediss://…`: several instances share Redis; never logged whole |
+ * | `AGENTWIRE_REDIS_BUFFER_EVENTS` | `10000` | events an instance buffers while Redis is unreachable; past it a run fails with `LOG_UNAVAILABLE` |
  *
  * Values come from the current `ConfigProvider` (the process environment by
  * default), so tests can swap it. Every bad value is a `ConfigInvalidError`
@@ -280,6 +282,8 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const production = Option.getOrUndefined(yield* raw("NODE_ENV"))?.trim() === "production"
   const llm = yield* llmFromEnv
   const streamCoalesceMs = yield* integer("AGENTWIRE_STREAM_COALESCE_MS", DEFAULT_STREAM_COALESCE_MS, 0, 10_000)
+  const redisUrl = yield* redisUrlFromEnv
+  const redisBufferEvents = yield* integer("AGENTWIRE_REDIS_BUFFER_EVENTS", DEFAULT_REDIS_BUFFER_EVENTS, 0, 10_000_000)
   return {
     host,
     port,
@@ -303,9 +307,38 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     logLevel,
     production,
     llm,
-    streamCoalesceMs
+    streamCoalesceMs,
+    redisUrl,
+    redisBufferEvents
   }
 })
+
+/** Default `AGENTWIRE_REDIS_BUFFER_EVENTS`. */
+export const DEFAULT_REDIS_BUFFER_EVENTS = 10_000
+
+/** `AGENTWIRE_REDIS_URL`: a redis:// or rediss:// URL with a host; the value is never echoed (it may hold a password). */
+export const redisUrlFromEnv: Effect.Effect<Option.Option<Redacted.Redacted<string>>, ConfigInvalidError> = Effect.flatMap(
+  raw("AGENTWIRE_REDIS_URL"),
+  (value) => {
+    if (Option.isNone(value)) return Effect.succeed(Option.none())
+    const variable = "AGENTWIRE_REDIS_URL"
+    const text = value.value.trim()
+    let parsed: URL
+    try {
+      parsed = new URL(text)
+    } catch {
+      return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// or rediss:// URL (redis://[user:password@]host:port[/db])" }))
+    }
+    if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
+      return Effect.fail(new ConfigInvalidError({ variable, value: parsed.protocol, expected: "a redis:// or rediss:// URL" }))
+    }
+    if (parsed.hostname === "") return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// URL with a host" }))
+    if (parsed.pathname !== "" && parsed.pathname !== "/" && !/^\/\d+$/.test(parsed.pathname)) {
+      return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// URL whose path is a database number (/0)" }))
+    }
+    return Effect.succeed(Option.some(Redacted.make(text)))
+  }
+)
 
 /** Settings from the environment. */
 export const layerFromEnv: Layer.Layer<AgentwireConfig, ConfigInvalidError> = Layer.effect(AgentwireConfig, fromEnv)
@@ -336,5 +369,7 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     production: false,
     llm: Option.none(),
     streamCoalesceMs: DEFAULT_STREAM_COALESCE_MS,
+    redisUrl: Option.none(),
+    redisBufferEvents: DEFAULT_REDIS_BUFFER_EVENTS,
     ...settings
   })

@@ -10,7 +10,8 @@
  * waiting for the lock takes no `seq`. `event_id` is unique and stable for
  * clients that deduplicate after a reconnect.
  *
- * When the log answers that the run must end (`event_limit`, `log_full`), the
+ * When the log answers that the run must end (`event_limit`, `log_full`,
+ * `log_unavailable`: that last one not logged), the
  * event is still delivered, and the emitter asks the run's engine to stop it
  * with that cause; the events its agents send while they end fit in the log's
  * reserve. An event the log refuses (past its hard cap) takes no `seq` and is

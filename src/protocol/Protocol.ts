@@ -304,7 +304,9 @@ export const ErrorCode = Schema.Literals([
   // also a start naming a thread id another user has
   "THREAD_NOT_FOUND",
   // threads (issue 14): the history database cannot answer now; streaming is not affected; retry later
-  "HISTORY_UNAVAILABLE"
+  "HISTORY_UNAVAILABLE",
+  // resume_run / list_runs: the shared run log (Redis) is unreachable right now; retry later
+  "LOG_UNAVAILABLE"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 

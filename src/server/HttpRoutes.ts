@@ -106,10 +106,12 @@ const runInfo = ({ user_id: _, ...run }: RunSummary) => run
 /** Answers about a user's own runs are private: never cached by a browser or a proxy. */
 const PRIVATE = { "cache-control": "no-store" } as const
 
-/** 404 for unknown and other users' runs alike; 410 with `last_seq` for runs past retention. */
+/** 404 for unknown and other users' runs alike; 410 with `last_seq` for runs past retention; 503 while the log's store is down. */
 const runNotReadable = (error: RunLogReadError) =>
   error._tag === "RunExpiredError"
     ? problem(410, "RUN_EXPIRED", error.message, { run_id: error.run_id, last_seq: error.last_seq })
+    : error._tag === "RunLogUnavailableError"
+    ? problem(503, "LOG_UNAVAILABLE", error.message)
     : problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(error.run_id.slice(0, 128))}`)
 
 /** The request's query parameters (none when its target cannot be parsed). */
@@ -251,7 +253,9 @@ export const make = (options: RouteOptions) =>
         if (who._tag === "Failure") return who.failure
         const query = RunEventsHttp.parseListQuery(searchParams(request))
         if (query._tag === "Failure") return problem(400, "INVALID_MESSAGE", query.failure.message)
-        const runs = yield* log.list(who.success, query.success)
+        const listed = yield* Effect.result(log.list(who.success, query.success))
+        if (listed._tag === "Failure") return runNotReadable(listed.failure)
+        const runs = listed.success
         return HttpServerResponse.jsonUnsafe({ runs: runs.map(runInfo) }, { headers: PRIVATE })
       }))
 

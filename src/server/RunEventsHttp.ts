@@ -165,6 +165,7 @@ export const eventStream = (
       Stream.catchTags({
         RunExpiredError: (error) => Stream.succeed(`: RUN_EXPIRED: ${error.message}\n\n`),
         RunNotFoundError: (error) => Stream.succeed(`: RUN_NOT_FOUND: ${error.message}\n\n`),
+        RunLogUnavailableError: (error) => Stream.succeed(`: LOG_UNAVAILABLE: ${error.message}\n\n`),
         AfterSeqError: (error) => Stream.succeed(`: RUN_NOT_FOUND: ${error.message}\n\n`)
       })
     )

@@ -333,6 +333,8 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
     const runNotReadable = (error: RunLogReadError, request_id: string | undefined) =>
       error._tag === "RunExpiredError"
         ? refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
+        : error._tag === "RunLogUnavailableError"
+        ? refusal("LOG_UNAVAILABLE", error.message, request_id)
         : refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
 
     // resume_run: one follower per run; pages of the replay are sent one at a time, each once the
@@ -409,6 +411,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             Effect.catchTags({
               RunNotFoundError: (e) => runNotReadable(e, request_id),
               RunExpiredError: (e) => runNotReadable(e, request_id),
+              RunLogUnavailableError: (e) => runNotReadable(e, request_id),
               AfterSeqError: (e) => refusal("INVALID_MESSAGE", `invalid resume_run: ${e.message}`, request_id, { run_id })
             }),
             Effect.ensuring(Effect.sync(() => {
@@ -430,7 +433,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             runs: runs.map(({ user_id: _, ...run }) => run),
             ...withRequestId(message.request_id)
           })
-        ))
+        )).pipe(Effect.catchTag("RunLogUnavailableError", (e) => runNotReadable(e, message.request_id)))
 
     // threads (issue 14): answered in the background by server/ThreadRequests.ts
     const threads = yield* ThreadRequests.makeHandler(user_id, reply)

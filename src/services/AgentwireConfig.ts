@@ -58,6 +58,12 @@ export interface AgentwireSettings {
   readonly llm: Option.Option<LlmSettings>
   /** At most one `partial_result` per message this often, in milliseconds (0 = one per provider chunk). */
   readonly streamCoalesceMs: number
+
+  // --- several instances on Redis ---
+  /** `AGENTWIRE_REDIS_URL` (redis:// or rediss://, may hold a password): when set, the run log and shared state live in Redis. */
+  readonly redisUrl: Option.Option<Redacted.Redacted<string>>
+  /** Events all runs of this instance may buffer while Redis is unreachable (`AGENTWIRE_REDIS_BUFFER_EVENTS`); past it a run fails with `LOG_UNAVAILABLE`. */
+  readonly redisBufferEvents: number
 }
 
 /** Where and how the `assistant` agent reaches its language model. */

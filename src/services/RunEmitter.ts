@@ -23,9 +23,10 @@ import type { UserExecutionContext } from "./UserExecutionContext.ts"
 /**
  * Why a run is ended from outside: its user stopped it, it ran out of time,
  * the server shut down past its grace period, or its log is full (its own
- * events: `event_limit`; the process's retention budget: `log_full`).
+ * events: `event_limit`; the process's retention budget: `log_full`; its
+ * shared store unreachable with the outage buffer full: `log_unavailable`).
  */
-export type StopCause = "user_request" | "timeout" | "server_shutdown" | "event_limit" | "log_full"
+export type StopCause = "user_request" | "timeout" | "server_shutdown" | "event_limit" | "log_full" | "log_unavailable"
 
 export interface RunEmitter {
   readonly context: UserExecutionContext

@@ -16,7 +16,8 @@
  * and `waitFor`. Every read takes the asking user: another user's run is
  * indistinguishable from an unknown one.
  *
- * Implementations: `layers/RunLogMemory.ts` (one process).
+ * Implementations: `layers/RunLogMemory.ts` (one process), `layers/RunLogRedis.ts`
+ * (shared by every instance on one Redis).
  *
  * @module
  */
@@ -55,9 +56,12 @@ export interface LoggedEvent {
  * - `event_limit` / `log_full`: logged, but the run must end now (it reached
  *   `maxEventsPerRun`, less a reserve kept for its terminal events; or the byte
  *   budget is spent by active runs alone);
- * - `refused`: not logged (the hard cap is reached): the event must not be delivered.
+ * - `refused`: not logged (the hard cap is reached): the event must not be delivered;
+ * - `log_unavailable`: not logged (the log's store is unreachable and the
+ *   events waiting for it fill their buffer): the event is delivered, and the
+ *   run must end now (`LOG_UNAVAILABLE`); its log is lost (`RUN_EXPIRED`).
  */
-export type AppendResult = "ok" | "event_limit" | "log_full" | "refused"
+export type AppendResult = "ok" | "event_limit" | "log_full" | "refused" | "log_unavailable"
 
 /** A page of a run's log: events with `seq > after_seq`, in order, and the run as it was when read. */
 export interface LogPage {
@@ -104,8 +108,18 @@ export class AfterSeqError extends Data.TaggedError("AfterSeqError")<{ readonly 
   }
 }
 
+/**
+ * The log's store cannot be reached right now (a shared log during an outage):
+ * try again later. Transports answer 503 / an error frame `LOG_UNAVAILABLE`.
+ */
+export class RunLogUnavailableError extends Data.TaggedError("RunLogUnavailableError")<{ readonly reason: string }> {
+  override get message(): string {
+    return `the run log is unavailable: ${this.reason}`
+  }
+}
+
 /** Why a run's log cannot be read. */
-export type RunLogReadError = RunNotFoundError | RunExpiredError
+export type RunLogReadError = RunNotFoundError | RunExpiredError | RunLogUnavailableError
 
 /** Filters of `list`. */
 export interface ListOptions {
@@ -126,6 +140,12 @@ export interface RunLogStats {
   readonly tombstones: number
   /** Finished runs evicted by the byte budget since start. */
   readonly evicted: number
+  /**
+   * For a log kept in another process (Redis): whether it is reachable now
+   * (`/ready` reports `redis: down` when not), and how many events wait in
+   * this instance's buffer for it. Absent for the in-memory log.
+   */
+  readonly store?: { readonly up: boolean; readonly bufferedEvents: number } | undefined
 }
 
 /**
@@ -139,7 +159,10 @@ export const terminalReserve = (maxEventsPerRun: number): number => Math.min(102
 export const MAX_LIST_RUNS = 100
 
 export class RunLog extends Context.Service<RunLog, {
-  /** The id of this log's lifetime: a client that reconnects and sees another one lost what it had not received. */
+  /**
+   * The id of this log's lifetime: a client that reconnects and sees another one lost what it had not received.
+   * Read it each time it is needed: a shared log's epoch changes when its store comes back without its data.
+   */
   readonly epoch: string
   readonly settings: RunLogSettings
   /** Appends one stamped event (its `frame` is the event as JSON text). Appends of one run come in `seq` order. */
@@ -157,7 +180,7 @@ export class RunLog extends Context.Service<RunLog, {
   /** The run as the log knows it. */
   readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
   /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */
-  readonly list: (user_id: string, options?: ListOptions) => Effect.Effect<ReadonlyArray<RunSummary>>
+  readonly list: (user_id: string, options?: ListOptions) => Effect.Effect<ReadonlyArray<RunSummary>, RunLogUnavailableError>
   /**
    * Events with `seq > after_seq`, in order: at most `maxEvents` of them and
    * about `maxBytes` of frames (always at least one when one exists).

@@ -101,6 +101,7 @@ const plainAgentError = (code: string, message: string): string => {
     LLM_MAX_STEPS: "The model kept calling tools without answering",
     EVENT_LIMIT: "The run produced too many events",
     LOG_FULL: "The server's run log is full",
+    LOG_UNAVAILABLE: "The server's run log is unreachable",
     INVALID_INPUT: "The request was not understood"
   }
   return `${what[code] ?? "Something went wrong"}: ${message}`

@@ -173,3 +173,35 @@ describe("AgentwireConfig.fromEnv", () => {
       expect(error.message).not.toContain("hunter2")
     }))
 })
+
+describe("AGENTWIRE_REDIS_URL", () => {
+  it.effect("absent by default; a redis:// or rediss:// URL is kept redacted; the outage buffer has a default", () =>
+    Effect.gen(function*() {
+      const none = yield* read({})
+      expect(Option.isNone(none.redisUrl)).toBe(true)
+      expect(none.redisBufferEvents).toBe(10_000)
+      const set = yield* read({ AGENTWIRE_REDIS_URL: " redis://:pw@10.0.0.5:6380/2 ", AGENTWIRE_REDIS_BUFFER_EVENTS: "50" })
+      expect(set.redisUrl.pipe(Option.map(Redacted.value))).toEqual(Option.some("redis://:pw@10.0.0.5:6380/2"))
+      expect(String(Option.getOrThrow(set.redisUrl))).not.toContain("pw")
+      expect(set.redisBufferEvents).toBe(50)
+      const tls = yield* read({ AGENTWIRE_REDIS_URL: "rediss://user:pw@redis.example.com" })
+      expect(Option.isSome(tls.redisUrl)).toBe(true)
+    }))
+
+  for (const bad of ["localhost:6379", "http://host:6379", "redis://", "redis://:hunter2@host:6379/x", "not a url hunter2"]) {
+    it.effect(`${JSON.stringify(bad.replace("hunter2", "…"))} is a ConfigInvalidError naming the variable, never echoing a password`, () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(read({ AGENTWIRE_REDIS_URL: bad }))
+        expect(error._tag).toBe("ConfigInvalidError")
+        expect(error.variable).toBe("AGENTWIRE_REDIS_URL")
+        expect(error.message.startsWith("AGENTWIRE_REDIS_URL")).toBe(true)
+        expect(error.message).not.toContain("hunter2")
+      }))
+  }
+
+  it.effect("AGENTWIRE_REDIS_BUFFER_EVENTS must be an integer", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(read({ AGENTWIRE_REDIS_BUFFER_EVENTS: "lots" }))
+      expect(error.variable).toBe("AGENTWIRE_REDIS_BUFFER_EVENTS")
+    }))
+})

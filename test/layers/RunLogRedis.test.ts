@@ -1,0 +1,251 @@
+/**
+ * The run log on Redis (issue 12) against a real `redis-server` started by the
+ * test on a free port: the shared behaviour suite, two instances on one Redis,
+ * the epoch, retention with real time, outage (buffer, flush, bound) and
+ * startup failures. Skipped with the install command when Redis is missing.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Context, Effect, Exit, Fiber, Layer, Redacted, Stream } from "effect"
+import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
+import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
+import * as RunAdmissionMemory from "../../src/layers/RunAdmissionMemory.ts"
+import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
+import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+import { follow, RunLog, type RunLogSettings } from "../../src/services/RunLog.ts"
+import { INSTALL_HINT, type RedisServer, redisServerPath, startRedis } from "../fixtures/redisServer.ts"
+import { event, runLogSuite, SETTINGS } from "../fixtures/runlog-suite.ts"
+import { QuietLogs, registry, runInvariants } from "../fixtures/runtime.ts"
+
+const installed = redisServerPath() !== undefined
+if (!installed) console.warn(`RunLogRedis tests skipped: redis-server is not installed (${INSTALL_HINT})`)
+
+let server: RedisServer | undefined
+let prefixes = 0
+/** A fresh log: its own key prefix on the shared test server. */
+const freshPrefix = () => `t${process.pid}-${prefixes++}:`
+const redisLayer = (settings: RunLogSettings, options: { readonly prefix?: string; readonly bufferEvents?: number; readonly url?: string } = {}) =>
+  Layer.unwrap(Effect.sync(() =>
+    RunLogRedis.layer({
+      url: Redacted.make(options.url ?? server!.url),
+      settings,
+      keyPrefix: options.prefix ?? freshPrefix(),
+      bufferEvents: options.bufferEvents
+    })
+  ))
+
+const appendTo = (log: RunLog["Service"], e: ReturnType<typeof event>) => log.append(e, JSON.stringify(e))
+
+/** Polls `check` every 20 ms until it holds (for conditions no event announces: time-based expiry, a server's return). */
+const eventually = <A, E>(check: Effect.Effect<A, E>, holds: (a: A) => boolean, timeoutMs = 10_000) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const result = yield* Effect.exit(check)
+      if (Exit.isSuccess(result) && holds(result.value)) return result.value
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`condition not reached in ${timeoutMs} ms: ${JSON.stringify(result)}`))
+      yield* Effect.sleep(20)
+    }
+  })
+
+describe.skipIf(!installed)("RunLogRedis", () => {
+  beforeAll(async () => {
+    server = await startRedis()
+  }, 20_000)
+  afterAll(async () => {
+    await server?.stop()
+  })
+
+  describe("behaviour (the suite shared with memory)", () => {
+    runLogSuite({
+      name: "redis",
+      layer: (settings) => redisLayer(settings),
+      frameBytes: RunLogRedis.redisFrameBytes,
+      runOverhead: RunLogRedis.REDIS_RUN_OVERHEAD_BYTES,
+      followRuns: 25
+    })
+  })
+
+  it.live("two instances on one Redis: append on one, read, list, waitFor and follow on the other", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      const a = yield* Layer.build(redisLayer(SETTINGS, { prefix })).pipe(Effect.map((ctx) => Context.get(ctx, RunLog)))
+      const b = yield* Layer.build(redisLayer(SETTINGS, { prefix })).pipe(Effect.map((ctx) => Context.get(ctx, RunLog)))
+      expect(a.epoch).toBe(b.epoch)
+      for (let seq = 1; seq <= 3; seq++) yield* appendTo(a, event("x", seq))
+      expect((yield* b.read("alice", "x", 0, { maxEvents: 100, maxBytes: 1 << 20 })).events.map((e) => e.seq)).toEqual([1, 2, 3])
+      expect((yield* b.list("alice")).map((r) => r.run_id)).toEqual(["x"])
+      // a waiter on B wakes on A's append (through the notes channel)
+      const waiting = yield* Effect.forkChild(b.waitFor("alice", "x", 3))
+      const following = yield* Effect.forkChild(Stream.runCollect(follow(b, "alice", "x", 0)))
+      yield* Effect.sleep(50) // no event says "B's waiter is registered": give it a moment, the test holds either way
+      yield* appendTo(a, event("x", 4))
+      expect(Exit.isSuccess(yield* Fiber.await(waiting))).toBe(true)
+      for (let seq = 5; seq <= 30; seq++) yield* appendTo(a, event("x", seq, { end: seq === 30 }))
+      const items = yield* Fiber.join(following)
+      expect(items.flatMap((i) => (i._tag === "Event" ? [i.event.seq] : []))).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+      expect((yield* b.summary("alice", "x")).status).toBe("completed")
+      // release on B ends A's open run
+      yield* appendTo(a, event("y", 1))
+      yield* b.release("y")
+      expect((yield* a.summary("alice", "y")).status).toBe("cancelled")
+    }).pipe(Effect.scoped))
+
+  it.live("an append repeated after its answer was lost (a retried flush) is recognised and skipped; a gap in seq is a defect", () =>
+    Effect.gen(function*() {
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS)), RunLog)
+      for (let seq = 1; seq <= 3; seq++) yield* appendTo(log, event("d", seq))
+      expect(yield* appendTo(log, event("d", 2))).toBe("ok")
+      expect((yield* log.read("alice", "d", 0, { maxEvents: 100, maxBytes: 1 << 20 })).events.map((e) => e.seq)).toEqual([1, 2, 3])
+      const gap = yield* Effect.exit(appendTo(log, event("d", 5)))
+      expect(Exit.isFailure(gap) && String(gap.cause)).toContain("RUNLOG_ORDER")
+      expect((yield* log.summary("alice", "d")).last_seq).toBe(3)
+    }).pipe(Effect.scoped))
+
+  it.live("the epoch: stable across a second instance and a rebuilt layer; new after Redis restarts empty", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const prefix = freshPrefix()
+      const layer = () => redisLayer(SETTINGS, { prefix, url: own.url })
+      const epochOf = Effect.scoped(Effect.flatMap(Layer.build(layer()), (ctx) => Effect.succeed(Context.get(ctx, RunLog).epoch)))
+      const first = yield* epochOf
+      expect(first).toMatch(/^epoch_/)
+      expect(yield* epochOf).toBe(first)
+      // a live instance sees the epoch change when Redis comes back empty
+      const live = Context.get(yield* Layer.build(layer()), RunLog)
+      expect(live.epoch).toBe(first)
+      yield* appendTo(live, event("before", 1))
+      yield* Effect.promise(() => own.restart())
+      const after = yield* eventually(Effect.sync(() => live.epoch), (e) => e !== first)
+      expect(after).toMatch(/^epoch_/)
+      expect(yield* epochOf).toBe(after)
+      // what Redis forgot is unknown (not a gap)
+      expect((yield* Effect.flip(live.summary("alice", "before")))._tag).toBe("RunNotFoundError")
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("retention with real time: a finished run expires retentionMs after its end, leaves a tombstone, then is unknown", () =>
+    Effect.gen(function*() {
+      const log = Context.get(yield* Layer.build(redisLayer({ ...SETTINGS, retentionMs: 300, tombstoneMs: 1500 })), RunLog)
+      for (let seq = 1; seq <= 4; seq++) yield* appendTo(log, event("old", seq, { end: seq === 4 }))
+      yield* appendTo(log, event("live", 1))
+      expect((yield* log.summary("alice", "old")).last_seq).toBe(4)
+      const expired = yield* eventually(Effect.flip(log.summary("alice", "old")), (e) => e._tag === "RunExpiredError")
+      expect(expired).toMatchObject({ _tag: "RunExpiredError", last_seq: 4 })
+      expect((yield* Effect.flip(log.summary("bob", "old")))._tag).toBe("RunNotFoundError")
+      expect((yield* log.list("alice")).map((r) => r.run_id)).toEqual(["live"])
+      expect((yield* log.summary("alice", "live")).status).toBe("running")
+      yield* eventually(log.stats, (s) => s.tombstones === 1 && s.runs === 1)
+      yield* eventually(Effect.flip(log.summary("alice", "old")), (e) => e._tag === "RunNotFoundError")
+      expect((yield* log.stats).tombstones).toBe(0)
+    }).pipe(Effect.scoped), 20_000)
+
+  it.live("outage: appends buffer while Redis is down and are flushed in order with the same seqs when it returns", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "aw-redis-"))
+      const own = yield* Effect.promise(() => startRedis(["--appendonly", "yes", "--dir", dir]))
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop().then(() => rmSync(dir, { recursive: true, force: true }))))
+      const log = Context.get(yield* Layer.build(redisLayer({ ...SETTINGS, maxEventsPerRun: 10_000 }, { url: own.url })), RunLog)
+      const epoch = log.epoch
+      for (let seq = 1; seq <= 10; seq++) expect(yield* appendTo(log, event("o", seq))).toBe("ok")
+      const waiting = yield* Effect.forkChild(log.waitFor("alice", "o", 10))
+      yield* Effect.promise(() => own.stop()) // a clean stop keeps the data (append-only file): Redis returns with it
+      yield* eventually(log.stats, (s) => s.store?.up === false)
+      for (let seq = 11; seq <= 40; seq++) expect(yield* appendTo(log, event("o", seq, { end: seq === 40 }))).toBe("ok")
+      expect((yield* log.stats).store).toEqual({ up: false, bufferedEvents: 30 })
+      const down = yield* Effect.flip(log.summary("alice", "o"))
+      expect(down._tag).toBe("RunLogUnavailableError")
+      expect((yield* Effect.flip(log.list("alice")))._tag).toBe("RunLogUnavailableError")
+      yield* Effect.promise(() => own.restart())
+      yield* eventually(log.stats, (s) => s.store?.up === true && s.store.bufferedEvents === 0)
+      expect(Exit.isSuccess(yield* Fiber.await(waiting))).toBe(true)
+      const page = yield* log.read("alice", "o", 0, { maxEvents: 100, maxBytes: 1 << 20 })
+      expect(page.events.map((e) => e.seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1))
+      expect(page.events.map((e) => JSON.parse(e.frame).seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1))
+      expect(page.summary).toMatchObject({ status: "completed", last_seq: 40 })
+      expect(log.epoch).toBe(epoch)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("outage past the buffer's bound: the run is told log_unavailable; once Redis is back it answers RUN_EXPIRED, other runs flushed", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const log = Context.get(yield* Layer.build(redisLayer({ ...SETTINGS, maxEventsPerRun: 10_000 }, { url: own.url, bufferEvents: 20 })), RunLog)
+      yield* appendTo(log, event("small", 1))
+      yield* appendTo(log, event("big", 1))
+      yield* Effect.promise(() => own.kill())
+      yield* eventually(log.stats, (s) => s.store?.up === false)
+      for (let seq = 2; seq <= 5; seq++) expect(yield* appendTo(log, event("small", seq))).toBe("ok")
+      const results: Array<string> = []
+      for (let seq = 2; seq <= 30; seq++) results.push(yield* appendTo(log, event("big", seq)))
+      // 4 of small + 16 of big fill the 20; the 17th of big overflows
+      expect(results.slice(0, 16).every((r) => r === "ok")).toBe(true)
+      expect(results.slice(16).every((r) => r === "log_unavailable")).toBe(true)
+      expect((yield* log.stats).store).toEqual({ up: false, bufferedEvents: 4 })
+      // Redis comes back empty (no persistence): a new epoch; the lost run is expired, the small one unknown
+      yield* Effect.promise(() => own.restart())
+      yield* eventually(log.stats, (s) => s.store?.up === true && s.store.bufferedEvents === 0)
+      const big = yield* eventually(Effect.flip(log.summary("alice", "big")), (e) => e._tag === "RunExpiredError")
+      expect(big).toMatchObject({ _tag: "RunExpiredError", last_seq: 30 })
+      // small's start is gone with Redis's data: remembered as expired at its last seq rather than logged with a gap
+      expect(yield* Effect.flip(log.summary("alice", "small"))).toMatchObject({ _tag: "RunExpiredError", last_seq: 5 })
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("startup: unreachable Redis or wrong credentials is a RedisStartError naming host:port, never the password", () =>
+    Effect.gen(function*() {
+      const guarded = yield* Effect.promise(() => startRedis(["--requirepass", "s3cret-pass"]))
+      yield* Effect.addFinalizer(() => Effect.promise(() => guarded.stop()))
+      const wrong = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:wrong-pass@127.0.0.1:${guarded.port}` })))
+      expect(wrong._tag).toBe("RedisStartError")
+      expect(wrong.message).toBe(`cannot reach Redis at 127.0.0.1:${guarded.port} (AGENTWIRE_REDIS_URL): wrong credentials (WRONGPASS)`)
+      expect(wrong.message).not.toContain("wrong-pass")
+      const none = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://127.0.0.1:${guarded.port}` })))
+      expect(none.message).toContain("NOAUTH")
+      // the right password works
+      const ok = Context.get(yield* Layer.build(redisLayer(SETTINGS, { url: `redis://:s3cret-pass@127.0.0.1:${guarded.port}` })), RunLog)
+      expect(ok.epoch).toMatch(/^epoch_/)
+      // nobody listening
+      const gone = yield* Effect.promise(() => startRedis())
+      yield* Effect.promise(() => gone.stop())
+      const refused = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${gone.port}` })))
+      expect(refused.message).toBe(`cannot reach Redis at 127.0.0.1:${gone.port} (AGENTWIRE_REDIS_URL): connection refused`)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a run whose events overflow the outage buffer ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log then answers RUN_EXPIRED", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const runtime = ExecutionEngineFactoryLayer.layer.pipe(
+        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+        Layer.provideMerge(RunAdmissionMemory.layerConfig),
+        Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, { url: own.url, bufferEvents: 10 })),
+        Layer.provideMerge(WebSocketBridgeRecording.layer),
+        Layer.provide(registry),
+        Layer.provide(QuietLogs),
+        Layer.provide(AgentwireConfig.layer())
+      )
+      const ctx = yield* Layer.build(runtime)
+      const engines = Context.get(ctx, ExecutionEngineFactory)
+      const recorded = Context.get(ctx, WebSocketBridgeRecording.RecordedEvents)
+      const log = Context.get(ctx, RunLog)
+      const context = yield* UserExecutionContext.make({ user_id: "alice" })
+      const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=2")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
+      yield* Effect.promise(() => own.kill())
+      const outcome = yield* handle.await
+      expect(outcome).toMatchObject({ status: "failed", error: { code: "LOG_UNAVAILABLE" } })
+      const events = yield* recorded.ofRun(context.run_id)
+      expect(runInvariants(events)).toEqual([])
+      expect(events.find((e) => e.type === "agent_error")).toMatchObject({ depth: 0, error: { code: "LOG_UNAVAILABLE" } })
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "failed" })
+      yield* Effect.promise(() => own.restart())
+      // the lost run is recorded once Redis answers again
+      const expired = yield* eventually(Effect.flip(log.summary("alice", context.run_id)), (e) => e._tag === "RunExpiredError")
+      expect(expired).toMatchObject({ _tag: "RunExpiredError", last_seq: events.length })
+    }).pipe(Effect.scoped), 30_000)
+})
