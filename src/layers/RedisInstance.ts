@@ -53,6 +53,8 @@ export class RedisInstance extends Context.Service<RedisInstance, {
   readonly instance_id: string
   /** The command connection (shared; also behind `Redis.Redis`). */
   readonly client: RedisClient
+  /** Effect's Redis service on the same connection (`eval` loads scripts once, then EVALSHA). */
+  readonly redis: Redis.Redis["Service"]
   /** True while the command connection is up. */
   readonly isReady: () => boolean
   /** Publishes `message` on `channel` without waiting; dropped (counted) while Redis is down. */
@@ -104,6 +106,7 @@ export const make = (instanceId?: string) =>
     const instance_id = instanceId ?? generateId("conn").replace(/^conn_/, "inst_")
     if (!INSTANCE_ID.test(instance_id)) return yield* Effect.die(new Error(`instance id must match ${INSTANCE_ID}: ${instance_id}`))
     const { client } = yield* NodeRedis.NodeRedis
+    const redis = yield* Redis.Redis
     const runSync = Effect.runSyncWith(yield* Effect.context<never>())
     const stats: RedisStats = { published: 0, dropped: 0, failed: 0, received: 0, channels: 0 }
 
@@ -211,6 +214,7 @@ export const make = (instanceId?: string) =>
     return RedisInstance.of({
       instance_id,
       client,
+      redis,
       isReady: () => client.isReady,
       publish,
       subscribe,
@@ -248,7 +252,7 @@ export const layerNodeRedis = (url: string): Layer.Layer<NodeRedis.NodeRedis | R
   }))
 
 /** The plumbing over an existing `NodeRedis` (share one command connection with other Redis layers). */
-export const layerFromNodeRedis = (instanceId?: string): Layer.Layer<RedisInstance, Redis.RedisError, NodeRedis.NodeRedis> =>
+export const layerFromNodeRedis = (instanceId?: string): Layer.Layer<RedisInstance, Redis.RedisError, NodeRedis.NodeRedis | Redis.Redis> =>
   Layer.effect(RedisInstance, make(instanceId))
 
 /**
