@@ -23,6 +23,11 @@
  * when the store cannot tell within `THREAD_CHECK_TIMEOUT`, the run starts
  * (its history is still keyed by its own user, so nothing leaks).
  *
+ * With a `RunControl` in the context (several instances), `stop` also stops
+ * the selected runs executing on other instances, `runState` reports such a
+ * run as `active`, and this instance answers other instances' stops of its
+ * runs. Without one, everything stays local.
+ *
  * @module
  */
 import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
@@ -30,8 +35,16 @@ import { ConversationStore, titleOf } from "../services/ConversationStore.ts"
 import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
-import { ExecutionEngineFactory, type RunHandle, type RunState, type StartOptions, type UserExecutionEngine } from "../services/ExecutionEngineFactory.ts"
+import {
+  ExecutionEngineFactory,
+  type RunHandle,
+  type RunSelector,
+  type RunState,
+  type StartOptions,
+  type UserExecutionEngine
+} from "../services/ExecutionEngineFactory.ts"
 import { AdmissionError, RunAdmission } from "../services/RunAdmission.ts"
+import { RunControl } from "../services/RunControl.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
@@ -75,6 +88,8 @@ export const make = Effect.gen(function*() {
     onSome: (config) => config.runTimeoutMs
   })
   const history = Option.getOrUndefined(yield* Effect.serviceOption(ConversationStore))
+  // runs executing on other instances (several instances): optional, so one process needs nothing more
+  const control = Option.getOrUndefined(yield* Effect.serviceOption(RunControl))
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   const active = new Map<string, ActiveRun>()
   const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
@@ -267,24 +282,39 @@ export const make = Effect.gen(function*() {
     return Effect.andThen(stopAll(Array.from(active.values()), "server_shutdown"), interruptAll)
   })
 
+  /** Stops the selected runs executing here; the ids of those actually stopped. */
+  const stopLocal = (selector: RunSelector): Effect.Effect<ReadonlyArray<string>> =>
+    Effect.suspend(() => {
+      const selected = Array.from(active.values()).filter((run) =>
+        run.context.user_id === selector.user_id &&
+        (selector.run_id === undefined || run.context.run_id === selector.run_id) &&
+        (selector.thread_id === undefined || run.context.thread_id === selector.thread_id)
+      )
+      return Effect.map(stopAll(selected, "user_request"), (outcomes) =>
+        selected.filter((run, i) => run.cause === "user_request" && outcomes[i]!.status === "cancelled").map((run) => run.context.run_id))
+    })
+
+  const localState = (user_id: string, run_id: string): RunState => {
+    const running = active.get(run_id)
+    if (running !== undefined) return running.context.user_id === user_id ? "active" : "unknown"
+    return ended.get(run_id)?.user_id === user_id ? "ended" : "unknown"
+  }
+
+  // other instances' stops of runs executing here
+  if (control !== undefined) yield* control.serve(stopLocal)
+
   return ExecutionEngineFactory.of({
     createForUser,
     start,
     stop: (selector) =>
-      Effect.suspend(() => {
-        const selected = Array.from(active.values()).filter((run) =>
-          run.context.user_id === selector.user_id &&
-          (selector.run_id === undefined || run.context.run_id === selector.run_id) &&
-          (selector.thread_id === undefined || run.context.thread_id === selector.thread_id)
-        )
-        return Effect.map(stopAll(selected, "user_request"), (outcomes) =>
-          selected.filter((run, i) => run.cause === "user_request" && outcomes[i]!.status === "cancelled").map((run) => run.context.run_id))
-      }),
+      control === undefined
+        ? stopLocal(selector)
+        : Effect.zipWith(stopLocal(selector), control.stopRemote(selector), (here, elsewhere) => [...here, ...elsewhere], { concurrent: true }),
     runState: (user_id, run_id) =>
-      Effect.sync((): RunState => {
-        const running = active.get(run_id)
-        if (running !== undefined) return running.context.user_id === user_id ? "active" : "unknown"
-        return ended.get(run_id)?.user_id === user_id ? "ended" : "unknown"
+      Effect.suspend(() => {
+        const here = localState(user_id, run_id)
+        if (here !== "unknown" || control === undefined) return Effect.succeed(here)
+        return Effect.map(control.remoteRuns(user_id), (remote): RunState => remote.some((run) => run.run_id === run_id) ? "active" : "unknown")
       }),
     interrupt: (run_id) =>
       Effect.suspend(() => {

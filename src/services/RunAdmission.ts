@@ -67,7 +67,9 @@ export class AdmissionError extends Data.TaggedError("AdmissionError")<{
       case "run_limit":
         return `you already have ${this.limit} runs in flight (the limit); stop one or wait for one to end`
       case "server_busy":
-        return `the server is running its maximum of ${this.limit} runs; retry shortly`
+        return this.limit === undefined
+          ? "the server cannot admit runs right now (its shared state is unreachable); retry shortly"
+          : `the server is running its maximum of ${this.limit} runs; retry shortly`
       case "rate_limited":
         return `too many run starts; retry in ${this.retry_after_ms} ms`
       case "request_id_conflict":

@@ -1,0 +1,263 @@
+/**
+ * RedisInstance: one instance's Redis plumbing, shared by the Redis layers
+ * (bridge, admission, run control).
+ *
+ * Per instance it holds exactly two Redis connections: the command connection
+ * (node-redis through `@effect/platform-node`'s `NodeRedis`, also offered as
+ * `Redis.Redis` and `NodeRedis.NodeRedis` for other Redis layers) and one
+ * subscriber connection that carries every channel this instance listens to
+ * (channels are SUBSCRIBEd when their first local listener arrives and
+ * UNSUBSCRIBEd when the last one leaves). Both reconnect with capped
+ * exponential backoff (50 ms doubling, at most 2 s, plus up to 200 ms jitter)
+ * for as long as the layer lives; only the first connection may fail, as a
+ * typed `RedisError` at startup.
+ *
+ * `publish` is fire-and-forget on the command connection: commands are written
+ * in call order on one socket, so two publishes issued in order reach Redis
+ * (and every subscriber) in that order. While the connection is down a publish
+ * is dropped and counted, never queued (a long outage would grow the offline
+ * queue without bound) and never failed.
+ *
+ * The instance id (`instance_id`) tags what this instance publishes and the
+ * admission slots it holds; a lease keyed by it can be added later.
+ *
+ * @module
+ */
+import { NodeRedis } from "@effect/platform-node"
+import { Context, Effect, Layer, type Scope } from "effect"
+import { Redis } from "effect/persistence"
+import { generateId } from "../services/UserExecutionContext.ts"
+
+/** The node-redis client behind `NodeRedis`. */
+export type RedisClient = NodeRedis.NodeRedis["Service"]["client"]
+
+/** Counters of one instance's Redis traffic (monotonic since start). */
+export interface RedisStats {
+  /** Publishes written to the command connection. */
+  published: number
+  /** Publishes dropped because the command connection was down. */
+  dropped: number
+  /** Publishes Redis or the socket failed after they were written. */
+  failed: number
+  /** Messages received on the subscriber connection. */
+  received: number
+  /** Channels currently subscribed on the subscriber connection. */
+  channels: number
+}
+
+/** Called with each message of a subscribed channel, on the subscriber socket's callback (must not throw). */
+export type ChannelListener = (message: string, channel: string) => void
+
+export class RedisInstance extends Context.Service<RedisInstance, {
+  /** This instance's id: `[A-Za-z0-9._:-]`, unique per process start. */
+  readonly instance_id: string
+  /** The command connection (shared; also behind `Redis.Redis`). */
+  readonly client: RedisClient
+  /** Effect's Redis service on the same connection (`eval` loads scripts once, then EVALSHA). */
+  readonly redis: Redis.Redis["Service"]
+  /** True while the command connection is up. */
+  readonly isReady: () => boolean
+  /** Publishes `message` on `channel` without waiting; dropped (counted) while Redis is down. */
+  readonly publish: (channel: string, message: string) => void
+  /**
+   * Listens to `channel` on the one subscriber connection until the scope
+   * closes. Completes once Redis acknowledged the SUBSCRIBE when the
+   * connection is up; while it is down, at once (subscribed on reconnect).
+   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last listener.
+   */
+  readonly subscribe: (channel: string, listener: ChannelListener) => Effect.Effect<void, never, Scope.Scope>
+  /** Waits until both connections are up (at once when they are). */
+  readonly whenReady: Effect.Effect<void>
+  /** Redis connections this instance holds (command + subscriber). */
+  readonly connections: () => number
+  readonly stats: RedisStats
+}>()("agentwire/RedisInstance") {}
+
+/** Key and channel names. User keys share the hash tag `{u:<user_id>}` (one cluster slot per user). */
+export const keys = {
+  /** Channel of a user's events (bridge fan-out). */
+  userEvents: (user_id: string) => `agentwire:{u:${user_id}}:events`,
+  /** ZSET run_id → slot expiry (ms since epoch, Redis clock): the user's admitted runs. */
+  userSlots: (user_id: string) => `agentwire:{u:${user_id}}:slots`,
+  /** HASH run_id → `instance_id \t thread_id \t agent_name`: who runs each slot. */
+  userRuns: (user_id: string) => `agentwire:{u:${user_id}}:runs`,
+  /** HASH of a remembered client request_id (fingerprint and run), expiring with the idempotency window. */
+  userRequest: (user_id: string, request_id: string) => `agentwire:{u:${user_id}}:req:${request_id}`,
+  /** Channel of control messages to one instance (stop requests and their replies). */
+  instanceControl: (instance_id: string) => `agentwire:instance:${instance_id}:control`
+}
+
+/** Options of `layer`. */
+export interface RedisInstanceOptions {
+  /** `redis://[user:password@]host:port[/db]` */
+  readonly url: string
+  /** This instance's id; generated (`inst_…`) when omitted. */
+  readonly instanceId?: string | undefined
+}
+
+const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+/** Backoff of a reconnect attempt: 50 ms doubling, at most 2 s, plus jitter. */
+export const reconnectDelay = (retries: number): number => Math.min(2 ** retries * 50, 2000) + Math.floor(Math.random() * 200)
+
+/** Builds the plumbing over an already connected `NodeRedis`; exposed for hand wiring. */
+export const make = (instanceId?: string) =>
+  Effect.gen(function*() {
+    const instance_id = instanceId ?? generateId("conn").replace(/^conn_/, "inst_")
+    if (!INSTANCE_ID.test(instance_id)) return yield* Effect.die(new Error(`instance id must match ${INSTANCE_ID}: ${instance_id}`))
+    const { client } = yield* NodeRedis.NodeRedis
+    const redis = yield* Redis.Redis
+    const runSync = Effect.runSyncWith(yield* Effect.context<never>())
+    const stats: RedisStats = { published: 0, dropped: 0, failed: 0, received: 0, channels: 0 }
+
+    // the one subscriber connection; it inherits the client's options (and reconnect strategy)
+    const subscriber = client.duplicate()
+    let subscriberDown = false
+    subscriber.on("error", (cause: unknown) => {
+      // said once per outage: node-redis reports every failed reconnect attempt
+      if (subscriberDown) return
+      subscriberDown = true
+      runSync(Effect.logWarning("redis subscriber connection lost; reconnecting with backoff", String(cause)))
+    })
+    subscriber.on("ready", () => {
+      if (!subscriberDown) return
+      subscriberDown = false
+      runSync(Effect.logInfo("redis subscriber connection back; channels resubscribed"))
+    })
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => subscriber.connect(), catch: (cause) => new Redis.RedisError({ cause }) }),
+      () => Effect.sync(() => { if (subscriber.isOpen) subscriber.destroy() })
+    )
+
+    let publishFailureLogged = false
+    const publish = (channel: string, message: string) => {
+      if (!client.isReady) {
+        stats.dropped++
+        return
+      }
+      stats.published++
+      client.sendCommand(["PUBLISH", channel, message]).then(
+        () => {
+          publishFailureLogged = false
+        },
+        (cause: unknown) => {
+          stats.failed++
+          if (publishFailureLogged) return
+          publishFailureLogged = true
+          runSync(Effect.logWarning("redis publish failed; local delivery goes on", String(cause)))
+        }
+      )
+    }
+
+    // channel → local listeners; the node-redis listener is one dispatcher per channel
+    const listeners = new Map<string, Set<ChannelListener>>()
+    const dispatch = (message: string, channel: string) => {
+      stats.received++
+      const set = listeners.get(channel)
+      if (set !== undefined) for (const listener of set) listener(message, channel)
+    }
+    const subscribe = (channel: string, listener: ChannelListener) =>
+      Effect.acquireRelease(
+        Effect.suspend(() => {
+          let set = listeners.get(channel)
+          if (set !== undefined) {
+            set.add(listener)
+            return Effect.void
+          }
+          set = new Set([listener])
+          listeners.set(channel, set)
+          stats.channels++
+          const ack = subscriber.subscribe(channel, dispatch)
+          // while the connection is down the SUBSCRIBE waits for the reconnect: do not wait for it
+          if (!subscriber.isReady) {
+            ack.catch(() => undefined)
+            return Effect.void
+          }
+          return Effect.tryPromise(() => ack).pipe(
+            Effect.catchCause((cause) => Effect.logWarning("redis SUBSCRIBE failed; retried on reconnect", cause))
+          )
+        }),
+        () =>
+          Effect.suspend(() => {
+            const set = listeners.get(channel)
+            if (set === undefined || !set.delete(listener) || set.size > 0) return Effect.void
+            listeners.delete(channel)
+            stats.channels--
+            if (!subscriber.isOpen) return Effect.void
+            const ack = subscriber.unsubscribe(channel, dispatch)
+            // waited for while the connection is up (so a closed scope means unsubscribed), not during an outage
+            if (!subscriber.isReady) {
+              ack.catch(() => undefined)
+              return Effect.void
+            }
+            return Effect.ignore(Effect.tryPromise(() => ack))
+          })
+      )
+
+    const bothReady = () => client.isReady && subscriber.isReady
+    const whenReady: Effect.Effect<void> = Effect.callback<void>((resume) => {
+      if (bothReady()) return resume(Effect.void)
+      const check = () => {
+        if (!bothReady()) return
+        client.off("ready", check)
+        subscriber.off("ready", check)
+        resume(Effect.void)
+      }
+      client.on("ready", check)
+      subscriber.on("ready", check)
+      return Effect.sync(() => {
+        client.off("ready", check)
+        subscriber.off("ready", check)
+      })
+    })
+
+    return RedisInstance.of({
+      instance_id,
+      client,
+      redis,
+      isReady: () => client.isReady,
+      publish,
+      subscribe,
+      whenReady,
+      connections: () => (client.isOpen ? 1 : 0) + (subscriber.isOpen ? 1 : 0),
+      stats
+    })
+  })
+
+/**
+ * `NodeRedis` (and `Redis.Redis`) connected to `url`, reconnecting with
+ * backoff once it was up; the first connection failing is a `RedisError`.
+ */
+export const layerNodeRedis = (url: string): Layer.Layer<NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError> =>
+  Layer.unwrap(Effect.sync(() => {
+    let connected = false
+    const base = NodeRedis.layer({
+      url,
+      socket: {
+        // before the first connection: fail (startup error); after it: retry for ever, with backoff
+        reconnectStrategy: (retries: number, cause: Error) => (connected ? reconnectDelay(retries) : cause)
+      }
+    })
+    return Layer.effectContext(Effect.gen(function*() {
+      const context = yield* Layer.build(base)
+      connected = true
+      const { client } = Context.get(context, NodeRedis.NodeRedis)
+      // runs before NodeRedis' own finalizer, whose close() waits for in-flight commands: during an
+      // outage they would wait for ever, so a client that is down is destroyed (its commands fail) instead
+      yield* Effect.addFinalizer(() => Effect.sync(() => {
+        if (client.isOpen && !client.isReady) client.destroy()
+      }))
+      return context
+    }))
+  }))
+
+/** The plumbing over an existing `NodeRedis` (share one command connection with other Redis layers). */
+export const layerFromNodeRedis = (instanceId?: string): Layer.Layer<RedisInstance, Redis.RedisError, NodeRedis.NodeRedis | Redis.Redis> =>
+  Layer.effect(RedisInstance, make(instanceId))
+
+/**
+ * One instance's Redis: `RedisInstance`, plus `NodeRedis` and `Redis.Redis`
+ * on the same command connection, for the other Redis layers.
+ */
+export const layer = (options: RedisInstanceOptions): Layer.Layer<RedisInstance | NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError> =>
+  layerFromNodeRedis(options.instanceId).pipe(Layer.provideMerge(layerNodeRedis(options.url)))

@@ -1,0 +1,171 @@
+/**
+ * `RunControl` over Redis: stop a run on whichever instance executes it.
+ *
+ * Where runs execute comes from the shared admission slots
+ * (`RunAdmissionRedis`: the user's `…:runs` HASH names each live slot's
+ * instance and thread). Each instance listens on its control channel
+ * `agentwire:instance:<id>:control` (on its one subscriber connection).
+ *
+ * `stopRemote` groups the selected runs by owner and, per owner, publishes
+ * `{type: "stop", reply_to, reply_id, user_id, run_ids}` on the owner's
+ * channel. The owner stops those runs of that user with its local stop (which
+ * waits for their terminal events) and publishes
+ * `{type: "stopped", reply_id, run_ids}` on the asker's channel. The owner
+ * publishes the runs' events and the answer on its one command connection, and
+ * the asker receives both on its one subscriber connection, so the terminal
+ * events reach the asker's sockets before the answer: the stopper's
+ * `run_stopped` comes after them, as on one instance. An owner that is gone
+ * (no subscriber on its channel) or does not answer within `stopTimeoutMs`
+ * contributes no run ids (its runs are the orphan recovery's business).
+ *
+ * Requires `RedisInstance`.
+ *
+ * @module
+ */
+import { Deferred, Effect, Layer } from "effect"
+import { Redis } from "effect/persistence"
+import type { RunSelector } from "../services/ExecutionEngineFactory.ts"
+import { type RemoteRun, RunControl } from "../services/RunControl.ts"
+import * as RedisInstance from "./RedisInstance.ts"
+
+/** Default longest wait for another instance's answer to a stop, in ms. */
+export const DEFAULT_STOP_TIMEOUT_MS = 30_000
+
+/** KEYS: slots, runs. The user's live slots as flat (run_id, `instance \t thread \t agent`) pairs. */
+const liveRunsScript = Redis.script((slots: string, runs: string) => [slots, runs], {
+  numberOfKeys: 2,
+  lua: `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local out = {}
+for i = 1, #live do
+  local owner = redis.call('HGET', KEYS[2], live[i])
+  if owner then
+    out[#out + 1] = live[i]
+    out[#out + 1] = owner
+  end
+end
+return out`
+}).withReturnType<ReadonlyArray<string>>()
+
+type ControlMessage =
+  | { readonly type: "stop"; readonly reply_to: string; readonly reply_id: string; readonly user_id: string; readonly run_ids: ReadonlyArray<string> }
+  | { readonly type: "stopped"; readonly reply_id: string; readonly run_ids: ReadonlyArray<string> }
+
+const isStrings = (u: unknown): u is ReadonlyArray<string> => Array.isArray(u) && u.every((s) => typeof s === "string")
+
+const parse = (message: string): ControlMessage | undefined => {
+  try {
+    const m = JSON.parse(message) as Record<string, unknown>
+    if (m.type === "stop" && typeof m.reply_to === "string" && typeof m.reply_id === "string" && typeof m.user_id === "string" && isStrings(m.run_ids)) {
+      return m as ControlMessage
+    }
+    if (m.type === "stopped" && typeof m.reply_id === "string" && isStrings(m.run_ids)) return m as ControlMessage
+  } catch {
+    // not ours
+  }
+  return undefined
+}
+
+/** Options of the Redis run control. */
+export interface RunControlRedisOptions {
+  /** Longest wait for another instance's answer to a stop, in ms (default `DEFAULT_STOP_TIMEOUT_MS`). */
+  readonly stopTimeoutMs?: number | undefined
+}
+
+/** Builds the Redis run control over this instance's `RedisInstance`. */
+export const make = (options?: RunControlRedisOptions) =>
+  Effect.gen(function*() {
+    const instance = yield* RedisInstance.RedisInstance
+    const stopTimeoutMs = options?.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS
+    const self = instance.instance_id
+    const pending = new Map<string, Deferred.Deferred<ReadonlyArray<string>>>()
+    let stopLocal: ((selector: RunSelector) => Effect.Effect<ReadonlyArray<string>>) | undefined
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+
+    const answer = (request: Extract<ControlMessage, { type: "stop" }>) =>
+      Effect.gen(function*() {
+        const stop = stopLocal
+        const stopped = stop === undefined
+          ? []
+          : (yield* Effect.forEach(request.run_ids, (run_id) => stop({ user_id: request.user_id, run_id }), { concurrency: "unbounded" })).flat()
+        instance.publish(RedisInstance.keys.instanceControl(request.reply_to), JSON.stringify({ type: "stopped", reply_id: request.reply_id, run_ids: stopped }))
+      }).pipe(Effect.annotateLogs({ user_id: request.user_id, from_instance: request.reply_to }))
+
+    const onMessage = (message: string) => {
+      const m = parse(message)
+      if (m === undefined) return
+      if (m.type === "stop") {
+        runFork(answer(m))
+        return
+      }
+      const waiting = pending.get(m.reply_id)
+      if (waiting !== undefined) Deferred.doneUnsafe(waiting, Effect.succeed(m.run_ids))
+    }
+    yield* instance.subscribe(RedisInstance.keys.instanceControl(self), onMessage)
+
+    const remoteRuns = (user_id: string): Effect.Effect<ReadonlyArray<RemoteRun>> =>
+      instance.redis.eval(liveRunsScript)(RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id)).pipe(
+        Effect.map((flat) => {
+          const out: Array<RemoteRun> = []
+          for (let i = 0; i + 1 < flat.length; i += 2) {
+            const [instance_id = "", thread_id = "", agent_name = ""] = flat[i + 1]!.split("\t")
+            if (instance_id !== self) out.push({ run_id: flat[i]!, thread_id, agent_name, instance_id })
+          }
+          return out
+        }),
+        Effect.timeout(stopTimeoutMs),
+        Effect.catchCause((cause) => Effect.as(Effect.logWarning("could not list the user's runs in Redis", cause), []))
+      )
+
+    const askOwner = (owner: string, user_id: string, run_ids: ReadonlyArray<string>) =>
+      Effect.suspend(() => {
+        const reply_id = crypto.randomUUID()
+        const reply = Deferred.makeUnsafe<ReadonlyArray<string>>()
+        pending.set(reply_id, reply)
+        const request = JSON.stringify({ type: "stop", reply_to: self, reply_id, user_id, run_ids })
+        return instance.redis.send<number>("PUBLISH", RedisInstance.keys.instanceControl(owner), request).pipe(
+          // nobody listens on the owner's channel: that instance is gone
+          Effect.flatMap((receivers) => receivers === 0 ? Effect.succeed<ReadonlyArray<string>>([]) : Deferred.await(reply)),
+          Effect.timeout(stopTimeoutMs),
+          Effect.catchCause((cause) =>
+            Effect.as(
+              Effect.logWarning("another instance did not answer a stop", cause).pipe(Effect.annotateLogs({ owner, user_id })),
+              [] as ReadonlyArray<string>
+            )
+          ),
+          Effect.ensuring(Effect.sync(() => pending.delete(reply_id)))
+        )
+      })
+
+    const stopRemote = (selector: RunSelector) =>
+      Effect.gen(function*() {
+        const selected = (yield* remoteRuns(selector.user_id)).filter((run) =>
+          (selector.run_id === undefined || run.run_id === selector.run_id) &&
+          (selector.thread_id === undefined || run.thread_id === selector.thread_id)
+        )
+        if (selected.length === 0) return []
+        const byOwner = new Map<string, Array<string>>()
+        for (const run of selected) byOwner.set(run.instance_id, [...(byOwner.get(run.instance_id) ?? []), run.run_id])
+        const answers = yield* Effect.forEach(byOwner, ([owner, run_ids]) => askOwner(owner, selector.user_id, run_ids), { concurrency: "unbounded" })
+        return answers.flat()
+      })
+
+    return RunControl.of({
+      remoteRuns: Effect.fn("RunControl.remoteRuns")(remoteRuns),
+      stopRemote: Effect.fn("RunControl.stopRemote")(stopRemote),
+      serve: (handler) =>
+        Effect.acquireRelease(
+          Effect.sync(() => {
+            stopLocal = handler
+          }),
+          () => Effect.sync(() => {
+            if (stopLocal === handler) stopLocal = undefined
+          })
+        )
+    })
+  })
+
+/** The Redis run control; requires `RedisInstance`. */
+export const layer = (options?: RunControlRedisOptions): Layer.Layer<RunControl, never, RedisInstance.RedisInstance> =>
+  Layer.effect(RunControl, make(options))

@@ -1,0 +1,146 @@
+import { expect, it } from "@effect/vitest"
+import { Context, Effect, Exit, Layer, Scope } from "effect"
+import { DEFAULT_RUN_LIMITS } from "../../src/layers/AgentwireConfig.ts"
+import * as RedisInstance from "../../src/layers/RedisInstance.ts"
+import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
+import { type Admission, RunAdmission, type RunLimits } from "../../src/services/RunAdmission.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+import { describeRedis, instanceLayer, server } from "../fixtures/redisLayers.ts"
+
+const limits: RunLimits = { ...DEFAULT_RUN_LIMITS, maxRunsPerUser: 2, maxRuns: 100, runStartsPerSecond: 0, idempotencyWindowMs: 60_000 }
+
+/** One admission "instance" on the suite's Redis, built in `scope` (closing it is the instance dying). */
+const admissionIn = (scope: Scope.Scope, instanceId: string, l: RunLimits = limits, slotTtlMs?: number) =>
+  Effect.map(
+    Layer.buildWithScope(RunAdmissionRedis.layer(l, { slotTtlMs }).pipe(Layer.provideMerge(instanceLayer(instanceId))), scope),
+    (context) => Context.get(context, RunAdmission)
+  )
+const admission = (instanceId: string, l?: RunLimits, slotTtlMs?: number) => Effect.flatMap(Effect.scope, (scope) => admissionIn(scope, instanceId, l, slotTtlMs))
+
+const ctx = (user_id: string, request_id?: string, thread_id?: string) => UserExecutionContext.make({ user_id, request_id, thread_id })
+const tagOf = (a: Admission) => a._tag
+
+describeRedis("RunAdmissionRedis", () => {
+  it.live("the per-user limit holds across two instances; a release on one frees the slot for the other", () =>
+    Effect.gen(function*() {
+      const a = yield* admission("adm-a")
+      const b = yield* admission("adm-b")
+      const first = yield* a.admit(yield* ctx("u1"), "echo")
+      expect(tagOf(yield* b.admit(yield* ctx("u1"), "echo"))).toBe("Admitted")
+      const refusedOnA = yield* Effect.flip(a.admit(yield* ctx("u1"), "echo"))
+      const refusedOnB = yield* Effect.flip(b.admit(yield* ctx("u1"), "echo"))
+      expect([refusedOnA.reason, refusedOnA.limit, refusedOnB.reason, refusedOnB.code]).toEqual(["run_limit", 2, "run_limit", "RUN_LIMIT_EXCEEDED"])
+      // another user is not affected
+      expect(tagOf(yield* b.admit(yield* ctx("u2"), "echo"))).toBe("Admitted")
+      expect(yield* a.activeRuns("u1")).toBe(2)
+      // activeRuns() without a user is this instance's
+      expect([yield* a.activeRuns(), yield* b.activeRuns()]).toEqual([1, 2])
+      if (first._tag === "Admitted") {
+        yield* first.release
+        yield* first.release // idempotent
+      }
+      expect(yield* b.activeRuns("u1")).toBe(1)
+      expect(tagOf(yield* b.admit(yield* ctx("u1"), "echo"))).toBe("Admitted")
+    }).pipe(Effect.scoped))
+
+  it.live("idempotent starts across instances: a repeat on B of A's request_id is its Duplicate; another payload or thread conflicts", () =>
+    Effect.gen(function*() {
+      const a = yield* admission("adm-a")
+      const b = yield* admission("adm-b")
+      const original = yield* ctx("u3", "req-1", "thread-1")
+      const idem = (fingerprint: string, threadGiven: boolean) => ({ idempotency: { fingerprint, threadGiven } })
+      expect(tagOf(yield* a.admit(original, "echo", idem("fp", false)))).toBe("Admitted")
+      const repeat = yield* b.admit(yield* ctx("u3", "req-1"), "echo", idem("fp", false))
+      expect(repeat).toEqual({ _tag: "Duplicate", run: { run_id: original.run_id, thread_id: "thread-1", request_id: "req-1", agent_name: "echo" } })
+      expect(tagOf(yield* b.admit(yield* ctx("u3", "req-1", "thread-1"), "echo", idem("fp", true)))).toBe("Duplicate")
+      expect((yield* Effect.flip(b.admit(yield* ctx("u3", "req-1", "thread-2"), "echo", idem("fp", true)))).reason).toBe("request_id_conflict")
+      expect((yield* Effect.flip(b.admit(yield* ctx("u3", "req-1"), "echo", idem("other", false)))).reason).toBe("request_id_conflict")
+      // duplicates take no slot
+      expect(yield* a.activeRuns("u3")).toBe(1)
+      // the same request_id of another user is another request
+      expect(tagOf(yield* b.admit(yield* ctx("u4", "req-1"), "echo", idem("fp", false)))).toBe("Admitted")
+    }).pipe(Effect.scoped))
+
+  it.live("the process cap is per instance (server_busy after the user limit); a refused or rate-limited start takes no slot", () =>
+    Effect.gen(function*() {
+      const a = yield* admission("adm-a", { ...limits, maxRuns: 1, maxRunsPerUser: 1 })
+      const b = yield* admission("adm-b", { ...limits, runStartsPerSecond: 1, runStartBurst: 1 })
+      expect(tagOf(yield* a.admit(yield* ctx("u5"), "echo"))).toBe("Admitted")
+      // the user's limit is checked first, as in memory
+      expect((yield* Effect.flip(a.admit(yield* ctx("u5"), "echo"))).reason).toBe("run_limit")
+      const busy = yield* Effect.flip(a.admit(yield* ctx("u6"), "echo"))
+      expect([busy.reason, busy.limit, busy.retry_after_ms]).toEqual(["server_busy", 1, 1000])
+      expect(yield* a.activeRuns("u6")).toBe(0)
+      // B's own budget: the first start spends it, the second is refused and gives its slot back
+      const first = yield* b.admit(yield* ctx("u6"), "echo", { rateLimited: true })
+      expect(tagOf(first)).toBe("Admitted")
+      expect((yield* Effect.flip(b.admit(yield* ctx("u6", "req-rl"), "echo", { rateLimited: true, idempotency: { fingerprint: "x", threadGiven: false } }))).reason)
+        .toBe("rate_limited")
+      expect(yield* b.activeRuns("u6")).toBe(1)
+      // the refused start's request_id is not remembered: a retry is a fresh start, not a duplicate
+      const redis = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Effect.map(Layer.buildWithScope(instanceLayer("reader"), scope), (c) => Context.get(c, RedisInstance.RedisInstance)))
+      expect(yield* Effect.promise(() => redis.client.sendCommand(["EXISTS", RedisInstance.keys.userRequest("u6", "req-rl")]))).toBe(0)
+    }).pipe(Effect.scoped))
+
+  it.live("slots of an instance that died expire after slotTtlMs; a live instance keeps its slots by renewing them", () =>
+    Effect.gen(function*() {
+      const ttl = 400
+      const dying = yield* Scope.make()
+      const dead = yield* admissionIn(dying, "adm-dead", limits, ttl)
+      const live = yield* admission("adm-live", limits, ttl)
+      const survivor = yield* admission("adm-c", limits, ttl)
+      yield* dead.admit(yield* ctx("u7"), "echo")
+      yield* dead.admit(yield* ctx("u7"), "echo")
+      yield* live.admit(yield* ctx("u8"), "echo")
+      yield* live.admit(yield* ctx("u8"), "echo")
+      // the dead instance stops renewing (its scope closed without releasing: a crash)
+      yield* Scope.close(dying, Exit.void)
+      const diedAt = Date.now()
+      expect((yield* Effect.flip(survivor.admit(yield* ctx("u7"), "echo"))).reason).toBe("run_limit")
+      // no event announces an expiry: retry the start until it is admitted
+      let admitted = false
+      while (!admitted) {
+        admitted = yield* survivor.admit(yield* ctx("u7"), "echo").pipe(Effect.as(true), Effect.orElseSucceed(() => false))
+        if (!admitted) yield* Effect.sleep("25 millis")
+      }
+      const waited = Date.now() - diedAt
+      expect(waited).toBeGreaterThan(ttl / 3)
+      expect(waited).toBeLessThan(ttl + 2000)
+      // by now, more than a ttl after they were taken, the live instance's slots are still held
+      yield* Effect.sleep(ttl)
+      expect(yield* survivor.activeRuns("u8")).toBe(2)
+      expect((yield* Effect.flip(survivor.admit(yield* ctx("u8"), "echo"))).reason).toBe("run_limit")
+    }).pipe(Effect.scoped))
+
+  it.live("the slots carry their owner: the runs hash names instance, thread and agent", () =>
+    Effect.gen(function*() {
+      const a = yield* admission("adm-owner")
+      const context = yield* ctx("u9", undefined, "thread-9")
+      yield* a.admit(context, "echo")
+      const redis = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Effect.map(Layer.buildWithScope(instanceLayer("reader"), scope), (c) => Context.get(c, RedisInstance.RedisInstance)))
+      const runs = yield* Effect.promise(() => redis.client.sendCommand(["HGETALL", RedisInstance.keys.userRuns("u9")]))
+      expect(runs).toEqual({ [context.run_id]: "adm-owner\tthread-9\techo" })
+    }).pipe(Effect.scoped))
+
+  it.live("Redis down: a start is refused (at once once the loss is known, else within 2 s) with server_busy (no limit, retry in 1 s); it comes back after a restart", () =>
+    Effect.gen(function*() {
+      const a = yield* admission("adm-a")
+      const redis = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Effect.map(Layer.buildWithScope(instanceLayer("probe"), scope), (c) => Context.get(c, RedisInstance.RedisInstance)))
+      yield* Effect.promise(() => server.current!.kill())
+      const refused = yield* Effect.flip(a.admit(yield* ctx("u10"), "echo"))
+      expect([refused.reason, refused.limit, refused.retry_after_ms, refused.status]).toEqual(["server_busy", undefined, 1000, 503])
+      expect(refused.message).toContain("retry")
+      expect(yield* a.activeRuns()).toBe(0)
+      yield* Effect.promise(() => server.current!.restart())
+      yield* redis.whenReady
+      let admitted = false
+      while (!admitted) {
+        admitted = yield* a.admit(yield* ctx("u10"), "echo").pipe(Effect.as(true), Effect.orElseSucceed(() => false))
+        if (!admitted) yield* Effect.sleep("25 millis")
+      }
+      expect(yield* a.activeRuns("u10")).toBe(1)
+    }).pipe(Effect.scoped), { timeout: 15_000 })
+})

@@ -1,0 +1,118 @@
+import { expect, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Layer } from "effect"
+import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
+import { DEFAULT_RUN_LIMITS } from "../../src/layers/AgentwireConfig.ts"
+import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
+import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
+import * as RunControlRedis from "../../src/layers/RunControlRedis.ts"
+import * as RunLogMemory from "../../src/layers/RunLogMemory.ts"
+import * as WebSocketBridgeRedis from "../../src/layers/WebSocketBridgeRedis.ts"
+import type { AgentEvent } from "../../src/protocol/Protocol.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import { RunControl } from "../../src/services/RunControl.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+import { type BridgeConnection, WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
+import { describeRedis, instanceLayer } from "../fixtures/redisLayers.ts"
+import { QuietLogs, registry } from "../fixtures/runtime.ts"
+
+/** One instance: engine factory over the Redis bridge, admission and run control (run log in memory). */
+const instanceRuntime = (instanceId: string) =>
+  ExecutionEngineFactoryLayer.layer.pipe(
+    Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+    Layer.provideMerge(RunAdmissionRedis.layer({ ...DEFAULT_RUN_LIMITS, maxRunsPerUser: 10 })),
+    Layer.provideMerge(RunLogMemory.layerConfig),
+    Layer.provideMerge(RunControlRedis.layer()),
+    Layer.provideMerge(WebSocketBridgeRedis.layer),
+    Layer.provideMerge(instanceLayer(instanceId)),
+    Layer.provide(registry),
+    Layer.provide(QuietLogs)
+  )
+
+const instance = (instanceId: string) =>
+  Effect.map(Layer.build(instanceRuntime(instanceId)), (context) => ({
+    engines: Context.get(context, ExecutionEngineFactory),
+    bridge: Context.get(context, WebSocketBridge),
+    control: Context.get(context, RunControl)
+  }))
+
+/** A socket's view: frames in arrival order, and a wait for one that matches. */
+const socket = (id: string, user_id: string) => {
+  const frames: Array<AgentEvent> = []
+  const waiters: Array<{ readonly until: (e: AgentEvent) => boolean; readonly done: Deferred.Deferred<void> }> = []
+  const connection: BridgeConnection = {
+    id,
+    user_id,
+    send: (frame) => {
+      const event = JSON.parse(frame) as AgentEvent
+      frames.push(event)
+      for (const w of waiters) if (w.until(event)) Deferred.doneUnsafe(w.done, Effect.void)
+    }
+  }
+  const waitFor = (until: (e: AgentEvent) => boolean) =>
+    Effect.suspend(() => {
+      if (frames.some(until)) return Effect.void
+      const done = Deferred.makeUnsafe<void>()
+      waiters.push({ until, done })
+      return Deferred.await(done)
+    })
+  return { connection, frames, waitFor }
+}
+
+const isRootEnd = (run_id: string) => (e: AgentEvent) => e.run_id === run_id && e.type === "agent_completed" && e.depth === 0
+
+describeRedis("RunControlRedis (stop anywhere)", () => {
+  it.live("a stop sent to B stops the run executing on A; B's answer comes after the run's terminal events reached B's socket", () =>
+    Effect.gen(function*() {
+      const a = yield* instance("ctl-a")
+      const b = yield* instance("ctl-b")
+      const onB = socket("b1", "alice")
+      yield* b.bridge.register(onB.connection)
+      const context = yield* UserExecutionContext.make({ user_id: "alice" })
+      const handle = yield* a.engines.start(context, "hanging-tool", "")
+      // the run's tool is running on A; B's socket sees it through the fan-out
+      yield* onB.waitFor((e) => e.run_id === context.run_id && e.type === "tool_executing")
+      expect(yield* b.engines.runState("alice", context.run_id)).toBe("active")
+      expect(yield* b.engines.runState("mallory", context.run_id)).toBe("unknown")
+      expect(yield* b.engines.activeRuns).toBe(0)
+
+      const stopped = yield* b.engines.stop({ user_id: "alice", run_id: context.run_id })
+      expect(stopped).toEqual([context.run_id])
+      // the terminal events were delivered to B's socket before the answer
+      const end = onB.frames.find(isRootEnd(context.run_id))
+      expect(end?.type === "agent_completed" ? end.status : undefined).toBe("cancelled")
+      expect((yield* handle.await).status).toBe("cancelled")
+      // in order, once each
+      const seqs = onB.frames.filter((e) => e.run_id === context.run_id).map((e) => e.seq)
+      expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 1))
+      // stopped again: nothing to stop
+      expect(yield* b.engines.stop({ user_id: "alice", run_id: context.run_id })).toEqual([])
+    }).pipe(Effect.scoped), { timeout: 15_000 })
+
+  it.live("by thread and all: a stop on B selects runs on A and on B; other users' runs are never touched", () =>
+    Effect.gen(function*() {
+      const a = yield* instance("ctl-a")
+      const b = yield* instance("ctl-b")
+      const onA = socket("a1", "bob")
+      yield* a.bridge.register(onA.connection)
+      const onAeve = socket("a2", "eve")
+      yield* a.bridge.register(onAeve.connection)
+      const start = (on: typeof a, user_id: string, thread_id: string) =>
+        Effect.flatMap(UserExecutionContext.make({ user_id, thread_id }), (context) =>
+          Effect.map(on.engines.start(context, "hanging-tool", ""), () => context.run_id))
+      const t1OnA = yield* start(a, "bob", "t1")
+      const t2OnA = yield* start(a, "bob", "t2")
+      const t1OnB = yield* start(b, "bob", "t1")
+      const eveOnA = yield* start(a, "eve", "t1")
+      for (const run_id of [t1OnA, t2OnA, t1OnB]) yield* onA.waitFor((e) => e.run_id === run_id && e.type === "tool_executing")
+      yield* onAeve.waitFor((e) => e.run_id === eveOnA && e.type === "tool_executing")
+      expect((yield* b.control.remoteRuns("bob")).map((r) => r.run_id).sort()).toEqual([t1OnA, t2OnA].sort())
+
+      expect([...(yield* b.engines.stop({ user_id: "bob", thread_id: "t1" }))].sort()).toEqual([t1OnA, t1OnB].sort())
+      expect(yield* b.engines.stop({ user_id: "bob" })).toEqual([t2OnA])
+      // eve's run on A still runs
+      expect(yield* a.engines.runState("eve", eveOnA)).toBe("active")
+      expect(yield* b.engines.stop({ user_id: "mallory", run_id: eveOnA })).toEqual([])
+      expect(yield* a.engines.runState("eve", eveOnA)).toBe("active")
+      expect(yield* b.engines.stop({ user_id: "eve" })).toEqual([eveOnA])
+    }).pipe(Effect.scoped), { timeout: 15_000 })
+})
