@@ -32,6 +32,7 @@ import type { AgentRegistry } from "../src/services/AgentRegistry.ts"
 import { AgentwireConfig } from "../src/services/AgentwireConfig.ts"
 import { RunLog, RunNotFoundError } from "../src/services/RunLog.ts"
 import { generateId } from "../src/services/UserExecutionContext.ts"
+import * as History from "../src/layers/History.ts"
 
 /** A `RunLog` that keeps nothing: every append is `"ok"` (synchronously too), every run is unknown. */
 export const noopRunLog: Layer.Layer<RunLog> = Layer.effect(
@@ -82,7 +83,10 @@ void _check
 
 const main = Effect.gen(function*() {
   const settings = yield* AgentwireConfigLayer.fromEnv
-  const app = layerServerWithoutLog(Agentwire.layerBuiltinRegistry(settings)).pipe(
+  const history = yield* History.settingsFromEnv
+  // as Agentwire.layerApp: the built-in agents over durable history, only the run log differs
+  const app = layerServerWithoutLog(Agentwire.layerBuiltinRegistryOver(settings)).pipe(
+    Layer.provideMerge(History.layer(history)),
     Layer.provide(AgentwireConfigLayer.layer(settings)),
     Layer.provide(Logger.layer([Logger.consoleLogFmt]))
   )

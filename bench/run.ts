@@ -252,6 +252,8 @@ const startServer = async (
       env: {
         AGENTWIRE_HOST: "127.0.0.1",
         AGENTWIRE_PORT: String(port),
+        // each server its own history database (SQLite allows one writer per file)
+        AGENTWIRE_DATA_DIR: join(workDir, `${name}-data`),
         AGENTWIRE_JWT_SECRET: BENCH_SECRET,
         AGENTWIRE_LOG_LEVEL: params.logLevel,
         AGENTWIRE_MAX_MESSAGE_BYTES: "65536",
