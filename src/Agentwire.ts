@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option, type Redacted } from "effect"
 import * as BuiltinAgents from "./agents/BuiltinAgents.ts"
 import * as AgentRuntime from "./layers/AgentRuntime.ts"
 import * as AgentwireConfigLayer from "./layers/AgentwireConfig.ts"
@@ -29,10 +29,12 @@ import * as Server from "./server/Server.ts"
 import type { AgentInstanceFactory } from "./services/AgentInstanceFactory.ts"
 import type { AgentRegistry, AgentRegistryError } from "./services/AgentRegistry.ts"
 import type { AgentwireConfig, AgentwireSettings } from "./services/AgentwireConfig.ts"
-import type { AgentwireServer } from "./services/AgentwireServer.ts"
+import type { AgentwireServer, ServerStartError } from "./services/AgentwireServer.ts"
+import type { MissingSecretError } from "./services/Auth.ts"
 import type { ConversationStore } from "./services/ConversationStore.ts"
 import type { Auth } from "./services/Auth.ts"
 import type { ExecutionEngineFactory } from "./services/ExecutionEngineFactory.ts"
+import type { RedisStartError } from "./services/RedisStartError.ts"
 import type { RunLog } from "./services/RunLog.ts"
 import type { WebSocketBridge } from "./services/WebSocketBridge.ts"
 
@@ -49,6 +51,20 @@ export const layerServer = <E, R>(
   Server.layer.pipe(
     Layer.provideMerge(AuthJwt.layer),
     Layer.provideMerge(AgentRuntime.layer),
+    Layer.provide(registry)
+  )
+
+/**
+ * The server with the agents of `registry` over the Redis runtime
+ * (`AgentRuntime.layerRedis`): several instances share one Redis.
+ */
+export const layerServerRedis = <E, R>(
+  registry: Layer.Layer<AgentRegistry, E, R>,
+  url: Redacted.Redacted<string>
+) =>
+  Server.layer.pipe(
+    Layer.provideMerge(AuthJwt.layer),
+    Layer.provideMerge(AgentRuntime.layerRedis(url)),
     Layer.provide(registry)
   )
 
@@ -79,10 +95,16 @@ export const layerBuiltinRegistryOver = (settings: AgentwireSettings): Layer.Lay
  * `ConversationStore` (`History.layer(history)`) under everything, so it is
  * opened first and closed last (after the runs stopped at shutdown recorded their ends).
  */
-export const layerApp = (settings: AgentwireSettings, history: History.HistorySettings) =>
-  layerServerWithBanner(layerBuiltinRegistryOver(settings)).pipe(
-    Layer.provideMerge(History.layer(history))
-  )
+export const layerApp = (settings: AgentwireSettings, history: History.HistorySettings) => {
+  const registry = layerBuiltinRegistryOver(settings)
+  // AGENTWIRE_REDIS_URL set: the runtime for several instances; else everything in process
+  const server: Layer.Layer<ServerServices, AgentRegistryError | ServerStartError | MissingSecretError | RedisStartError, AgentwireConfig | ConversationStore> =
+    Option.match(settings.redisUrl, {
+      onNone: () => layerServer(registry),
+      onSome: (url) => layerServerRedis(registry, url)
+    })
+  return DemoBanner.layer.pipe(Layer.provideMerge(server), Layer.provideMerge(History.layer(history)))
+}
 
 /** The built-in agents, configuration from the environment: what `npm start` runs. */
 export const layerServerFromEnv = Layer.unwrap(Effect.gen(function*() {

@@ -19,6 +19,15 @@ import * as AgentInstanceFactoryLayer from "./AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "./ExecutionEngineFactory.ts"
 import * as RunAdmissionMemory from "./RunAdmissionMemory.ts"
 import * as RunLogMemory from "./RunLogMemory.ts"
+import { Cause, Effect, Redacted } from "effect"
+import type { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import { RedisStartError, redisStartReason, redisTarget } from "../services/RedisStartError.ts"
+import type { RunControl } from "../services/RunControl.ts"
+import * as RedisInstance from "./RedisInstance.ts"
+import * as RunAdmissionRedis from "./RunAdmissionRedis.ts"
+import * as RunControlRedis from "./RunControlRedis.ts"
+import * as RunLogRedis from "./RunLogRedis.ts"
+import * as WebSocketBridgeRedis from "./WebSocketBridgeRedis.ts"
 import * as WebSocketBridgeMemory from "./WebSocketBridgeMemory.ts"
 
 /**
@@ -38,3 +47,38 @@ export const layerWithoutBridge: Layer.Layer<
 /** The runtime over the in-memory bridge. */
 export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | RunAdmission | RunLog | WebSocketBridge, never, AgentRegistry> =
   layerWithoutBridge.pipe(Layer.provideMerge(WebSocketBridgeMemory.layer))
+
+/**
+ * The runtime for several instances sharing the Redis at `url`
+ * (`AGENTWIRE_REDIS_URL`): the bridge fans events out to every instance, the
+ * run log, admission (per-user limit, idempotent starts) and stops work
+ * across instances. One Redis connection pair per instance (`RedisInstance`)
+ * serves the bridge, admission and stops; the run log has its own. Redis
+ * unreachable or refusing the credentials at startup is a `RedisStartError`
+ * naming `host:port`, never the password. Requires `AgentwireConfig` (the
+ * limits and retention settings).
+ */
+export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
+  ExecutionEngineFactory | AgentInstanceFactory | RunAdmission | RunLog | WebSocketBridge | RunControl,
+  RedisStartError,
+  AgentRegistry | AgentwireConfig
+> =>
+  ExecutionEngineFactoryLayer.layer.pipe(
+    Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+    Layer.provideMerge(RunAdmissionRedis.layerConfig()),
+    Layer.provideMerge(RunControlRedis.layer()),
+    Layer.provideMerge(WebSocketBridgeRedis.layer),
+    Layer.provideMerge(RunLogRedis.layerConfig),
+    Layer.provideMerge(
+      RedisInstance.layer({ url: Redacted.value(url) }).pipe(
+        Layer.catchCause((cause) =>
+          Layer.effect(
+            RedisInstance.RedisInstance,
+            Effect.fail(
+              new RedisStartError({ target: redisTarget(Redacted.value(url)), variable: "AGENTWIRE_REDIS_URL", reason: redisStartReason(Cause.squash(cause)) })
+            )
+          )
+        )
+      )
+    )
+  )

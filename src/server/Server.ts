@@ -173,6 +173,7 @@ export const layer: Layer.Layer<
       const admissionOpen = yield* engines.admissionOpen
       const listening = server?.listening === true && !shuttingDown
       const worstDelayMs = Math.max(0, loopDelay.worstMs())
+      const logStats = yield* runLog.stats
       const loopUp = worstDelayMs <= READY_MAX_EVENT_LOOP_DELAY_MS
       return {
         shuttingDown,
@@ -186,18 +187,27 @@ export const layer: Layer.Layer<
             threshold_ms: READY_MAX_EVENT_LOOP_DELAY_MS
           },
           bridge: { status: "up", required: true, connections: yield* bridge.connectionCount() },
-          run_log: yield* Effect.map(runLog.stats, (stats) => ({
+          run_log: {
             // a log whose active runs alone fill the budget fails the runs that append (LOG_FULL)
-            status: stats.bytes <= stats.maxBytes ? "up" as const : "down" as const,
+            status: logStats.bytes <= logStats.maxBytes ? "up" as const : "down" as const,
             required: false,
             epoch: runLog.epoch,
-            runs: stats.runs,
-            active_runs: stats.activeRuns,
-            bytes: stats.bytes,
-            budget_bytes: stats.maxBytes,
-            tombstones: stats.tombstones,
-            evicted_runs: stats.evicted
-          })),
+            runs: logStats.runs,
+            active_runs: logStats.activeRuns,
+            bytes: logStats.bytes,
+            budget_bytes: logStats.maxBytes,
+            tombstones: logStats.tombstones,
+            evicted_runs: logStats.evicted
+          },
+          // a shared log (AGENTWIRE_REDIS_URL): its store is required; while it is down runs go on,
+          // their events buffered in process (AGENTWIRE_REDIS_BUFFER_EVENTS)
+          ...(logStats.store === undefined ? {} : {
+            redis: {
+              status: logStats.store.up ? "up" as const : "down" as const,
+              required: true,
+              buffered_events: logStats.store.bufferedEvents
+            }
+          }),
           ...(history === undefined ? {} : { history: yield* Effect.map(history.health, ({ status, ...facts }) => ({ status: status === "up" ? "up" as const : "down" as const, required: false, state: status, ...facts })) }),
           send_buffers: {
             status: budget.tracked() <= budget.maxProcessBytes ? "up" : "down",
