@@ -16,8 +16,24 @@
  *   server's run log is gone, and every unfinished run ends with a
  *   {@link RunLostError} instead of waiting forever;
  * - puts a `request_id` on every command and re-sends unanswered commands after
- *   a reconnect: a retried start is answered `run_accepted {duplicate: true}`
- *   and never runs the agent twice;
+ *   a reconnect: within one `server_epoch` a retried start is answered
+ *   `run_accepted {duplicate: true}` and never runs the agent twice; an
+ *   unanswered start across an epoch change is failed with
+ *   `CommandError("OUTCOME_UNKNOWN")` instead (the new server cannot tell
+ *   whether it ran, so re-sending could run it twice);
+ * - refuses, without sending, a command whose encoded size is over the
+ *   server's `max_message_bytes` (`CommandError("MESSAGE_TOO_LARGE")`);
+ * - resumes at most {@link MAX_RESUMES_IN_FLIGHT} runs at once per connection
+ *   (the server's limit), more as those end; a `RATE_LIMITED` or
+ *   `LOG_UNAVAILABLE` resume is tried again after `retry_after_ms`;
+ * - keeps per run only what it needs: the contiguous high-water `seq`, the
+ *   events held out of order (at most {@link MAX_HELD_EVENTS}), and the
+ *   events an iterator has not taken yet; a run that ended is forgotten by
+ *   the client (only its `Run` object, if you keep it, holds its events);
+ * - stops for good, failing every pending command and run with a typed error,
+ *   when the server replaces the connection (4009: `closed`, cause `replaced`;
+ *   {@link Client.reconnectNow} starts again) or the token is refused and
+ *   cannot be refreshed (a fixed token that expired: `auth_failed`);
  * - asks `token` (when it is a function) for a fresh token before each
  *   connection and `refreshBeforeExpiryMs` before the current one expires,
  *   and hands it to the server in-band (`authenticate`), without reconnecting;
@@ -51,6 +67,14 @@ export type { AgentEvent, RunInfo, RunStatus, ServerMessage } from "../protocol/
 /** Close codes the client reacts to (docs/protocol.md §6). */
 const CLOSE_TOKEN_EXPIRED = 4001
 const CLOSE_REPLACED = 4009
+const CLOSE_TOO_BIG = 1009
+
+/** Runs resumed at once on one connection at most (the server's `MAX_FOLLOWED_RUNS`); more wait their turn. */
+export const MAX_RESUMES_IN_FLIGHT = 64
+/** Events held out of order per run at most; past it they are dropped and the run is resumed from its high-water `seq`. */
+export const MAX_HELD_EVENTS = 4096
+/** Ended runs whose id the client remembers, to drop their late duplicates (oldest forgotten first). */
+const MAX_ENDED_REMEMBERED = 1024
 
 /** Where a token comes from: a fixed string, or a function asked before each connection and each refresh. */
 export type TokenSource = string | (() => string | Promise<string>)
@@ -98,23 +122,53 @@ export type WebSocketConstructor = new(url: string, protocols: Array<string>) =>
  * - `reconnecting`: the connection dropped; the next attempt is at `retryAt`
  *   (epoch ms), attempt number `attempt`;
  * - `closed`: given up: `close()` was called, or the server replaced this
- *   connection (4009, too many connections of the user).
+ *   connection (4009, too many connections of the user);
+ * - `auth_failed`: the server refused the token (a 4001 close, or a fixed
+ *   token past its `exp`) and there is no token function to get another:
+ *   the client stops retrying; pending commands fail with
+ *   {@link ClientClosedError} (reason `auth_failed`), runs with
+ *   {@link RunLostError} (`auth_failed`). Sign in again with a new client.
  */
 export type ConnectionState =
   | { readonly status: "connecting"; readonly attempt: number }
-  | { readonly status: "open"; readonly reconnects: number; readonly resumed: number; readonly epoch: string | undefined }
+  | {
+    readonly status: "open"
+    readonly reconnects: number
+    /** Runs caught up after the last reconnect. */
+    readonly resumed: number
+    /** Runs found lost since the last reconnect (server restarted, expired, unknown, refused). */
+    readonly lost: number
+    readonly epoch: string | undefined
+  }
   | { readonly status: "resuming"; readonly reconnects: number; readonly pending: number; readonly epoch: string | undefined }
   | { readonly status: "reconnecting"; readonly attempt: number; readonly retryAt: number; readonly reason: string }
-  | { readonly status: "closed"; readonly reason: string }
+  | {
+    readonly status: "closed"
+    readonly reason: string
+    /** `client`: `close()` was called; `replaced`: the server replaced this connection (4009); {@link Client.reconnectNow} starts again. */
+    readonly cause: "client" | "replaced"
+  }
+  | { readonly status: "auth_failed"; readonly reason: string }
 
-/** The server refused a command (`error` frame), e.g. `UNKNOWN_AGENT`, `RATE_LIMITED`, `RUN_LIMIT_EXCEEDED`. */
+/**
+ * Codes the client itself gives a command:
+ * - `CONNECTION_LOST`: the connection dropped before a non-idempotent command was answered;
+ * - `OUTCOME_UNKNOWN`: a start was sent, its answer was lost, and the server came back with
+ *   another `server_epoch`: it may or may not have run; the client does not send it again
+ *   (that could run it twice). Offer the user to retry;
+ * - `MESSAGE_TOO_LARGE`: the command's encoded size is over the server's `max_message_bytes`
+ *   (it was never sent), or the server closed with 1009 right after it was sent.
+ */
+export type ClientErrorCode = "CONNECTION_LOST" | "OUTCOME_UNKNOWN" | "MESSAGE_TOO_LARGE"
+
+/** The server refused a command (`error` frame), e.g. `UNKNOWN_AGENT`, `RATE_LIMITED`, `RUN_LIMIT_EXCEEDED`, or the client did ({@link ClientErrorCode}). */
 export class CommandError extends Error {
   override readonly name = "CommandError"
-  /** The protocol error code (a newer code is passed through as a string; `CONNECTION_LOST` when the answer was lost). */
-  readonly code: ErrorCode | "CONNECTION_LOST" | (string & {})
+  /** The protocol error code (a code this client does not know is passed through as a string), or a {@link ClientErrorCode}. */
+  readonly code: ErrorCode | ClientErrorCode | (string & {})
   /** With `RATE_LIMITED` / `SERVER_BUSY`: when a retry may succeed, in ms. */
   readonly retryAfterMs: number | undefined
-  constructor(code: ErrorCode | "CONNECTION_LOST" | (string & {}), message: string, retryAfterMs?: number) {
+  constructor(code: ErrorCode | ClientErrorCode | (string & {}), message: string, retryAfterMs?: number) {
     super(message)
     this.code = code
     this.retryAfterMs = retryAfterMs
@@ -131,6 +185,12 @@ export type RunLostReason =
   | "not_found"
   /** The client was closed before the run ended. */
   | "client_closed"
+  /** The server replaced the connection (4009) and the client stopped. */
+  | "replaced"
+  /** The token was refused and could not be refreshed; the client stopped. */
+  | "auth_failed"
+  /** The server refused the resume with a code the client does not act on (in the message). */
+  | "refused"
 
 /** A run the client follows ended without its last event reaching the client. */
 export class RunLostError extends Error {
@@ -147,11 +207,13 @@ export class RunLostError extends Error {
   }
 }
 
-/** The client was closed; the command was not sent or not answered. */
+/** The client stopped; the command was not sent or not answered. `reason`: `close()` was called, the server replaced the connection (4009), or the token was refused. */
 export class ClientClosedError extends Error {
   override readonly name = "ClientClosedError"
-  constructor(message = "the client is closed") {
+  readonly reason: "client" | "replaced" | "auth_failed"
+  constructor(message = "the client is closed", reason: "client" | "replaced" | "auth_failed" = "client") {
     super(message)
+    this.reason = reason
   }
 }
 
@@ -163,7 +225,12 @@ export interface Run extends AsyncIterable<AgentEvent> {
   readonly request_id: string | undefined
   /** `true` when the server answered the start as a repeat of an earlier one (nothing new was started). */
   readonly duplicate: boolean
-  /** Events delivered so far, in `seq` order. */
+  /**
+   * Events delivered and not yet taken by an iterator, in `seq` order: all of
+   * them while no iterator was created; once one is, events every live
+   * iterator has passed are let go (a later iterator starts at the oldest
+   * event still held).
+   */
   readonly events: ReadonlyArray<AgentEvent>
   /** The root `agent_completed`, once delivered. */
   readonly completed: Promise<Extract<AgentEvent, { type: "agent_completed" }>>
@@ -205,7 +272,7 @@ export interface Client {
   readonly stop: (run_id: string) => Promise<ReadonlyArray<string>>
   /** The user's active and retained runs, newest first. */
   readonly listRuns: (options?: ListRunsOptions) => Promise<ReadonlyArray<RunInfo>>
-  /** Skips the backoff wait and reconnects now (e.g. on the browser's `online` event). */
+  /** Skips the backoff wait and reconnects now (e.g. on the browser's `online` event); after a 4009 `closed` or `auth_failed`, starts again. */
   readonly reconnectNow: () => void
   /** Closes the connection for good; followed runs that have not ended fail with `RunLostError("client_closed")`. */
   readonly close: () => void
@@ -218,13 +285,19 @@ interface Tracker {
   thread_id: string | undefined
   readonly request_id: string | undefined
   duplicate: boolean
-  readonly events: Array<AgentEvent>
+  /** Delivered events no live iterator has passed yet (all of them while no iterator was made). */
+  buffer: Array<AgentEvent>
+  /** How many delivered events were let go before `buffer[0]`. */
+  base: number
+  /** The live iterators' positions (absolute: `base + index in buffer`). */
+  readonly cursors: Set<{ at: number }>
+  iterated: boolean
   /** Early events (seq > delivered + 1), by seq. */
   readonly held: Map<number, AgentEvent>
   delivered: number
   ended: boolean
   failure: RunLostError | undefined
-  /** Waiting for this connection's `run_resumed` (or its error). */
+  /** Waiting for this connection's `run_resumed` (or its error), or queued to be resumed. */
   resuming: boolean
   readonly wake: Set<() => void>
   readonly completed: Promise<AgentCompleted>
@@ -255,6 +328,10 @@ const hex = (random: () => number, n: number): string => {
   return Array.from(bytes, (b) => ((b ^ Math.floor(random() * 256)) & 255).toString(16).padStart(2, "0")).join("")
 }
 
+const encoder = new TextEncoder()
+/** The UTF-8 size of a frame as sent, in bytes (what the server compares with `max_message_bytes`). */
+const encodedSize = (frame: ClientMessage): number => encoder.encode(JSON.stringify(frame)).length
+
 /** The `exp` of a JWT in ms, read without verifying (the server verifies); undefined when unreadable. */
 export const tokenExpiry = (token: string): number | undefined => {
   const part = token.split(".")[1]
@@ -283,21 +360,40 @@ export const connect = (options: ClientOptions): Client => {
   let state: ConnectionState = { status: "connecting", attempt: 0 }
   const stateListeners = new Set<(state: ConnectionState) => void>()
   const eventListeners = new Set<(event: AgentEvent) => void>()
+  /** Runs followed and not ended (an ended run is forgotten: only its `Run` object holds it). */
   const trackers = new Map<string, Tracker>()
+  /** Ended runs' ids, to drop their late duplicates (insertion order: oldest first). */
+  const endedRuns = new Set<string>()
+  /** A start's tracker, from its `run_accepted` until the start's promise takes it. */
+  const accepted = new Map<string, Tracker>()
   const orphans = new Map<string, Array<AgentEvent>>()
   const pending = new Map<string, Pending>()
+  /** Runs waiting for a resume slot on this connection, in order. */
+  const resumeQueue = new Set<string>()
+  /** This connection's resume requests: request_id → run_id. */
+  const resumeRequests = new Map<string, string>()
+  /** Runs resumed on this connection and not ended: each holds one of the server's follower slots. */
+  const resumeSlots = new Set<string>()
+  /** This connection's tally for the state: runs resumed, runs found lost. */
+  const resumedRuns = new Set<string>()
+  const lostRuns = new Set<string>()
 
   let ws: WebSocket | undefined
   let established = false
   let epoch: string | undefined
+  let maxMessageBytes: number | undefined
+  /** The last command frame sent, and on which socket (what a 1009 close refers to). */
+  let lastSent: { readonly socket: WebSocket; readonly request_id: string } | undefined
   let attempt = 0
   let reconnects = 0
   let connectedBefore = false
-  let lastResumed = 0
   let closed = false
+  /** Stopped after a 4009 or a refused token; `reconnectNow` starts again. */
+  let halted = false
   let retryTimer: ReturnType<typeof setTimeout> | undefined
   let refreshTimer: ReturnType<typeof setTimeout> | undefined
   let pingTimer: ReturnType<typeof setTimeout> | undefined
+  let resumeTimer: ReturnType<typeof setTimeout> | undefined
   let lastReceived = 0
   let currentToken: string | undefined
 
@@ -311,7 +407,13 @@ export const connect = (options: ClientOptions): Client => {
   const openState = () => {
     const resuming = Array.from(trackers.values()).filter((t) => t.resuming && !t.ended).length
     if (resuming > 0) setState({ status: "resuming", reconnects, pending: resuming, epoch })
-    else setState({ status: "open", reconnects, resumed: reconnects > 0 ? lastResumed : 0, epoch })
+    else {
+      const resumed = reconnects > 0 ? Array.from(resumedRuns).filter((id) => !lostRuns.has(id)).length : 0
+      setState({ status: "open", reconnects, resumed, lost: reconnects > 0 ? lostRuns.size : 0, epoch })
+    }
+  }
+  const refreshOpenState = () => {
+    if (established && (state.status === "resuming" || state.status === "open")) openState()
   }
 
   const sendFrame = (socket: WebSocket, frame: ClientMessage) => {
@@ -340,7 +442,10 @@ export const connect = (options: ClientOptions): Client => {
       thread_id,
       request_id,
       duplicate: false,
-      events: [],
+      buffer: [],
+      base: 0,
+      cursors: new Set(),
+      iterated: false,
       held: new Map(),
       delivered: afterSeq,
       ended: false,
@@ -360,20 +465,49 @@ export const connect = (options: ClientOptions): Client => {
     for (const w of waiters) w()
   }
 
+  /** Lets go of the events every live iterator has passed (only once an iterator was made). */
+  const trim = (tracker: Tracker) => {
+    if (!tracker.iterated) return
+    let lowest = tracker.base + tracker.buffer.length
+    for (const cursor of tracker.cursors) lowest = Math.min(lowest, cursor.at)
+    const drop = lowest - tracker.base
+    if (drop <= 0) return
+    tracker.buffer = drop >= tracker.buffer.length ? [] : tracker.buffer.slice(drop)
+    tracker.base = lowest
+  }
+
+  /** The run ended (completed or lost): the client forgets it and frees its resume slot. */
+  const forget = (tracker: Tracker) => {
+    if (trackers.get(tracker.run_id) === tracker) trackers.delete(tracker.run_id)
+    endedRuns.delete(tracker.run_id)
+    endedRuns.add(tracker.run_id)
+    if (endedRuns.size > MAX_ENDED_REMEMBERED) endedRuns.delete(endedRuns.values().next().value!)
+    resumeQueue.delete(tracker.run_id)
+    if (resumeSlots.delete(tracker.run_id)) pumpResumes()
+  }
+
   const deliver = (tracker: Tracker, event: AgentEvent) => {
     if (tracker.ended || event.seq <= tracker.delivered || tracker.held.has(event.seq)) return
+    if (event.seq > tracker.delivered + 1 && tracker.held.size >= MAX_HELD_EVENTS) {
+      // too far ahead of a gap: let them go and have the run sent again from what it has
+      tracker.held.clear()
+      if (!tracker.resuming) resumeTracker(tracker)
+      return
+    }
     tracker.held.set(event.seq, event)
     let next = tracker.held.get(tracker.delivered + 1)
     while (next !== undefined && !tracker.ended) {
       tracker.held.delete(next.seq)
       tracker.delivered = next.seq
       tracker.thread_id ??= next.thread_id
-      tracker.events.push(next)
+      tracker.buffer.push(next)
       for (const listener of Array.from(eventListeners)) listener(next)
       if (next.type === "agent_completed" && next.depth === 0) {
         tracker.ended = true
+        tracker.resuming = false
         tracker.held.clear()
         tracker.resolveCompleted(next)
+        forget(tracker)
       }
       next = tracker.held.get(tracker.delivered + 1)
     }
@@ -383,16 +517,54 @@ export const connect = (options: ClientOptions): Client => {
   const loseRun = (tracker: Tracker, reason: RunLostReason, message: string) => {
     if (tracker.ended) return
     tracker.ended = true
+    tracker.resuming = false
     tracker.failure = new RunLostError(tracker.run_id, reason, message, tracker.delivered)
     tracker.held.clear()
     tracker.rejectCompleted(tracker.failure)
+    if (reason !== "client_closed" && reason !== "replaced" && reason !== "auth_failed") lostRuns.add(tracker.run_id)
+    forget(tracker)
     wakeAll(tracker)
   }
 
+  /** Sends queued resumes while this connection has slots (at most {@link MAX_RESUMES_IN_FLIGHT} runs resumed at once). */
+  const pumpResumes = () => {
+    const socket = ws
+    if (socket === undefined || !established || resumeTimer !== undefined) return
+    for (const run_id of Array.from(resumeQueue)) {
+      if (resumeSlots.size >= MAX_RESUMES_IN_FLIGHT) return
+      resumeQueue.delete(run_id)
+      const tracker = trackers.get(run_id)
+      if (tracker === undefined || tracker.ended) continue
+      const request_id = newId("res")
+      resumeRequests.set(request_id, run_id)
+      resumeSlots.add(run_id)
+      resumedRuns.add(run_id)
+      sendFrame(socket, { type: "resume_run", run_id, after_seq: tracker.delivered, request_id })
+    }
+  }
+
   const resumeTracker = (tracker: Tracker) => {
-    if (ws === undefined || !established || tracker.ended) return
+    if (tracker.ended) return
     tracker.resuming = true
-    sendFrame(ws, { type: "resume_run", run_id: tracker.run_id, after_seq: tracker.delivered, request_id: newId("res") })
+    // a run resumed again on this connection: the newer resume replaces the older on the server
+    resumeSlots.delete(tracker.run_id)
+    resumeQueue.add(tracker.run_id)
+    pumpResumes()
+  }
+
+  /** A resume was refused for now (`RATE_LIMITED`, `LOG_UNAVAILABLE`): queue it again, first, and pause the queue. */
+  const retryResume = (tracker: Tracker, afterMs: number) => {
+    resumeSlots.delete(tracker.run_id)
+    const rest = Array.from(resumeQueue)
+    resumeQueue.clear()
+    resumeQueue.add(tracker.run_id)
+    for (const id of rest) resumeQueue.add(id)
+    if (resumeTimer === undefined) {
+      resumeTimer = setTimeout(() => {
+        resumeTimer = undefined
+        pumpResumes()
+      }, Math.max(50, afterMs))
+    }
   }
 
   const track = (run_id: string, thread_id: string | undefined, request_id: string | undefined, afterSeq: number): Tracker => {
@@ -400,6 +572,7 @@ export const connect = (options: ClientOptions): Client => {
     if (existing !== undefined) return existing
     const tracker = makeTracker(run_id, thread_id, request_id, afterSeq)
     trackers.set(run_id, tracker)
+    endedRuns.delete(run_id)
     const early = orphans.get(run_id)
     orphans.delete(run_id)
     for (const event of early ?? []) deliver(tracker, event)
@@ -415,30 +588,46 @@ export const connect = (options: ClientOptions): Client => {
     get duplicate() {
       return tracker.duplicate
     },
-    events: tracker.events,
+    get events() {
+      return tracker.buffer
+    },
     completed: tracker.completed,
     get lastSeq() {
       return tracker.delivered
     },
     [Symbol.asyncIterator]: (): AsyncIterator<AgentEvent> => {
-      let index = 0
+      tracker.iterated = true
+      const cursor = { at: tracker.base }
+      tracker.cursors.add(cursor)
+      const finish = () => {
+        tracker.cursors.delete(cursor)
+        trim(tracker)
+      }
       return {
         next: () =>
           new Promise<IteratorResult<AgentEvent>>((resolve, reject) => {
             const attempt = () => {
-              const event = tracker.events[index]
+              if (!tracker.cursors.has(cursor)) return resolve({ value: undefined, done: true })
+              const event = tracker.buffer[cursor.at - tracker.base]
               if (event !== undefined) {
-                index++
+                cursor.at++
+                trim(tracker)
                 return resolve({ value: event, done: false })
               }
-              if (tracker.failure !== undefined) return reject(tracker.failure)
-              if (tracker.ended) return resolve({ value: undefined, done: true })
+              if (tracker.failure !== undefined) {
+                finish()
+                return reject(tracker.failure)
+              }
+              if (tracker.ended) {
+                finish()
+                return resolve({ value: undefined, done: true })
+              }
               tracker.wake.add(attempt)
             }
             attempt()
           }),
         return: () => {
-          index = Number.POSITIVE_INFINITY
+          finish()
           return Promise.resolve({ value: undefined, done: true })
         }
       }
@@ -447,12 +636,31 @@ export const connect = (options: ClientOptions): Client => {
 
   // ---- commands ------------------------------------------------------------
 
+  /** Sends a pending command on `socket`, unless it is over `max_message_bytes`: then it fails, never sent. */
+  const transmit = (socket: WebSocket, entry: Pending) => {
+    if (maxMessageBytes !== undefined) {
+      const size = encodedSize(entry.frame)
+      if (size > maxMessageBytes) {
+        pending.delete(entry.request_id)
+        entry.reject(
+          new CommandError("MESSAGE_TOO_LARGE", `the message is ${size} bytes; the server accepts at most ${maxMessageBytes} bytes (max_message_bytes)`)
+        )
+        return
+      }
+    }
+    if (sendFrame(socket, entry.frame)) {
+      entry.sentOn = socket
+      lastSent = { socket, request_id: entry.request_id }
+    }
+  }
+
   const command = (frame: ClientMessage & { readonly request_id: string }, resend: boolean): Promise<ServerMessage> => {
     if (closed) return Promise.reject(new ClientClosedError())
+    if (halted) return Promise.reject(new ClientClosedError(`the client stopped: ${"reason" in state ? state.reason : state.status}`, state.status === "auth_failed" ? "auth_failed" : "replaced"))
     return new Promise<ServerMessage>((resolve, reject) => {
       const entry: Pending = { request_id: frame.request_id, frame, resolve, reject, resend, sentOn: undefined }
       pending.set(frame.request_id, entry)
-      if (ws !== undefined && established && sendFrame(ws, frame)) entry.sentOn = ws
+      if (ws !== undefined && established) transmit(ws, entry)
     })
   }
 
@@ -525,39 +733,65 @@ export const connect = (options: ClientOptions): Client => {
 
   // ---- connection ----------------------------------------------------------
 
-  const onEstablished = (socket: WebSocket, serverEpoch: string | undefined) => {
+  const onEstablished = (socket: WebSocket, serverEpoch: string | undefined, maxBytes: number) => {
     established = true
+    maxMessageBytes = maxBytes
     attempt = 0
     if (connectedBefore) reconnects++
     connectedBefore = true
+    resumedRuns.clear()
+    lostRuns.clear()
     const epochChanged = epoch !== undefined && serverEpoch !== undefined && serverEpoch !== epoch
     epoch = serverEpoch ?? epoch
     if (epochChanged) {
-      for (const tracker of trackers.values()) {
+      for (const tracker of Array.from(trackers.values())) {
         loseRun(tracker, "server_restarted", "the server restarted (another server_epoch): the run's remaining events are gone")
       }
       orphans.clear()
     }
-    // resume every followed run that has not ended, from what it has
-    let resumed = 0
-    for (const tracker of trackers.values()) {
-      if (!tracker.ended) {
-        resumeTracker(tracker)
-        resumed++
-      }
-    }
-    lastResumed = resumed
+    // resume every followed run that has not ended, from what it has (queued: a bounded number at once)
+    for (const tracker of trackers.values()) resumeTracker(tracker)
     // unanswered commands: idempotent ones are sent again, the others fail
     for (const entry of Array.from(pending.values())) {
-      if (entry.sentOn !== undefined && entry.sentOn !== socket && !entry.resend) {
+      const sentBefore = entry.sentOn !== undefined && entry.sentOn !== socket
+      if (sentBefore && epochChanged && entry.frame.type === "start_agent") {
+        // the new server cannot tell whether the old one ran it: sending it again could run it twice
+        pending.delete(entry.request_id)
+        entry.reject(
+          new CommandError(
+            "OUTCOME_UNKNOWN",
+            "the server restarted before it confirmed this start: it may or may not have run; send it again to start it anew"
+          )
+        )
+      } else if (sentBefore && !entry.resend) {
         pending.delete(entry.request_id)
         entry.reject(new CommandError("CONNECTION_LOST", "the connection dropped before the server answered"))
-      } else if (sendFrame(socket, entry.frame)) {
-        entry.sentOn = socket
+      } else {
+        transmit(socket, entry)
       }
     }
     if (typeof options.token !== "string" && currentToken !== undefined) scheduleRefresh(tokenExpiry(currentToken))
     openState()
+  }
+
+  /** An `error` frame answering one of this connection's resumes. */
+  const onResumeRefused = (run_id: string, message: Extract<ServerMessage, { type: "error" }>) => {
+    const tracker = trackers.get(run_id)
+    if (tracker === undefined || tracker.ended) return
+    switch (message.code) {
+      case "RESUME_REPLACED":
+        // a later resume of the run took over (it holds the slot): nothing to do
+        return
+      case "RATE_LIMITED":
+      case "LOG_UNAVAILABLE":
+      case "SERVER_BUSY":
+        return retryResume(tracker, message.retry_after_ms ?? 1000)
+      case "RUN_EXPIRED":
+      case "RUN_NOT_FOUND":
+        return loseRun(tracker, message.code === "RUN_EXPIRED" ? "expired" : "not_found", message.message)
+      default:
+        return loseRun(tracker, "refused", `the server refused to resume the run (${message.code}): ${message.message}`)
+    }
   }
 
   const onFrame = (socket: WebSocket, data: unknown) => {
@@ -569,6 +803,7 @@ export const connect = (options: ClientOptions): Client => {
     if (isAgentEvent(message)) {
       const tracker = trackers.get(message.run_id)
       if (tracker !== undefined) return deliver(tracker, message)
+      if (endedRuns.has(message.run_id)) return
       // a run we do not follow (yet): its run_accepted may be on its way (retried start)
       let early = orphans.get(message.run_id)
       if (early === undefined) {
@@ -581,34 +816,41 @@ export const connect = (options: ClientOptions): Client => {
     }
     switch (message.type) {
       case "connection_established":
-        return onEstablished(socket, message.server_epoch)
+        return onEstablished(socket, message.server_epoch, message.max_message_bytes)
       case "run_accepted": {
         const tracker = track(message.run_id, message.thread_id, message.request_id, 0)
+        if (message.request_id !== undefined && pending.has(message.request_id)) accepted.set(message.request_id, tracker)
         if (message.duplicate === true) {
           // the start reached the server before (a retry): this connection may have missed its beginning
           tracker.duplicate = true
           resumeTracker(tracker)
-          openState()
+          refreshOpenState()
         }
         settle(message.request_id, message)
         return
       }
       case "run_resumed": {
-        const tracker = trackers.get(message.run_id)
-        if (tracker !== undefined && tracker.resuming) {
+        const run_id = message.request_id === undefined ? undefined : resumeRequests.get(message.request_id)
+        if (message.request_id !== undefined) resumeRequests.delete(message.request_id)
+        const tracker = trackers.get(run_id ?? message.run_id)
+        if (tracker !== undefined && tracker.resuming && !resumeQueue.has(tracker.run_id)) {
           tracker.resuming = false
-          if (state.status === "resuming") openState()
+          refreshOpenState()
         }
         settle(message.request_id, message)
         return
       }
       case "error": {
-        if (message.run_id !== undefined && (message.code === "RUN_NOT_FOUND" || message.code === "RUN_EXPIRED")) {
+        const resumed = message.request_id === undefined ? undefined : resumeRequests.get(message.request_id)
+        if (resumed !== undefined) {
+          resumeRequests.delete(message.request_id!)
+          onResumeRefused(resumed, message)
+          refreshOpenState()
+        } else if (message.run_id !== undefined && (message.code === "RUN_NOT_FOUND" || message.code === "RUN_EXPIRED")) {
           const tracker = trackers.get(message.run_id)
           if (tracker !== undefined) {
-            tracker.resuming = false
             loseRun(tracker, message.code === "RUN_EXPIRED" ? "expired" : "not_found", message.message)
-            if (state.status === "resuming") openState()
+            refreshOpenState()
           }
         }
         settle(message.request_id, message)
@@ -620,7 +862,7 @@ export const connect = (options: ClientOptions): Client => {
   }
 
   const scheduleReconnect = (reason: string) => {
-    if (closed) return
+    if (closed || halted) return
     const base = Math.min(maxDelay, initialDelay * factor ** attempt)
     const delay = base / 2 + random() * (base / 2)
     attempt++
@@ -628,13 +870,23 @@ export const connect = (options: ClientOptions): Client => {
     retryTimer = setTimeout(open, delay)
   }
 
-  const drop = (socket: WebSocket, reason: string) => {
-    if (socket !== ws) return
+  /** Forgets the connection (its socket, timers and resume bookkeeping). */
+  const detach = () => {
     ws = undefined
     established = false
     clearPing()
     clearRefresh()
+    if (resumeTimer !== undefined) clearTimeout(resumeTimer)
+    resumeTimer = undefined
+    resumeQueue.clear()
+    resumeRequests.clear()
+    resumeSlots.clear()
     for (const tracker of trackers.values()) tracker.resuming = false
+  }
+
+  const drop = (socket: WebSocket, reason: string) => {
+    if (socket !== ws) return
+    detach()
     try {
       socket.close()
     } catch {
@@ -643,17 +895,39 @@ export const connect = (options: ClientOptions): Client => {
     scheduleReconnect(reason)
   }
 
+  /** Stops for good (4009, refused token): every pending command and run fails with a typed error. */
+  const halt = (next: ConnectionState & { readonly reason: string }, why: "replaced" | "auth_failed") => {
+    detach()
+    halted = true
+    if (retryTimer !== undefined) clearTimeout(retryTimer)
+    retryTimer = undefined
+    for (const tracker of Array.from(trackers.values())) loseRun(tracker, why, next.reason)
+    for (const entry of Array.from(pending.values())) entry.reject(new ClientClosedError(next.reason, why))
+    pending.clear()
+    setState(next)
+  }
+
+  const authFailed = (reason: string) => halt({ status: "auth_failed", reason }, "auth_failed")
+
+  /** A fixed token past its `exp` can never be accepted again (a token function may give a new one). */
+  const tokenDead = (token: string | undefined) => {
+    if (typeof options.token !== "string" || token === undefined) return false
+    const exp = tokenExpiry(token)
+    return exp !== undefined && exp <= Date.now()
+  }
+
   const open = () => {
     retryTimer = undefined
-    if (closed) return
+    if (closed || halted) return
     if (state.status !== "reconnecting") setState({ status: "connecting", attempt })
     const tokenSource = options.token
     Promise.resolve()
       .then(() => (typeof tokenSource === "string" ? tokenSource : tokenSource()))
       .then(
         (token) => {
-          if (closed) return
+          if (closed || halted) return
           currentToken = token
+          if (tokenDead(token)) return authFailed("the token has expired; sign in again")
           let socket: WebSocket
           try {
             socket = new WebSocketImpl(options.url, [SUBPROTOCOL, `jwt.${token}`])
@@ -669,19 +943,35 @@ export const connect = (options: ClientOptions): Client => {
           socket.onclose = (event) => {
             if (socket !== ws) return
             if (event.code === CLOSE_REPLACED) {
-              ws = undefined
-              clearPing()
-              clearRefresh()
-              setState({ status: "closed", reason: "replaced by a newer connection of the same user (too many open connections)" })
+              halt(
+                { status: "closed", reason: "replaced by a newer connection of the same user (too many open connections)", cause: "replaced" },
+                "replaced"
+              )
               return
             }
-            if (event.code === CLOSE_TOKEN_EXPIRED) attempt = 0
+            if (event.code === CLOSE_TOO_BIG && lastSent !== undefined && lastSent.socket === socket) {
+              // the server refused the last frame as too large: sending it again would do the same, forever
+              const entry = pending.get(lastSent.request_id)
+              if (entry !== undefined) {
+                pending.delete(entry.request_id)
+                entry.reject(new CommandError("MESSAGE_TOO_LARGE", "the server closed the connection: the message is larger than it accepts (1009)"))
+              }
+            }
+            if (event.code === CLOSE_TOKEN_EXPIRED) {
+              if (typeof options.token === "string") return authFailed("the token expired and this client has no way to get a new one; sign in again")
+              attempt = 0
+            } else if (!established && tokenDead(currentToken)) {
+              // the handshake was refused (a browser cannot see the 401) and the fixed token is past its exp
+              return authFailed("the token has expired; sign in again")
+            }
             drop(
               socket,
               event.code === CLOSE_TOKEN_EXPIRED
                 ? "the token expired"
                 : event.code === 1001
                 ? "the server is restarting"
+                : event.code === CLOSE_TOO_BIG
+                ? "a message was too large"
                 : established
                 ? "the connection dropped"
                 : "could not connect"
@@ -699,19 +989,17 @@ export const connect = (options: ClientOptions): Client => {
     if (closed) return
     closed = true
     if (retryTimer !== undefined) clearTimeout(retryTimer)
-    clearPing()
-    clearRefresh()
     const socket = ws
-    ws = undefined
+    detach()
     try {
       socket?.close(1000, "client closed")
     } catch {
       // ignore
     }
-    for (const tracker of trackers.values()) loseRun(tracker, "client_closed", "the client was closed before the run ended")
+    for (const tracker of Array.from(trackers.values())) loseRun(tracker, "client_closed", "the client was closed before the run ended")
     for (const entry of pending.values()) entry.reject(new ClientClosedError())
     pending.clear()
-    setState({ status: "closed", reason: "closed by the client" })
+    setState({ status: "closed", reason: "closed by the client", cause: "client" })
   }
 
   const client: Client = {
@@ -737,14 +1025,16 @@ export const connect = (options: ClientOptions): Client => {
       }
       return command(frame, true).then((answer) => {
         const run_id = answer.type === "run_accepted" ? answer.run_id : ""
-        return runOf(trackers.get(run_id) ?? track(run_id, startOptions.thread_id, request_id, 0))
+        const tracker = accepted.get(request_id) ?? trackers.get(run_id) ?? track(run_id, startOptions.thread_id, request_id, 0)
+        accepted.delete(request_id)
+        return runOf(tracker)
       })
     },
     follow: (run_id, afterSeq = 0) => {
       const known = trackers.get(run_id)
       if (known !== undefined) return runOf(known)
       const tracker = track(run_id, undefined, undefined, afterSeq)
-      if (closed) loseRun(tracker, "client_closed", "the client is closed")
+      if (closed || halted) loseRun(tracker, "client_closed", "the client is closed")
       else resumeTracker(tracker)
       return runOf(tracker)
     },
@@ -757,7 +1047,14 @@ export const connect = (options: ClientOptions): Client => {
         answer.type === "runs" ? answer.runs : []
       ),
     reconnectNow: () => {
-      if (closed || retryTimer === undefined) return
+      if (closed) return
+      if (halted) {
+        halted = false
+        attempt = 0
+        open()
+        return
+      }
+      if (retryTimer === undefined) return
       clearTimeout(retryTimer)
       attempt = 0
       open()
