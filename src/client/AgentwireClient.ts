@@ -491,7 +491,7 @@ export const connect = (options: ClientOptions): Client => {
     if (event.seq > tracker.delivered + 1 && tracker.held.size >= MAX_HELD_EVENTS) {
       // too far ahead of a gap: let them go and have the run sent again from what it has
       tracker.held.clear()
-      if (!tracker.resuming) resumeTracker(tracker)
+      resumeTracker(tracker)
       return
     }
     tracker.held.set(event.seq, event)

@@ -31,7 +31,7 @@ import {
 } from "./AgentwireClient.ts"
 import type { RunInfo } from "../protocol/Protocol.ts"
 
-/** The server refused a command (its protocol `code`, e.g. `UNKNOWN_AGENT`, `RATE_LIMITED`), or its answer was lost (`CONNECTION_LOST`). */
+/** The server refused a command (its protocol `code`, e.g. `UNKNOWN_AGENT`, `RATE_LIMITED`; a code this client does not know passes through), or the client did (`CONNECTION_LOST`, `OUTCOME_UNKNOWN`, `MESSAGE_TOO_LARGE`). */
 export class AgentwireCommandError extends Data.TaggedError("AgentwireCommandError")<{
   readonly code: string
   readonly message: string
@@ -48,8 +48,11 @@ export class AgentwireRunLost extends Data.TaggedError("AgentwireRunLost")<{
   readonly lastDeliveredSeq: number
 }> {}
 
-/** The client was closed (its scope ended) before the command was answered. */
-export class AgentwireClientClosed extends Data.TaggedError("AgentwireClientClosed")<{ readonly message: string }> {}
+/** The client stopped before the command was answered: its scope ended (`client`), the server replaced the connection (`replaced`, 4009), or the token was refused (`auth_failed`). */
+export class AgentwireClientClosed extends Data.TaggedError("AgentwireClientClosed")<{
+  readonly message: string
+  readonly reason: "client" | "replaced" | "auth_failed"
+}> {}
 
 /** A followed run: its ids and its events, each once and in `seq` order, ending after the root `agent_completed`. */
 export interface RunStream {
@@ -88,7 +91,7 @@ const commandError = (error: unknown): AgentwireCommandError | AgentwireClientCl
   error instanceof CommandError
     ? new AgentwireCommandError({ code: error.code, message: error.message, retryAfterMs: error.retryAfterMs })
     : error instanceof ClientClosedError
-    ? new AgentwireClientClosed({ message: error.message })
+    ? new AgentwireClientClosed({ message: error.message, reason: error.reason })
     : new AgentwireCommandError({ code: "INTERNAL", message: error instanceof Error ? error.message : String(error), retryAfterMs: undefined })
 
 const runLost = (run_id: string) => (error: unknown): AgentwireRunLost =>
