@@ -12,6 +12,7 @@
 import {
   type AgentEvent,
   type Client,
+  ClientClosedError,
   CommandError,
   connect,
   type ConnectionState,
@@ -67,9 +68,26 @@ const plainCommandError = (error: unknown): string => {
         return `The server could not accept that request: ${error.message}`
       case "CONNECTION_LOST":
         return "The connection dropped before the server answered. Try again."
+      case "MESSAGE_TOO_LARGE":
+        return "That message is too long for the server to accept. Shorten it and send again; your text is still in the box."
+      case "OUTCOME_UNKNOWN":
+        return "The server restarted before it confirmed your request, so it may or may not have run. Your text is back in the box: press Send to ask again."
+      case "LOG_UNAVAILABLE":
+        return "The server's run log is unreachable right now. Try again in a moment."
+      case "HISTORY_UNAVAILABLE":
+        return "The server's chat history is unavailable right now. Try again in a moment."
+      case "THREAD_NOT_FOUND":
+        return "This chat no longer exists on the server. Start a new chat."
       default:
         return `The server refused: ${error.message} (${error.code})`
     }
+  }
+  if (error instanceof ClientClosedError) {
+    return error.reason === "replaced"
+      ? "This page was disconnected because you opened agentwire in too many other tabs or windows. Press Reconnect to continue here."
+      : error.reason === "auth_failed"
+      ? "Your sign-in has expired. Sign in again."
+      : "The connection is closed."
   }
   if (error instanceof RunLostError) {
     return error.reason === "server_restarted"
@@ -78,6 +96,12 @@ const plainCommandError = (error: unknown): string => {
       ? "This run is too old: the server no longer keeps its events."
       : error.reason === "not_found"
       ? "The server does not know this run (it may have restarted)."
+      : error.reason === "replaced"
+      ? "Disconnected (opened in too many other tabs); this run may still be going. Reconnect to see it."
+      : error.reason === "auth_failed"
+      ? "Your sign-in expired; sign in again to see this run."
+      : error.reason === "refused"
+      ? `The server would not send this run: ${error.message}`
       : "Stopped following this run."
   }
   return error instanceof Error ? error.message : String(error)
@@ -117,13 +141,14 @@ const tokenFromHash = (): string | undefined => {
   return decodeURIComponent(match[1]!)
 }
 
-const signIn = () => {
+const signIn = (why?: string) => {
   const app = $("app")
   app.replaceChildren(
     h(
       "main",
       { class: "signin" },
       h("h1", {}, "agentwire"),
+      why === undefined ? undefined : h("p", { id: "signin-reason", class: "notice", role: "alert" }, why),
       h("p", {}, "Paste a token to sign in. `npm start` prints a page link that carries the development token."),
       h(
         "form",
@@ -154,6 +179,8 @@ interface Turn {
   readonly timeline: HTMLElement
   /** Message texts of partial_result deltas, by message_id. */
   readonly messages: Map<string, string>
+  /** Events delivered and not rendered yet (rendered once per animation frame). */
+  readonly queue: Array<AgentEvent>
   ended: boolean
 }
 
@@ -228,6 +255,12 @@ const start = (token: string) => {
   let threadId = randomId("chat")
   const turns = new Map<string, Turn>()
   let selected: Turn | undefined
+  /** Turns with events waiting for the next animation frame. */
+  const dirty = new Set<Turn>()
+  let frameRequested = false
+  /** Counters for tests: frames rendered, events rendered, timeline scrolls. */
+  const renderStats = { frames: 0, events: 0, scrolls: 0 }
+  ;(window as unknown as { agentwire: Record<string, unknown> }).agentwire.renderStats = renderStats
 
   const showNotice = (text: string | undefined) => {
     notice.hidden = text === undefined
@@ -241,7 +274,7 @@ const start = (token: string) => {
     conn.dataset.status = state.status
     if (countdown !== undefined) clearInterval(countdown)
     countdown = undefined
-    retry.hidden = state.status !== "reconnecting"
+    retry.hidden = !(state.status === "reconnecting" || (state.status === "closed" && state.cause === "replaced"))
     switch (state.status) {
       case "connecting":
         conn.textContent = "Connecting…"
@@ -249,6 +282,8 @@ const start = (token: string) => {
       case "open":
         conn.textContent = state.reconnects === 0
           ? "Connected"
+          : state.lost > 0
+          ? `Reconnected · ${state.lost} run${state.lost === 1 ? " was" : "s were"} lost${state.resumed > 0 ? `, ${state.resumed} resumed` : ""}`
           : state.resumed > 0
           ? `Reconnected · resumed ${state.resumed} run${state.resumed === 1 ? "" : "s"}, nothing missed`
           : "Reconnected"
@@ -266,8 +301,19 @@ const start = (token: string) => {
         break
       }
       case "closed":
-        conn.textContent = `Disconnected: ${state.reason}`
+        conn.textContent = state.cause === "replaced"
+          ? "Disconnected: agentwire is open in too many other tabs or windows"
+          : `Disconnected: ${state.reason}`
         break
+      case "auth_failed":
+        conn.textContent = "Signed out: your token expired"
+        break
+    }
+    if (state.status === "auth_failed") {
+      // a fixed token that the server refuses will never work again: ask for a new one
+      sessionStorage.removeItem(TOKEN_KEY)
+      queueMicrotask(() => signIn("Your sign-in expired. Paste a new token to continue."))
+      return
     }
     if (state.status === "open") void refreshThreads()
   }
@@ -346,7 +392,7 @@ const start = (token: string) => {
     const status = h("span", { class: "run-status", "data-status": "running" }, "running")
     const el = h("li", { class: "turn", "data-run": run.run_id, tabindex: "0" }, q, h("div", { class: "answer-box" }, answer, status))
     const timeline = h("ol", { class: "tree", "data-run": run.run_id })
-    const turn: Turn = { run, el, answer, status, timeline, messages: new Map(), ended: false }
+    const turn: Turn = { run, el, answer, status, timeline, messages: new Map(), queue: [], ended: false }
     turns.set(run.run_id, turn)
     turnsEl.append(el)
     el.addEventListener("click", () => select(turn))
@@ -362,15 +408,45 @@ const start = (token: string) => {
     return turn
   }
 
-  const follow = async (turn: Turn, question: HTMLElement) => {
-    // the open agent at each depth: events nest under the agent that sent them
-    const stack: Array<HTMLElement> = [turn.timeline]
-    const tools = new Map<string, HTMLElement>()
-    try {
-      for await (const event of turn.run) {
-        render(turn, event, stack, tools, question)
+  // the open agent at each depth, per turn: events nest under the agent that sent them
+  const stacks = new WeakMap<Turn, { stack: Array<HTMLElement>; tools: Map<string, HTMLElement>; question: HTMLElement }>()
+  const timelinePane = document.querySelector<HTMLElement>("aside.timeline")!
+
+  /** Renders every waiting event, then scrolls the timeline once, only if the reader was at its bottom. */
+  const flush = () => {
+    frameRequested = false
+    const atBottom = timelinePane.scrollTop + timelinePane.clientHeight >= timelinePane.scrollHeight - 8
+    let last: HTMLElement | undefined
+    for (const turn of dirty) {
+      const place = stacks.get(turn)!
+      for (const event of turn.queue.splice(0)) {
+        const el = render(turn, event, place.stack, place.tools, place.question)
+        renderStats.events++
+        if (turn === selected && el !== undefined) last = el
       }
+    }
+    dirty.clear()
+    renderStats.frames++
+    if (last !== undefined && atBottom) {
+      renderStats.scrolls++
+      last.scrollIntoView({ block: "nearest" })
+    }
+  }
+  const enqueue = (turn: Turn, event: AgentEvent) => {
+    turn.queue.push(event)
+    dirty.add(turn)
+    if (!frameRequested) {
+      frameRequested = true
+      requestAnimationFrame(flush)
+    }
+  }
+
+  const follow = async (turn: Turn, question: HTMLElement) => {
+    stacks.set(turn, { stack: [turn.timeline], tools: new Map(), question })
+    try {
+      for await (const event of turn.run) enqueue(turn, event)
     } catch (error) {
+      if (turn.queue.length > 0) flush()
       turn.status.textContent = "lost"
       turn.status.dataset.status = "lost"
       turn.answer.textContent ||= plainCommandError(error)
@@ -380,14 +456,22 @@ const start = (token: string) => {
     if (selected === turn) stopButton.disabled = true
   }
 
-  const render = (turn: Turn, event: AgentEvent, stack: Array<HTMLElement>, tools: Map<string, HTMLElement>, question: HTMLElement) => {
+  /** Renders one event into the turn's timeline; gives the element added, if any. */
+  const render = (
+    turn: Turn,
+    event: AgentEvent,
+    stack: Array<HTMLElement>,
+    tools: Map<string, HTMLElement>,
+    question: HTMLElement
+  ): HTMLElement | undefined => {
     // an agent's own events go into its list (stack[depth + 1]); agent_started into its parent's (stack[depth])
     const level = event.type === "agent_started" ? event.depth : event.depth + 1
     const container = stack[Math.min(level, stack.length - 1)]!
+    let added: HTMLElement | undefined
     const item = (cls: string, ...children: Array<Node | string | undefined>) => {
       const li = h("li", { class: `item ${cls}`, "data-seq": String(event.seq), "data-type": event.type }, ...children)
       container.append(li)
-      if (selected === turn) li.scrollIntoView({ block: "nearest" })
+      added = li
       return li
     }
     switch (event.type) {
@@ -447,6 +531,7 @@ const start = (token: string) => {
         break
       }
     }
+    return added
   }
 
   // ---- asking and stopping
@@ -462,7 +547,9 @@ const start = (token: string) => {
         if (!turns.has(run.run_id)) addTurn(run, text)
       },
       (error: unknown) => {
-        message.value = text
+        // keep every refused text: another may have been typed (or refused) meanwhile
+        const now = message.value.trim()
+        message.value = now === "" || now === text ? text : now.split("\n").includes(text) ? now : `${now}\n${text}`
         showNotice(plainCommandError(error))
       }
     )
@@ -476,6 +563,8 @@ const start = (token: string) => {
   stopButton.addEventListener("click", () => {
     const turn = selected
     if (turn === undefined || turn.ended) return
+    // the Stop button is about to be disabled: keep the focus somewhere useful
+    if (document.activeElement === stopButton) message.focus()
     stopButton.disabled = true
     client.stop(turn.run.run_id).catch((error: unknown) => {
       stopButton.disabled = false

@@ -139,4 +139,63 @@ describe("web page in Chromium", () => {
     expect(consoleErrors).toEqual([])
     await page.close()
   }, 90_000)
+  it("a 5,000-event run renders in batches: the timeline scrolls once per frame at most, not once per event", async () => {
+    const page = await context.newPage()
+    // count every scrollIntoView the page makes
+    await page.addInitScript(() => {
+      const counter = { calls: 0 }
+      ;(window as unknown as { scrollCalls: typeof counter }).scrollCalls = counter
+      const original = Element.prototype.scrollIntoView
+      Element.prototype.scrollIntoView = function(this: Element, arg?: boolean | ScrollIntoViewOptions) {
+        counter.calls++
+        return original.call(this, arg)
+      }
+    })
+    await page.goto(`http://127.0.0.1:${proxy.port}/#token=${await server.issue("batch-user")}`)
+    await page.waitForSelector('#conn[data-status="open"]')
+    await ask(page, "ticker", "steps=5000 interval_ms=0")
+    await page.waitForSelector('.run-status[data-status="completed"]', { timeout: 120_000 })
+    const run = await page.locator(".turn").first().getAttribute("data-run")
+    const seqs = await seqsOf(page, run!)
+    expect(seqs).toEqual(Array.from({ length: 5002 }, (_, i) => i + 1))
+    const calls = await page.evaluate(() => (window as unknown as { scrollCalls: { calls: number } }).scrollCalls.calls)
+    // once per rendered frame at most (plus the turn's own), never once per event
+    expect(calls).toBeLessThan(5002 / 10)
+    await page.close()
+  }, 150_000)
+
+  it("a message over max_message_bytes: a plain-words notice, the text kept, the connection never jammed", async () => {
+    const page = await context.newPage()
+    await page.goto(`http://127.0.0.1:${proxy.port}/#token=${await server.issue("big-user")}`)
+    await page.waitForSelector('#conn[data-status="open"]')
+    await page.selectOption("#agent", "echo")
+    const big = "y".repeat(70_000)
+    await page.evaluate((text) => {
+      ;(document.getElementById("message") as HTMLTextAreaElement).value = text
+    }, big)
+    await page.click("#send")
+    await page.waitForSelector("#notice:not([hidden])")
+    expect(await page.textContent("#notice")).toContain("too long")
+    expect(await page.inputValue("#message")).toBe(big)
+    expect(await page.getAttribute("#conn", "data-status")).toBe("open")
+    const states = await page.evaluate(() => (window as unknown as { agentwire: { states: Array<string> } }).agentwire.states)
+    expect(states).not.toContain("reconnecting")
+    // the page still works
+    await ask(page, "echo", "hello")
+    await page.waitForSelector('.run-status[data-status="completed"]')
+    await page.close()
+  }, 60_000)
+
+  it("an expired token: the page stops retrying and asks to sign in again", async () => {
+    const token = await server.issue("late-user", 1)
+    const exp = JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()).exp as number
+    // the token must be past its exp before the page uses it
+    while (Date.now() <= exp * 1000) await new Promise((r) => setTimeout(r, 100))
+    const page = await context.newPage()
+    await page.goto(`http://127.0.0.1:${proxy.port}/#token=${token}`)
+    await page.waitForSelector("#signin-reason")
+    expect(await page.textContent("#signin-reason")).toContain("expired")
+    expect(await page.isVisible("#token-input")).toBe(true)
+    await page.close()
+  }, 30_000)
 })
