@@ -457,9 +457,8 @@ export const make = (options?: InstanceLeaseOptions) =>
     const recoverInstance = (lost: string) =>
       Effect.gen(function*() {
         if ((yield* run(claimScript, lost, self, leaseMs)) !== 1) return
-        const index = yield* redis.send<ReadonlyArray<string>>("HGETALL", `${P}instance:${lost}:runs`).pipe(Effect.timeout(leaseMs))
-        for (let i = 0; i + 1 < index.length; i += 2) {
-          const run_id = index[i]!
+        const index = yield* redis.send<ReadonlyArray<string>>("HKEYS", `${P}instance:${lost}:runs`).pipe(Effect.timeout(leaseMs))
+        for (const run_id of index) {
           const answer = yield* run(takeoverScript, lost, self, run_id)
           if (answer[0] === "alive") return
           if (answer[0] === "ok") taken.set(run_id, [answer[1]!, lost])
