@@ -26,8 +26,8 @@
  * opened first); then `agent_error {code: "INSTANCE_LOST"}` and
  * `agent_completed {status: "failed"}` at depth 0. Each event is appended to
  * the run's log (so resume and SSE followers get it) and emitted through the
- * bridge (so every connection of the user, on every instance, gets it); then
- * the run's admission slot is freed. Once the dead instance has no open run
+ * bridge (so every connection of the user, on every instance, gets it); the
+ * run's admission slot is freed before the first of them. Once the dead instance has no open run
  * left, its lease entry and index are removed.
  *
  * A run taken over but not closed (Redis went away meanwhile) is retried on
@@ -51,7 +51,7 @@
  *
  * @module
  */
-import { Context, Effect, Layer, Option, Schedule } from "effect"
+import { Context, Effect, Layer, Option, Schedule, Semaphore } from "effect"
 import { Redis } from "effect/persistence"
 import type { AgentEvent, AgentEventBody } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
@@ -396,6 +396,8 @@ export const make = (options?: InstanceLeaseOptions) =>
     /** Closes a run this instance owns now (taken over from `lost`); fails (to be retried) when Redis does. */
     const closeRun = (run_id: string, user_id: string, lost: string) =>
       Effect.gen(function*() {
+        // first: whoever sees the run end can start another at once
+        yield* freeSlot(redis, user_id, run_id).pipe(Effect.timeout(leaseMs))
         const found = yield* readAll(user_id, run_id).pipe(
           Effect.map(Option.some),
           // gone from the log (expired, evicted, Redis lost it): nothing to close
@@ -432,7 +434,6 @@ export const make = (options?: InstanceLeaseOptions) =>
             closed = true
           }
         }
-        yield* freeSlot(redis, user_id, run_id).pipe(Effect.timeout(leaseMs))
         if (closed) {
           stats.runsClosed++
           yield* Effect.logWarning("closed a run of a lost instance with INSTANCE_LOST")
@@ -474,11 +475,13 @@ export const make = (options?: InstanceLeaseOptions) =>
         Effect.annotateLogs({ lost_instance: lost })
       )
 
+    // one pass at a time (the loop's and a caller's): a run is closed by one fiber only
+    const passLock = Semaphore.makeUnsafe(1)
     const recover: Effect.Effect<ReadonlyArray<string>> = Effect.gen(function*() {
       const lost = yield* run(expiredScript, self).pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))
       yield* Effect.forEach(lost, recoverInstance, { discard: true })
       return yield* closeTaken
-    }).pipe(Effect.withSpan("InstanceLease.recover"))
+    }).pipe(passLock.withPermit, Effect.withSpan("InstanceLease.recover"))
 
     const pass = Effect.suspend(() =>
       instance.isReady() && Date.now() - readyAt >= leaseMs ? Effect.asVoid(recover) : Effect.void
