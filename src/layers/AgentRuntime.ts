@@ -23,6 +23,7 @@ import { Cause, Effect, Redacted } from "effect"
 import type { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { RedisStartError, redisStartReason, redisTarget } from "../services/RedisStartError.ts"
 import type { RunControl } from "../services/RunControl.ts"
+import * as InstanceLeaseRedis from "./InstanceLeaseRedis.ts"
 import * as RedisInstance from "./RedisInstance.ts"
 import * as RunAdmissionRedis from "./RunAdmissionRedis.ts"
 import * as RunControlRedis from "./RunControlRedis.ts"
@@ -55,11 +56,14 @@ export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | 
  * across instances. One Redis connection pair per instance (`RedisInstance`)
  * serves the bridge, admission and stops; the run log has its own. Redis
  * unreachable or refusing the credentials at startup is a `RedisStartError`
- * naming `host:port`, never the password. Requires `AgentwireConfig` (the
- * limits and retention settings).
+ * naming `host:port`, never the password. Each instance holds a lease
+ * (`AGENTWIRE_INSTANCE_LEASE_MS`, `InstanceLeaseRedis`): the runs of an
+ * instance that lost it are closed by another with `INSTANCE_LOST`, and the
+ * log refuses the lost instance's later appends to them. Requires
+ * `AgentwireConfig` (the limits, retention and lease settings).
  */
 export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
-  ExecutionEngineFactory | AgentInstanceFactory | RunAdmission | RunLog | WebSocketBridge | RunControl,
+  ExecutionEngineFactory | AgentInstanceFactory | RunAdmission | RunLog | WebSocketBridge | RunControl | InstanceLeaseRedis.InstanceLease,
   RedisStartError,
   AgentRegistry | AgentwireConfig
 > =>
@@ -67,6 +71,7 @@ export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
     Layer.provideMerge(AgentInstanceFactoryLayer.layer),
     Layer.provideMerge(RunAdmissionRedis.layerConfig()),
     Layer.provideMerge(RunControlRedis.layer()),
+    Layer.provideMerge(InstanceLeaseRedis.layerConfig),
     Layer.provideMerge(WebSocketBridgeRedis.layer),
     Layer.provideMerge(RunLogRedis.layerConfig),
     Layer.provideMerge(

@@ -40,6 +40,7 @@
  * | `AGENTWIRE_STREAM_COALESCE_MS` | `20` | at most one `partial_result` per message this often (0 = every chunk) |
  * | `AGENTWIRE_REDIS_URL` | none | `redis://[user:password@]host:port[/db]` or `rediss://…`: several instances share Redis; never logged whole |
  * | `AGENTWIRE_REDIS_BUFFER_EVENTS` | `10000` | events an instance buffers while Redis is unreachable; past it a run fails with `LOG_UNAVAILABLE` |
+ * | `AGENTWIRE_INSTANCE_LEASE_MS` | `10000` | life of an instance's lease in Redis (renewed every third); past it another instance closes its runs with `INSTANCE_LOST` (300 to 3600000) |
  *
  * Values come from the current `ConfigProvider` (the process environment by
  * default), so tests can swap it. Every bad value is a `ConfigInvalidError`
@@ -284,6 +285,7 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
   const streamCoalesceMs = yield* integer("AGENTWIRE_STREAM_COALESCE_MS", DEFAULT_STREAM_COALESCE_MS, 0, 10_000)
   const redisUrl = yield* redisUrlFromEnv
   const redisBufferEvents = yield* integer("AGENTWIRE_REDIS_BUFFER_EVENTS", DEFAULT_REDIS_BUFFER_EVENTS, 0, 10_000_000)
+  const instanceLeaseMs = yield* integer("AGENTWIRE_INSTANCE_LEASE_MS", DEFAULT_INSTANCE_LEASE_MS, MIN_INSTANCE_LEASE_MS, 3_600_000)
   return {
     host,
     port,
@@ -309,12 +311,18 @@ export const fromEnv: Effect.Effect<AgentwireSettings, ConfigInvalidError> = Eff
     llm,
     streamCoalesceMs,
     redisUrl,
-    redisBufferEvents
+    redisBufferEvents,
+    instanceLeaseMs
   }
 })
 
 /** Default `AGENTWIRE_REDIS_BUFFER_EVENTS`. */
 export const DEFAULT_REDIS_BUFFER_EVENTS = 10_000
+
+/** Default `AGENTWIRE_INSTANCE_LEASE_MS`: 10 s. */
+export const DEFAULT_INSTANCE_LEASE_MS = 10_000
+/** Shortest `AGENTWIRE_INSTANCE_LEASE_MS`: renewals every 100 ms, still well above a Redis round trip. */
+export const MIN_INSTANCE_LEASE_MS = 300
 
 /** `AGENTWIRE_REDIS_URL`: a redis:// or rediss:// URL with a host; the value is never echoed (it may hold a password). */
 export const redisUrlFromEnv: Effect.Effect<Option.Option<Redacted.Redacted<string>>, ConfigInvalidError> = Effect.flatMap(
@@ -371,5 +379,6 @@ export const layer = (settings: Partial<AgentwireSettings> = {}): Layer.Layer<Ag
     streamCoalesceMs: DEFAULT_STREAM_COALESCE_MS,
     redisUrl: Option.none(),
     redisBufferEvents: DEFAULT_REDIS_BUFFER_EVENTS,
+    instanceLeaseMs: DEFAULT_INSTANCE_LEASE_MS,
     ...settings
   })

@@ -18,8 +18,9 @@
  * is dropped and counted, never queued (a long outage would grow the offline
  * queue without bound) and never failed.
  *
- * The instance id (`instance_id`) tags what this instance publishes and the
- * admission slots it holds; a lease keyed by it can be added later.
+ * The instance id (`instance_id`) tags what this instance publishes, the
+ * admission slots it holds, the runs it owns in the run log and its lease
+ * (`InstanceLeaseRedis`).
  *
  * @module
  */

@@ -141,6 +141,18 @@ const countScript = Redis.script((slots: string) => [slots], {
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')`
 }).withReturnType<number>()
 
+/**
+ * Frees the slot of `run_id` of `user_id` whatever instance holds it (the
+ * orphan recovery of `InstanceLeaseRedis` frees a dead instance's slots); a
+ * remembered `request_id` is kept (a repeated start still gets `Duplicate`).
+ */
+export const freeSlot = (redis: Redis.Redis["Service"], user_id: string, run_id: string) =>
+  redis.eval(releaseScript)(
+    [RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id), RedisInstance.keys.userRequest(user_id, "-")],
+    run_id,
+    false
+  )
+
 /** Options of the Redis admission. */
 export interface RedisAdmissionOptions {
   /** Life of a slot without renewal, in ms (default `DEFAULT_SLOT_TTL_MS`); renewed every third of it. */
@@ -321,10 +333,17 @@ export const make = (limits: RunLimits, options?: RedisAdmissionOptions) =>
 export const layer = (limits: RunLimits, options?: RedisAdmissionOptions): Layer.Layer<RunAdmission, never, RedisInstance.RedisInstance> =>
   Layer.effect(RunAdmission, make(limits, options))
 
-/** Redis admission with the limits of `AgentwireConfig` when one is provided, else the defaults. */
+/**
+ * Redis admission with the limits of `AgentwireConfig` when one is provided,
+ * else the defaults; a slot lives as long as an instance lease
+ * (`instanceLeaseMs`) unless `options.slotTtlMs` says otherwise.
+ */
 export const layerConfig = (options?: RedisAdmissionOptions): Layer.Layer<RunAdmission, never, RedisInstance.RedisInstance> =>
   Layer.effect(
     RunAdmission,
     Effect.flatMap(Effect.serviceOption(AgentwireConfig), (config) =>
-      make(Option.match(config, { onNone: () => DEFAULT_RUN_LIMITS, onSome: (c) => c.runLimits }), options))
+      Option.match(config, {
+        onNone: () => make(DEFAULT_RUN_LIMITS, options),
+        onSome: (c) => make(c.runLimits, { slotTtlMs: options?.slotTtlMs ?? c.instanceLeaseMs })
+      }))
   )

@@ -48,6 +48,15 @@
  * from this object each time), and the runs it forgot answer `RUN_NOT_FOUND`;
  * a run still executing here records itself as expired at its next append.
  *
+ * **Ownership and fencing** (with `instanceId`, as `AgentRuntime.layerRedis`
+ * wires it): a run's first append records the appending instance as its owner
+ * (`o` in `run:<id>`) and indexes the run in `instance:<owner>:runs` (run →
+ * user) until it ends; an append or release from any other instance is
+ * refused (`fenced`). When an instance's lease expires, `InstanceLeaseRedis`
+ * on another instance moves the ownership of its open runs to itself and
+ * closes them (`INSTANCE_LOST`): an instance that was only paused cannot add
+ * to them afterwards (its events are answered `refused`, so not delivered).
+ *
  * **Bytes** are counted as each frame's UTF-8 length plus
  * `REDIS_EVENT_OVERHEAD_BYTES` per event and `REDIS_RUN_OVERHEAD_BYTES` per run.
  *
@@ -76,6 +85,7 @@ import {
   type RunSummary
 } from "../services/RunLog.ts"
 import { generateId } from "../services/UserExecutionContext.ts"
+import * as RedisInstance from "./RedisInstance.ts"
 import { MAX_TOMBSTONES, SWEEP_INTERVAL_MS, terminalReserve } from "./RunLogMemory.ts"
 
 /** Bytes counted per logged event beyond its frame (a stream entry's id, field names and listpack headers). */
@@ -101,6 +111,16 @@ export interface RunLogRedisOptions {
   readonly bufferEvents?: number | undefined
   /** Named in startup failures (default `AGENTWIRE_REDIS_URL`). */
   readonly variable?: string | undefined
+  /**
+   * This instance's id (`RedisInstance.instance_id`). When set, the log fences
+   * appends by ownership: a run's first append records this instance as its
+   * owner (field `o` of `run:<id>`, and `instance:<id>:runs`, a hash
+   * run → user of the owner's open runs); an append or release by another
+   * writer than the owner is refused (`fenced`, answered as `refused`: not
+   * logged, not delivered). `InstanceLeaseRedis` moves the ownership of a dead
+   * instance's runs to the instance that closes them. Unset: unfenced, as before.
+   */
+  readonly instanceId?: string | undefined
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,7 +158,13 @@ local function forget_ended(id, now, tomb_ms)
   redis.call('DECR', P .. 'runs')
   tomb_add(id, f[1], f[3], now, tomb_ms)
 end
+-- the owner's index of its open runs (instance loss: InstanceLeaseRedis reads it)
+local function unindex(id, h)
+  local o = redis.call('HGET', h, 'o')
+  if o then redis.call('HDEL', P .. 'instance:' .. o .. ':runs', id) end
+end
 local function end_run(id, h, status, ended_at, now, ret_ms)
+  unindex(id, h)
   redis.call('HSET', h, 'st', status, 'ea', ended_at, 'em', now)
   local f = redis.call('HMGET', h, 'u', 'b', 'l')
   redis.call('ZADD', P .. 'ended', redis.call('INCR', P .. 'endseq'), id)
@@ -194,13 +220,14 @@ end
 
 // ARGV: prefix, run_id, user, thread, agent ('' unless depth 0), seq, type, frame, end status
 // ('' unless root agent_completed), timestamp, bytes, maxEvents, softCap, maxBytes, retentionMs,
-// tombstoneMs, maxTombstones, runOverhead
+// tombstoneMs, maxTombstones, runOverhead, writer (this instance's id, '' = unfenced)
 // → 'ok' | 'event_limit' | 'log_full' | 'refused' | 'dup' (already logged) | 'lost' (its start is not in the log)
+//   | 'fenced' (another instance took the run over: its owner's lease had expired)
 const APPEND_LUA = PRELUDE + `
 local id, user, thread, agent = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seq, typ, frame, end_status, ts = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local bytes, max_events, soft_cap, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local ret_ms, tomb_ms, run_overhead = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[18])
+local ret_ms, tomb_ms, run_overhead, writer = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[18]), ARGV[19]
 local now = now_ms()
 local h = P .. 'run:' .. id
 local s = h .. ':s'
@@ -208,6 +235,7 @@ local last = tonumber(redis.call('HGET', h, 'l') or '-1')
 if last > 0 and seq == 1 then
   -- a run id used again (embedders choosing their own): the new run replaces the old
   local old = redis.call('HMGET', h, 'u', 'b')
+  unindex(id, h)
   redis.call('DEL', h, s)
   redis.call('ZREM', P .. 'user:' .. old[1], id)
   redis.call('DECRBY', P .. 'bytes', old[2])
@@ -224,11 +252,20 @@ if last < 0 then
     return 'lost'
   end
   redis.call('HSET', h, 'u', user, 'th', thread, 'a', agent, 'st', 'running', 'sa', ts, 'l', 0, 'b', run_overhead)
+  if writer ~= '' then
+    -- the run's owner: only it appends (until another instance takes the run over, see InstanceLeaseRedis)
+    redis.call('HSET', h, 'o', writer)
+    redis.call('HSET', P .. 'instance:' .. writer .. ':runs', id, user)
+  end
   redis.call('ZADD', P .. 'user:' .. user, redis.call('INCR', P .. 'starts'), id)
   redis.call('INCRBY', P .. 'bytes', run_overhead)
   redis.call('INCR', P .. 'runs')
   tomb_del(id)
   last = 0
+end
+if writer ~= '' then
+  local o = redis.call('HGET', h, 'o')
+  if o and o ~= writer then return 'fenced' end
 end
 if seq <= last then return 'dup' end
 if last >= max_events then return 'refused' end
@@ -241,6 +278,8 @@ if redis.call('HGET', h, 'st') ~= 'running' then
   redis.call('PERSIST', s)
   redis.call('HSET', h, 'st', 'running')
   redis.call('HDEL', h, 'ea', 'em')
+  local o = redis.call('HGET', h, 'o')
+  if o then redis.call('HSET', P .. 'instance:' .. o .. ':runs', id, user) end
 end
 if agent ~= '' and redis.call('HGET', h, 'a') == '' then redis.call('HSET', h, 'a', agent) end
 redis.call('XADD', s, seq .. '-0', 't', typ, 'f', frame)
@@ -315,11 +354,15 @@ end
 return out
 `
 
-// ARGV: prefix, run_id, ended_at → 'ended' | 'no'
+// ARGV: prefix, run_id, ended_at, retentionMs, writer ('' = unfenced) → 'ended' | 'no' | 'fenced'
 const RELEASE_LUA = PRELUDE + `
-local id, ts, ret_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local id, ts, ret_ms, writer = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local h = P .. 'run:' .. id
 if redis.call('HGET', h, 'st') ~= 'running' then return 'no' end
+if writer ~= '' then
+  local o = redis.call('HGET', h, 'o')
+  if o and o ~= writer then return 'fenced' end
+end
 end_run(id, h, 'cancelled', ts, now_ms(), ret_ms)
 redis.call('PUBLISH', P .. 'notes', id .. ' ' .. redis.call('HGET', h, 'l'))
 return 'ended'
@@ -332,6 +375,7 @@ local h = P .. 'run:' .. id
 local now = now_ms()
 local old = redis.call('HMGET', h, 'u', 'b')
 if old[1] then
+  unindex(id, h)
   redis.call('DEL', h, h .. ':s')
   redis.call('ZREM', P .. 'user:' .. old[1], id)
   redis.call('DECRBY', P .. 'bytes', old[2])
@@ -403,13 +447,31 @@ const summaryFrom = (run_id: string, user_id: string, f: ReadonlyArray<string | 
 }
 
 /** Builds the Redis log over an already connected `Redis` / `NodeRedis`; its fibers run in the surrounding scope. */
-export const make = (options: { readonly settings: RunLogSettings; readonly keyPrefix?: string | undefined; readonly bufferEvents?: number | undefined }) =>
+export const make = (options: {
+  readonly settings: RunLogSettings
+  readonly keyPrefix?: string | undefined
+  readonly bufferEvents?: number | undefined
+  /** This instance's id (`RedisInstance.instance_id`): when set, appends are fenced by run ownership (see `instanceId` of `RunLogRedisOptions`). */
+  readonly instanceId?: string | undefined
+}) =>
   Effect.gen(function*() {
     const redis = yield* Redis.Redis
     const { client } = yield* NodeRedis.NodeRedis
     const { settings } = options
     const P = options.keyPrefix ?? "agentwire:"
     const bufferBound = options.bufferEvents ?? DEFAULT_BUFFER_EVENTS
+    const writer = options.instanceId ?? ""
+    // runs another instance took over from this one (said once each; bounded: a paused instance has few)
+    const fencedRuns = new Set<string>()
+    const fenced = (run_id: string) =>
+      Effect.suspend(() => {
+        if (fencedRuns.has(run_id)) return Effect.void
+        if (fencedRuns.size >= 10_000) fencedRuns.clear()
+        fencedRuns.add(run_id)
+        return Effect.logWarning("another instance took this run over (this instance's lease had expired): its further events are dropped").pipe(
+          Effect.annotateLogs({ run_id, instance_id: writer })
+        )
+      })
     const softCap = settings.maxEventsPerRun - terminalReserve(settings.maxEventsPerRun)
     const run = <R>(s: Redis.Script<{ params: Args; result: R }>, ...args: Args) => redis.eval(s)(P, ...args)
 
@@ -473,6 +535,8 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
 
     const toResult = (answer: string, run_id: string): AppendResult => {
       if (answer === "dup" || answer === "lost") return "ok"
+      // taken over: not logged, so not delivered either (like an event past the hard cap)
+      if (answer === "fenced") return "refused"
       if (answer === "ok" || answer === "event_limit" || answer === "log_full" || answer === "refused") {
         if (answer !== "refused") wake(run_id, Number.MAX_SAFE_INTEGER)
         return answer
@@ -500,7 +564,8 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
         settings.retentionMs,
         settings.tombstoneMs,
         MAX_TOMBSTONES,
-        REDIS_RUN_OVERHEAD_BYTES
+        REDIS_RUN_OVERHEAD_BYTES,
+        writer
       )
     }
 
@@ -529,6 +594,7 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
           return Effect.succeed<AppendResult>(bufferEvent(event, frame) ? "ok" : "log_unavailable")
         }
         return sendAppend(event, frame).pipe(
+          Effect.tap((answer) => answer === "fenced" ? fenced(event.run_id) : Effect.void),
           Effect.map((answer) => toResult(answer, event.run_id)),
           Effect.catch((error) =>
             isOrderError(error)
@@ -548,6 +614,14 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
               // cannot happen unless the store lost part of the run: give its log up
               Effect.as(Effect.logError("run log out of order after an outage", error), "gap"))
           )
+          if (answer === "fenced") {
+            // another instance closed the run meanwhile: what waited here is dropped
+            yield* fenced(run_id)
+            buffered -= p.events.length
+            p.events.length = 0
+            p.released = false
+            break
+          }
           if (answer === "gap") {
             p.lost = true
             buffered -= p.events.length
@@ -567,7 +641,7 @@ export const make = (options: { readonly settings: RunLogSettings; readonly keyP
         if (p.events.length === 0) pending.delete(run_id)
       })
     const releaseNow = (run_id: string) =>
-      run(releaseScript, run_id, new Date().toISOString(), settings.retentionMs).pipe(
+      run(releaseScript, run_id, new Date().toISOString(), settings.retentionMs, writer).pipe(
         Effect.tap(() => Effect.sync(() => wake(run_id, -1)))
       )
     const flush = Effect.suspend(() =>
@@ -741,16 +815,25 @@ export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisSta
 
 /**
  * The Redis log at `AgentwireConfig.redisUrl` with its retention settings
- * (`AGENTWIRE_REDIS_BUFFER_EVENTS` sizes the outage buffer). Fails with
+ * (`AGENTWIRE_REDIS_BUFFER_EVENTS` sizes the outage buffer); fenced by the
+ * instance's id when a `RedisInstance` is provided around it. Fails with
  * `RedisStartError` when no URL is configured or Redis cannot be reached.
  */
 export const layerConfig: Layer.Layer<RunLog, RedisStartError, AgentwireConfig> = Layer.unwrap(
   Effect.gen(function*() {
     const config = yield* AgentwireConfig
+    // provided around it (AgentRuntime.layerRedis): appends are fenced by this instance's ownership
+    const instance = yield* Effect.serviceOption(RedisInstance.RedisInstance)
     return Option.match(config.redisUrl, {
       onNone: () =>
         Layer.effect(RunLog, Effect.fail(new RedisStartError({ target: "(none)", variable: "AGENTWIRE_REDIS_URL", reason: "not set" }))),
-      onSome: (url) => layer({ url, settings: config.runLog, bufferEvents: config.redisBufferEvents })
+      onSome: (url) =>
+        layer({
+          url,
+          settings: config.runLog,
+          bufferEvents: config.redisBufferEvents,
+          instanceId: Option.getOrUndefined(Option.map(instance, (i) => i.instance_id))
+        })
     })
   })
 )

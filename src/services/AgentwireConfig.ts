@@ -64,6 +64,13 @@ export interface AgentwireSettings {
   readonly redisUrl: Option.Option<Redacted.Redacted<string>>
   /** Events all runs of this instance may buffer while Redis is unreachable (`AGENTWIRE_REDIS_BUFFER_EVENTS`); past it a run fails with `LOG_UNAVAILABLE`. */
   readonly redisBufferEvents: number
+  /**
+   * Life of this instance's lease in Redis without renewal, in milliseconds
+   * (`AGENTWIRE_INSTANCE_LEASE_MS`; renewed every third of it). Once an
+   * instance's lease has expired, another instance closes its runs in flight
+   * with `INSTANCE_LOST` and frees their slots. Unused without `redisUrl`.
+   */
+  readonly instanceLeaseMs: number
 }
 
 /** Where and how the `assistant` agent reaches its language model. */

@@ -188,6 +188,17 @@ describe("AGENTWIRE_REDIS_URL", () => {
       expect(Option.isSome(tls.redisUrl)).toBe(true)
     }))
 
+  it.effect("AGENTWIRE_INSTANCE_LEASE_MS: 10000 by default, 300 to 3600000, else a ConfigInvalidError naming it", () =>
+    Effect.gen(function*() {
+      expect((yield* read({})).instanceLeaseMs).toBe(10_000)
+      expect((yield* read({ AGENTWIRE_INSTANCE_LEASE_MS: "1500" })).instanceLeaseMs).toBe(1500)
+      for (const bad of ["299", "0", "-1", "3600001", "ten", "1.5"]) {
+        const error = yield* Effect.flip(read({ AGENTWIRE_INSTANCE_LEASE_MS: bad }))
+        expect(error.variable).toBe("AGENTWIRE_INSTANCE_LEASE_MS")
+        expect(error.message).toMatch(/^AGENTWIRE_INSTANCE_LEASE_MS must be an integer from 300 to 3600000/)
+      }
+    }))
+
   for (const bad of ["localhost:6379", "http://host:6379", "redis://", "redis://:hunter2@host:6379/x", "not a url hunter2"]) {
     it.effect(`${JSON.stringify(bad.replace("hunter2", "…"))} is a ConfigInvalidError naming the variable, never echoing a password`, () =>
       Effect.gen(function*() {

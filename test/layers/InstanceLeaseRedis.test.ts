@@ -1,0 +1,190 @@
+/**
+ * Instance leases and the recovery of a lost instance's runs (issue 12), in
+ * one process against a real `redis-server`: what a run's log leaves open and
+ * the order it is closed in; a paused instance's run closed by another
+ * (INSTANCE_LOST, innermost first, in the log and through the bridge, the slot
+ * freed long before it would expire) and the paused instance fenced out
+ * afterwards; a live lease is left alone.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Layer, Redacted } from "effect"
+import { Redis } from "effect/persistence"
+import * as InstanceLeaseRedis from "../../src/layers/InstanceLeaseRedis.ts"
+import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
+import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
+import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
+import type { AgentEvent } from "../../src/protocol/Protocol.ts"
+import { RunAdmission } from "../../src/services/RunAdmission.ts"
+import { RunLog } from "../../src/services/RunLog.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+import { describeRedis, instanceLayer, url } from "../fixtures/redisLayers.ts"
+import { SETTINGS } from "../fixtures/runlog-suite.ts"
+import { QuietLogs } from "../fixtures/runtime.ts"
+
+const LIMITS = { maxRunsPerUser: 5, maxRuns: 100, runStartsPerSecond: 0, runStartBurst: 10, idempotencyWindowMs: 60_000 }
+
+let n = 0
+const stamp = (run_id: string, user_id: string) => {
+  let seq = 0
+  return (agent_name: string, depth: number, body: Record<string, unknown>): AgentEvent => {
+    seq++
+    n++
+    return {
+      ...body,
+      event_id: `${run_id}:${seq}`,
+      run_id,
+      thread_id: "th",
+      user_id,
+      agent_name,
+      depth,
+      seq,
+      timestamp: new Date(Date.now() - 1000 + seq).toISOString()
+    } as AgentEvent
+  }
+}
+
+/** root ▸ calc (depth 1) ▸ tool t1, inner (depth 2) ▸ tool t2; a finished tool t0 at depth 0. */
+const nestedRun = (run_id: string, user_id: string): ReadonlyArray<AgentEvent> => {
+  const e = stamp(run_id, user_id)
+  return [
+    e("root", 0, { type: "agent_started", task_description: "go" }),
+    e("root", 0, { type: "tool_executing", tool_name: "look", execution_id: "t0", parameters: {} }),
+    e("root", 0, { type: "tool_completed", tool_name: "look", execution_id: "t0", success: true, results: { status: "success", output: 1 }, duration_ms: 1 }),
+    e("calc", 1, { type: "agent_started", task_description: "sub" }),
+    e("calc", 1, { type: "tool_executing", tool_name: "slow", execution_id: "t1", parameters: {} }),
+    e("inner", 2, { type: "agent_started", task_description: "deeper" }),
+    e("inner", 2, { type: "tool_executing", tool_name: "slower", execution_id: "t2", parameters: {} })
+  ]
+}
+
+describe("openParts / closingBodies", () => {
+  it("closes innermost first: deepest depth first, a depth's tool calls before its agent, then INSTANCE_LOST at depth 0", () => {
+    const parts = InstanceLeaseRedis.openParts(nestedRun("r", "u"), "fallback")
+    expect(parts.ended).toBe(false)
+    expect(parts.root.agent_name).toBe("root")
+    const bodies = InstanceLeaseRedis.closingBodies(parts, "inst-x", Date.now())
+    expect(bodies.map((b) => [b.depth, b.agent_name, b.body.type, "execution_id" in b.body ? b.body.execution_id : "status" in b.body ? b.body.status : ""])).toEqual([
+      [2, "inner", "tool_completed", "t2"],
+      [2, "inner", "agent_completed", "cancelled"],
+      [1, "calc", "tool_completed", "t1"],
+      [1, "calc", "agent_completed", "cancelled"],
+      [0, "root", "agent_error", ""],
+      [0, "root", "agent_completed", "failed"]
+    ])
+    expect(bodies[0]!.body).toMatchObject({ success: false, results: { status: "cancelled" } })
+    expect(bodies[4]!.body).toMatchObject({ error: { code: "INSTANCE_LOST" } })
+  })
+
+  it("a finished sub-agent and a finished run leave nothing open", () => {
+    const events = nestedRun("r", "u")
+    const e = stamp("r2", "u")
+    const finished = [
+      e("root", 0, { type: "agent_started", task_description: "go" }),
+      e("calc", 1, { type: "agent_started", task_description: "sub" }),
+      e("calc", 1, { type: "agent_completed", status: "completed", final_response: "x", duration_ms: 1 }),
+      e("root", 0, { type: "agent_completed", status: "completed", final_response: "x", duration_ms: 1 })
+    ]
+    expect(InstanceLeaseRedis.openParts(finished, "root")).toMatchObject({ ended: true, open: [] })
+    expect(InstanceLeaseRedis.openParts(events.slice(0, 3), "root").open).toEqual([])
+  })
+})
+
+describeRedis("InstanceLeaseRedis on a real redis-server", () => {
+  /** An instance: its RedisInstance, a fenced run log, a recording bridge, the lease (leaseMs 300). */
+  const survivor = (instanceId: string) =>
+    InstanceLeaseRedis.layer({ leaseMs: 300 }).pipe(
+      Layer.provideMerge(WebSocketBridgeRecording.layer),
+      Layer.provideMerge(Layer.unwrap(Effect.sync(() => RunLogRedis.layer({ url: Redacted.make(url()), settings: SETTINGS, instanceId })))),
+      Layer.provideMerge(RunAdmissionRedis.layer(LIMITS, { slotTtlMs: 60_000 })),
+      Layer.provideMerge(instanceLayer(instanceId))
+    )
+  /** A "paused" instance: a fenced log and admission, a lease entry that is never renewed. */
+  const paused = (instanceId: string) =>
+    Layer.mergeAll(
+      Layer.unwrap(Effect.sync(() => RunLogRedis.layer({ url: Redacted.make(url()), settings: SETTINGS, instanceId }))),
+      RunAdmissionRedis.layer(LIMITS, { slotTtlMs: 60_000 })
+    ).pipe(Layer.provideMerge(instanceLayer(instanceId)))
+
+  const build = <A, E>(layer: Layer.Layer<A, E>) => Layer.build(layer)
+
+  it.live("a paused instance's run is closed by another once its lease expired; the slot is freed; the paused instance is fenced out", () =>
+    Effect.gen(function*() {
+      const dead = yield* build(paused("inst-paused"))
+      const live = yield* build(survivor("inst-survivor"))
+      const deadLog = Context.get(dead, RunLog)
+      const deadRedis = Context.get(dead, Redis.Redis)
+      const user_id = `u${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id, thread_id: "th", request_id: "rq-1" })
+      const admitted = yield* Context.get(dead, RunAdmission).admit(context, "root")
+      expect(admitted._tag).toBe("Admitted")
+      // the paused instance's lease: 300 ms, never renewed
+      yield* deadRedis.eval(Redis.script((...args: ReadonlyArray<string | number>) => args, {
+        numberOfKeys: 0,
+        lua: "local t = redis.call('TIME'); redis.call('ZADD', 'agentwire:instances', t[1] * 1000 + math.floor(t[2] / 1000) + 300, ARGV[1]); return 1"
+      }))("inst-paused")
+      const events = nestedRun(context.run_id, user_id)
+      for (const event of events) expect(yield* deadLog.append(event, JSON.stringify(event))).toBe("ok")
+      const lease = Context.get(live, InstanceLeaseRedis.InstanceLease)
+      const admission = Context.get(live, RunAdmission)
+      expect(yield* admission.activeRuns(user_id)).toBe(1)
+      // a live lease is left alone; once it expired, the survivor's own pass closes the run
+      expect(yield* lease.recover).toEqual([])
+      const recorded = Context.get(live, WebSocketBridgeRecording.RecordedEvents)
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0)
+      // passes run one at a time: this one starts once the pass that closed the run has finished
+      expect(yield* lease.recover).toEqual([])
+      const page = yield* Context.get(live, RunLog).read(user_id, context.run_id, events.length, { maxEvents: 100, maxBytes: 1 << 20 })
+      const closing = page.events.map((e) => JSON.parse(e.frame) as AgentEvent)
+      expect(closing.map((e) => [e.seq, e.depth, e.type])).toEqual([
+        [8, 2, "tool_completed"],
+        [9, 2, "agent_completed"],
+        [10, 1, "tool_completed"],
+        [11, 1, "agent_completed"],
+        [12, 0, "agent_error"],
+        [13, 0, "agent_completed"]
+      ])
+      expect(page.summary.status).toBe("failed")
+      // emitted through the bridge too, the same events in the same order
+      expect(yield* recorded.ofRun(context.run_id)).toEqual(closing)
+      // the slot is free now, though it would have lived 60 s
+      expect(yield* admission.activeRuns(user_id)).toBe(0)
+      expect(lease.stats.runsClosed).toBe(1)
+      // the paused instance comes back: its appends are refused (not logged, so not delivered), its release changes nothing
+      const late = stamp(context.run_id, user_id)
+      for (let i = 0; i < 7; i++) late("calc", 1, {})
+      const more = late("calc", 1, { type: "agent_thinking", reasoning: "still here" })
+      expect(more.seq).toBe(8)
+      expect(yield* deadLog.append(more, JSON.stringify(more))).toBe("refused")
+      const afterLog = { ...events[0]!, seq: 14, event_id: `${context.run_id}:14`, type: "agent_thinking", reasoning: "x" } as AgentEvent
+      expect(yield* deadLog.append(afterLog, JSON.stringify(afterLog))).toBe("refused")
+      yield* deadLog.release(context.run_id)
+      const summary = yield* deadLog.summary(user_id, context.run_id)
+      expect([summary.status, summary.last_seq]).toEqual(["failed", 13])
+      // nothing left of the lost instance
+      const left = yield* deadRedis.send<number>("EXISTS", "agentwire:instance:inst-paused:runs")
+      const score = yield* deadRedis.send<string | null>("ZSCORE", "agentwire:instances", "inst-paused")
+      expect([left, score]).toEqual([0, null])
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 20_000)
+
+  it.live("a graceful stop gives the lease back; an instance's own renewal keeps it", () =>
+    Effect.gen(function*() {
+      const scope = yield* Effect.scope
+      const context = yield* Layer.buildWithScope(survivor("inst-graceful"), scope)
+      const lease = Context.get(context, InstanceLeaseRedis.InstanceLease)
+      const redis = Context.get(context, Redis.Redis)
+      yield* lease.renew
+      expect(yield* redis.send<string | null>("ZSCORE", "agentwire:instances", "inst-graceful")).not.toBeNull()
+      expect(lease.stats.lapses).toBe(0)
+      return redis
+    }).pipe(
+      Effect.scoped,
+      Effect.flatMap(() =>
+        Effect.gen(function*() {
+          const other = yield* build(survivor("inst-observer"))
+          const redis = Context.get(other, Redis.Redis)
+          expect(yield* redis.send<string | null>("ZSCORE", "agentwire:instances", "inst-graceful")).toBeNull()
+        }).pipe(Effect.scoped)
+      ),
+      Effect.provide(QuietLogs)
+    ), 20_000)
+})
