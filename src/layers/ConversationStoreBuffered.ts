@@ -6,9 +6,14 @@
  * - **Writes from runs** (`append`, `recordRun`) are queued in memory and
  *   return at once; one writer fiber applies them in order, one at a time.
  * - **A failing write is retried**, in order, with backoff (100 ms doubling to
- *   5 s), for as long as it fails: nothing behind it is applied first, nothing
- *   is skipped. Meanwhile `health` says `degraded` (with the last error and the
- *   number of writes waiting), which `/ready` reports.
+ *   5 s), for as long as it fails transiently (connection lost, database busy
+ *   or locked, timeouts, unclassified errors): nothing behind it is applied
+ *   first, nothing is skipped. Meanwhile `health` says `degraded` (with the
+ *   last error and the number of writes waiting), which `/ready` reports.
+ * - **A write the database refuses for good** (`ConversationStoreError.permanent`:
+ *   a constraint or data error) is set aside at once: counted (`failed_writes`),
+ *   logged at error level with its error, and the writes behind it go on. A
+ *   queued delete or erase refused that way fails its caller with that error.
  * - **Bounded**: at most `maxPending` writes wait (default 10 000, about two per
  *   run). A write arriving when the queue is full is dropped, counted
  *   (`dropped_writes`) and logged at error level: during an outage longer than
@@ -70,6 +75,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
     let enqueued = 0
     let committed = 0
     let dropped = 0
+    let failed = 0
     let failing = false
     let lastError: string | undefined
     let wakeWriter: (() => void) | undefined
@@ -143,6 +149,19 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
           continue
         }
         const message = Cause.pretty(exit.cause).split("\n", 1)[0]!.slice(0, 300)
+        const error = Cause.findErrorOption(exit.cause)
+        if (error._tag === "Some" && error.value.permanent === true) {
+          // refused for good: retrying cannot help, and must not hold back the writes behind it
+          queue.shift()
+          committed = item.seq
+          failed++
+          yield* Effect.logError("history write refused by the database: set aside; the writes behind it go on").pipe(
+            Effect.annotateLogs({ error: message, operation: error.value.operation, failed_writes: failed, pending_writes: queue.length })
+          )
+          if (item.done !== undefined) Deferred.doneUnsafe(item.done, exit)
+          settle()
+          continue
+        }
         if (!failing) {
           yield* Effect.logWarning("history write failed: retrying; history is degraded, streaming is not").pipe(
             Effect.annotateLogs({ error: message, pending_writes: queue.length })
@@ -192,6 +211,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       backend,
       pending_writes: queue.length,
       dropped_writes: dropped,
+      failed_writes: failed,
       ...(lastError === undefined ? {} : { last_error: lastError })
     }))
 

@@ -26,6 +26,7 @@ import {
   type RunRecord,
   type StoredMessage,
   type ThreadSummary,
+  storableText,
   titleOf
 } from "../services/ConversationStore.ts"
 
@@ -109,7 +110,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
       const k = keyOf(key)
       let thread = touch(k)
       if (thread === undefined) {
-        thread = { user_id: key.user_id, thread_id: key.thread_id, title, created_at: at, updated_at: at, messages: [], chars: 0, runs: [] }
+        thread = { user_id: key.user_id, thread_id: key.thread_id, title: storableText(title), created_at: at, updated_at: at, messages: [], chars: 0, runs: [] }
         threads.set(k, thread)
         const users = owners.get(key.thread_id) ?? new Set<string>()
         users.add(key.user_id)
@@ -122,7 +123,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
 
     const push = (thread: Thread, messages: ReadonlyArray<ConversationMessage>, run_id: string | undefined, at: number) => {
       for (const message of messages) {
-        const content = message.content.length > maxChars ? message.content.slice(-maxChars) : message.content
+        const content = storableText(message.content.length > maxChars ? message.content.slice(-maxChars) : message.content)
         thread.messages.push({ role: message.role, content, created_at: at, ...(run_id === undefined ? {} : { run_id }) })
         thread.chars += content.length
       }
@@ -149,6 +150,12 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
         Effect.sync(() => {
           const at = opts?.at ?? now()
           const thread = open(run, opts?.title ?? "", at)
+          run = {
+            ...run,
+            agent_name: storableText(run.agent_name),
+            ...(run.final_response === undefined ? {} : { final_response: storableText(run.final_response) }),
+            ...(run.error_code === undefined ? {} : { error_code: storableText(run.error_code) })
+          }
           const i = thread.runs.findIndex((r) => r.run_id === run.run_id)
           if (i >= 0) thread.runs[i] = run
           else {
@@ -201,7 +208,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
           return counts
         })
       ),
-      health: Effect.sync(() => ({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0 }))
+      health: Effect.sync(() => ({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0, failed_writes: 0 }))
     })
   })
 

@@ -25,6 +25,7 @@ import {
   MAX_THREAD_PAGE,
   type RunRecord,
   type RunRecordStatus,
+  storableText,
   type StoredMessage,
   type ThreadSummary,
   titleOf
@@ -106,8 +107,25 @@ export const migrate = (upTo?: number) =>
     table: MIGRATIONS_TABLE
   }).pipe(Effect.map((applied) => applied.map(([id]) => id)))
 
+/**
+ * Whether the database refused for good (retrying the same statement cannot
+ * succeed): a constraint, syntax or data error. PostgreSQL SQLSTATE classes 22
+ * (data exception, e.g. an invalid byte sequence) and 23 (integrity), 42
+ * (syntax, undefined object) except 42501 (privilege); SQLite result codes
+ * 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH, 25 RANGE. Everything else (connection
+ * lost, busy/locked, timeouts, unknown) counts as transient.
+ */
+export const isPermanent = (error: SqlError.SqlError): boolean => {
+  const reason = error.reason
+  if (reason._tag === "ConstraintError" || reason._tag === "UniqueViolation" || reason._tag === "SqlSyntaxError") return true
+  const cause = reason.cause as { readonly code?: unknown; readonly errcode?: unknown } | null | undefined
+  if (typeof cause?.code === "string" && /^(22|23)[0-9A-Z]{3}$/.test(cause.code)) return true
+  if (typeof cause?.errcode === "number") return [18, 19, 20, 25].includes(cause.errcode & 0xff)
+  return false
+}
+
 const failWith = (operation: ConversationStoreError["operation"]) => (error: SqlError.SqlError) =>
-  new ConversationStoreError({ operation, message: `${error.reason._tag}: ${error.message}`.slice(0, 500) })
+  new ConversationStoreError({ operation, message: `${error.reason._tag}: ${error.message}`.slice(0, 500), permanent: isPermanent(error) })
 
 interface ThreadRow {
   readonly thread_id: string
@@ -138,7 +156,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
 
     const openThread = (user_id: string, thread_id: string, title: string, at: number) =>
       sql`INSERT INTO agentwire_threads (user_id, thread_id, title, created_at, updated_at)
-        VALUES (${user_id}, ${thread_id}, ${title}, ${at}, ${at})
+        VALUES (${user_id}, ${thread_id}, ${storableText(title)}, ${at}, ${at})
         ON CONFLICT (user_id, thread_id) DO UPDATE SET updated_at =
           CASE WHEN excluded.updated_at > agentwire_threads.updated_at THEN excluded.updated_at ELSE agentwire_threads.updated_at END`
 
@@ -149,7 +167,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
       run_id: string | undefined,
       at: number
     ) => {
-      const rows = messages.map((m) => ({ user_id, thread_id, role: m.role, content: m.content, run_id: run_id ?? null, created_at: at }))
+      const rows = messages.map((m) => ({ user_id, thread_id, role: m.role, content: storableText(m.content), run_id: run_id ?? null, created_at: at }))
       return Arr.isArrayNonEmpty(rows) ? sql`INSERT INTO agentwire_messages ${sql.insert(rows)}`.pipe(Effect.asVoid) : Effect.void
     }
 
@@ -199,12 +217,12 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
               run_id: run.run_id,
               user_id: run.user_id,
               thread_id: run.thread_id,
-              agent_name: run.agent_name,
+              agent_name: storableText(run.agent_name),
               status: run.status,
               started_at: run.started_at,
               ended_at: run.ended_at ?? null,
-              final_response: run.final_response ?? null,
-              error_code: run.error_code ?? null
+              final_response: run.final_response === undefined ? null : storableText(run.final_response),
+              error_code: run.error_code === undefined ? null : storableText(run.error_code)
             })
           } ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
             final_response = excluded.final_response, error_code = excluded.error_code`
@@ -296,7 +314,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
           return counts
         })).pipe(Effect.mapError(failWith("erase")))
       }),
-      health: Effect.succeed({ status: "up", backend, pending_writes: 0, dropped_writes: 0 })
+      health: Effect.succeed({ status: "up", backend, pending_writes: 0, dropped_writes: 0, failed_writes: 0 })
     })
   })
 

@@ -120,6 +120,12 @@ export interface StoreHealth {
   readonly pending_writes: number
   /** Writes given up on since start (queue full during a long outage, or still pending at shutdown). */
   readonly dropped_writes: number
+  /**
+   * Writes set aside since start because the database refused them for good
+   * (a constraint or data error: retrying cannot help); each is logged at error
+   * level and never blocks the writes behind it. Absent means 0.
+   */
+  readonly failed_writes?: number | undefined
   /** The last storage failure, if the last attempt failed. */
   readonly last_error?: string | undefined
 }
@@ -140,7 +146,24 @@ export const titleOf = (request: string): string => {
 export class ConversationStoreError extends Data.TaggedError("ConversationStoreError")<{
   readonly operation: "load" | "append" | "record" | "access" | "list" | "get" | "delete" | "erase"
   readonly message: string
+  /**
+   * True when the database refused this operation for good (a constraint or
+   * data error): retrying it as given cannot succeed. Absent or false: it may
+   * be transient (connection lost, database busy) and a retry may succeed.
+   */
+  readonly permanent?: boolean | undefined
 }> {}
+
+/**
+ * `text` as every backend can hold it: NUL (U+0000, which PostgreSQL refuses
+ * in `TEXT`) and lone UTF-16 surrogates (not encodable as UTF-8) become
+ * U+FFFD. Stores apply it to every text they keep and every key they look up,
+ * so all backends answer alike.
+ */
+export const storableText = (text: string): string => text.replace(UNSTORABLE, "\uFFFD")
+
+/** NUL, a high surrogate not followed by a low one, a low surrogate not preceded by a high one. */
+const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
 
 export class ConversationStore extends Context.Service<ConversationStore, {
   /** The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot. */

@@ -7,6 +7,7 @@ import { Effect, Option } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import * as ConversationStoreBuffered from "../../src/layers/ConversationStoreBuffered.ts"
 import * as ConversationStoreMemory from "../../src/layers/ConversationStoreMemory.ts"
 import * as ConversationStoreSql from "../../src/layers/ConversationStoreSql.ts"
 import * as SqliteClient from "../../src/layers/SqliteClient.ts"
@@ -53,4 +54,22 @@ describe("ConversationStoreSql on SQLite: migrations", () => {
         expect(thread.runs.map((r) => r.run_id)).toEqual(["run_1"])
       }).pipe(Effect.provideService(SqlClient.SqlClient, sql))
     })))
+})
+
+describe("ConversationStoreBuffered on SQLite: refused writes", () => {
+  it.live("a write the database refuses for good is set aside, counted; the writes behind it go on", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const sql = yield* SqliteClient.make(join(dir, "history.db"))
+      const inner = yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ backend: "sqlite" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+      const store = yield* ConversationStoreBuffered.make(inner, { retryBaseMs: 1, retryMaxMs: 5, readBarrierMs: 10_000 })
+      const key = { user_id: "alice", thread_id: "t" }
+      // refused by the CHECK on role (SQLITE_CONSTRAINT_CHECK)
+      yield* store.append(key, [{ role: "system" as "user", content: "refused" }])
+      yield* store.append(key, [{ role: "user", content: "next" }])
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "next" }])
+      expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, dropped_writes: 0, failed_writes: 1 })
+    })), 30_000)
 })

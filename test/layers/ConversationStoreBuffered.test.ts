@@ -68,7 +68,7 @@ describe("ConversationStoreBuffered", () => {
       expect((yield* Effect.flip(fastRead.listThreads("alice")))._tag).toBe("ConversationStoreError")
       state.down = false
       expect(yield* store.load(key)).toEqual([...say("1"), ...say("2"), ...say("3")])
-      expect(yield* store.health).toEqual({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0 })
+      expect(yield* store.health).toEqual({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0, failed_writes: 0 })
     })))
 
   it.live("a full queue drops the newest writes, counted and reported", () =>
