@@ -124,8 +124,15 @@ export const isPermanent = (error: SqlError.SqlError): boolean => {
   return false
 }
 
+/** The reason's tag with the driver's own words (e.g. `LockTimeoutError: database is locked`). */
+const describeSqlError = (error: SqlError.SqlError): string => {
+  const cause = error.reason.cause
+  const detail = cause instanceof Error && cause.message.length > 0 ? cause.message : error.message
+  return `${error.reason._tag}: ${detail}`.slice(0, 500)
+}
+
 const failWith = (operation: ConversationStoreError["operation"]) => (error: SqlError.SqlError) =>
-  new ConversationStoreError({ operation, message: `${error.reason._tag}: ${error.message}`.slice(0, 500), permanent: isPermanent(error) })
+  new ConversationStoreError({ operation, message: describeSqlError(error), permanent: isPermanent(error) })
 
 interface ThreadRow {
   readonly thread_id: string

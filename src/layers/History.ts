@@ -106,8 +106,14 @@ export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}):
       try: () => mkdirSync(resolve(dataDir), { recursive: true }),
       catch: (e) => new HistoryStartError({ database, reason: `cannot create AGENTWIRE_DATA_DIR: ${e instanceof Error ? e.message : String(e)}` })
     })
-    const sql = yield* SqliteClient.make(file).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: e.message })))
-    return yield* storeOn(sql, "sqlite", database, options, (t) => t)
+    // at startup (nothing is served yet) waiting up to 5 s for another process's lock is fine;
+    // afterwards every statement blocks the event loop, so the timeout drops to a few ms
+    const sql = yield* SqliteClient.make(file, { busyTimeoutMs: 5000 }).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: e.message })))
+    const store = yield* storeOn(sql, "sqlite", database, options, (t) => t)
+    yield* sql.unsafe(`PRAGMA busy_timeout = ${SqliteClient.DEFAULT_BUSY_TIMEOUT_MS}`).pipe(
+      Effect.mapError((e) => new HistoryStartError({ database, reason: e.message }))
+    )
+    return store
   }))
 
 /** PostgreSQL at `url`. */

@@ -3,7 +3,11 @@
  * PostgreSQL: `ConversationStorePg.test.ts`.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
+import { DatabaseSync } from "node:sqlite"
+import { monitorEventLoopDelay } from "node:perf_hooks"
+import * as History from "../../src/layers/History.ts"
+import { ConversationStore } from "../../src/services/ConversationStore.ts"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -72,4 +76,42 @@ describe("ConversationStoreBuffered on SQLite: refused writes", () => {
       expect(yield* store.load(key)).toEqual([{ role: "user", content: "next" }])
       expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, dropped_writes: 0, failed_writes: 1 })
     })), 30_000)
+})
+
+describe("History on SQLite: a database locked by another connection", () => {
+  it.live("writes fail fast and are retried until the lock goes; the event loop never waits for the lock", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const context = yield* Layer.build(History.layerSqlite(dir, { retryBaseMs: 5, retryMaxMs: 50, readBarrierMs: 10_000 }))
+      const store = Context.get(context, ConversationStore)
+      const key = { user_id: "alice", thread_id: "t" }
+      yield* store.append(key, [{ role: "user", content: "before" }])
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "before" }])
+
+      // another connection (as another process would) takes the write lock and keeps it
+      const other = new DatabaseSync(join(dir, History.SQLITE_FILE))
+      yield* Effect.addFinalizer(() => Effect.sync(() => other.isOpen && other.close()))
+      other.exec("BEGIN EXCLUSIVE")
+      other.exec("INSERT INTO agentwire_migrations SELECT * FROM agentwire_migrations WHERE 0")
+      const delay = monitorEventLoopDelay({ resolution: 10 })
+      delay.enable()
+      yield* store.append(key, [{ role: "user", content: "during" }])
+      // the writer meets the lock (and keeps retrying); the loop keeps turning meanwhile
+      let ticks = 0
+      while ((yield* store.health).last_error === undefined || ticks < 20) {
+        ticks++
+        yield* Effect.sleep(5)
+      }
+      delay.disable()
+      const health = yield* store.health
+      expect(health).toMatchObject({ status: "degraded", pending_writes: 1 })
+      expect(health.last_error).toMatch(/LockTimeoutError|locked|busy/i)
+      // a 5 s busy timeout blocked the whole process for 5 s per attempt; now a few ms at most
+      expect(delay.max / 1e6).toBeLessThan(1000)
+
+      other.exec("COMMIT")
+      other.close()
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "before" }, { role: "user", content: "during" }])
+      expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, failed_writes: 0 })
+    })), 60_000)
 })
