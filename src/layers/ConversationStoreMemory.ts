@@ -26,6 +26,7 @@ import {
   type RunRecord,
   type StoredMessage,
   type ThreadSummary,
+  boundThread,
   storableText,
   titleOf
 } from "../services/ConversationStore.ts"
@@ -193,7 +194,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
         Effect.sync(() => {
           const thread = threads.get(keyOf(key))
           if (thread === undefined) return Option.none()
-          return Option.some({ ...summaryOf(thread), messages: thread.messages.slice(), runs: thread.runs.slice() })
+          return Option.some(boundThread({ ...summaryOf(thread), messages: thread.messages, runs: thread.runs }))
         })
       ),
       deleteThread: Effect.fn("ConversationStore.deleteThread")((key) => Effect.sync(() => forget(keyOf(key)) !== undefined)),

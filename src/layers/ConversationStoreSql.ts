@@ -11,8 +11,10 @@
  * Times are milliseconds since the epoch (`INTEGER` / `BIGINT`).
  *
  * `load` gives a model the newest `maxMessagesForModel` messages, at most
- * `maxCharsForModel` characters (oldest dropped first); `getThread` returns the
- * newest `MAX_THREAD_MESSAGES` messages and runs.
+ * `maxCharsForModel` characters (oldest dropped first); `getThread` returns at
+ * most the newest `MAX_THREAD_MESSAGES` messages and runs, bounded by
+ * `boundThread` (about 1 MiB; texts cut in the database, so a huge thread is
+ * never read whole).
  *
  * @module
  */
@@ -25,8 +27,12 @@ import {
   MAX_THREAD_PAGE,
   type RunRecord,
   type RunRecordStatus,
+  boundThread,
   storableText,
   type StoredMessage,
+  THREAD_MAX_BYTES,
+  THREAD_MESSAGE_MAX_CHARS,
+  THREAD_RESPONSE_MAX_CHARS,
   type ThreadSummary,
   titleOf
 } from "../services/ConversationStore.ts"
@@ -258,15 +264,30 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
                 ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1) AS last_status
             FROM agentwire_threads t WHERE t.user_id = ${key.user_id} AND t.thread_id = ${key.thread_id}`
           if (thread === undefined) return Option.none()
-          const messages = yield* sql<{
+          // bounded answer (boundThread): first the sizes, newest first, then only the rows that can fit, texts cut in the database
+          const messageBudget = Math.floor(THREAD_MAX_BYTES * 3 / 4)
+          const sizes = yield* sql<{ readonly id: number | string | bigint; readonly chars: number | string | null }>`SELECT id, length(content) AS chars
+            FROM agentwire_messages WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${MAX_THREAD_MESSAGES + 1}`
+          let truncated = sizes.length > MAX_THREAD_MESSAGES
+          let chars = 0
+          let oldest: number | string | bigint | undefined
+          for (const row of sizes.slice(0, MAX_THREAD_MESSAGES)) {
+            // characters never exceed UTF-8 bytes, so this keeps at least what boundThread keeps
+            chars += Math.min(num(row.chars ?? 0), THREAD_MESSAGE_MAX_CHARS)
+            if (oldest !== undefined && chars > messageBudget) {
+              truncated = true
+              break
+            }
+            oldest = row.id
+          }
+          const messages = oldest === undefined ? [] : yield* sql<{
             readonly role: "user" | "assistant"
             readonly content: string
+            readonly chars: number | string
             readonly run_id: string | null
             readonly created_at: number | string
-          }>`SELECT role, content, run_id, created_at FROM (
-              SELECT id, role, content, run_id, created_at FROM agentwire_messages
-              WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${MAX_THREAD_MESSAGES}
-            ) m ORDER BY id ASC`
+          }>`SELECT role, substr(content, 1, ${THREAD_MESSAGE_MAX_CHARS}) AS content, length(content) AS chars, run_id, created_at
+            FROM agentwire_messages WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} AND id >= ${oldest} ORDER BY id ASC`
           const runs = yield* sql<{
             readonly run_id: string
             readonly agent_name: string
@@ -276,16 +297,19 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
             readonly final_response: string | null
             readonly error_code: string | null
           }>`SELECT run_id, agent_name, status, started_at, ended_at, final_response, error_code FROM (
-              SELECT * FROM agentwire_runs WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id}
+              SELECT run_id, agent_name, status, started_at, ended_at, substr(final_response, 1, ${THREAD_RESPONSE_MAX_CHARS}) AS final_response, error_code
+              FROM agentwire_runs WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id}
               ORDER BY started_at DESC, run_id DESC LIMIT ${MAX_THREAD_MESSAGES}
             ) r ORDER BY started_at ASC, run_id ASC`
-          return Option.some({
+          return Option.some(boundThread({
             ...summaryOf(thread),
+            ...(truncated ? { truncated: true } : {}),
             messages: messages.map((m): StoredMessage => ({
               role: m.role,
               content: m.content,
               created_at: num(m.created_at),
-              ...(m.run_id === null ? {} : { run_id: m.run_id })
+              ...(m.run_id === null ? {} : { run_id: m.run_id }),
+              ...(num(m.chars) > THREAD_MESSAGE_MAX_CHARS ? { truncated: true } : {})
             })),
             runs: runs.map((r): RunRecord => ({
               run_id: r.run_id,
@@ -298,7 +322,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
               ...(r.final_response === null ? {} : { final_response: r.final_response }),
               ...(r.error_code === null ? {} : { error_code: r.error_code })
             }))
-          })
+          }))
         }).pipe(Effect.mapError(failWith("get")))
       }),
       deleteThread: Effect.fn("ConversationStore.deleteThread")(function*(key) {

@@ -17,6 +17,7 @@
 import { Data, Effect, FiberSet, Option } from "effect"
 import type { DeleteThread, GetThread, ListThreads, ServerMessage, Thread, ThreadInfo } from "../protocol/Protocol.ts"
 import {
+  boundThread,
   ConversationStore,
   type ConversationStoreError,
   MAX_THREAD_PAGE,
@@ -68,7 +69,8 @@ export const threadBody = (t: ThreadDetail): Omit<Thread, "type" | "request_id">
     role: m.role,
     content: m.content,
     ...(m.run_id === undefined ? {} : { run_id: m.run_id }),
-    created_at: iso(m.created_at)
+    created_at: iso(m.created_at),
+    ...(m.truncated === true ? { truncated: true } : {})
   })),
   runs: t.runs.map((r) => ({
     run_id: r.run_id,
@@ -78,7 +80,8 @@ export const threadBody = (t: ThreadDetail): Omit<Thread, "type" | "request_id">
     ...(r.ended_at === undefined ? {} : { ended_at: iso(r.ended_at) }),
     ...(r.final_response === undefined ? {} : { final_response: r.final_response }),
     ...(r.error_code === undefined ? {} : { error_code: r.error_code })
-  }))
+  })),
+  ...(t.truncated === true ? { truncated: true } : {})
 })
 
 const unavailable = (e: ConversationStoreError) => new ThreadRequestError({ code: "HISTORY_UNAVAILABLE", message: e.message })
@@ -133,7 +136,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
       withStore((store) =>
         store.getThread({ user_id, thread_id }).pipe(
           Effect.mapError(unavailable),
-          Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound(thread_id)), onSome: (t) => Effect.succeed(threadBody(t)) }))
+          Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound(thread_id)), onSome: (t) => Effect.succeed(threadBody(boundThread(t))) }))
         )
       ),
     remove: (user_id, thread_id) =>

@@ -41,6 +41,8 @@ export interface StoredMessage extends ConversationMessage {
   readonly run_id?: string | undefined
   /** Milliseconds since the epoch. */
   readonly created_at: number
+  /** `true` when `content` is only the start of the stored message (`getThread` answers are bounded). */
+  readonly truncated?: boolean | undefined
 }
 
 /** Which conversation: one user's thread. */
@@ -83,6 +85,72 @@ export interface ThreadSummary {
 export interface ThreadDetail extends ThreadSummary {
   readonly messages: ReadonlyArray<StoredMessage>
   readonly runs: ReadonlyArray<RunRecord>
+  /** `true` when older messages or runs were left out or a text was cut (see `boundThread`). */
+  readonly truncated?: boolean | undefined
+}
+
+/** UTF-8 bytes of message contents and final responses one thread answer holds at most (1 MiB): 3/4 for messages, 1/4 for runs. */
+export const THREAD_MAX_BYTES = 1_048_576
+
+/** Characters of one message's content a thread answer holds at most (the start is kept). */
+export const THREAD_MESSAGE_MAX_CHARS = 65_536
+
+/** Characters of one run's final response a thread answer holds at most (the whole answer is its assistant message). */
+export const THREAD_RESPONSE_MAX_CHARS = 4_096
+
+/** `text` cut to at most `max` UTF-16 units, never inside a surrogate pair. */
+export const cutText = (text: string, max: number): string => {
+  if (text.length <= max) return text
+  const end = /[\uD800-\uDBFF]/.test(text[max - 1]!) ? max - 1 : max
+  return text.slice(0, end)
+}
+
+/** What a message's or run's other fields take on the wire, about, bytes. */
+const MESSAGE_OVERHEAD_BYTES = 100
+const RUN_OVERHEAD_BYTES = 200
+
+const utf8Bytes = (text: string): number => Buffer.byteLength(text, "utf8")
+
+/**
+ * `thread` bounded for an answer: each message content cut to
+ * `THREAD_MESSAGE_MAX_CHARS` (marked `truncated`), each final response to
+ * `THREAD_RESPONSE_MAX_CHARS`; then the newest messages whose contents fit in
+ * 3/4 of `maxBytes` (UTF-8) and the newest runs whose final responses fit in
+ * the rest (a run or message is kept whole or left out; the newest is always
+ * kept). `truncated: true` when anything was cut or left out.
+ */
+export const boundThread = (thread: ThreadDetail, maxBytes = THREAD_MAX_BYTES): ThreadDetail => {
+  let truncated = thread.truncated === true
+  const messages: Array<StoredMessage> = []
+  let budget = Math.floor(maxBytes * 3 / 4)
+  for (let i = thread.messages.length - 1; i >= 0; i--) {
+    const m = thread.messages[i]!
+    const content = cutText(m.content, THREAD_MESSAGE_MAX_CHARS)
+    const bytes = MESSAGE_OVERHEAD_BYTES + utf8Bytes(content)
+    if (messages.length > 0 && bytes > budget) {
+      truncated = true
+      break
+    }
+    budget -= bytes
+    const cut = content.length < m.content.length
+    if (cut) truncated = true
+    messages.push(cut ? { ...m, content, truncated: true } : m)
+  }
+  const runs: Array<RunRecord> = []
+  budget = maxBytes - Math.floor(maxBytes * 3 / 4)
+  for (let i = thread.runs.length - 1; i >= 0; i--) {
+    const r = thread.runs[i]!
+    const response = r.final_response === undefined ? undefined : cutText(r.final_response, THREAD_RESPONSE_MAX_CHARS)
+    const bytes = RUN_OVERHEAD_BYTES + (response === undefined ? 0 : utf8Bytes(response))
+    if (runs.length > 0 && bytes > budget) {
+      truncated = true
+      break
+    }
+    budget -= bytes
+    if (response !== r.final_response) truncated = true
+    runs.push(response === r.final_response ? r : { ...r, final_response: response })
+  }
+  return { ...thread, messages: messages.reverse(), runs: runs.reverse(), ...(truncated ? { truncated: true } : {}) }
 }
 
 /**
@@ -196,7 +264,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     user_id: string,
     options?: { readonly before?: ThreadCursor | undefined; readonly limit?: number | undefined }
   ) => Effect.Effect<ThreadPage, ConversationStoreError>
-  /** The whole thread, or none when the user has no such thread. */
+  /** The thread, bounded by `boundThread` (its newest messages and runs, about 1 MiB; `truncated` says when something was left out or cut), or none when the user has no such thread. */
   readonly getThread: (key: ConversationKey) => Effect.Effect<Option.Option<ThreadDetail>, ConversationStoreError>
   /** Deletes the thread with its messages and runs; false when the user had no such thread. */
   readonly deleteThread: (key: ConversationKey) => Effect.Effect<boolean, ConversationStoreError>
