@@ -252,7 +252,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
 
     return ConversationStore.of({
       // the model reads what is stored (see the module docs)
-      load: (key) => Effect.andThen(barrier(readBarrierMs), inner.load(key)),
+      load: (key, opts) => Effect.andThen(barrier(readBarrierMs), inner.load(key, opts)),
       // stamped when queued, not when applied
       append: (key, messages, opts) => Effect.suspend(() => write("append", key.user_id, inner.append(key, messages, { ...opts, at: opts?.at ?? now() }))),
       recordRun: (run, opts) => Effect.suspend(() => write("record", run.user_id, inner.recordRun(run, { ...opts, at: opts?.at ?? now() }))),

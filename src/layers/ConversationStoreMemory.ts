@@ -134,10 +134,13 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
     }
 
     return ConversationStore.of({
-      load: Effect.fn("ConversationStore.load")((key) =>
+      load: Effect.fn("ConversationStore.load")((key, opts) =>
         Effect.sync(() => {
           const thread = touch(keyOf(key))
-          return thread === undefined ? [] : thread.messages.map(({ content, role }) => ({ role, content }))
+          const except = opts?.exceptRun
+          return thread === undefined
+            ? []
+            : thread.messages.filter((m) => except === undefined || m.run_id !== except).map(({ content, role }) => ({ role, content }))
         })
       ),
       append: Effect.fn("ConversationStore.append")((key, messages, opts) =>

@@ -198,9 +198,10 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
     }
 
     return ConversationStore.of({
-      load: Effect.fn("ConversationStore.load")(function*(key) {
+      load: Effect.fn("ConversationStore.load")(function*(key, opts) {
+        const except = opts?.exceptRun === undefined ? sql`` : sql`AND (run_id IS NULL OR run_id <> ${opts.exceptRun})`
         const rows = yield* sql<{ readonly role: "user" | "assistant"; readonly content: string }>`SELECT role, content FROM agentwire_messages
-          WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${maxMessages}`.pipe(
+          WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ${except} ORDER BY id DESC LIMIT ${maxMessages}`.pipe(
           Effect.mapError(failWith("load"))
         )
         const out: Array<ConversationMessage> = []
@@ -347,6 +348,25 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
       }),
       health: Effect.succeed({ status: "up", backend, pending_writes: 0, dropped_writes: 0, failed_writes: 0 })
     })
+  })
+
+/** The error code of a run that a stopped or crashed server left `running`. */
+export const INSTANCE_LOST = "INSTANCE_LOST"
+
+/**
+ * Marks every run still `running` as `failed` with error code `INSTANCE_LOST`
+ * (ended `at`, ms since the epoch); returns how many. Only for a database one
+ * server uses (SQLite): run at startup, before any run starts. Several
+ * instances sharing PostgreSQL must not call it (it cannot tell another live
+ * instance's runs from lost ones).
+ */
+export const markLostRuns = (at: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const lost = yield* sql<{ readonly n: number | string }>`SELECT COUNT(*) AS n FROM agentwire_runs WHERE status = 'running'`
+    yield* sql`UPDATE agentwire_runs SET status = 'failed', ended_at = ${at}, error_code = ${INSTANCE_LOST},
+      final_response = ${"the server stopped before the run ended"} WHERE status = 'running'`
+    return num(lost[0]?.n ?? 0)
   })
 
 /** Migrates, then builds the store; requires a `SqlClient`. */

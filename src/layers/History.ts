@@ -110,6 +110,14 @@ export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}):
     // afterwards every statement blocks the event loop, so the timeout drops to a few ms
     const sql = yield* SqliteClient.make(file, { busyTimeoutMs: 5000 }).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: e.message })))
     const store = yield* storeOn(sql, "sqlite", database, options, (t) => t)
+    // one server per SQLite file: a run still `running` was lost with the previous process
+    const lost = yield* ConversationStoreSql.markLostRuns(Date.now()).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.mapError((e) => new HistoryStartError({ database, reason: `cannot mark lost runs: ${e.message}` }))
+    )
+    if (lost > 0) {
+      yield* Effect.logWarning("runs left running by the previous process marked failed (INSTANCE_LOST)").pipe(Effect.annotateLogs({ runs: lost, database }))
+    }
     yield* sql.unsafe(`PRAGMA busy_timeout = ${SqliteClient.DEFAULT_BUSY_TIMEOUT_MS}`).pipe(
       Effect.mapError((e) => new HistoryStartError({ database, reason: e.message }))
     )

@@ -15,9 +15,12 @@
  * live briefly in the `RunLog`).
  *
  * Who writes: the engine (`layers/ExecutionEngineFactory.ts`) records each root
- * run when it starts (`recordRun` with status `running`, creating the thread)
- * and when it ends (`recordRun` with its outcome and its messages: the request,
- * plus the answer when it completed). Agents read (`load`).
+ * run when it starts (`recordRun` with status `running` and the request as a
+ * message, creating the thread) and when it ends (`recordRun` with its
+ * outcome, plus the answer when it completed). Agents read (`load`, leaving
+ * out their own run's request). A run a crash left `running` is marked
+ * `failed` with error code `INSTANCE_LOST` when the server starts again
+ * (SQLite: `ConversationStoreSql.markLostRuns`).
  *
  * Times are milliseconds since the Unix epoch. The contract is
  * storage-neutral; implementations: in memory (`layers/ConversationStoreMemory.ts`,
@@ -234,8 +237,14 @@ export const storableText = (text: string): string => text.replace(UNSTORABLE, "
 const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
 
 export class ConversationStore extends Context.Service<ConversationStore, {
-  /** The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot. */
-  readonly load: (key: ConversationKey) => Effect.Effect<ReadonlyArray<ConversationMessage>, ConversationStoreError>
+  /**
+   * The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot.
+   * `exceptRun`: leave out the messages of that run (a run's own request is stored when it starts).
+   */
+  readonly load: (
+    key: ConversationKey,
+    options?: { readonly exceptRun?: string | undefined }
+  ) => Effect.Effect<ReadonlyArray<ConversationMessage>, ConversationStoreError>
   /** Appends `messages` (in order) to `key`'s conversation, atomically, creating the thread if needed. */
   readonly append: (
     key: ConversationKey,

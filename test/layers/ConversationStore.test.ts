@@ -115,3 +115,26 @@ describe("History on SQLite: a database locked by another connection", () => {
       expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, failed_writes: 0 })
     })), 60_000)
 })
+
+describe("History on SQLite: a restart after a crash", () => {
+  it.effect("runs the previous process left running are marked failed with INSTANCE_LOST; their requests are kept; ended runs are untouched", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const key = { user_id: "alice", thread_id: "t" }
+      const run = { run_id: "run_lost", user_id: "alice", thread_id: "t", agent_name: "echo", status: "running" as const, started_at: 1000 }
+      // the first process records two run starts and ends one, then dies (its layer closes without ending the other)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const store = Context.get(yield* Layer.build(History.layerSqlite(dir)), ConversationStore)
+        yield* store.recordRun(run, { title: "q", messages: [{ role: "user", content: "q" }] })
+        yield* store.recordRun({ ...run, run_id: "run_done", started_at: 2000 }, { title: "q2", messages: [{ role: "user", content: "q2" }] })
+        yield* store.recordRun({ ...run, run_id: "run_done", started_at: 2000, status: "completed", ended_at: 2001, final_response: "a2" }, { messages: [{ role: "assistant", content: "a2" }] })
+      }))
+      const store = Context.get(yield* Layer.build(History.layerSqlite(dir)), ConversationStore)
+      const thread = Option.getOrThrow(yield* store.getThread(key))
+      expect(thread.runs.find((r) => r.run_id === "run_lost")).toMatchObject({ status: "failed", error_code: "INSTANCE_LOST" })
+      expect(thread.runs.find((r) => r.run_id === "run_lost")?.ended_at).toBeTypeOf("number")
+      expect(thread.runs.find((r) => r.run_id === "run_done")).toMatchObject({ status: "completed", final_response: "a2" })
+      expect(thread.messages.map((m) => m.content)).toEqual(["q", "q2", "a2"])
+      expect(thread.last_status).toBe("completed")
+    })))
+})
