@@ -173,10 +173,15 @@ layer(TestServer, { excludeTestServices: true })("threads", (it) => {
   it.effect("delete_thread and DELETE /api/threads/{id} remove the thread; then it is not found", () =>
     Effect.gen(function*() {
       const dave = yield* connectAs("dave-4")
-      yield* echoOn(dave, "t-del-1", "one")
-      yield* echoOn(dave, "t-del-2", "two")
+      const deletedRun = yield* echoOn(dave, "t-del-1", "one")
+      const keptRun = yield* echoOn(dave, "t-del-2", "two")
       dave.send({ type: "delete_thread", thread_id: "t-del-1", request_id: "d1" })
       expect(yield* dave.next("thread_deleted", (m) => m.request_id === "d1")).toMatchObject({ thread_id: "t-del-1" })
+      // the deleted thread's retained run events are gone too; the other thread's stay
+      dave.send({ type: "resume_run", run_id: deletedRun, after_seq: 0, request_id: "r1" })
+      expect(yield* dave.next("error", (m) => m.request_id === "r1")).toMatchObject({ code: "RUN_NOT_FOUND" })
+      dave.send({ type: "list_runs", request_id: "lr1" })
+      expect((yield* dave.next("runs", (m) => m.request_id === "lr1")).runs.map((r) => r.run_id)).toEqual([keptRun])
       dave.send({ type: "get_thread", thread_id: "t-del-1", request_id: "g1" })
       expect(yield* dave.next("error", (m) => m.request_id === "g1")).toMatchObject({ code: "THREAD_NOT_FOUND" })
       expect(yield* http("DELETE", "/api/threads/t-del-2", "dave-4")).toMatchObject({ status: 200, body: { thread_id: "t-del-2", deleted: true } })

@@ -5,7 +5,8 @@
  * Owner only: every operation takes the caller's `user_id`, and another user's
  * thread is indistinguishable from an unknown one (`THREAD_NOT_FOUND`). A store
  * that cannot answer gives `HISTORY_UNAVAILABLE` (streaming is not affected).
- * Deleting a thread stops its runs in flight first; erasing a user stops all
+ * Deleting a thread stops its runs in flight first and also forgets their
+ * retained events in the run log (`RunLog.eraseThread`); erasing a user stops all
  * their runs, then deletes their threads, messages, run summaries and retained
  * events.
  *
@@ -148,6 +149,8 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           // the runs' last writes are queued before the delete, so they cannot bring the thread back
           if (engines !== undefined) yield* engines.stop({ user_id, thread_id })
           const deleted = yield* store.deleteThread({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
+          // the thread's retained run events go too (resume_run, list_runs, GET /api/runs no longer show them)
+          if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id)
           if (!deleted) return yield* notFound(thread_id)
         })
       ),

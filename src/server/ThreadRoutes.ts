@@ -8,7 +8,8 @@
  *   updated_at, last_status?, messages, runs}`; 404 `THREAD_NOT_FOUND` for
  *   unknown threads and other users' threads alike.
  * - `DELETE /api/threads/{thread_id}`: 200 `{thread_id, deleted: true}`
- *   (its runs in flight are stopped first); 404 `THREAD_NOT_FOUND`.
+ *   (its runs in flight are stopped first, and their retained run events are
+ *   forgotten); 404 `THREAD_NOT_FOUND`.
  * - `DELETE /api/users/me/data`: erases everything of the caller (threads,
  *   messages, run summaries, retained run events; runs in flight are stopped):
  *   200 `{erased: {threads, messages, runs, events}}`.
