@@ -207,10 +207,14 @@ export const MAX_THREAD_PAGE = 100
 /** Characters of the first request kept as a thread's title. */
 export const TITLE_MAX_CHARS = 120
 
-/** The title of a thread whose first request is `request`: its first line, trimmed, cut to `TITLE_MAX_CHARS`. */
+/**
+ * The title of a thread whose first request is `request`: its first line (ended
+ * by LF, CR LF or CR), trimmed, cut to `TITLE_MAX_CHARS` UTF-16 units with `…`
+ * (never inside a surrogate pair).
+ */
 export const titleOf = (request: string): string => {
-  const line = request.trim().split("\n", 1)[0] ?? ""
-  return line.length > TITLE_MAX_CHARS ? `${line.slice(0, TITLE_MAX_CHARS - 1)}…` : line
+  const line = (request.trim().split(/\r\n|\r|\n/, 1)[0] ?? "").trim()
+  return line.length > TITLE_MAX_CHARS ? `${cutText(line, TITLE_MAX_CHARS - 1)}…` : line
 }
 
 /** The store could not be read or written (a durable store's I/O failure). */

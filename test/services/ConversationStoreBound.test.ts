@@ -1,7 +1,7 @@
 /** `boundThread` and `cutText`: a thread answer stays within its byte bound, newest first, never splitting a surrogate pair. */
 import { describe, expect, it } from "@effect/vitest"
 import * as fc from "fast-check"
-import { boundThread, cutText, type StoredMessage, type ThreadDetail } from "../../src/services/ConversationStore.ts"
+import { boundThread, cutText, type StoredMessage, type ThreadDetail, titleOf } from "../../src/services/ConversationStore.ts"
 
 const thread = (messages: ReadonlyArray<StoredMessage>): ThreadDetail => ({ thread_id: "t", title: "", created_at: 0, updated_at: 0, messages, runs: [] })
 
@@ -33,4 +33,16 @@ describe("boundThread", () => {
         }
       )
     ))
+})
+
+describe("titleOf", () => {
+  it("the first line, whatever ends it, trimmed; cut with … never inside a surrogate pair", () => {
+    expect(titleOf("line one\r\nline two")).toBe("line one")
+    expect(titleOf("  old mac\rsecond")).toBe("old mac")
+    expect(titleOf("first \nsecond")).toBe("first")
+    const pair = titleOf("a".repeat(118) + "😀tail")
+    expect(pair).toBe("a".repeat(118) + "…")
+    expect(titleOf("a".repeat(117) + "😀😀tail")).toBe("a".repeat(117) + "😀…")
+    expect(titleOf("a".repeat(120))).toBe("a".repeat(120))
+  })
 })
