@@ -186,6 +186,11 @@ layer(TestServer, { excludeTestServices: true })("threads", (it) => {
       expect(yield* dave.next("error", (m) => m.request_id === "g1")).toMatchObject({ code: "THREAD_NOT_FOUND" })
       expect(yield* http("DELETE", "/api/threads/t-del-2", "dave-4")).toMatchObject({ status: 200, body: { thread_id: "t-del-2", deleted: true } })
       expect((yield* http("DELETE", "/api/threads/t-del-2", "dave-4")).status).toBe(404)
+      // a thread id that is not an id is refused as on the WebSocket
+      for (const bad of ["none", "bad!id", "bad%20id"]) {
+        expect(yield* http("GET", `/api/threads/${bad}`, "dave-4")).toMatchObject({ status: 400, body: { error: { code: "INVALID_MESSAGE" } } })
+        expect(yield* http("DELETE", `/api/threads/${bad}`, "dave-4")).toMatchObject({ status: 400, body: { error: { code: "INVALID_MESSAGE" } } })
+      }
       expect((yield* http("GET", "/api/threads", "dave-4")).body.threads).toEqual([])
       expect(rowsOf("dave-4")).toEqual([0, 0, 0])
     }))
