@@ -8,7 +8,7 @@ import { DatabaseSync } from "node:sqlite"
 import { monitorEventLoopDelay } from "node:perf_hooks"
 import * as History from "../../src/layers/History.ts"
 import { ConversationStore } from "../../src/services/ConversationStore.ts"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as ConversationStoreBuffered from "../../src/layers/ConversationStoreBuffered.ts"
@@ -136,5 +136,17 @@ describe("History on SQLite: a restart after a crash", () => {
       expect(thread.runs.find((r) => r.run_id === "run_done")).toMatchObject({ status: "completed", final_response: "a2" })
       expect(thread.messages.map((m) => m.content)).toEqual(["q", "q2", "a2"])
       expect(thread.last_status).toBe("completed")
+    })))
+})
+
+describe("History on SQLite: a file that is not a database", () => {
+  it.effect("is a typed start failure that says so and what to do", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      writeFileSync(join(dir, History.SQLITE_FILE), "not a database, just text. ".repeat(200))
+      const error = yield* Effect.flip(Layer.build(History.layerSqlite(dir)))
+      expect(error._tag).toBe("HistoryStartError")
+      expect(error.message).toContain("not an SQLite database or is corrupt")
+      expect(error.message).toContain("file is not a database")
     })))
 })

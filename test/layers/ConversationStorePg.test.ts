@@ -87,11 +87,18 @@ describe.skipIf(bin === undefined)(bin === undefined ? `PostgreSQL (skipped: ${I
       expect(error._tag).toBe("HistoryStartError")
       expect(error.message).toContain(`postgres://agent@127.0.0.1:${port}/history`)
       expect(error.message).not.toContain(cluster!.password)
+      expect(error.message).toContain("connection refused")
       // a wrong password too: the server answers, authentication fails
       const wrong = `postgres://postgres:not-the-${cluster!.password}@127.0.0.1:${cluster!.port}/postgres`
       const refused = yield* Effect.flip(Layer.build(History.layerPostgres(Redacted.make(wrong))).pipe(Effect.scoped))
       expect(refused.message).toContain(`127.0.0.1:${cluster!.port}/postgres`)
       expect(refused.message).not.toContain(cluster!.password)
+      expect(refused.message).toContain("authentication failed: check the user and password")
+      // a database that does not exist
+      const missing = yield* Effect.flip(Layer.build(History.layerPostgres(Redacted.make(cluster!.url("no_such_database")))).pipe(Effect.scoped))
+      expect(missing.message).toContain("the database does not exist")
+      expect(missing.message).toContain("no_such_database")
+      expect(missing.message).not.toContain(cluster!.password)
     }), 30_000)
 
   it.live("the database goes away mid-run: events keep streaming, history is degraded, then catches up with nothing lost", () =>
