@@ -15,6 +15,7 @@ import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
 import * as History from "../src/layers/History.ts"
 import { AgentwireServer } from "../src/services/AgentwireServer.ts"
 import { Auth } from "../src/services/Auth.ts"
+import { ConversationStore } from "../src/services/ConversationStore.ts"
 import { connect } from "./fixtures/client.ts"
 import { QuietLogs, registry } from "./fixtures/runtime.ts"
 
@@ -215,6 +216,27 @@ layer(TestServer, { excludeTestServices: true })("threads", (it) => {
       expect(rowsOf("frank-5")).toEqual([1, 2, 1])
       frank.send({ type: "resume_run", run_id: franks, after_seq: 0, request_id: "fr" })
       yield* frank.next("run_resumed", (m) => m.request_id === "fr")
+    }))
+
+  it.effect("get_thread of a huge thread answers its newest part, about 1 MiB, marked truncated, over WebSocket and HTTP", () =>
+    Effect.gen(function*() {
+      const store = yield* ConversationStore
+      const key = { user_id: "gina-7", thread_id: "t-huge" }
+      // 30 requests of 200 000 characters: 6 MB stored
+      for (let n = 0; n < 30; n++) yield* store.append(key, [{ role: "user", content: `${n}:` + "x".repeat(200_000) }])
+      const gina = yield* connectAs("gina-7")
+      gina.send({ type: "get_thread", thread_id: "t-huge", request_id: "g" })
+      const thread = yield* gina.next("thread", (m) => m.request_id === "g")
+      expect(thread.truncated).toBe(true)
+      expect(thread.messages.length).toBeGreaterThan(1)
+      expect(thread.messages.length).toBeLessThan(30)
+      expect(thread.messages.at(-1)!.content.startsWith("29:")).toBe(true)
+      expect(thread.messages.every((m) => m.truncated === true && m.content.length === 65_536)).toBe(true)
+      expect(JSON.stringify(thread).length).toBeLessThan(1.2 * 1024 * 1024)
+      const got = yield* http("GET", "/api/threads/t-huge", "gina-7")
+      expect(got.status).toBe(200)
+      expect(got.body.truncated).toBe(true)
+      expect(JSON.stringify(got.body).length).toBeLessThan(1.2 * 1024 * 1024)
     }))
 
   it.effect("/ready reports history (up, sqlite, no pending writes)", () =>
