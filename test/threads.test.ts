@@ -15,6 +15,7 @@ import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
 import * as History from "../src/layers/History.ts"
 import { AgentwireServer } from "../src/services/AgentwireServer.ts"
 import { Auth } from "../src/services/Auth.ts"
+import { ConversationStore } from "../src/services/ConversationStore.ts"
 import { connect } from "./fixtures/client.ts"
 import { QuietLogs, registry } from "./fixtures/runtime.ts"
 
@@ -173,14 +174,24 @@ layer(TestServer, { excludeTestServices: true })("threads", (it) => {
   it.effect("delete_thread and DELETE /api/threads/{id} remove the thread; then it is not found", () =>
     Effect.gen(function*() {
       const dave = yield* connectAs("dave-4")
-      yield* echoOn(dave, "t-del-1", "one")
-      yield* echoOn(dave, "t-del-2", "two")
+      const deletedRun = yield* echoOn(dave, "t-del-1", "one")
+      const keptRun = yield* echoOn(dave, "t-del-2", "two")
       dave.send({ type: "delete_thread", thread_id: "t-del-1", request_id: "d1" })
       expect(yield* dave.next("thread_deleted", (m) => m.request_id === "d1")).toMatchObject({ thread_id: "t-del-1" })
+      // the deleted thread's retained run events are gone too; the other thread's stay
+      dave.send({ type: "resume_run", run_id: deletedRun, after_seq: 0, request_id: "r1" })
+      expect(yield* dave.next("error", (m) => m.request_id === "r1")).toMatchObject({ code: "RUN_NOT_FOUND" })
+      dave.send({ type: "list_runs", request_id: "lr1" })
+      expect((yield* dave.next("runs", (m) => m.request_id === "lr1")).runs.map((r) => r.run_id)).toEqual([keptRun])
       dave.send({ type: "get_thread", thread_id: "t-del-1", request_id: "g1" })
       expect(yield* dave.next("error", (m) => m.request_id === "g1")).toMatchObject({ code: "THREAD_NOT_FOUND" })
       expect(yield* http("DELETE", "/api/threads/t-del-2", "dave-4")).toMatchObject({ status: 200, body: { thread_id: "t-del-2", deleted: true } })
       expect((yield* http("DELETE", "/api/threads/t-del-2", "dave-4")).status).toBe(404)
+      // a thread id that is not an id is refused as on the WebSocket
+      for (const bad of ["none", "bad!id", "bad%20id"]) {
+        expect(yield* http("GET", `/api/threads/${bad}`, "dave-4")).toMatchObject({ status: 400, body: { error: { code: "INVALID_MESSAGE" } } })
+        expect(yield* http("DELETE", `/api/threads/${bad}`, "dave-4")).toMatchObject({ status: 400, body: { error: { code: "INVALID_MESSAGE" } } })
+      }
       expect((yield* http("GET", "/api/threads", "dave-4")).body.threads).toEqual([])
       expect(rowsOf("dave-4")).toEqual([0, 0, 0])
     }))
@@ -205,6 +216,27 @@ layer(TestServer, { excludeTestServices: true })("threads", (it) => {
       expect(rowsOf("frank-5")).toEqual([1, 2, 1])
       frank.send({ type: "resume_run", run_id: franks, after_seq: 0, request_id: "fr" })
       yield* frank.next("run_resumed", (m) => m.request_id === "fr")
+    }))
+
+  it.effect("get_thread of a huge thread answers its newest part, about 1 MiB, marked truncated, over WebSocket and HTTP", () =>
+    Effect.gen(function*() {
+      const store = yield* ConversationStore
+      const key = { user_id: "gina-7", thread_id: "t-huge" }
+      // 30 requests of 200 000 characters: 6 MB stored
+      for (let n = 0; n < 30; n++) yield* store.append(key, [{ role: "user", content: `${n}:` + "x".repeat(200_000) }])
+      const gina = yield* connectAs("gina-7")
+      gina.send({ type: "get_thread", thread_id: "t-huge", request_id: "g" })
+      const thread = yield* gina.next("thread", (m) => m.request_id === "g")
+      expect(thread.truncated).toBe(true)
+      expect(thread.messages.length).toBeGreaterThan(1)
+      expect(thread.messages.length).toBeLessThan(30)
+      expect(thread.messages.at(-1)!.content.startsWith("29:")).toBe(true)
+      expect(thread.messages.every((m) => m.truncated === true && m.content.length === 65_536)).toBe(true)
+      expect(JSON.stringify(thread).length).toBeLessThan(1.2 * 1024 * 1024)
+      const got = yield* http("GET", "/api/threads/t-huge", "gina-7")
+      expect(got.status).toBe(200)
+      expect(got.body.truncated).toBe(true)
+      expect(JSON.stringify(got.body).length).toBeLessThan(1.2 * 1024 * 1024)
     }))
 
   it.effect("/ready reports history (up, sqlite, no pending writes)", () =>

@@ -20,9 +20,9 @@
  *
  * Conversation memory (root runs only, `depth` 0): the run sees the messages
  * of its `(user_id, thread_id)` as they stood when it started
- * (`ConversationStore.load`). The engine records every root run in the store
- * when it ends: a completed run adds its request and answer, a failed or
- * stopped run its request only. A store that cannot answer degrades the run to
+ * (`ConversationStore.load`, without its own request). The engine records
+ * every root run in the store: its request when it starts, its answer when it
+ * completes. A store that cannot answer degrades the run to
  * no history (logged), it does not fail it. A delegated assistant (depth ≥ 1)
  * sees only its request.
  *
@@ -94,7 +94,7 @@ export const make = <Tools extends Record<string, Tool.Any>>(options: AssistantO
         const remember = ctx.depth === 0
         // history unavailable: answer without it (history degrades, the run does not fail)
         const history = remember
-          ? yield* store.load(key).pipe(
+          ? yield* store.load(key, { exceptRun: ctx.run_id }).pipe(
             Effect.catch((e) => Effect.as(Effect.logWarning("conversation history unavailable").pipe(Effect.annotateLogs({ error: e.message })), []))
           )
           : []

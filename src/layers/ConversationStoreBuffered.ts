@@ -6,9 +6,14 @@
  * - **Writes from runs** (`append`, `recordRun`) are queued in memory and
  *   return at once; one writer fiber applies them in order, one at a time.
  * - **A failing write is retried**, in order, with backoff (100 ms doubling to
- *   5 s), for as long as it fails: nothing behind it is applied first, nothing
- *   is skipped. Meanwhile `health` says `degraded` (with the last error and the
- *   number of writes waiting), which `/ready` reports.
+ *   5 s), for as long as it fails transiently (connection lost, database busy
+ *   or locked, timeouts, unclassified errors): nothing behind it is applied
+ *   first, nothing is skipped. Meanwhile `health` says `degraded` (with the
+ *   last error and the number of writes waiting), which `/ready` reports.
+ * - **A write the database refuses for good** (`ConversationStoreError.permanent`:
+ *   a constraint or data error) is set aside at once: counted (`failed_writes`),
+ *   logged at error level with its error, and the writes behind it go on. A
+ *   queued delete or erase refused that way fails its caller with that error.
  * - **Bounded**: at most `maxPending` writes wait (default 10 000, about two per
  *   run). A write arriving when the queue is full is dropped, counted
  *   (`dropped_writes`) and logged at error level: during an outage longer than
@@ -17,7 +22,14 @@
  *   still waiting then is counted as dropped and logged.
  * - **Reads** (`load`, `listThreads`, `getThread`, `threadAccess`) first wait
  *   (at most `readBarrierMs`, default 1 s) for the writes queued before them, so a
- *   client reads its own writes; then they ask the database (and fail if it is down).
+ *   client reads its own writes. When that wait ends with writes of the same
+ *   user still queued (an outage, a locked database), the database's answer
+ *   would be stale (a missing thread, a thread without its newest messages),
+ *   so the read fails instead (`ConversationStoreError`, which the thread API
+ *   answers as `HISTORY_UNAVAILABLE`). Otherwise they ask the database (and
+ *   fail if it is down). The model's `load` is the exception: it reads what is
+ *   stored (an agent answers with the stored part of the conversation rather
+ *   than with none).
  * - **Deletes** (`deleteThread`, `eraseUser`) go through the same queue, so a
  *   queued write can never bring deleted data back; the caller waits up to
  *   `confirmMs` (default 5 s) for the result, then gets a `ConversationStoreError`
@@ -50,6 +62,8 @@ export interface BufferedOptions {
 
 interface Item {
   readonly seq: number
+  /** The user whose history this write changes. */
+  readonly user_id: string
   readonly op: Effect.Effect<unknown, ConversationStoreError>
   readonly done?: Deferred.Deferred<unknown, ConversationStoreError> | undefined
 }
@@ -70,9 +84,12 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
     let enqueued = 0
     let committed = 0
     let dropped = 0
+    let failed = 0
     let failing = false
     let lastError: string | undefined
     let wakeWriter: (() => void) | undefined
+    /** Queued writes per user (read-your-writes: a read of a user with writes still queued cannot be answered correctly). */
+    const pendingByUser = new Map<string, number>()
     const waiters = new Set<{ readonly seq: number; readonly wake: () => void }>()
 
     const settle = () => {
@@ -84,21 +101,31 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       }
     }
 
-    const enqueue = (op: Effect.Effect<unknown, ConversationStoreError>, done?: Deferred.Deferred<unknown, ConversationStoreError>): boolean => {
+    const enqueue = (user_id: string, op: Effect.Effect<unknown, ConversationStoreError>, done?: Deferred.Deferred<unknown, ConversationStoreError>): boolean => {
       if (queue.length >= maxPending) {
         dropped++
         return false
       }
-      queue.push({ seq: ++enqueued, op, done })
+      queue.push({ seq: ++enqueued, user_id, op, done })
+      pendingByUser.set(user_id, (pendingByUser.get(user_id) ?? 0) + 1)
       const wake = wakeWriter
       wakeWriter = undefined
       wake?.()
       return true
     }
 
-    const write = (operation: string, op: Effect.Effect<unknown, ConversationStoreError>): Effect.Effect<void> =>
+    /** Takes the head of the queue off (applied or set aside). */
+    const dequeue = () => {
+      const item = queue.shift()!
+      const left = (pendingByUser.get(item.user_id) ?? 1) - 1
+      if (left > 0) pendingByUser.set(item.user_id, left)
+      else pendingByUser.delete(item.user_id)
+      committed = item.seq
+    }
+
+    const write = (operation: string, user_id: string, op: Effect.Effect<unknown, ConversationStoreError>): Effect.Effect<void> =>
       Effect.suspend(() => {
-        if (enqueue(op)) return Effect.void
+        if (enqueue(user_id, op)) return Effect.void
         // loud, but not one line per lost write: the first, then every 1000th
         return dropped === 1 || dropped % 1000 === 0
           ? Effect.logError("history write dropped: the write queue is full").pipe(
@@ -132,8 +159,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
         const item = queue[0]!
         const exit = yield* Effect.exit(item.op)
         if (Exit.isSuccess(exit)) {
-          queue.shift()
-          committed = item.seq
+          dequeue()
           if (failing) yield* Effect.logInfo("history writes resumed").pipe(Effect.annotateLogs({ pending_writes: queue.length }))
           failing = false
           lastError = undefined
@@ -143,6 +169,18 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
           continue
         }
         const message = Cause.pretty(exit.cause).split("\n", 1)[0]!.slice(0, 300)
+        const error = Cause.findErrorOption(exit.cause)
+        if (error._tag === "Some" && error.value.permanent === true) {
+          // refused for good: retrying cannot help, and must not hold back the writes behind it
+          dequeue()
+          failed++
+          yield* Effect.logError("history write refused by the database: set aside; the writes behind it go on").pipe(
+            Effect.annotateLogs({ error: message, operation: error.value.operation, failed_writes: failed, pending_writes: queue.length })
+          )
+          if (item.done !== undefined) Deferred.doneUnsafe(item.done, exit)
+          settle()
+          continue
+        }
         if (!failing) {
           yield* Effect.logWarning("history write failed: retrying; history is degraded, streaming is not").pipe(
             Effect.annotateLogs({ error: message, pending_writes: queue.length })
@@ -166,15 +204,16 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
             Effect.annotateLogs({ lost_writes: queue.length, last_error: lastError ?? "" })
           )
           queue.length = 0
+          pendingByUser.clear()
         }
       })
     )
 
     /** A delete through the queue, waited for at most `confirmMs`. */
-    const confirmed = <A>(operation: "delete" | "erase", op: Effect.Effect<A, ConversationStoreError>) =>
+    const confirmed = <A>(operation: "delete" | "erase", user_id: string, op: Effect.Effect<A, ConversationStoreError>) =>
       Effect.gen(function*() {
         const done = Deferred.makeUnsafe<unknown, ConversationStoreError>()
-        if (!enqueue(op, done)) {
+        if (!enqueue(user_id, op, done)) {
           return yield* new ConversationStoreError({ operation, message: "history is unavailable: its write queue is full; retry later" })
         }
         const result = yield* Deferred.await(done).pipe(Effect.timeoutOption(confirmMs))
@@ -192,19 +231,36 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       backend,
       pending_writes: queue.length,
       dropped_writes: dropped,
+      failed_writes: failed,
       ...(lastError === undefined ? {} : { last_error: lastError })
     }))
 
+    /** A read after the user's queued writes: fails when some are still queued once the barrier gives up (the answer would be stale). */
+    const consistent = <A>(operation: ConversationStoreError["operation"], user_id: string, read: Effect.Effect<A, ConversationStoreError>) =>
+      Effect.andThen(
+        barrier(readBarrierMs),
+        Effect.suspend(() => {
+          const waiting = pendingByUser.get(user_id) ?? 0
+          return waiting === 0 ? read : Effect.fail(
+            new ConversationStoreError({
+              operation,
+              message: `history is unavailable: ${waiting} of this user's writes are waiting for the database${lastError === undefined ? "" : ` (${lastError})`}; retry later`
+            })
+          )
+        })
+      )
+
     return ConversationStore.of({
-      load: (key) => Effect.andThen(barrier(readBarrierMs), inner.load(key)),
+      // the model reads what is stored (see the module docs)
+      load: (key, opts) => Effect.andThen(barrier(readBarrierMs), inner.load(key, opts)),
       // stamped when queued, not when applied
-      append: (key, messages, opts) => Effect.suspend(() => write("append", inner.append(key, messages, { ...opts, at: opts?.at ?? now() }))),
-      recordRun: (run, opts) => Effect.suspend(() => write("record", inner.recordRun(run, { ...opts, at: opts?.at ?? now() }))),
-      threadAccess: (key) => Effect.andThen(barrier(readBarrierMs), inner.threadAccess(key)),
-      listThreads: (user_id, opts) => Effect.andThen(barrier(readBarrierMs), inner.listThreads(user_id, opts)),
-      getThread: (key) => Effect.andThen(barrier(readBarrierMs), inner.getThread(key)),
-      deleteThread: (key) => confirmed("delete", inner.deleteThread(key)),
-      eraseUser: (user_id) => confirmed("erase", inner.eraseUser(user_id)),
+      append: (key, messages, opts) => Effect.suspend(() => write("append", key.user_id, inner.append(key, messages, { ...opts, at: opts?.at ?? now() }))),
+      recordRun: (run, opts) => Effect.suspend(() => write("record", run.user_id, inner.recordRun(run, { ...opts, at: opts?.at ?? now() }))),
+      threadAccess: (key) => consistent("access", key.user_id, inner.threadAccess(key)),
+      listThreads: (user_id, opts) => consistent("list", user_id, inner.listThreads(user_id, opts)),
+      getThread: (key) => consistent("get", key.user_id, inner.getThread(key)),
+      deleteThread: (key) => confirmed("delete", key.user_id, inner.deleteThread(key)),
+      eraseUser: (user_id) => confirmed("erase", user_id, inner.eraseUser(user_id)),
       health
     })
   })

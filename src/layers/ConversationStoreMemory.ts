@@ -26,6 +26,8 @@ import {
   type RunRecord,
   type StoredMessage,
   type ThreadSummary,
+  boundThread,
+  storableText,
   titleOf
 } from "../services/ConversationStore.ts"
 
@@ -109,7 +111,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
       const k = keyOf(key)
       let thread = touch(k)
       if (thread === undefined) {
-        thread = { user_id: key.user_id, thread_id: key.thread_id, title, created_at: at, updated_at: at, messages: [], chars: 0, runs: [] }
+        thread = { user_id: key.user_id, thread_id: key.thread_id, title: storableText(title), created_at: at, updated_at: at, messages: [], chars: 0, runs: [] }
         threads.set(k, thread)
         const users = owners.get(key.thread_id) ?? new Set<string>()
         users.add(key.user_id)
@@ -122,7 +124,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
 
     const push = (thread: Thread, messages: ReadonlyArray<ConversationMessage>, run_id: string | undefined, at: number) => {
       for (const message of messages) {
-        const content = message.content.length > maxChars ? message.content.slice(-maxChars) : message.content
+        const content = storableText(message.content.length > maxChars ? message.content.slice(-maxChars) : message.content)
         thread.messages.push({ role: message.role, content, created_at: at, ...(run_id === undefined ? {} : { run_id }) })
         thread.chars += content.length
       }
@@ -132,10 +134,13 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
     }
 
     return ConversationStore.of({
-      load: Effect.fn("ConversationStore.load")((key) =>
+      load: Effect.fn("ConversationStore.load")((key, opts) =>
         Effect.sync(() => {
           const thread = touch(keyOf(key))
-          return thread === undefined ? [] : thread.messages.map(({ content, role }) => ({ role, content }))
+          const except = opts?.exceptRun
+          return thread === undefined
+            ? []
+            : thread.messages.filter((m) => except === undefined || m.run_id !== except).map(({ content, role }) => ({ role, content }))
         })
       ),
       append: Effect.fn("ConversationStore.append")((key, messages, opts) =>
@@ -149,6 +154,12 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
         Effect.sync(() => {
           const at = opts?.at ?? now()
           const thread = open(run, opts?.title ?? "", at)
+          run = {
+            ...run,
+            agent_name: storableText(run.agent_name),
+            ...(run.final_response === undefined ? {} : { final_response: storableText(run.final_response) }),
+            ...(run.error_code === undefined ? {} : { error_code: storableText(run.error_code) })
+          }
           const i = thread.runs.findIndex((r) => r.run_id === run.run_id)
           if (i >= 0) thread.runs[i] = run
           else {
@@ -186,7 +197,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
         Effect.sync(() => {
           const thread = threads.get(keyOf(key))
           if (thread === undefined) return Option.none()
-          return Option.some({ ...summaryOf(thread), messages: thread.messages.slice(), runs: thread.runs.slice() })
+          return Option.some(boundThread({ ...summaryOf(thread), messages: thread.messages, runs: thread.runs }))
         })
       ),
       deleteThread: Effect.fn("ConversationStore.deleteThread")((key) => Effect.sync(() => forget(keyOf(key)) !== undefined)),
@@ -201,7 +212,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
           return counts
         })
       ),
-      health: Effect.sync(() => ({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0 }))
+      health: Effect.sync(() => ({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0, failed_writes: 0 }))
     })
   })
 

@@ -11,8 +11,10 @@
  * Times are milliseconds since the epoch (`INTEGER` / `BIGINT`).
  *
  * `load` gives a model the newest `maxMessagesForModel` messages, at most
- * `maxCharsForModel` characters (oldest dropped first); `getThread` returns the
- * newest `MAX_THREAD_MESSAGES` messages and runs.
+ * `maxCharsForModel` characters (oldest dropped first); `getThread` returns at
+ * most the newest `MAX_THREAD_MESSAGES` messages and runs, bounded by
+ * `boundThread` (about 1 MiB; texts cut in the database, so a huge thread is
+ * never read whole).
  *
  * @module
  */
@@ -25,7 +27,12 @@ import {
   MAX_THREAD_PAGE,
   type RunRecord,
   type RunRecordStatus,
+  boundThread,
+  storableText,
   type StoredMessage,
+  THREAD_MAX_BYTES,
+  THREAD_MESSAGE_MAX_CHARS,
+  THREAD_RESPONSE_MAX_CHARS,
   type ThreadSummary,
   titleOf
 } from "../services/ConversationStore.ts"
@@ -106,8 +113,32 @@ export const migrate = (upTo?: number) =>
     table: MIGRATIONS_TABLE
   }).pipe(Effect.map((applied) => applied.map(([id]) => id)))
 
+/**
+ * Whether the database refused for good (retrying the same statement cannot
+ * succeed): a constraint, syntax or data error. PostgreSQL SQLSTATE classes 22
+ * (data exception, e.g. an invalid byte sequence) and 23 (integrity), 42
+ * (syntax, undefined object) except 42501 (privilege); SQLite result codes
+ * 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH, 25 RANGE. Everything else (connection
+ * lost, busy/locked, timeouts, unknown) counts as transient.
+ */
+export const isPermanent = (error: SqlError.SqlError): boolean => {
+  const reason = error.reason
+  if (reason._tag === "ConstraintError" || reason._tag === "UniqueViolation" || reason._tag === "SqlSyntaxError") return true
+  const cause = reason.cause as { readonly code?: unknown; readonly errcode?: unknown } | null | undefined
+  if (typeof cause?.code === "string" && /^(22|23)[0-9A-Z]{3}$/.test(cause.code)) return true
+  if (typeof cause?.errcode === "number") return [18, 19, 20, 25].includes(cause.errcode & 0xff)
+  return false
+}
+
+/** The reason's tag with the driver's own words (e.g. `LockTimeoutError: database is locked`). */
+const describeSqlError = (error: SqlError.SqlError): string => {
+  const cause = error.reason.cause
+  const detail = cause instanceof Error && cause.message.length > 0 ? cause.message : error.message
+  return `${error.reason._tag}: ${detail}`.slice(0, 500)
+}
+
 const failWith = (operation: ConversationStoreError["operation"]) => (error: SqlError.SqlError) =>
-  new ConversationStoreError({ operation, message: `${error.reason._tag}: ${error.message}`.slice(0, 500) })
+  new ConversationStoreError({ operation, message: describeSqlError(error), permanent: isPermanent(error) })
 
 interface ThreadRow {
   readonly thread_id: string
@@ -138,7 +169,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
 
     const openThread = (user_id: string, thread_id: string, title: string, at: number) =>
       sql`INSERT INTO agentwire_threads (user_id, thread_id, title, created_at, updated_at)
-        VALUES (${user_id}, ${thread_id}, ${title}, ${at}, ${at})
+        VALUES (${user_id}, ${thread_id}, ${storableText(title)}, ${at}, ${at})
         ON CONFLICT (user_id, thread_id) DO UPDATE SET updated_at =
           CASE WHEN excluded.updated_at > agentwire_threads.updated_at THEN excluded.updated_at ELSE agentwire_threads.updated_at END`
 
@@ -149,7 +180,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
       run_id: string | undefined,
       at: number
     ) => {
-      const rows = messages.map((m) => ({ user_id, thread_id, role: m.role, content: m.content, run_id: run_id ?? null, created_at: at }))
+      const rows = messages.map((m) => ({ user_id, thread_id, role: m.role, content: storableText(m.content), run_id: run_id ?? null, created_at: at }))
       return Arr.isArrayNonEmpty(rows) ? sql`INSERT INTO agentwire_messages ${sql.insert(rows)}`.pipe(Effect.asVoid) : Effect.void
     }
 
@@ -167,9 +198,10 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
     }
 
     return ConversationStore.of({
-      load: Effect.fn("ConversationStore.load")(function*(key) {
+      load: Effect.fn("ConversationStore.load")(function*(key, opts) {
+        const except = opts?.exceptRun === undefined ? sql`` : sql`AND (run_id IS NULL OR run_id <> ${opts.exceptRun})`
         const rows = yield* sql<{ readonly role: "user" | "assistant"; readonly content: string }>`SELECT role, content FROM agentwire_messages
-          WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${maxMessages}`.pipe(
+          WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ${except} ORDER BY id DESC LIMIT ${maxMessages}`.pipe(
           Effect.mapError(failWith("load"))
         )
         const out: Array<ConversationMessage> = []
@@ -199,12 +231,12 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
               run_id: run.run_id,
               user_id: run.user_id,
               thread_id: run.thread_id,
-              agent_name: run.agent_name,
+              agent_name: storableText(run.agent_name),
               status: run.status,
               started_at: run.started_at,
               ended_at: run.ended_at ?? null,
-              final_response: run.final_response ?? null,
-              error_code: run.error_code ?? null
+              final_response: run.final_response === undefined ? null : storableText(run.final_response),
+              error_code: run.error_code === undefined ? null : storableText(run.error_code)
             })
           } ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
             final_response = excluded.final_response, error_code = excluded.error_code`
@@ -233,15 +265,30 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
                 ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1) AS last_status
             FROM agentwire_threads t WHERE t.user_id = ${key.user_id} AND t.thread_id = ${key.thread_id}`
           if (thread === undefined) return Option.none()
-          const messages = yield* sql<{
+          // bounded answer (boundThread): first the sizes, newest first, then only the rows that can fit, texts cut in the database
+          const messageBudget = Math.floor(THREAD_MAX_BYTES * 3 / 4)
+          const sizes = yield* sql<{ readonly id: number | string | bigint; readonly chars: number | string | null }>`SELECT id, length(content) AS chars
+            FROM agentwire_messages WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${MAX_THREAD_MESSAGES + 1}`
+          let truncated = sizes.length > MAX_THREAD_MESSAGES
+          let chars = 0
+          let oldest: number | string | bigint | undefined
+          for (const row of sizes.slice(0, MAX_THREAD_MESSAGES)) {
+            // characters never exceed UTF-8 bytes, so this keeps at least what boundThread keeps
+            chars += Math.min(num(row.chars ?? 0), THREAD_MESSAGE_MAX_CHARS)
+            if (oldest !== undefined && chars > messageBudget) {
+              truncated = true
+              break
+            }
+            oldest = row.id
+          }
+          const messages = oldest === undefined ? [] : yield* sql<{
             readonly role: "user" | "assistant"
             readonly content: string
+            readonly chars: number | string
             readonly run_id: string | null
             readonly created_at: number | string
-          }>`SELECT role, content, run_id, created_at FROM (
-              SELECT id, role, content, run_id, created_at FROM agentwire_messages
-              WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} ORDER BY id DESC LIMIT ${MAX_THREAD_MESSAGES}
-            ) m ORDER BY id ASC`
+          }>`SELECT role, substr(content, 1, ${THREAD_MESSAGE_MAX_CHARS}) AS content, length(content) AS chars, run_id, created_at
+            FROM agentwire_messages WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id} AND id >= ${oldest} ORDER BY id ASC`
           const runs = yield* sql<{
             readonly run_id: string
             readonly agent_name: string
@@ -251,16 +298,19 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
             readonly final_response: string | null
             readonly error_code: string | null
           }>`SELECT run_id, agent_name, status, started_at, ended_at, final_response, error_code FROM (
-              SELECT * FROM agentwire_runs WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id}
+              SELECT run_id, agent_name, status, started_at, ended_at, substr(final_response, 1, ${THREAD_RESPONSE_MAX_CHARS}) AS final_response, error_code
+              FROM agentwire_runs WHERE user_id = ${key.user_id} AND thread_id = ${key.thread_id}
               ORDER BY started_at DESC, run_id DESC LIMIT ${MAX_THREAD_MESSAGES}
             ) r ORDER BY started_at ASC, run_id ASC`
-          return Option.some({
+          return Option.some(boundThread({
             ...summaryOf(thread),
+            ...(truncated ? { truncated: true } : {}),
             messages: messages.map((m): StoredMessage => ({
               role: m.role,
               content: m.content,
               created_at: num(m.created_at),
-              ...(m.run_id === null ? {} : { run_id: m.run_id })
+              ...(m.run_id === null ? {} : { run_id: m.run_id }),
+              ...(num(m.chars) > THREAD_MESSAGE_MAX_CHARS ? { truncated: true } : {})
             })),
             runs: runs.map((r): RunRecord => ({
               run_id: r.run_id,
@@ -273,7 +323,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
               ...(r.final_response === null ? {} : { final_response: r.final_response }),
               ...(r.error_code === null ? {} : { error_code: r.error_code })
             }))
-          })
+          }))
         }).pipe(Effect.mapError(failWith("get")))
       }),
       deleteThread: Effect.fn("ConversationStore.deleteThread")(function*(key) {
@@ -296,8 +346,27 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
           return counts
         })).pipe(Effect.mapError(failWith("erase")))
       }),
-      health: Effect.succeed({ status: "up", backend, pending_writes: 0, dropped_writes: 0 })
+      health: Effect.succeed({ status: "up", backend, pending_writes: 0, dropped_writes: 0, failed_writes: 0 })
     })
+  })
+
+/** The error code of a run that a stopped or crashed server left `running`. */
+export const INSTANCE_LOST = "INSTANCE_LOST"
+
+/**
+ * Marks every run still `running` as `failed` with error code `INSTANCE_LOST`
+ * (ended `at`, ms since the epoch); returns how many. Only for a database one
+ * server uses (SQLite): run at startup, before any run starts. Several
+ * instances sharing PostgreSQL must not call it (it cannot tell another live
+ * instance's runs from lost ones).
+ */
+export const markLostRuns = (at: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const lost = yield* sql<{ readonly n: number | string }>`SELECT COUNT(*) AS n FROM agentwire_runs WHERE status = 'running'`
+    yield* sql`UPDATE agentwire_runs SET status = 'failed', ended_at = ${at}, error_code = ${INSTANCE_LOST},
+      final_response = ${"the server stopped before the run ended"} WHERE status = 'running'`
+    return num(lost[0]?.n ?? 0)
   })
 
 /** Migrates, then builds the store; requires a `SqlClient`. */

@@ -14,9 +14,9 @@
  * when its fiber ends.
  *
  * History (when a `ConversationStore` is provided around the layer): each root
- * run is recorded when it starts (status `running`; the thread is created,
- * titled from the request) and when it ends (its outcome, and its messages:
- * the request, plus the answer when it completed). The store queues these
+ * run is recorded when it starts (status `running` and its request; the
+ * thread is created, titled from the request) and when it ends (its outcome,
+ * plus the answer when it completed). The store queues these
  * writes (`ConversationStoreBuffered`), so recording never waits on a database;
  * a failed record is logged, never a failed run. A start that names a thread
  * another user already has is refused (`AdmissionError` `thread_not_found`);
@@ -146,7 +146,8 @@ export const make = Effect.gen(function*() {
           }
           const title = titleOf(request)
           if (history !== undefined && record !== undefined) {
-            yield* recorded(history.recordRun({ ...record, status: "running" }, { title }))
+            // the request is stored now: a crash mid-run keeps it (the run is marked INSTANCE_LOST at the next start)
+            yield* recorded(history.recordRun({ ...record, status: "running" }, { title, messages: [{ role: "user", content: request }] }))
           }
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
           return yield* agent.run(request).pipe(Effect.onExit(() => {
@@ -159,9 +160,7 @@ export const make = Effect.gen(function*() {
               ...(outcome.error ? { error_code: outcome.error.code } : {})
             }, {
               title,
-              messages: outcome.status === "completed"
-                ? [{ role: "user", content: request }, { role: "assistant", content: outcome.final_response }]
-                : [{ role: "user", content: request }]
+              messages: outcome.status === "completed" ? [{ role: "assistant", content: outcome.final_response }] : []
             }))
             return Effect.andThen(ended, Effect.logInfo("run ended").pipe(Effect.annotateLogs({
               outcome: outcome.status,

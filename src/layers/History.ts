@@ -59,6 +59,35 @@ export const describeUrl = (url: string): string => {
   return `${parsed.protocol}//${user}${parsed.host}${parsed.pathname}`
 }
 
+/**
+ * Why a database could not be opened, in words an operator can act on: the
+ * driver's own message (`cause.message`, passwords hidden by `hide`), after a
+ * hint for the usual cases: wrong user or password (SQLSTATE 28…), a missing
+ * database (3D000), connection refused, unknown host, a file that is not an
+ * SQLite database or is corrupt (SQLite 26 / 11).
+ */
+export const describeStartFailure = (error: unknown, hide: (text: string) => string = (t) => t): string => {
+  const reason = (error as { readonly reason?: { readonly _tag?: unknown; readonly cause?: unknown } } | null)?.reason
+  const cause = reason?.cause as { readonly message?: unknown; readonly code?: unknown; readonly errcode?: unknown } | null | undefined
+  const detail = typeof cause?.message === "string" && cause.message.length > 0
+    ? cause.message
+    : error instanceof Error ? error.message : String(error)
+  const code = typeof cause?.code === "string" ? cause.code : ""
+  const sqlite = typeof cause?.errcode === "number" ? cause.errcode & 0xff : undefined
+  const hint = reason?._tag === "AuthenticationError" || code.startsWith("28")
+    ? "authentication failed: check the user and password in AGENTWIRE_DATABASE_URL"
+    : code === "3D000"
+    ? "the database does not exist: create it (createdb) or fix its name in AGENTWIRE_DATABASE_URL"
+    : code === "ECONNREFUSED"
+    ? "connection refused: is PostgreSQL running and listening at that host and port?"
+    : code === "ENOTFOUND" || code === "EAI_AGAIN"
+    ? "host not found"
+    : sqlite === 26 || sqlite === 11
+    ? "the file is not an SQLite database or is corrupt: move it away (a new one is created) or restore a backup"
+    : undefined
+  return hide(hint === undefined ? detail : `${hint} (${detail})`)
+}
+
 /** Reads `AGENTWIRE_DATA_DIR` and `AGENTWIRE_DATABASE_URL`. */
 export const settingsFromEnv: Effect.Effect<HistorySettings, ConfigInvalidError> = Effect.gen(function*() {
   const read = (variable: string) =>
@@ -89,7 +118,7 @@ const storeOn = (sql: SqlClient.SqlClient, backend: string, database: string, op
   Effect.gen(function*() {
     const applied = yield* ConversationStoreSql.migrate().pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
-      Effect.mapError((e) => new HistoryStartError({ database, reason: `migration failed: ${hide(e.message)}` }))
+      Effect.mapError((e) => new HistoryStartError({ database, reason: `migration failed: ${describeStartFailure(e, hide)}` }))
     )
     if (applied.length > 0) yield* Effect.logDebug("history schema migrated").pipe(Effect.annotateLogs({ database, migrations: applied.join(",") }))
     const inner = yield* ConversationStoreSql.make({ backend }).pipe(Effect.provideService(SqlClient.SqlClient, sql))
@@ -106,8 +135,24 @@ export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}):
       try: () => mkdirSync(resolve(dataDir), { recursive: true }),
       catch: (e) => new HistoryStartError({ database, reason: `cannot create AGENTWIRE_DATA_DIR: ${e instanceof Error ? e.message : String(e)}` })
     })
-    const sql = yield* SqliteClient.make(file).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: e.message })))
-    return yield* storeOn(sql, "sqlite", database, options, (t) => t)
+    // at startup (nothing is served yet) waiting up to 5 s for another process's lock is fine;
+    // afterwards every statement blocks the event loop, so the timeout drops to a few ms
+    const sql = yield* SqliteClient.make(file, { busyTimeoutMs: 5000 }).pipe(
+      Effect.mapError((e) => new HistoryStartError({ database, reason: describeStartFailure(e) }))
+    )
+    const store = yield* storeOn(sql, "sqlite", database, options, (t) => t)
+    // one server per SQLite file: a run still `running` was lost with the previous process
+    const lost = yield* ConversationStoreSql.markLostRuns(Date.now()).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.mapError((e) => new HistoryStartError({ database, reason: `cannot mark lost runs: ${e.message}` }))
+    )
+    if (lost > 0) {
+      yield* Effect.logWarning("runs left running by the previous process marked failed (INSTANCE_LOST)").pipe(Effect.annotateLogs({ runs: lost, database }))
+    }
+    yield* sql.unsafe(`PRAGMA busy_timeout = ${SqliteClient.DEFAULT_BUSY_TIMEOUT_MS}`).pipe(
+      Effect.mapError((e) => new HistoryStartError({ database, reason: e.message }))
+    )
+    return store
   }))
 
 /** PostgreSQL at `url`. */
@@ -121,12 +166,12 @@ export const layerPostgres = (url: Redacted.Redacted<string>, options: HistoryLa
       url,
       maxConnections: options.maxConnections ?? 4,
       connectTimeout: `${options.connectTimeoutMs ?? 5000} millis`
-    })).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: hide(e.message) })))
+    })).pipe(Effect.mapError((e) => new HistoryStartError({ database, reason: describeStartFailure(e, hide) })))
     const sql = Context.get(context, SqlClient.SqlClient)
     // the pool may connect lazily: make sure the database answers now
     yield* sql`SELECT 1`.pipe(
       Effect.timeoutOrElse({ duration: `${(options.connectTimeoutMs ?? 5000) + 1000} millis`, orElse: () => Effect.fail(new HistoryStartError({ database, reason: "no answer (timed out)" })) }),
-      Effect.mapError((e) => e._tag === "HistoryStartError" ? e : new HistoryStartError({ database, reason: hide(e.message) }))
+      Effect.mapError((e) => e._tag === "HistoryStartError" ? e : new HistoryStartError({ database, reason: describeStartFailure(e, hide) }))
     )
     return yield* storeOn(sql, "postgres", database, options, hide)
   }))

@@ -91,6 +91,7 @@ interface RunRecord {
 
 interface Tombstone {
   readonly user_id: string
+  readonly thread_id: string
   readonly last_seq: number
   readonly expiresAt: number
 }
@@ -146,7 +147,7 @@ export const make = (settings: RunLogSettings) =>
       if (mine !== undefined && mine.size === 0) byUser.delete(run.user_id)
       totalBytes -= run.bytes
       addUserBytes(run.user_id, -run.bytes)
-      tombstones.set(run.run_id, { user_id: run.user_id, last_seq: run.frames.length, expiresAt: now + settings.tombstoneMs })
+      tombstones.set(run.run_id, { user_id: run.user_id, thread_id: run.thread_id, last_seq: run.frames.length, expiresAt: now + settings.tombstoneMs })
       if (tombstones.size > MAX_TOMBSTONES) tombstones.delete(tombstones.keys().next().value!)
       wake(run)
     }
@@ -295,6 +296,22 @@ export const make = (settings: RunLogSettings) =>
       Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.sync(() => sweep(clock.currentTimeMillisUnsafe()))))
     )
 
+
+    /** Ended runs and tombstones of the user (of one thread when `thread_id` is given) go without a trace; a run still running keeps its log. */
+    const erase = (user_id: string, thread_id: string | undefined): number => {
+      let erased = 0
+      for (const run_id of Array.from(byUser.get(user_id) ?? [])) {
+        const run = runs.get(run_id)!
+        if (run.status === "running" || (thread_id !== undefined && run.thread_id !== thread_id)) continue
+        forget(run, 0)
+        tombstones.delete(run_id)
+        erased++
+      }
+      for (const [run_id, tomb] of Array.from(tombstones)) {
+        if (tomb.user_id === user_id && (thread_id === undefined || tomb.thread_id === thread_id)) tombstones.delete(run_id)
+      }
+      return erased
+    }
     return RunLog.of({
       epoch,
       settings,
@@ -315,20 +332,8 @@ export const make = (settings: RunLogSettings) =>
         tombstones: tombstones.size,
         evicted
       })),
-      eraseUser: (user_id) =>
-        Effect.sync(() => {
-          // ended runs and tombstones of the user go without a trace; a run still running keeps its log
-          let erased = 0
-          for (const run_id of Array.from(byUser.get(user_id) ?? [])) {
-            const run = runs.get(run_id)!
-            if (run.status === "running") continue
-            forget(run, 0)
-            tombstones.delete(run_id)
-            erased++
-          }
-          for (const [run_id, tomb] of Array.from(tombstones)) if (tomb.user_id === user_id) tombstones.delete(run_id)
-          return erased
-        }),
+      eraseUser: (user_id) => Effect.sync(() => erase(user_id, undefined)),
+      eraseThread: (user_id, thread_id) => Effect.sync(() => erase(user_id, thread_id)),
       read: (user_id, run_id, after_seq, limits) =>
         Effect.flatMap(found(user_id, run_id), (run) => {
           run.lastReadAtMs = clock.currentTimeMillisUnsafe()

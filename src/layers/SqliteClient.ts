@@ -4,8 +4,12 @@
  *
  * One connection, used by one fiber at a time (a semaphore); statements run
  * synchronously on the event loop (a typical history write takes tens of
- * microseconds). The file is opened in WAL mode with a 5 second busy timeout,
- * so a second process on the same file waits instead of failing. Errors are
+ * microseconds). The file is opened in WAL mode. Because a statement blocks
+ * the whole process while it waits for a lock, the busy timeout is short
+ * (`busyTimeoutMs`, default `DEFAULT_BUSY_TIMEOUT_MS` = 10 ms): a database
+ * locked by another process fails fast with `SQLITE_BUSY` (reason
+ * `LockTimeoutError`, retryable) instead of freezing the event loop; callers
+ * retry later (`ConversationStoreBuffered` does, with backoff). Errors are
  * `SqlError`s with classified reasons (`UniqueViolation`, …).
  *
  * @module
@@ -22,17 +26,20 @@ const fail = (operation: string) => (cause: unknown) => {
   return new SqlError.SqlError({ reason: SqlError.classifySqliteError(c, { operation }) })
 }
 
+/** The default busy timeout, ms: how long a statement may block the event loop waiting for another connection's lock. */
+export const DEFAULT_BUSY_TIMEOUT_MS = 10
+
 /** Statements kept prepared (by SQL text). */
 const STATEMENT_CACHE = 200
 
 /** A `SqlClient` on the SQLite database at `filename` (`:memory:` for a private in-memory one); closed with the scope. */
-export const make = (filename: string) =>
+export const make = (filename: string, options: { readonly busyTimeoutMs?: number | undefined } = {}) =>
   Effect.gen(function*() {
     const db = yield* Effect.acquireRelease(
       Effect.try({
         try: () => {
           const db = new DatabaseSync(filename)
-          db.exec("PRAGMA busy_timeout = 5000")
+          db.exec(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS))}`)
           if (filename !== ":memory:") db.exec("PRAGMA journal_mode = WAL")
           db.exec("PRAGMA synchronous = NORMAL")
           return db
@@ -91,5 +98,5 @@ export const make = (filename: string) =>
   }).pipe(Effect.provide(Reactivity.layer))
 
 /** The client as a layer. */
-export const layer = (filename: string): Layer.Layer<SqlClient.SqlClient, SqlError.SqlError> =>
-  Layer.effect(SqlClient.SqlClient, make(filename))
+export const layer = (filename: string, options: { readonly busyTimeoutMs?: number | undefined } = {}): Layer.Layer<SqlClient.SqlClient, SqlError.SqlError> =>
+  Layer.effect(SqlClient.SqlClient, make(filename, options))

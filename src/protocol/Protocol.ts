@@ -468,7 +468,9 @@ export const ThreadMessage = Schema.Struct({
   role: Schema.Literals(["user", "assistant"]),
   content: Schema.String,
   run_id: Schema.optionalKey(Schema.String),
-  created_at: Schema.String
+  created_at: Schema.String,
+  /** `true` when `content` is only the start of the stored message (cut to keep the answer bounded). */
+  truncated: Schema.optionalKey(Schema.Boolean)
 })
 export type ThreadMessage = typeof ThreadMessage.Type
 
@@ -484,7 +486,11 @@ export const ThreadRun = Schema.Struct({
 })
 export type ThreadRun = typeof ThreadRun.Type
 
-/** The answer to `get_thread`: messages and runs, oldest first. */
+/**
+ * The answer to `get_thread`: messages and runs, oldest first. Bounded (about
+ * 1 MiB of text): the newest messages and runs that fit; `truncated: true` when
+ * older ones were left out or a text was cut.
+ */
 export const Thread = Schema.Struct({
   type: Schema.Literal("thread"),
   thread_id: Schema.String,
@@ -494,6 +500,8 @@ export const Thread = Schema.Struct({
   last_status: Schema.optionalKey(RunStatus),
   messages: Schema.Array(ThreadMessage),
   runs: Schema.Array(ThreadRun),
+  /** `true` when older messages or runs were left out, or a message or final response was cut, to keep the answer bounded. */
+  truncated: Schema.optionalKey(Schema.Boolean),
   request_id: Schema.optionalKey(Schema.String)
 })
 export type Thread = typeof Thread.Type

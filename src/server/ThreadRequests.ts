@@ -5,7 +5,8 @@
  * Owner only: every operation takes the caller's `user_id`, and another user's
  * thread is indistinguishable from an unknown one (`THREAD_NOT_FOUND`). A store
  * that cannot answer gives `HISTORY_UNAVAILABLE` (streaming is not affected).
- * Deleting a thread stops its runs in flight first; erasing a user stops all
+ * Deleting a thread stops its runs in flight first and also forgets their
+ * retained events in the run log (`RunLog.eraseThread`); erasing a user stops all
  * their runs, then deletes their threads, messages, run summaries and retained
  * events.
  *
@@ -17,6 +18,7 @@
 import { Data, Effect, FiberSet, Option } from "effect"
 import type { DeleteThread, GetThread, ListThreads, ServerMessage, Thread, ThreadInfo } from "../protocol/Protocol.ts"
 import {
+  boundThread,
   ConversationStore,
   type ConversationStoreError,
   MAX_THREAD_PAGE,
@@ -68,7 +70,8 @@ export const threadBody = (t: ThreadDetail): Omit<Thread, "type" | "request_id">
     role: m.role,
     content: m.content,
     ...(m.run_id === undefined ? {} : { run_id: m.run_id }),
-    created_at: iso(m.created_at)
+    created_at: iso(m.created_at),
+    ...(m.truncated === true ? { truncated: true } : {})
   })),
   runs: t.runs.map((r) => ({
     run_id: r.run_id,
@@ -78,7 +81,8 @@ export const threadBody = (t: ThreadDetail): Omit<Thread, "type" | "request_id">
     ...(r.ended_at === undefined ? {} : { ended_at: iso(r.ended_at) }),
     ...(r.final_response === undefined ? {} : { final_response: r.final_response }),
     ...(r.error_code === undefined ? {} : { error_code: r.error_code })
-  }))
+  })),
+  ...(t.truncated === true ? { truncated: true } : {})
 })
 
 const unavailable = (e: ConversationStoreError) => new ThreadRequestError({ code: "HISTORY_UNAVAILABLE", message: e.message })
@@ -133,7 +137,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
       withStore((store) =>
         store.getThread({ user_id, thread_id }).pipe(
           Effect.mapError(unavailable),
-          Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound(thread_id)), onSome: (t) => Effect.succeed(threadBody(t)) }))
+          Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound(thread_id)), onSome: (t) => Effect.succeed(threadBody(boundThread(t))) }))
         )
       ),
     remove: (user_id, thread_id) =>
@@ -145,6 +149,8 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           // the runs' last writes are queued before the delete, so they cannot bring the thread back
           if (engines !== undefined) yield* engines.stop({ user_id, thread_id })
           const deleted = yield* store.deleteThread({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
+          // the thread's retained run events go too (resume_run, list_runs, GET /api/runs no longer show them)
+          if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id)
           if (!deleted) return yield* notFound(thread_id)
         })
       ),

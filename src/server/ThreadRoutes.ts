@@ -8,25 +8,41 @@
  *   updated_at, last_status?, messages, runs}`; 404 `THREAD_NOT_FOUND` for
  *   unknown threads and other users' threads alike.
  * - `DELETE /api/threads/{thread_id}`: 200 `{thread_id, deleted: true}`
- *   (its runs in flight are stopped first); 404 `THREAD_NOT_FOUND`.
+ *   (its runs in flight are stopped first, and their retained run events are
+ *   forgotten); 404 `THREAD_NOT_FOUND`.
  * - `DELETE /api/users/me/data`: erases everything of the caller (threads,
  *   messages, run summaries, retained run events; runs in flight are stopped):
  *   200 `{erased: {threads, messages, runs, events}}`.
  *
- * Errors are `{error: {code, message}}`: 400 `INVALID_MESSAGE`, 401
+ * Errors are `{error: {code, message}}`: 400 `INVALID_MESSAGE` (also for a
+ * `{thread_id}` that is not an id, as on the WebSocket), 401
  * `UNAUTHORIZED`, 404 `THREAD_NOT_FOUND`, 503 `HISTORY_UNAVAILABLE` (the
  * database cannot answer now; a deletion that timed out stays queued and is
  * applied when it answers: retry to confirm) or `AUTH_UNAVAILABLE`.
  *
  * @module
  */
-import { Effect, Layer, Result } from "effect"
+import { Effect, Layer, Result, Schema } from "effect"
 import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Auth, bearerToken } from "../services/Auth.ts"
-import { makeApi, type ThreadRequestError } from "./ThreadRequests.ts"
+import { Id } from "../protocol/Protocol.ts"
+import { makeApi, ThreadRequestError } from "./ThreadRequests.ts"
 
 const problem = (status: number, code: string, message: string) => HttpServerResponse.jsonUnsafe({ error: { code, message } }, { status })
 const refused = (e: ThreadRequestError) => problem(e.status, e.code, e.message)
+const isId = Schema.is(Id)
+
+/** The `{thread_id}` of the path, checked like the WebSocket's ids (a malformed one is 400 `INVALID_MESSAGE`). */
+const threadIdParam = Effect.gen(function*() {
+  const thread_id = (yield* HttpRouter.params).thread_id ?? ""
+  if (!isId(thread_id)) {
+    return yield* new ThreadRequestError({
+      code: "INVALID_MESSAGE",
+      message: "thread_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : - (and not a placeholder such as none)"
+    })
+  }
+  return thread_id
+})
 
 /** Builds the routes layer; merge it into the server's router. */
 export const make = Effect.gen(function*() {
@@ -70,13 +86,13 @@ export const make = Effect.gen(function*() {
 
   const get = HttpRouter.add("GET", "/api/threads/:thread_id", authed((user_id) =>
     Effect.gen(function*() {
-      const thread_id = (yield* HttpRouter.params).thread_id ?? ""
+      const thread_id = yield* threadIdParam
       return HttpServerResponse.jsonUnsafe(yield* api.get(user_id, thread_id))
     })))
 
   const remove = HttpRouter.add("DELETE", "/api/threads/:thread_id", authed((user_id) =>
     Effect.gen(function*() {
-      const thread_id = (yield* HttpRouter.params).thread_id ?? ""
+      const thread_id = yield* threadIdParam
       yield* api.remove(user_id, thread_id)
       return HttpServerResponse.jsonUnsafe({ thread_id, deleted: true })
     })))

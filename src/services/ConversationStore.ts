@@ -15,9 +15,12 @@
  * live briefly in the `RunLog`).
  *
  * Who writes: the engine (`layers/ExecutionEngineFactory.ts`) records each root
- * run when it starts (`recordRun` with status `running`, creating the thread)
- * and when it ends (`recordRun` with its outcome and its messages: the request,
- * plus the answer when it completed). Agents read (`load`).
+ * run when it starts (`recordRun` with status `running` and the request as a
+ * message, creating the thread) and when it ends (`recordRun` with its
+ * outcome, plus the answer when it completed). Agents read (`load`, leaving
+ * out their own run's request). A run a crash left `running` is marked
+ * `failed` with error code `INSTANCE_LOST` when the server starts again
+ * (SQLite: `ConversationStoreSql.markLostRuns`).
  *
  * Times are milliseconds since the Unix epoch. The contract is
  * storage-neutral; implementations: in memory (`layers/ConversationStoreMemory.ts`,
@@ -41,6 +44,8 @@ export interface StoredMessage extends ConversationMessage {
   readonly run_id?: string | undefined
   /** Milliseconds since the epoch. */
   readonly created_at: number
+  /** `true` when `content` is only the start of the stored message (`getThread` answers are bounded). */
+  readonly truncated?: boolean | undefined
 }
 
 /** Which conversation: one user's thread. */
@@ -83,6 +88,72 @@ export interface ThreadSummary {
 export interface ThreadDetail extends ThreadSummary {
   readonly messages: ReadonlyArray<StoredMessage>
   readonly runs: ReadonlyArray<RunRecord>
+  /** `true` when older messages or runs were left out or a text was cut (see `boundThread`). */
+  readonly truncated?: boolean | undefined
+}
+
+/** UTF-8 bytes of message contents and final responses one thread answer holds at most (1 MiB): 3/4 for messages, 1/4 for runs. */
+export const THREAD_MAX_BYTES = 1_048_576
+
+/** Characters of one message's content a thread answer holds at most (the start is kept). */
+export const THREAD_MESSAGE_MAX_CHARS = 65_536
+
+/** Characters of one run's final response a thread answer holds at most (the whole answer is its assistant message). */
+export const THREAD_RESPONSE_MAX_CHARS = 4_096
+
+/** `text` cut to at most `max` UTF-16 units, never inside a surrogate pair. */
+export const cutText = (text: string, max: number): string => {
+  if (text.length <= max) return text
+  const end = /[\uD800-\uDBFF]/.test(text[max - 1]!) ? max - 1 : max
+  return text.slice(0, end)
+}
+
+/** What a message's or run's other fields take on the wire, about, bytes. */
+const MESSAGE_OVERHEAD_BYTES = 100
+const RUN_OVERHEAD_BYTES = 200
+
+const utf8Bytes = (text: string): number => Buffer.byteLength(text, "utf8")
+
+/**
+ * `thread` bounded for an answer: each message content cut to
+ * `THREAD_MESSAGE_MAX_CHARS` (marked `truncated`), each final response to
+ * `THREAD_RESPONSE_MAX_CHARS`; then the newest messages whose contents fit in
+ * 3/4 of `maxBytes` (UTF-8) and the newest runs whose final responses fit in
+ * the rest (a run or message is kept whole or left out; the newest is always
+ * kept). `truncated: true` when anything was cut or left out.
+ */
+export const boundThread = (thread: ThreadDetail, maxBytes = THREAD_MAX_BYTES): ThreadDetail => {
+  let truncated = thread.truncated === true
+  const messages: Array<StoredMessage> = []
+  let budget = Math.floor(maxBytes * 3 / 4)
+  for (let i = thread.messages.length - 1; i >= 0; i--) {
+    const m = thread.messages[i]!
+    const content = cutText(m.content, THREAD_MESSAGE_MAX_CHARS)
+    const bytes = MESSAGE_OVERHEAD_BYTES + utf8Bytes(content)
+    if (messages.length > 0 && bytes > budget) {
+      truncated = true
+      break
+    }
+    budget -= bytes
+    const cut = content.length < m.content.length
+    if (cut) truncated = true
+    messages.push(cut ? { ...m, content, truncated: true } : m)
+  }
+  const runs: Array<RunRecord> = []
+  budget = maxBytes - Math.floor(maxBytes * 3 / 4)
+  for (let i = thread.runs.length - 1; i >= 0; i--) {
+    const r = thread.runs[i]!
+    const response = r.final_response === undefined ? undefined : cutText(r.final_response, THREAD_RESPONSE_MAX_CHARS)
+    const bytes = RUN_OVERHEAD_BYTES + (response === undefined ? 0 : utf8Bytes(response))
+    if (runs.length > 0 && bytes > budget) {
+      truncated = true
+      break
+    }
+    budget -= bytes
+    if (response !== r.final_response) truncated = true
+    runs.push(response === r.final_response ? r : { ...r, final_response: response })
+  }
+  return { ...thread, messages: messages.reverse(), runs: runs.reverse(), ...(truncated ? { truncated: true } : {}) }
 }
 
 /**
@@ -120,6 +191,12 @@ export interface StoreHealth {
   readonly pending_writes: number
   /** Writes given up on since start (queue full during a long outage, or still pending at shutdown). */
   readonly dropped_writes: number
+  /**
+   * Writes set aside since start because the database refused them for good
+   * (a constraint or data error: retrying cannot help); each is logged at error
+   * level and never blocks the writes behind it. Absent means 0.
+   */
+  readonly failed_writes?: number | undefined
   /** The last storage failure, if the last attempt failed. */
   readonly last_error?: string | undefined
 }
@@ -130,21 +207,48 @@ export const MAX_THREAD_PAGE = 100
 /** Characters of the first request kept as a thread's title. */
 export const TITLE_MAX_CHARS = 120
 
-/** The title of a thread whose first request is `request`: its first line, trimmed, cut to `TITLE_MAX_CHARS`. */
+/**
+ * The title of a thread whose first request is `request`: its first line (ended
+ * by LF, CR LF or CR), trimmed, cut to `TITLE_MAX_CHARS` UTF-16 units with `…`
+ * (never inside a surrogate pair).
+ */
 export const titleOf = (request: string): string => {
-  const line = request.trim().split("\n", 1)[0] ?? ""
-  return line.length > TITLE_MAX_CHARS ? `${line.slice(0, TITLE_MAX_CHARS - 1)}…` : line
+  const line = (request.trim().split(/\r\n|\r|\n/, 1)[0] ?? "").trim()
+  return line.length > TITLE_MAX_CHARS ? `${cutText(line, TITLE_MAX_CHARS - 1)}…` : line
 }
 
 /** The store could not be read or written (a durable store's I/O failure). */
 export class ConversationStoreError extends Data.TaggedError("ConversationStoreError")<{
   readonly operation: "load" | "append" | "record" | "access" | "list" | "get" | "delete" | "erase"
   readonly message: string
+  /**
+   * True when the database refused this operation for good (a constraint or
+   * data error): retrying it as given cannot succeed. Absent or false: it may
+   * be transient (connection lost, database busy) and a retry may succeed.
+   */
+  readonly permanent?: boolean | undefined
 }> {}
 
+/**
+ * `text` as every backend can hold it: NUL (U+0000, which PostgreSQL refuses
+ * in `TEXT`) and lone UTF-16 surrogates (not encodable as UTF-8) become
+ * U+FFFD. Stores apply it to every text they keep and every key they look up,
+ * so all backends answer alike.
+ */
+export const storableText = (text: string): string => text.replace(UNSTORABLE, "\uFFFD")
+
+/** NUL, a high surrogate not followed by a low one, a low surrogate not preceded by a high one. */
+const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
+
 export class ConversationStore extends Context.Service<ConversationStore, {
-  /** The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot. */
-  readonly load: (key: ConversationKey) => Effect.Effect<ReadonlyArray<ConversationMessage>, ConversationStoreError>
+  /**
+   * The messages of `key` for a model, oldest first (the newest ones, bounded by the store); empty for a new thread. A snapshot.
+   * `exceptRun`: leave out the messages of that run (a run's own request is stored when it starts).
+   */
+  readonly load: (
+    key: ConversationKey,
+    options?: { readonly exceptRun?: string | undefined }
+  ) => Effect.Effect<ReadonlyArray<ConversationMessage>, ConversationStoreError>
   /** Appends `messages` (in order) to `key`'s conversation, atomically, creating the thread if needed. */
   readonly append: (
     key: ConversationKey,
@@ -173,7 +277,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     user_id: string,
     options?: { readonly before?: ThreadCursor | undefined; readonly limit?: number | undefined }
   ) => Effect.Effect<ThreadPage, ConversationStoreError>
-  /** The whole thread, or none when the user has no such thread. */
+  /** The thread, bounded by `boundThread` (its newest messages and runs, about 1 MiB; `truncated` says when something was left out or cut), or none when the user has no such thread. */
   readonly getThread: (key: ConversationKey) => Effect.Effect<Option.Option<ThreadDetail>, ConversationStoreError>
   /** Deletes the thread with its messages and runs; false when the user had no such thread. */
   readonly deleteThread: (key: ConversationKey) => Effect.Effect<boolean, ConversationStoreError>

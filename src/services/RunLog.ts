@@ -177,6 +177,12 @@ export class RunLog extends Context.Service<RunLog, {
    * number of runs erased. Optional: a log without it keeps events until retention ends.
    */
   readonly eraseUser?: ((user_id: string) => Effect.Effect<number>) | undefined
+  /**
+   * Forgets every ended run of the user's thread `thread_id`, with its events
+   * and tombstone (the thread was deleted); runs still running keep their logs.
+   * Returns the number of runs erased. Optional, like `eraseUser`.
+   */
+  readonly eraseThread?: ((user_id: string, thread_id: string) => Effect.Effect<number>) | undefined
   /** The run as the log knows it. */
   readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
   /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */

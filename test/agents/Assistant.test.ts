@@ -319,6 +319,10 @@ describe("assistant: stop, secrets, conversations, coalescing", () => {
         yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "partial_result")
         const request = yield* server.request(1)
         expect(request.clientAborted).toBe(false)
+        // the request is stored when the run starts (a crash mid-run keeps it)
+        expect(yield* (yield* ConversationStore).load({ user_id: "alice", thread_id: context.thread_id })).toEqual([
+          { role: "user", content: "tell me a long story" }
+        ])
         expect(yield* engines.interrupt(context.run_id)).toBe(true)
         yield* Effect.promise(() => request.aborted)
         expect(request.clientAborted).toBe(true)

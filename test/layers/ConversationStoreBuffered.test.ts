@@ -68,7 +68,31 @@ describe("ConversationStoreBuffered", () => {
       expect((yield* Effect.flip(fastRead.listThreads("alice")))._tag).toBe("ConversationStoreError")
       state.down = false
       expect(yield* store.load(key)).toEqual([...say("1"), ...say("2"), ...say("3")])
-      expect(yield* store.health).toEqual({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0 })
+      expect(yield* store.health).toEqual({ status: "up", backend: "memory", pending_writes: 0, dropped_writes: 0, failed_writes: 0 })
+    })))
+
+  it.live("reads of a user whose writes are still queued fail (never a stale 'not found'); other users' reads are answered", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const inner = yield* ConversationStoreMemory.make()
+      const gate = yield* Deferred.make<void>()
+      // writes wait (a locked or slow database); reads are answered
+      const stuck: Store = {
+        ...inner,
+        append: (k, m, o) => Effect.andThen(Deferred.await(gate), inner.append(k, m, o)),
+        recordRun: (r, o) => Effect.andThen(Deferred.await(gate), inner.recordRun(r, o))
+      }
+      const store = yield* ConversationStoreBuffered.make(stuck, { ...fast, readBarrierMs: 20 })
+      yield* store.append(key, say("1"))
+      const get = yield* Effect.flip(store.getThread(key))
+      expect(get).toMatchObject({ _tag: "ConversationStoreError", operation: "get" })
+      expect(get.message).toContain("history is unavailable")
+      expect((yield* Effect.flip(store.listThreads("alice"))).operation).toBe("list")
+      expect((yield* Effect.flip(store.threadAccess(key))).operation).toBe("access")
+      // bob has nothing queued: his answers are right
+      expect((yield* store.listThreads("bob")).threads).toEqual([])
+      yield* Deferred.succeed(gate, undefined)
+      const thread = yield* store.getThread(key)
+      expect(Option.getOrThrow(thread).messages.map((m) => m.content)).toEqual(["1"])
     })))
 
   it.live("a full queue drops the newest writes, counted and reported", () =>

@@ -13,6 +13,7 @@ import { Reactivity } from "effect/reactivity"
 import { SqlClient } from "effect/sql"
 import * as Agentwire from "../../src/Agentwire.ts"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+import * as ConversationStoreBuffered from "../../src/layers/ConversationStoreBuffered.ts"
 import * as ConversationStoreSql from "../../src/layers/ConversationStoreSql.ts"
 import * as History from "../../src/layers/History.ts"
 import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
@@ -86,11 +87,18 @@ describe.skipIf(bin === undefined)(bin === undefined ? `PostgreSQL (skipped: ${I
       expect(error._tag).toBe("HistoryStartError")
       expect(error.message).toContain(`postgres://agent@127.0.0.1:${port}/history`)
       expect(error.message).not.toContain(cluster!.password)
+      expect(error.message).toContain("connection refused")
       // a wrong password too: the server answers, authentication fails
       const wrong = `postgres://postgres:not-the-${cluster!.password}@127.0.0.1:${cluster!.port}/postgres`
       const refused = yield* Effect.flip(Layer.build(History.layerPostgres(Redacted.make(wrong))).pipe(Effect.scoped))
       expect(refused.message).toContain(`127.0.0.1:${cluster!.port}/postgres`)
       expect(refused.message).not.toContain(cluster!.password)
+      expect(refused.message).toContain("authentication failed: check the user and password")
+      // a database that does not exist
+      const missing = yield* Effect.flip(Layer.build(History.layerPostgres(Redacted.make(cluster!.url("no_such_database")))).pipe(Effect.scoped))
+      expect(missing.message).toContain("the database does not exist")
+      expect(missing.message).toContain("no_such_database")
+      expect(missing.message).not.toContain(cluster!.password)
     }), 30_000)
 
   it.live("the database goes away mid-run: events keep streaming, history is degraded, then catches up with nothing lost", () =>
@@ -134,4 +142,23 @@ describe.skipIf(bin === undefined)(bin === undefined ? `PostgreSQL (skipped: ${I
       expect(thread.messages.map((m) => m.role)).toEqual(["user", "assistant"])
       expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, dropped_writes: 0 })
     })), 60_000)
+
+  it.live("a request with NUL is stored (as U+FFFD); a write the database refuses for good is set aside, counted; the writes behind it go on", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const { sql } = yield* freshDatabase
+      // the kind of error the reviewer hit: PostgreSQL refuses NUL in text (SQLSTATE 22021), for good
+      const nul = yield* Effect.flip(sql`SELECT ${"a\u0000b"}::text AS t`)
+      expect(ConversationStoreSql.isPermanent(nul)).toBe(true)
+      const inner = yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ backend: "postgres" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+      const store = yield* ConversationStoreBuffered.make(inner, { retryBaseMs: 1, retryMaxMs: 5, readBarrierMs: 10_000 })
+      const key = { user_id: "alice", thread_id: "t" }
+      yield* store.append(key, [{ role: "user", content: "before\u0000after" }])
+      // refused by the CHECK on role (SQLSTATE 23514)
+      yield* store.append(key, [{ role: "system" as "user", content: "refused" }])
+      yield* store.append(key, [{ role: "user", content: "next" }])
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "before\uFFFDafter" }, { role: "user", content: "next" }])
+      expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, dropped_writes: 0, failed_writes: 1 })
+    })), 30_000)
 })
