@@ -19,7 +19,7 @@
 import { PgClient } from "@effect/sql-pg"
 import { Config, Context, Data, Effect, Layer, Option, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
-import { mkdirSync } from "node:fs"
+import { mkdirSync, statSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { ConfigInvalidError } from "../services/AgentwireConfig.ts"
 import { ConversationStore } from "../services/ConversationStore.ts"
@@ -152,8 +152,31 @@ export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}):
     yield* sql.unsafe(`PRAGMA busy_timeout = ${SqliteClient.DEFAULT_BUSY_TIMEOUT_MS}`).pipe(
       Effect.mapError((e) => new HistoryStartError({ database, reason: e.message }))
     )
-    return store
+    // a database file deleted or replaced under the running server would take every later write with it,
+    // silently: health compares the file with the one opened and says so
+    const opened = fileIdentity(file)
+    return ConversationStore.of({
+      ...store,
+      health: Effect.map(store.health, (health) => {
+        const now = fileIdentity(file)
+        return opened !== undefined && now === opened ? health : {
+          ...health,
+          status: "degraded" as const,
+          last_error: `the database file ${file} was deleted or replaced while the server runs: writes go to the old file; restart the server to open the new one`
+        }
+      })
+    })
   }))
+
+/** `dev:ino` of a file, or undefined when it is gone. */
+const fileIdentity = (file: string): string | undefined => {
+  try {
+    const stat = statSync(file)
+    return `${stat.dev}:${stat.ino}`
+  } catch {
+    return undefined
+  }
+}
 
 /** PostgreSQL at `url`. */
 export const layerPostgres = (url: Redacted.Redacted<string>, options: HistoryLayerOptions = {}): Layer.Layer<ConversationStore, HistoryStartError> =>

@@ -149,4 +149,15 @@ describe("History on SQLite: a file that is not a database", () => {
       expect(error.message).toContain("not an SQLite database or is corrupt")
       expect(error.message).toContain("file is not a database")
     })))
+
+  it.effect("a database file deleted while the server runs makes health say so (degraded, naming the file), instead of losing writes silently", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const store = Context.get(yield* Layer.build(History.layerSqlite(dir)), ConversationStore)
+      expect((yield* store.health).status).toBe("up")
+      for (const suffix of ["", "-wal", "-shm"]) rmSync(join(dir, `${History.SQLITE_FILE}${suffix}`), { force: true })
+      const health = yield* store.health
+      expect(health.status).toBe("degraded")
+      expect(health.last_error).toContain("deleted or replaced")
+    })))
 })
