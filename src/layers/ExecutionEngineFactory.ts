@@ -334,7 +334,12 @@ export const make = Effect.gen(function*() {
     closeAdmission: admission.close,
     admissionOpen: admission.isOpen,
     activeRuns: Effect.sync(() => active.size),
-    liveEngines: Effect.sync(() => liveEngines)
+    liveEngines: Effect.sync(() => liveEngines),
+    forgetUser: (user_id) =>
+      Effect.suspend(() => {
+        for (const [run_id, run] of Array.from(ended)) if (run.user_id === user_id) ended.delete(run_id)
+        return admission.forgetUser?.(user_id) ?? Effect.void
+      })
   })
 })
 

@@ -115,7 +115,13 @@ export const make = (limits: RunLimits) =>
         open = false
       }),
       isOpen: Effect.sync(() => open),
-      activeRuns: (user_id) => Effect.sync(() => (user_id === undefined ? total : (perUser.get(user_id) ?? 0)))
+      activeRuns: (user_id) => Effect.sync(() => (user_id === undefined ? total : (perUser.get(user_id) ?? 0))),
+      forgetUser: (user_id) =>
+        Effect.sync(() => {
+          const prefix = `${user_id}\u0000`
+          for (const key of Array.from(requests.keys())) if (key.startsWith(prefix)) requests.delete(key)
+          buckets.delete(user_id)
+        })
     })
   })
 

@@ -160,6 +160,8 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           if (engines !== undefined) yield* engines.stop({ user_id })
           const counts = yield* store.eraseUser(user_id).pipe(Effect.mapError(unavailable))
           const events = log?.eraseUser === undefined ? 0 : yield* log.eraseUser(user_id)
+          // and what the engine and admission remember of their ended runs and request ids
+          if (engines !== undefined) yield* engines.forgetUser(user_id)
           yield* Effect.logInfo("user data erased").pipe(Effect.annotateLogs({ user_id, ...counts, event_logs: events }))
           return { ...counts, events }
         })

@@ -105,4 +105,10 @@ export class ExecutionEngineFactory extends Context.Service<ExecutionEngineFacto
   readonly activeRuns: Effect.Effect<number>
   /** Engines currently allocated (released ones are not counted). */
   readonly liveEngines: Effect.Effect<number>
+  /**
+   * Forgets the user's ended runs (ids, thread, agent, cut answer) and what
+   * admission remembers of them (request ids), for an erase of their data.
+   * Runs in flight are not touched: stop them first.
+   */
+  readonly forgetUser: (user_id: string) => Effect.Effect<void>
 }>()("agentwire/ExecutionEngineFactory") {}

@@ -123,4 +123,10 @@ export class RunAdmission extends Context.Service<RunAdmission, {
   readonly isOpen: Effect.Effect<boolean>
   /** Runs holding a slot: of one user, or of everyone. */
   readonly activeRuns: (user_id?: string) => Effect.Effect<number>
+  /**
+   * Forgets what admission remembers of a user (their `request_id`s and start
+   * budget), for an erase of their data; their runs in flight keep their slots.
+   * Optional: a shared store may not offer it.
+   */
+  readonly forgetUser?: ((user_id: string) => Effect.Effect<void>) | undefined
 }>()("agentwire/RunAdmission") {}
