@@ -33,6 +33,7 @@ import { Effect, Layer } from "effect"
 import type { AgentEvent } from "../protocol/Protocol.ts"
 import { type BridgeConnection, WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as RedisInstance from "./RedisInstance.ts"
+import * as ConnectionRegistry from "./ConnectionRegistry.ts"
 
 /** Separates the publishing instance's id from the frame in a channel message. */
 const SEPARATOR = "\n"
@@ -41,32 +42,12 @@ const SEPARATOR = "\n"
 export const make = Effect.gen(function*() {
   const redis = yield* RedisInstance.RedisInstance
   const prefix = `${redis.instance_id}${SEPARATOR}`
-  const byUser = new Map<string, ReadonlyArray<BridgeConnection>>()
-  let total = 0
+  const local = ConnectionRegistry.make()
   let malformed = 0
-
-  const add = (connection: BridgeConnection) => {
-    const current = byUser.get(connection.user_id)
-    byUser.set(connection.user_id, current === undefined ? [connection] : [...current, connection])
-    total++
-  }
-  const remove = (connection: BridgeConnection) => {
-    const current = byUser.get(connection.user_id)
-    if (current === undefined || !current.includes(connection)) return
-    const next = current.filter((c) => c !== connection)
-    if (next.length === 0) byUser.delete(connection.user_id)
-    else byUser.set(connection.user_id, next)
-    total--
-  }
-
-  const deliverLocal = (connections: ReadonlyArray<BridgeConnection>, event: AgentEvent, frame: string) => {
-    for (let i = 0; i < connections.length; i++) connections[i]!.send(frame, event)
-  }
 
   const deliver = (event: AgentEvent, encoded?: string) => {
     const frame = encoded ?? JSON.stringify(event)
-    const connections = byUser.get(event.user_id)
-    if (connections !== undefined) deliverLocal(connections, event, frame)
+    local.deliver(event, frame)
     redis.publish(RedisInstance.keys.userEvents(event.user_id), prefix + frame)
   }
 
@@ -90,13 +71,12 @@ export const make = Effect.gen(function*() {
       malformed++
       return
     }
-    const connections = byUser.get(event.user_id)
-    if (connections !== undefined) deliverLocal(connections, event, frame)
+    local.deliver(event, frame)
   }
 
   const register = (connection: BridgeConnection) =>
     Effect.andThen(
-      Effect.acquireRelease(Effect.sync(() => add(connection)), () => Effect.sync(() => remove(connection))),
+      Effect.acquireRelease(Effect.sync(() => local.add(connection)), () => Effect.sync(() => local.remove(connection))),
       // the channel is subscribed once per user (refcounted in RedisInstance)
       redis.subscribe(RedisInstance.keys.userEvents(connection.user_id), onMessage)
     )
@@ -106,7 +86,7 @@ export const make = Effect.gen(function*() {
       register,
       emit: (event, frame) => Effect.sync(() => deliver(event, frame)),
       deliverSync: deliver,
-      connectionCount: (user_id) => Effect.sync(() => (user_id === undefined ? total : (byUser.get(user_id)?.length ?? 0)))
+      connectionCount: (user_id) => Effect.sync(() => local.count(user_id))
     }),
     { malformed: () => malformed }
   )
