@@ -1,5 +1,5 @@
 import { expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import { DEFAULT_RUN_LIMITS } from "../../src/layers/AgentwireConfig.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -11,9 +11,10 @@ import type { AgentEvent } from "../../src/protocol/Protocol.ts"
 import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
 import { RunControl } from "../../src/services/RunControl.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
-import { type BridgeConnection, WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
+import { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
 import { describeRedis, instanceLayer } from "../fixtures/redisLayers.ts"
 import { QuietLogs, registry } from "../fixtures/runtime.ts"
+import { watchedConnection } from "../fixtures/events.ts"
 
 /** One instance: engine factory over the Redis bridge, admission and run control (run log in memory). */
 const instanceRuntime = (instanceId: string) =>
@@ -35,28 +36,7 @@ const instance = (instanceId: string) =>
     control: Context.get(context, RunControl)
   }))
 
-/** A socket's view: frames in arrival order, and a wait for one that matches. */
-const socket = (id: string, user_id: string) => {
-  const frames: Array<AgentEvent> = []
-  const waiters: Array<{ readonly until: (e: AgentEvent) => boolean; readonly done: Deferred.Deferred<void> }> = []
-  const connection: BridgeConnection = {
-    id,
-    user_id,
-    send: (frame) => {
-      const event = JSON.parse(frame) as AgentEvent
-      frames.push(event)
-      for (const w of waiters) if (w.until(event)) Deferred.doneUnsafe(w.done, Effect.void)
-    }
-  }
-  const waitFor = (until: (e: AgentEvent) => boolean) =>
-    Effect.suspend(() => {
-      if (frames.some(until)) return Effect.void
-      const done = Deferred.makeUnsafe<void>()
-      waiters.push({ until, done })
-      return Deferred.await(done)
-    })
-  return { connection, frames, waitFor }
-}
+const socket = watchedConnection
 
 const isRootEnd = (run_id: string) => (e: AgentEvent) => e.run_id === run_id && e.type === "agent_completed" && e.depth === 0
 

@@ -3,35 +3,14 @@ import { Context, Deferred, Effect, Layer } from "effect"
 import type { AgentEvent } from "../../src/protocol/Protocol.ts"
 import * as RedisInstance from "../../src/layers/RedisInstance.ts"
 import * as WebSocketBridgeRedis from "../../src/layers/WebSocketBridgeRedis.ts"
-import { type BridgeConnection, WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
+import { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
 import { bridgeSuite } from "../fixtures/bridge-suite.ts"
 import { thinking } from "../fixtures/events.ts"
 import { describeRedis, instanceLayer, server } from "../fixtures/redisLayers.ts"
+import { watchedConnection } from "../fixtures/events.ts"
 
 const bridgeLayer = (instanceId?: string) => WebSocketBridgeRedis.layer.pipe(Layer.provideMerge(instanceLayer(instanceId)))
 
-/** A connection that records frames and lets a test wait until one matches. */
-const watchedConnection = (id: string, user_id: string) => {
-  const frames: Array<AgentEvent> = []
-  const waiters: Array<{ readonly until: (e: AgentEvent) => boolean; readonly done: Deferred.Deferred<void> }> = []
-  const connection: BridgeConnection = {
-    id,
-    user_id,
-    send: (frame) => {
-      const event = JSON.parse(frame) as AgentEvent
-      frames.push(event)
-      for (const w of waiters) if (w.until(event)) Deferred.doneUnsafe(w.done, Effect.void)
-    }
-  }
-  const waitFor = (until: (e: AgentEvent) => boolean) =>
-    Effect.suspend(() => {
-      if (frames.some(until)) return Effect.void
-      const done = Deferred.makeUnsafe<void>()
-      waiters.push({ until, done })
-      return Deferred.await(done)
-    })
-  return { connection, frames, waitFor }
-}
 
 /** Builds one "instance" (its RedisInstance and bridge) in the test's scope. */
 const instance = (instanceId: string) =>
