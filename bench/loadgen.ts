@@ -22,7 +22,12 @@
  *   matching `agent_started` (by `request_id`) arrives on any of the user's
  *   sockets: sub-ms, own bookkeeping.
  *
- * argv: <port> <source address prefix, e.g. 127.0.1.>
+ * argv: <port[,port…]> <source address prefix, e.g. 127.0.1.>
+ *
+ * With several ports (`npm run bench -- --cluster`: one per instance), each
+ * user's sockets are spread over them: the user's k-th socket goes to port
+ * (k + user) mod ports, so every user with two or more sockets has sockets on
+ * two instances, and the users' first (sending) sockets are spread too.
  *
  * @module
  */
@@ -38,7 +43,8 @@ import {
   toSparse
 } from "./shared.ts"
 
-const port = Number(process.argv[2])
+const ports = (process.argv[2] ?? "").split(",").map(Number)
+if (ports.length === 0 || ports.some((p) => !Number.isInteger(p) || p <= 0)) throw new Error(`loadgen: bad port list ${process.argv[2]}`)
 const sourcePrefix = process.argv[3] ?? "127.0.0."
 /**
  * Connections per source address. Binding to an address makes the kernel
@@ -195,7 +201,7 @@ const onData = (conn: Conn, chunk: Buffer) => {
   conn.rest = offset < data.length ? data.subarray(offset) : undefined
 }
 
-const open = (token: string, index: number, role: Role) =>
+const open = (token: string, index: number, role: Role, port: number) =>
   new Promise<Conn>((resolve, reject) => {
     const key = randomBytes(16).toString("base64")
     const accept = createHash("sha1").update(key + WS_GUID).digest("base64")
@@ -248,8 +254,10 @@ const connect = async (command: Extract<LoadCommand, { cmd: "connect" }>): Promi
     while (next < command.count) {
       const i = next++
       const user_id = `u${command.userBase + (i % command.users)}`
+      // the user's k-th socket of this batch (k = floor(i / users)) on port (k + user) mod ports
+      const port = ports[(Math.floor(i / command.users) + (i % command.users)) % ports.length]!
       try {
-        const ws = await open(await tokenOf(user_id), socketIndex++, command.role)
+        const ws = await open(await tokenOf(user_id), socketIndex++, command.role, port)
         opened++
         const list = users[command.role]
         const known = userIndex.get(user_id)

@@ -134,8 +134,19 @@ export const stop = async (child: Child, signal: NodeJS.Signals = "SIGTERM", gra
   clearTimeout(timer)
 }
 
+/** Processes that are not node children (`redis-server`), killed by pid with the rest. */
+const foreign = new Set<number>()
+
 /** Kills every child still running, by pid (SIGKILL). Synchronous: safe in `exit` handlers. */
 export const killAll = () => {
+  for (const pid of foreign) {
+    try {
+      process.kill(pid, "SIGKILL")
+    } catch {
+      // already gone
+    }
+  }
+  foreign.clear()
   for (const child of children) {
     try {
       process.kill(child.pid, "SIGKILL")
@@ -217,6 +228,91 @@ export const mainThreadCpuMsOf = (pid: number): number => {
     return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
   } catch {
     return Number.NaN
+  }
+}
+
+/**
+ * CPU time (user + system) of a whole process so far, all threads, ms, from
+ * `/proc/<pid>/stat` (clock ticks, usually 10 ms); NaN when unreadable. For
+ * processes without the probe (`redis-server`).
+ */
+export const processCpuMsOf = (pid: number): number => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+  } catch {
+    return Number.NaN
+  }
+}
+
+/** A `redis-server` started by the bench: tracked, killed by pid by `killAll` or `stop`. */
+export interface RedisProcess {
+  readonly pid: number
+  readonly port: number
+  /** `redis://127.0.0.1:<port>` */
+  readonly url: string
+  /** SIGTERM, then SIGKILL after `graceMs`; waits for the exit. */
+  readonly stop: (graceMs?: number) => Promise<void>
+}
+
+/**
+ * Starts `redis-server` (`binary`) on a free loopback port with no persistence
+ * (`--save "" --appendonly no`), pinned with `taskset -c cpus` when given (taskset
+ * execs it, so the pid is redis-server's), and waits for "Ready to accept
+ * connections" (at most `timeoutMs`). Its output goes to `logFile`.
+ */
+export const spawnRedis = async (
+  options: { readonly binary: string; readonly cpus?: string | undefined; readonly logFile: string; readonly timeoutMs: number }
+): Promise<RedisProcess> => {
+  const port = await freePort()
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", options.logFile]
+  const proc = options.cpus === undefined
+    ? spawn(options.binary, args, { stdio: "ignore" })
+    : spawn("taskset", ["-c", options.cpus, options.binary, ...args], { stdio: "ignore" })
+  if (proc.pid === undefined) throw new Error("cannot start redis-server")
+  const pid = proc.pid
+  foreign.add(pid)
+  const exited = new Promise<string>((resolve) => proc.once("exit", (code, signal) => resolve(signal ?? String(code))))
+  exited.then(() => foreign.delete(pid))
+  const deadline = performance.now() + options.timeoutMs
+  let exitedHow: string | undefined
+  exited.then((how) => {
+    exitedHow = how
+  })
+  for (;;) {
+    if (exitedHow !== undefined) throw new Error(`redis-server exited (${exitedHow}) while starting; log: ${options.logFile}`)
+    let text = ""
+    try {
+      text = readFileSync(options.logFile, "utf8")
+    } catch {
+      // not written yet
+    }
+    if (text.includes("Ready to accept connections")) break
+    if (performance.now() > deadline) throw new Error(`redis-server: not ready within ${options.timeoutMs} ms; log: ${options.logFile}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return {
+    pid,
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    stop: async (graceMs = 2000) => {
+      if (exitedHow !== undefined) return
+      try {
+        process.kill(pid, "SIGTERM")
+      } catch {
+        return
+      }
+      const timer = setTimeout(() => {
+        try {
+          process.kill(pid, "SIGKILL")
+        } catch {
+          // already gone
+        }
+      }, graceMs)
+      await exited
+      clearTimeout(timer)
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick | --paced-only | --runlog | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
+ * `npm run bench [-- --quick | --paced-only | --runlog | --cluster | --profile[=paced|burst] [--strace]] [--no-write] [--out=<file>]
  *   [--agentwire-dir=<checkout>] [--keep-logs] [--server-node-flag=<flag>…] [--log-level=<level>] [--no-pin]
  *   [--baseline-cork=immediate] [size flags]`:
  * the orchestrator. docs/benchmarks.md describes every phase and option.
@@ -41,7 +41,10 @@
  * `src/main.ts` (to measure a proposed change against the same baselines).
  * `--runlog` runs the paced and burst rounds of agentwire, agentwire without
  * its run log (`bench/agentwire-nolog.ts`) and the corked baseline, and prints
- * what logging every event costs.
+ * what logging every event costs. `--cluster` runs the paced and burst rounds of
+ * two agentwire instances on one `redis-server` (each user's sockets spread over
+ * both) against one in-memory instance, and prints delivered events/s and CPU
+ * per delivered event summed over every process of the cluster, as ratios.
  *
  * Every wait is bounded; a watchdog ends the bench and every child process
  * (killed by pid) if it runs over.
@@ -49,13 +52,16 @@
  * @module
  */
 import { execSync, spawn } from "node:child_process"
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from "node:os"
 import { join, resolve } from "node:path"
 import type { EngineResult } from "./engine.ts"
 import {
   type Child,
   choosePinning,
+  processCpuMsOf,
+  type RedisProcess,
+  spawnRedis,
   firstMessage,
   freePort,
   killAll,
@@ -113,13 +119,18 @@ const pacedOnly = argv.includes("--paced-only")
  * (`bench/agentwire-nolog.ts`) and the corked baseline, rotated; a short table, nothing written but `--out`.
  */
 const runlogMode = argv.includes("--runlog")
+/**
+ * `--cluster`: two agentwire instances on one `redis-server` against one in-memory instance, paced then
+ * burst rounds alternated; a short table, nothing written but `--out`. With `--quick`, the quick sizes.
+ */
+const clusterMode = argv.includes("--cluster")
 /** `--baseline-cork=immediate`: the corked baseline uncorks on `setImmediate` instead of `process.nextTick` (an experiment). */
 const baselineCork = argv.find((a) => a.startsWith("--baseline-cork="))?.slice("--baseline-cork=".length) ?? "1"
 /** `--no-pin`: do not pin processes to CPUs even when the machine has two or more. */
 /** CPUs available, read before the orchestrator pins itself (which narrows `availableParallelism()`). */
 const NPROC = availableParallelism()
 const pinning = choosePinning(NPROC, !argv.includes("--no-pin"))
-const write = !argv.includes("--no-write") && !quick && !profile && !pacedOnly && !runlogMode
+const write = !argv.includes("--no-write") && !quick && !profile && !pacedOnly && !runlogMode && !clusterMode
 /** `--out=<file>`: also (or, with `--no-write`, only) write the raw JSON there. */
 const outArg = argv.find((a) => a.startsWith("--out="))?.slice("--out=".length)
 /** `--agentwire-dir=<checkout>`: run that checkout's `src/main.ts` instead (to measure a proposed change). */
@@ -185,7 +196,7 @@ const params: Params = quick
     logLevel: logLevelArg
   }
 
-const WATCHDOG_MS = quick ? 150_000 : runlogMode ? 900_000 : 298_000
+const WATCHDOG_MS = quick ? 150_000 : runlogMode || clusterMode ? 900_000 : 298_000
 const GIB = 1024 * 1024 * 1024
 const NOFILE = 200_000
 const PHASE_TIMEOUT_MS = quick ? 8000 : 30_000
@@ -218,13 +229,17 @@ watchdog.unref()
  * `baseline`: raw `ws`, corked per tick like agentwire; `uncorked`: the same server writing each frame alone;
  * `agentwire-nolog`: agentwire with a run log that keeps nothing (`bench/agentwire-nolog.ts`, `--runlog` only).
  */
-type TargetName = "agentwire" | "baseline" | "uncorked" | "agentwire-nolog"
+type TargetName = "agentwire" | "baseline" | "uncorked" | "agentwire-nolog" | "cluster"
 
 interface Target {
   readonly name: TargetName
   readonly port: number
   readonly server: Child
   loadgen: Child
+  /** More agentwire processes of the same target (`--cluster`: the second instance), probed like `server`. */
+  readonly peers?: ReadonlyArray<Child>
+  /** Processes without the probe (`--cluster`: `redis-server`): CPU and write syscalls read from `/proc`. */
+  readonly foreign?: ReadonlyArray<{ readonly name: string; readonly pid: number }>
 }
 
 /**
@@ -235,12 +250,14 @@ interface Target {
 const HEARTBEAT_MS = quick ? 500 : 2000
 
 const startServer = async (
-  name: TargetName | "agentwire-heartbeat",
-  extraNodeFlags: ReadonlyArray<string> = []
+  name: TargetName | "agentwire-heartbeat" | "cluster-a" | "cluster-b",
+  extraNodeFlags: ReadonlyArray<string> = [],
+  extraEnv: Record<string, string> = {}
 ) => {
   const port = await freePort()
   const nodeFlags = ["--expose-gc", "--import", "./bench/probe.ts", ...serverNodeFlags, ...extraNodeFlags]
-  const server = name === "agentwire" || name === "agentwire-heartbeat" || name === "agentwire-nolog"
+  const server = name === "agentwire" || name === "agentwire-heartbeat" || name === "agentwire-nolog" || name === "cluster-a" ||
+      name === "cluster-b"
     ? spawnNode({
       name,
       cwd: root,
@@ -266,7 +283,8 @@ const startServer = async (
         AGENTWIRE_MAX_FRAMES_PER_SECOND: "0",
         AGENTWIRE_MAX_CONNECTIONS_PER_USER: "10000",
         BENCH_LOOP_DELAY: name === "agentwire-heartbeat" ? "1" : "0",
-        NODE_ENV: "production"
+        NODE_ENV: "production",
+        ...extraEnv
       }
     })
     : spawnNode({
@@ -288,7 +306,8 @@ const startServer = async (
   return { port, server }
 }
 
-const startLoadgen = async (name: string, port: number, sourcePrefix: string) => {
+/** `port`: one port, or a comma-separated list (each user's sockets spread over them, `bench/loadgen.ts`). */
+const startLoadgen = async (name: string, port: number | string, sourcePrefix: string) => {
   const loadgen = spawnNode({
     name: `loadgen(${name})`,
     cwd: root,
@@ -348,28 +367,44 @@ interface Round {
   readonly writes: number
   readonly eventLatency: SparseHistogram
   readonly startLatency: ReadonlyArray<number>
+  /** CPU ms of each process of the target during the round (several only for `--cluster`). */
+  readonly cpuByProcess: ReadonlyArray<readonly [string, number]>
 }
 
 /** Runs one load-generator phase and reads the server's CPU time and write syscalls around it. */
 const measured = async (target: Target, what: string, message: LoadCommand, timeoutMs: number): Promise<Round> => {
-  const before = await probe(target, false)
-  const writes0 = writeSyscallsOf(target.server.pid)
-  const main0 = mainThreadCpuMsOf(target.server.pid)
+  // every process of the target: the server, its peers (probed) and foreign processes (read from /proc);
+  // one server and nothing else but with --cluster
+  const nodes = [target.server, ...(target.peers ?? [])]
+  const foreign = target.foreign ?? []
+  const pids = [...nodes.map((n) => n.pid), ...foreign.map((f) => f.pid)]
+  const sum = (xs: ReadonlyArray<number>) => xs.reduce((s, x) => s + x, 0)
+  const before = await Promise.all(nodes.map((n) => probe({ server: n }, false)))
+  const foreign0 = foreign.map((f) => processCpuMsOf(f.pid))
+  const writes0 = sum(pids.map(writeSyscallsOf))
+  const main0 = sum(nodes.map((n) => mainThreadCpuMsOf(n.pid)))
   const reply = check(target, what, await command<RunsReply>(target, message, timeoutMs))
-  const writes1 = writeSyscallsOf(target.server.pid)
-  const main1 = mainThreadCpuMsOf(target.server.pid)
-  const after = await probe(target, false)
+  const writes1 = sum(pids.map(writeSyscallsOf))
+  const main1 = sum(nodes.map((n) => mainThreadCpuMsOf(n.pid)))
+  const foreign1 = foreign.map((f) => processCpuMsOf(f.pid))
+  const after = await Promise.all(nodes.map((n) => probe({ server: n }, false)))
+  const cpuByProcess: Array<readonly [string, number]> = [
+    ...nodes.map((n, i) => [n.name, (after[i]!.cpuMicros - before[i]!.cpuMicros) / 1000] as const),
+    ...foreign.map((f, i) => [f.name, foreign1[i]! - foreign0[i]!] as const)
+  ]
   return {
     eventsPerSecond: reply.frames / (reply.elapsedMs / 1000),
     frames: reply.frames,
     elapsedMs: reply.elapsedMs,
-    serverCpuMs: (after.cpuMicros - before.cpuMicros) / 1000,
-    serverSystemMs: (after.cpuSystemMicros - before.cpuSystemMicros) / 1000,
+    serverCpuMs: sum(cpuByProcess.map(([, ms]) => ms)),
+    // foreign processes' system time is not split out (/proc gives it, but their total is what is reported)
+    serverSystemMs: sum(nodes.map((_, i) => (after[i]!.cpuSystemMicros - before[i]!.cpuSystemMicros) / 1000)),
     serverMainThreadMs: main1 - main0,
     clientCpuMs: reply.clientCpuMs,
     writes: writes1 - writes0,
     eventLatency: reply.eventLatency,
-    startLatency: reply.startLatency
+    startLatency: reply.startLatency,
+    cpuByProcess
   }
 }
 
@@ -1068,6 +1103,150 @@ const runlogRun = async () => {
   }
 }
 
+/** The `redis-server` binary for `--cluster`, or an error naming the install command. */
+const redisBinary = (): string => {
+  for (const candidate of ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]) if (existsSync(candidate)) return candidate
+  try {
+    const found = execSync("command -v redis-server", { encoding: "utf8", shell: "/bin/sh" }).trim()
+    if (found !== "") return found
+  } catch {
+    // not on PATH
+  }
+  throw new Error("--cluster needs redis-server (apt-get install -y redis-server)")
+}
+
+/**
+ * `--cluster`: the multi-instance mode (issue 12). One `redis-server` (no persistence, pinned with the
+ * servers, killed by pid), two agentwire instances on it (`AGENTWIRE_REDIS_URL`, each its own data dir,
+ * the same secret and lifted limits as every agentwire of the bench), and one in-memory agentwire
+ * instance, all on the servers' CPU(s): the cluster gets the same CPU budget as the single instance.
+ * One load generator per target; the cluster's spreads each user's sockets over both instances
+ * (`bench/loadgen.ts`), so every event crosses Redis to reach the user's sockets on the other
+ * instance. Paced then burst rounds, alternated between the two targets (`alternate`). Reports,
+ * per load, delivered events/s and CPU µs per delivered event summed over every process of the
+ * cluster (instances through the probe, `redis-server` from `/proc/<pid>/stat`), each as a ratio to
+ * the single instance, the split by process, and latency (informational).
+ */
+const clusterRun = async () => {
+  const binary = redisBinary()
+  log(`pinning: ${pinning.description}; cluster (2 instances + redis-server) vs one in-memory instance, ${params.pacedRounds} paced and ${params.rounds} burst rounds`)
+  const started = new Date().toISOString()
+  const info = machine()
+  const redis: RedisProcess = await spawnRedis({ binary, cpus: pinning.server, logFile: join(workDir, "redis-server.log"), timeoutMs: 10_000 })
+  const redisVersion = (() => {
+    try {
+      return execSync(`${binary} --version`, { encoding: "utf8" }).trim()
+    } catch {
+      return "unknown"
+    }
+  })()
+  log(`redis-server pid ${redis.pid} on port ${redis.port}`)
+  const a = await startServer("cluster-a", [], { AGENTWIRE_REDIS_URL: redis.url })
+  const b = await startServer("cluster-b", [], { AGENTWIRE_REDIS_URL: redis.url })
+  const single = await startServer("agentwire")
+  const cluster: Target = {
+    name: "cluster",
+    port: a.port,
+    server: a.server,
+    peers: [b.server],
+    foreign: [{ name: "redis-server", pid: redis.pid }],
+    loadgen: await startLoadgen("cluster", `${a.port},${b.port}`, "127.0.1.")
+  }
+  const alone: Target = { name: "agentwire", ...single, loadgen: await startLoadgen("agentwire", single.port, "127.0.2.") }
+  const targets = [cluster, alone]
+  for (const target of targets) {
+    const reply = await connect(target, params.pacedConnections, params.pacedUsers, 0, "load")
+    if (!reply.ok) throw new Error(`${target.name}: paced connections: ${reply.error ?? "failed"}`)
+  }
+  const paced = await alternate(targets, params.pacedRounds, pacedRound, "paced")
+  const more = params.connections - params.pacedConnections
+  for (const target of targets) {
+    if (more <= 0) break
+    const reply = await connect(target, more, params.users - params.pacedUsers, params.pacedUsers, "load")
+    if (!reply.ok) throw new Error(`${target.name}: load connections: ${reply.error ?? "failed"}`)
+  }
+  const burst = await alternate(targets, params.rounds, burstRound, "burst")
+
+  const summarize = (rs: ReadonlyArray<Round>) => {
+    const frames = rs.reduce((s, r) => s + r.frames, 0)
+    const latency = histPercentiles(rs.reduce<SparseHistogram>((h, r) => mergeSparse(h, r.eventLatency), []))
+    const byProcess = new Map<string, number>()
+    for (const r of rs) for (const [name, ms] of r.cpuByProcess) byProcess.set(name, (byProcess.get(name) ?? 0) + ms)
+    return {
+      rounds: rs.length,
+      frames,
+      medianEventsPerSecond: median(rs.map((r) => r.eventsPerSecond)),
+      eventsPerSecondByRound: rs.map((r) => r.eventsPerSecond),
+      /** total CPU of all rounds / total events, µs */
+      cpuMicrosPerEvent: (rs.reduce((s, r) => s + r.serverCpuMs, 0) * 1000) / frames,
+      medianCpuMicrosPerEvent: median(rs.map((r) => (r.serverCpuMs * 1000) / r.frames)),
+      cpuMicrosPerEventByRound: rs.map((r) => (r.serverCpuMs * 1000) / r.frames),
+      cpuMicrosPerEventByProcess: Object.fromEntries([...byProcess].map(([name, ms]) => [name, (ms * 1000) / frames])),
+      writesPerEvent: rs.reduce((s, r) => s + r.writes, 0) / frames,
+      cpuShare: rs.reduce((s, r) => s + r.serverCpuMs, 0) / rs.reduce((s, r) => s + r.elapsedMs, 0),
+      eventLatencyP50: latency.p50,
+      eventLatencyP99: latency.p99,
+      startLatencyP99: samplePercentiles(rs.flatMap((r) => r.startLatency)).p99
+    }
+  }
+  const loads = {
+    paced: { cluster: summarize(paced.get("cluster")!), single: summarize(paced.get("agentwire")!) },
+    burst: { cluster: summarize(burst.get("cluster")!), single: summarize(burst.get("agentwire")!) }
+  }
+  const f2 = (x: number) => x.toFixed(2)
+  const rows = (what: "paced" | "burst") => {
+    const { cluster: c, single: s } = loads[what]
+    const n = what === "paced" ? params.pacedRounds : params.rounds
+    const split = Object.entries(c.cpuMicrosPerEventByProcess).map(([name, us]) => `${name} ${f2(us)}`).join(", ")
+    return [
+      `| **${what === "paced" ? "Paced" : "Burst"}**: delivered events/s (median of ${n} rounds) | ${c.medianEventsPerSecond.toFixed(0)} | ${
+        s.medianEventsPerSecond.toFixed(0)
+      } | ${f2(c.medianEventsPerSecond / s.medianEventsPerSecond)} |`,
+      `| ${what}: CPU µs per delivered event, all processes (total CPU / total events) | ${f2(c.cpuMicrosPerEvent)} | ${f2(s.cpuMicrosPerEvent)} | ${
+        f2(c.cpuMicrosPerEvent / s.cpuMicrosPerEvent)
+      } |`,
+      `| ${what}: the same, median of rounds | ${f2(c.medianCpuMicrosPerEvent)} | ${f2(s.medianCpuMicrosPerEvent)} | ${
+        f2(c.medianCpuMicrosPerEvent / s.medianCpuMicrosPerEvent)
+      } |`,
+      `| ${what}: of which, by process, µs | ${split} | | |`,
+      `| ${what}: write syscalls per event, all processes | ${c.writesPerEvent.toFixed(3)} | ${s.writesPerEvent.toFixed(3)} | ${
+        f2(c.writesPerEvent / s.writesPerEvent)
+      } |`,
+      `| ${what}: server CPU busy share (CPU ms / wall ms) | ${f2(c.cpuShare)} | ${f2(s.cpuShare)} | |`,
+      `| ${what}: event latency p50 / p99 ms, run start p99 ms (informational) | ${c.eventLatencyP50} / ${c.eventLatencyP99}, ${f2(c.startLatencyP99)} | ${
+        s.eventLatencyP50
+      } / ${s.eventLatencyP99}, ${f2(s.startLatencyP99)} | |`
+    ]
+  }
+  const table = [
+    `Cluster vs one instance, ${started}, commit ${info.commit}${info.dirty ? " (src modified)" : ""}, command \`${info.command}\`; ${pinning.description}; ${redisVersion}; load average at start ${
+      info.loadAverageAtStart.join(" ")
+    }, at end ${loadavg().map((l) => l.toFixed(2)).join(" ")}`,
+    `paced: ${params.pacedRuns} runs × ${params.pacedSteps} steps ${params.pacedIntervalMs} ms apart over ${params.pacedSpreadMs} ms, ${params.pacedConnections} sockets of ${params.pacedUsers} users; burst: ${params.runs} runs × ${params.steps} steps over ${params.connections} sockets of ${params.users} users; cluster: each user's sockets alternate between the two instances`,
+    "",
+    "| | cluster: 2 instances + redis-server | one in-memory instance | cluster / one |",
+    "|---|---:|---:|---:|",
+    ...rows("paced"),
+    ...rows("burst"),
+    "",
+    `per-round CPU µs/event, paced: cluster ${loads.paced.cluster.cpuMicrosPerEventByRound.map(f2).join(" ")}; one ${
+      loads.paced.single.cpuMicrosPerEventByRound.map(f2).join(" ")
+    }`,
+    `per-round events/s, burst: cluster ${loads.burst.cluster.eventsPerSecondByRound.map((x) => x.toFixed(0)).join(" ")}; one ${
+      loads.burst.single.eventsPerSecondByRound.map((x) => x.toFixed(0)).join(" ")
+    }`,
+    ""
+  ].join("\n")
+  process.stdout.write(`${table}\n`)
+  if (outArg !== undefined) {
+    writeFileSync(resolve(outArg), `${JSON.stringify({ machine: info, params, redisVersion, pinning: pinning.description, ...loads }, null, 2)}\n`)
+    log(`wrote ${resolve(outArg)}`)
+  }
+  for (const target of targets) await stop(target.loadgen, "SIGKILL")
+  for (const server of [a.server, b.server, single.server]) await stop(server)
+  await redis.stop()
+}
+
 /** `--keep-logs`: say where the servers' and load generators' logs are; else remove them. */
 const keepOrRemoveLogs = () => {
   if (argv.includes("--keep-logs")) log(`server and load generator logs kept in ${workDir}`)
@@ -1083,6 +1262,12 @@ const main = async () => {
   }
   if (pacedOnly) {
     await pacedOnlyRun()
+    return
+  }
+  if (clusterMode) {
+    await clusterRun()
+    keepOrRemoveLogs()
+    log(`done in ${((performance.now() - t0) / 1000).toFixed(1)}s`)
     return
   }
   if (runlogMode) {
