@@ -87,7 +87,10 @@ describe("src/main.ts", () => {
     ["a short secret", { AGENTWIRE_JWT_SECRET: "abc" }, /AGENTWIRE_JWT_SECRET must be at least 32 characters/],
     ["no secret in production", { NODE_ENV: "production" }, /AGENTWIRE_JWT_SECRET must be set when NODE_ENV=production/],
     ["an LLM base URL without a model", { AGENTWIRE_LLM_BASE_URL: "http://127.0.0.1:9/v1" }, /AGENTWIRE_LLM_MODEL must be set when AGENTWIRE_LLM_BASE_URL is/],
-    ["a bad LLM timeout", { AGENTWIRE_LLM_TIMEOUT_MS: "never" }, /AGENTWIRE_LLM_TIMEOUT_MS must be an integer/]
+    ["a bad LLM timeout", { AGENTWIRE_LLM_TIMEOUT_MS: "never" }, /AGENTWIRE_LLM_TIMEOUT_MS must be an integer/],
+    // Node's recursive mkdir loops for ever here (ENOENT under /proc): startup hung instead of failing
+    ["a data directory that cannot be created", { AGENTWIRE_DATA_DIR: "/proc/agentwire-data" }, /cannot create AGENTWIRE_DATA_DIR: .*ENOENT.*\/proc\/agentwire-data/],
+    ["a data directory that is a file", { AGENTWIRE_DATA_DIR: "/etc/hostname/data" }, /cannot create AGENTWIRE_DATA_DIR: \/etc\/hostname is not a directory/]
   ]
   for (const [label, env, message] of failures) {
     it.live(`exits 3 with one clear line for ${label}`, () =>

@@ -20,7 +20,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Config, Context, Data, Effect, Layer, Option, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { mkdirSync, statSync } from "node:fs"
-import { join, resolve } from "node:path"
+import { dirname, join, resolve } from "node:path"
 import { ConfigInvalidError } from "../services/AgentwireConfig.ts"
 import { ConversationStore } from "../services/ConversationStore.ts"
 import * as ConversationStoreBuffered from "./ConversationStoreBuffered.ts"
@@ -126,13 +126,45 @@ const storeOn = (sql: SqlClient.SqlClient, backend: string, database: string, op
     return yield* ConversationStoreBuffered.make(inner, options)
   })
 
+const errorCode = (e: unknown): string | undefined =>
+  typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
+
+/**
+ * `mkdir -p` one directory at a time. Node's `mkdirSync(dir, { recursive: true })`
+ * loops for ever where `mkdir` answers ENOENT under an existing parent (under
+ * `/proc`, for one), which hung startup; this walks up to the first existing
+ * ancestor (at most the path's depth) and creates each missing level, so every
+ * failure is an error naming the path (ENOENT, EACCES, EROFS, or "… is not a directory").
+ */
+const ensureDirectory = (dir: string): void => {
+  const missing: Array<string> = []
+  for (let at = dir; ; at = dirname(at)) {
+    try {
+      if (!statSync(at).isDirectory()) throw new Error(`${at} is not a directory`)
+      break
+    } catch (e) {
+      // ENOTDIR: some ancestor is a file; walking up names it
+      const code = errorCode(e)
+      if ((code !== "ENOENT" && code !== "ENOTDIR") || dirname(at) === at) throw e
+      missing.push(at)
+    }
+  }
+  for (const level of missing.reverse()) {
+    try {
+      mkdirSync(level)
+    } catch (e) {
+      if (errorCode(e) !== "EEXIST") throw e
+    }
+  }
+}
+
 /** SQLite in `dataDir/agentwire.db` (the directory is created). */
 export const layerSqlite = (dataDir: string, options: HistoryLayerOptions = {}): Layer.Layer<ConversationStore, HistoryStartError> =>
   Layer.effect(ConversationStore, Effect.gen(function*() {
     const file = join(resolve(dataDir), SQLITE_FILE)
     const database = `sqlite:${file}`
     yield* Effect.try({
-      try: () => mkdirSync(resolve(dataDir), { recursive: true }),
+      try: () => ensureDirectory(resolve(dataDir)),
       catch: (e) => new HistoryStartError({ database, reason: `cannot create AGENTWIRE_DATA_DIR: ${e instanceof Error ? e.message : String(e)}` })
     })
     // at startup (nothing is served yet) waiting up to 5 s for another process's lock is fine;
