@@ -22,6 +22,8 @@ import {
 } from "../client/AgentwireClient.ts"
 
 const TOKEN_KEY = "agentwire.token"
+/** Events a turn holds for the next animation frame; past it they render at once (a hidden tab gets no frames). */
+const MAX_QUEUED_EVENTS = 256
 
 // ---- tiny DOM helpers --------------------------------------------------------
 
@@ -259,7 +261,7 @@ const start = (token: string) => {
   const dirty = new Set<Turn>()
   let frameRequested = false
   /** Counters for tests: frames rendered, events rendered, timeline scrolls. */
-  const renderStats = { frames: 0, events: 0, scrolls: 0 }
+  const renderStats = { frames: 0, events: 0, scrolls: 0, maxQueued: 0 }
   ;(window as unknown as { agentwire: Record<string, unknown> }).agentwire.renderStats = renderStats
 
   const showNotice = (text: string | undefined) => {
@@ -419,6 +421,7 @@ const start = (token: string) => {
     let last: HTMLElement | undefined
     for (const turn of dirty) {
       const place = stacks.get(turn)!
+      renderStats.maxQueued = Math.max(renderStats.maxQueued, turn.queue.length)
       for (const event of turn.queue.splice(0)) {
         const el = render(turn, event, place.stack, place.tools, place.question)
         renderStats.events++
@@ -435,6 +438,8 @@ const start = (token: string) => {
   const enqueue = (turn: Turn, event: AgentEvent) => {
     turn.queue.push(event)
     dirty.add(turn)
+    // a hidden tab gets no animation frames: render now rather than hold an unbounded queue
+    if (turn.queue.length >= MAX_QUEUED_EVENTS) return flush()
     if (!frameRequested) {
       frameRequested = true
       requestAnimationFrame(flush)
@@ -445,6 +450,7 @@ const start = (token: string) => {
     stacks.set(turn, { stack: [turn.timeline], tools: new Map(), question })
     try {
       for await (const event of turn.run) enqueue(turn, event)
+      if (turn.queue.length > 0) flush()
     } catch (error) {
       if (turn.queue.length > 0) flush()
       turn.status.textContent = "lost"

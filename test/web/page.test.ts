@@ -164,6 +164,23 @@ describe("web page in Chromium", () => {
     await page.close()
   }, 150_000)
 
+  it("a hidden tab (no animation frames) still renders a 3,000-event run, holding at most 256 events at a time", async () => {
+    const page = await context.newPage()
+    // a background tab: requestAnimationFrame callbacks never run
+    await page.addInitScript(() => {
+      window.requestAnimationFrame = () => 0
+    })
+    await page.goto(`http://127.0.0.1:${proxy.port}/#token=${await server.issue("hidden-tab-user")}`)
+    await page.waitForSelector('#conn[data-status="open"]')
+    await ask(page, "ticker", "steps=3000 interval_ms=0")
+    await page.waitForSelector('.run-status[data-status="completed"]', { timeout: 120_000 })
+    const run = await page.locator(".turn").first().getAttribute("data-run")
+    expect(await seqsOf(page, run!)).toEqual(Array.from({ length: 3002 }, (_, i) => i + 1))
+    const stats = await page.evaluate(() => (window as unknown as { agentwire: { renderStats: { maxQueued: number } } }).agentwire.renderStats)
+    expect(stats.maxQueued).toBeLessThanOrEqual(256)
+    await page.close()
+  }, 150_000)
+
   it("a message over max_message_bytes: a plain-words notice, the text kept, the connection never jammed", async () => {
     const page = await context.newPage()
     await page.goto(`http://127.0.0.1:${proxy.port}/#token=${await server.issue("big-user")}`)
