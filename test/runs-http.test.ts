@@ -441,6 +441,23 @@ layer(serverLayer(shared, { maxConnectionsPerUser: 3 }), { excludeTestServices: 
       expect(JSON.parse(again.messages.at(-1)!.data)).toMatchObject({ status: "cancelled" })
     }))
 
+  it.effect("GET /api/agents: the registered agents, default first, and the default's name; 401 without a token; 405 on other methods", () =>
+    Effect.gen(function*() {
+      const answer = yield* getAs("agents-user", "/api/agents")
+      expect(answer.status, answer.text).toBe(200)
+      expect(answer.headers.get("cache-control")).toBe("no-store")
+      const names = (answer.json.agents as ReadonlyArray<{ name: string }>).map((a) => a.name)
+      expect(answer.json.default_agent).toBe("supervisor")
+      expect(names[0]).toBe("supervisor")
+      expect(names).toEqual(expect.arrayContaining(["calculator", "echo", "ticker"]))
+      // registered only when AGENTWIRE_LLM_* is set
+      expect(names).not.toContain("assistant")
+      expect((yield* request("/api/agents")).status).toBe(401)
+      const post = yield* request("/api/agents", { method: "POST" })
+      expect(post.status).toBe(405)
+      expect(post.headers.get("allow")).toBe("GET")
+    }))
+
   it.effect("405 with Allow on the new paths; GET and POST on /api/runs", () =>
     Effect.gen(function*() {
       for (

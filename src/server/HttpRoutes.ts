@@ -259,6 +259,15 @@ export const make = (options: RouteOptions) =>
         return HttpServerResponse.jsonUnsafe({ runs: runs.map(runInfo) }, { headers: PRIVATE })
       }))
 
+    // the agents a start may name: what this server registered (e.g. `assistant` only when AGENTWIRE_LLM_* is set)
+    const listAgents = HttpRouter.add("GET", "/api/agents", (request) =>
+      Effect.gen(function*() {
+        const who = yield* authenticate(request)
+        if (who._tag === "Failure") return who.failure
+        const default_agent = yield* Effect.orDie(instances.resolve(undefined))
+        return HttpServerResponse.jsonUnsafe({ default_agent, agents: instances.agentNames.map((name) => ({ name })) }, { headers: PRIVATE })
+      }))
+
     const getRun = HttpRouter.add("GET", "/api/runs/:run_id", (request) =>
       Effect.gen(function*() {
         const who = yield* authenticate(request)
@@ -362,6 +371,7 @@ export const make = (options: RouteOptions) =>
       startRun,
       stopRun,
       listRuns,
+      listAgents,
       getRun,
       runEvents,
       notAllowed("/api/runs/:run_id/stop", "POST"),
@@ -370,6 +380,7 @@ export const make = (options: RouteOptions) =>
       notAllowed("/health", "GET"),
       notAllowed("/ready", "GET"),
       notAllowed("/api/runs", "GET", "POST"),
+      notAllowed("/api/agents", "GET"),
       notAllowed("/ws", "GET"),
       // the WebSocket endpoint asked without Upgrade: say how to use it
       HttpRouter.add("GET", "/ws", HttpServerResponse.jsonUnsafe(

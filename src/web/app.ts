@@ -227,8 +227,7 @@ const start = (token: string) => {
             h("option", { value: "calculator" }, "calculator"),
             h("option", { value: "echo" }, "echo"),
             h("option", { value: "ticker" }, "ticker"),
-            h("option", { value: "supervisor" }, "supervisor"),
-            h("option", { value: "assistant" }, "assistant")
+            h("option", { value: "supervisor" }, "supervisor")
           ),
           h("label", { for: "message", class: "visually-hidden" }, "Message"),
           h("textarea", { id: "message", rows: "2", placeholder: "Ask something… (Enter to send, Shift+Enter for a new line)", required: true }),
@@ -259,6 +258,21 @@ const start = (token: string) => {
   let selected: Turn | undefined
   /** Turns with events waiting for the next animation frame. */
   const dirty = new Set<Turn>()
+  // the agents this server offers (`assistant` only where AGENTWIRE_LLM_* is set); the built-in ones until it answers
+  void fetch("/api/agents", { headers: { authorization: `Bearer ${token}` } })
+    .then((response) => (response.ok ? response.json() as Promise<unknown> : undefined))
+    .then((body) => {
+      const listed = body as { default_agent?: unknown; agents?: ReadonlyArray<{ name?: unknown }> } | undefined
+      if (!Array.isArray(listed?.agents)) return
+      const names = listed.agents.map((a) => a.name).filter((n): n is string => typeof n === "string")
+      const select = $<HTMLSelectElement>("agent")
+      const chosen = select.value
+      const fallback = typeof listed.default_agent === "string" ? `default agent (${listed.default_agent})` : "default agent"
+      select.replaceChildren(h("option", { value: "" }, fallback), ...names.map((name) => h("option", { value: name }, name)))
+      select.value = names.includes(chosen) ? chosen : ""
+    })
+    .catch(() => undefined)
+
   let frameRequested = false
   /** Counters for tests: frames rendered, events rendered, timeline scrolls. */
   const renderStats = { frames: 0, events: 0, scrolls: 0, maxQueued: 0 }

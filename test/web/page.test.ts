@@ -164,6 +164,17 @@ describe("web page in Chromium", () => {
     await page.close()
   }, 150_000)
 
+  it("the agent menu lists what the server offers (GET /api/agents): no assistant where AGENTWIRE_LLM_* is not set", async () => {
+    const page = await context.newPage()
+    await page.goto(`http://127.0.0.1:${proxy.port}/#token=${await server.issue("menu-user")}`)
+    await page.waitForSelector('#agent option[value=""]:text("default agent (supervisor)")', { state: "attached" })
+    const options = await page.$$eval("#agent option", (els) => els.map((e) => (e as HTMLOptionElement).value))
+    expect(options[0]).toBe("")
+    expect(options).toEqual(expect.arrayContaining(["supervisor", "calculator", "echo", "ticker"]))
+    expect(options).not.toContain("assistant")
+    await page.close()
+  }, 60_000)
+
   it("a hidden tab (no animation frames) still renders a 3,000-event run, holding at most 256 events at a time", async () => {
     const page = await context.newPage()
     // a background tab: requestAnimationFrame callbacks never run
