@@ -59,10 +59,12 @@ import {
   type RunInfo,
   type RunStatus,
   type ServerMessage,
-  SUBPROTOCOL
+  SUBPROTOCOL,
+  type Thread,
+  type Threads
 } from "../protocol/Protocol.ts"
 
-export type { AgentEvent, RunInfo, RunStatus, ServerMessage } from "../protocol/Protocol.ts"
+export type { AgentEvent, RunInfo, RunStatus, ServerMessage, Thread, ThreadInfo, Threads } from "../protocol/Protocol.ts"
 
 /** Close codes the client reacts to (docs/protocol.md §6). */
 const CLOSE_TOKEN_EXPIRED = 4001
@@ -252,6 +254,12 @@ export interface ListRunsOptions {
   readonly limit?: number
 }
 
+/** Paging of {@link Client.listThreads}: `before` is the previous page's `next_before`; `limit` 1 to 100 (default 20). */
+export interface ListThreadsOptions {
+  readonly before?: string
+  readonly limit?: number
+}
+
 /** A connected agentwire client. */
 export interface Client {
   /** The connection state now; see {@link ConnectionState}. */
@@ -272,6 +280,10 @@ export interface Client {
   readonly stop: (run_id: string) => Promise<ReadonlyArray<string>>
   /** The user's active and retained runs, newest first. */
   readonly listRuns: (options?: ListRunsOptions) => Promise<ReadonlyArray<RunInfo>>
+  /** The user's durable threads (history), newest `updated_at` first, one page (`next_before` asks for the next). */
+  readonly listThreads: (options?: ListThreadsOptions) => Promise<Threads>
+  /** One thread's stored messages and runs, oldest first (bounded: `truncated` when older ones were left out); rejects `THREAD_NOT_FOUND`. */
+  readonly getThread: (thread_id: string) => Promise<Thread>
   /** Skips the backoff wait and reconnects now (e.g. on the browser's `online` event); after a 4009 `closed` or `auth_failed`, starts again. */
   readonly reconnectNow: () => void
   /** Closes the connection for good; followed runs that have not ended fail with `RunLostError("client_closed")`. */
@@ -1046,6 +1058,15 @@ export const connect = (options: ClientOptions): Client => {
       command({ type: "list_runs", ...filter, request_id: newId("list") }, true).then((answer) =>
         answer.type === "runs" ? answer.runs : []
       ),
+    listThreads: (page = {}) =>
+      command({ type: "list_threads", ...page, request_id: newId("threads") }, true).then((answer) =>
+        answer.type === "threads" ? answer : { type: "threads", threads: [] }
+      ),
+    getThread: (thread_id) =>
+      command({ type: "get_thread", thread_id, request_id: newId("thread") }, true).then((answer) => {
+        if (answer.type === "thread") return answer
+        throw new CommandError("INTERNAL_ERROR", `unexpected answer ${answer.type} to get_thread`)
+      }),
     reconnectNow: () => {
       if (closed) return
       if (halted) {

@@ -18,7 +18,8 @@ import {
   type ConnectionState,
   type Run,
   type RunInfo,
-  RunLostError
+  RunLostError,
+  type Thread
 } from "../client/AgentwireClient.ts"
 
 const TOKEN_KEY = "agentwire.token"
@@ -174,7 +175,9 @@ const signIn = (why?: string) => {
 // ---- the app ---------------------------------------------------------------------
 
 interface Turn {
-  readonly run: Run
+  readonly run_id: string
+  /** The live run, or undefined for a turn shown from history only (its events are no longer retained). */
+  readonly run: Run | undefined
   readonly el: HTMLElement
   readonly answer: HTMLElement
   readonly status: HTMLElement
@@ -343,8 +346,28 @@ const start = (token: string) => {
     signIn()
   })
 
-  // ---- threads (from list_runs: the user's retained runs)
+  // ---- threads: the durable ones from history (list_threads); from list_runs (retained runs) if history cannot answer
+  const threadButton = (id: string, title: string, detail: string) => {
+    const button = h(
+      "button",
+      { type: "button", class: id === threadId ? "thread current" : "thread", "aria-current": id === threadId ? "true" : undefined },
+      h("span", { class: "thread-title" }, title),
+      h("span", { class: "muted" }, detail)
+    )
+    button.addEventListener("click", () => void openThread(id))
+    return h("li", {}, button)
+  }
   const refreshThreads = async () => {
+    const list = $("thread-list")
+    try {
+      const page = await client.listThreads({ limit: 50 })
+      list.replaceChildren(
+        ...page.threads.map((t) => threadButton(t.thread_id, t.title === "" ? "(untitled)" : t.title, t.last_status === undefined ? "" : ` · ${t.last_status}`))
+      )
+      return
+    } catch {
+      // no history here (or it is down): the runs the log still holds
+    }
     let runs: ReadonlyArray<RunInfo>
     try {
       runs = await client.listRuns()
@@ -353,33 +376,37 @@ const start = (token: string) => {
     }
     const byThread = new Map<string, Array<RunInfo>>()
     for (const run of runs) byThread.set(run.thread_id, [...(byThread.get(run.thread_id) ?? []), run])
-    const list = $("thread-list")
     list.replaceChildren(
       ...Array.from(byThread, ([id, runsOf]) =>
-        h(
-          "li",
-          {},
-          h(
-            "button",
-            { type: "button", class: id === threadId ? "thread current" : "thread", "aria-current": id === threadId ? "true" : undefined },
-            h("span", { class: "thread-title" }, runsOf.at(-1)?.agent_name ?? ""),
-            h("span", { class: "muted" }, ` ${runsOf.length} run${runsOf.length === 1 ? "" : "s"} · ${runsOf[0]!.status}`)
-          )
-        )
+        threadButton(id, runsOf.at(-1)?.agent_name ?? "", ` ${runsOf.length} run${runsOf.length === 1 ? "" : "s"} · ${runsOf[0]!.status}`)
       )
     )
-    Array.from(byThread.keys()).forEach((id, i) => {
-      list.children[i]!.querySelector("button")!.addEventListener("click", () => openThread(id, byThread.get(id)!))
-    })
   }
 
-  const openThread = (id: string, runs: ReadonlyArray<RunInfo>) => {
+  /** Shows a thread: runs the log still holds are followed (timeline and all); older ones come from history, as text. */
+  const openThread = async (id: string) => {
     threadId = id
     turnsEl.replaceChildren()
     turns.clear()
     timelineEl.replaceChildren()
     selected = undefined
-    for (const info of [...runs].reverse()) addTurn(client.follow(info.run_id), undefined)
+    stopButton.disabled = true
+    const [stored, retained] = await Promise.all([
+      client.getThread(id).catch((): Thread | undefined => undefined),
+      client.listRuns({ thread_id: id }).catch((): ReadonlyArray<RunInfo> => [])
+    ])
+    if (threadId !== id) return // another thread was opened meanwhile
+    const live = new Set(retained.map((r) => r.run_id))
+    const said = (run_id: string, role: "user" | "assistant") =>
+      stored?.messages.find((m) => m.run_id === run_id && m.role === role)?.content
+    const shown = new Set<string>()
+    for (const run of stored?.runs ?? []) {
+      shown.add(run.run_id)
+      if (live.has(run.run_id)) addTurn(client.follow(run.run_id), said(run.run_id, "user"))
+      else addStoredTurn(run.run_id, said(run.run_id, "user"), said(run.run_id, "assistant") ?? run.final_response ?? "", run.status)
+    }
+    // retained runs history does not list (it is down, or they are newer than its last write): oldest first
+    for (const info of [...retained].reverse()) if (!shown.has(info.run_id)) addTurn(client.follow(info.run_id), undefined)
     void refreshThreads()
   }
   $("new-thread").addEventListener("click", () => {
@@ -398,18 +425,18 @@ const start = (token: string) => {
     selected = turn
     for (const t of turns.values()) t.el.classList.toggle("selected", t === turn)
     timelineEl.replaceChildren(turn.timeline)
-    $("timeline-run").textContent = turn.run.run_id.slice(0, 12) + "…"
+    $("timeline-run").textContent = turn.run_id.slice(0, 12) + "…"
     stopButton.disabled = turn.ended
   }
 
-  const addTurn = (run: Run, question: string | undefined) => {
+  const makeTurn = (run_id: string, run: Run | undefined, question: string | undefined, state: string) => {
     const q = h("p", { class: "question" }, question ?? "")
     const answer = h("p", { class: "answer", "aria-live": "polite" })
-    const status = h("span", { class: "run-status", "data-status": "running" }, "running")
-    const el = h("li", { class: "turn", "data-run": run.run_id, tabindex: "0" }, q, h("div", { class: "answer-box" }, answer, status))
-    const timeline = h("ol", { class: "tree", "data-run": run.run_id })
-    const turn: Turn = { run, el, answer, status, timeline, messages: new Map(), queue: [], ended: false }
-    turns.set(run.run_id, turn)
+    const status = h("span", { class: "run-status", "data-status": state }, state)
+    const el = h("li", { class: "turn", "data-run": run_id, tabindex: "0" }, q, h("div", { class: "answer-box" }, answer, status))
+    const timeline = h("ol", { class: "tree", "data-run": run_id })
+    const turn: Turn = { run_id, run, el, answer, status, timeline, messages: new Map(), queue: [], ended: run === undefined }
+    turns.set(run_id, turn)
     turnsEl.append(el)
     el.addEventListener("click", () => select(turn))
     el.addEventListener("keydown", (e) => {
@@ -420,7 +447,20 @@ const start = (token: string) => {
     })
     select(turn)
     el.scrollIntoView({ block: "end" })
-    void follow(turn, q)
+    return { turn, q }
+  }
+
+  const addTurn = (run: Run, question: string | undefined) => {
+    const { turn, q } = makeTurn(run.run_id, run, question, "running")
+    void follow(turn, q, run)
+    return turn
+  }
+
+  /** A turn from history: its question, answer and status as stored (the log no longer holds its events). */
+  const addStoredTurn = (run_id: string, question: string | undefined, text: string, state: string) => {
+    const { turn } = makeTurn(run_id, undefined, question, state)
+    turn.answer.textContent = text
+    turn.timeline.append(h("li", { class: "item muted" }, "From history: this run's steps are no longer kept."))
     return turn
   }
 
@@ -460,10 +500,10 @@ const start = (token: string) => {
     }
   }
 
-  const follow = async (turn: Turn, question: HTMLElement) => {
+  const follow = async (turn: Turn, question: HTMLElement, run: Run) => {
     stacks.set(turn, { stack: [turn.timeline], tools: new Map(), question })
     try {
-      for await (const event of turn.run) enqueue(turn, event)
+      for await (const event of run) enqueue(turn, event)
       if (turn.queue.length > 0) flush()
     } catch (error) {
       if (turn.queue.length > 0) flush()
@@ -586,7 +626,7 @@ const start = (token: string) => {
     // the Stop button is about to be disabled: keep the focus somewhere useful
     if (document.activeElement === stopButton) message.focus()
     stopButton.disabled = true
-    client.stop(turn.run.run_id).catch((error: unknown) => {
+    client.stop(turn.run_id).catch((error: unknown) => {
       stopButton.disabled = false
       showNotice(plainCommandError(error))
     })

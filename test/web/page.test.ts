@@ -12,8 +12,17 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+// effect's Option is renamed: page.evaluate bodies use the DOM's `Option`
+import { Context, Effect, Exit, Layer, Option as EffectOption, Redacted, References, Scope } from "effect"
+import { builtinAgents } from "../../src/agents/BuiltinAgents.ts"
+import * as Agentwire from "../../src/Agentwire.ts"
+import * as AgentRegistryLayer from "../../src/layers/AgentRegistry.ts"
+import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+import * as ConversationStoreMemory from "../../src/layers/ConversationStoreMemory.ts"
+import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
+import { Auth } from "../../src/services/Auth.ts"
 import { type Proxy, startProxy } from "../fixtures/proxy.ts"
-import { startServer, type TestServer } from "../fixtures/testServer.ts"
+import { startServer, TEST_SECRET, type TestServer } from "../fixtures/testServer.ts"
 
 const CHROMIUM = "/usr/bin/chromium"
 // every run saves its screenshot; UPDATE_SCREENSHOT=1 writes the README's (docs/screenshot.png) instead of a temp file
@@ -173,6 +182,53 @@ describe("web page in Chromium", () => {
     expect(options).toEqual(expect.arrayContaining(["supervisor", "calculator", "echo", "ticker"]))
     expect(options).not.toContain("assistant")
     await page.close()
+  }, 60_000)
+
+  it("threads come from history: after the log forgot a run, its thread is listed by title and opens with the stored question and answer", async () => {
+    // a server with a history store whose run log keeps a finished run for 200 ms only
+    const layer = Agentwire.layerServer(AgentRegistryLayer.layer([...builtinAgents], { defaultAgent: "supervisor" })).pipe(
+      Layer.provide(Layer.succeed(References.MinimumLogLevel, "Warn")),
+      Layer.provideMerge(ConversationStoreMemory.layer()),
+      Layer.provideMerge(AgentwireConfig.layer({
+        port: 0,
+        jwtSecret: EffectOption.some(Redacted.make(TEST_SECRET)),
+        runLog: { ...AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, retentionMs: 200 }
+      }))
+    )
+    const scope = Effect.runSync(Scope.make())
+    try {
+      const built = await Effect.runPromise(Layer.buildWithScope(layer, scope))
+      const url = Context.get(built, AgentwireServer).url
+      const token = await Effect.runPromise(Context.get(built, Auth).issue("history-user", 600))
+      const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" }
+      const started = await fetch(`${url}/api/runs`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ agent: "echo", user_request: "remember the lighthouse", thread_id: "chat_lighthouse" })
+      })
+      expect(started.status).toBe(202)
+      const { run_id } = await started.json() as { run_id: string }
+      // the run ends, then leaves the log: 410 once it has
+      for (let status = 0; status !== 410;) {
+        status = (await fetch(`${url}/api/runs/${run_id}`, { headers })).status
+        expect([200, 410]).toContain(status)
+        if (status !== 410) await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      const page = await context.newPage()
+      await page.goto(`${url}/#token=${token}`)
+      const thread = page.locator("#thread-list button", { hasText: "remember the lighthouse" })
+      await thread.waitFor()
+      await thread.click()
+      const turn = page.locator(`.turn[data-run="${run_id}"]`)
+      await turn.waitFor()
+      expect(await turn.locator(".question").textContent()).toBe("remember the lighthouse")
+      expect(await turn.locator(".answer").textContent()).toContain("remember the lighthouse")
+      expect(await turn.locator(".run-status").getAttribute("data-status")).toBe("completed")
+      expect(await page.locator(`ol.tree[data-run="${run_id}"]`).textContent()).toContain("From history")
+      await page.close()
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
   }, 60_000)
 
   it("a hidden tab (no animation frames) still renders a 3,000-event run, holding at most 256 events at a time", async () => {
