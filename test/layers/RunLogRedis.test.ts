@@ -29,15 +29,25 @@ let server: RedisServer | undefined
 let prefixes = 0
 /** A fresh log: its own key prefix on the shared test server. */
 const freshPrefix = () => `t${process.pid}-${prefixes++}:`
-const redisLayer = (settings: RunLogSettings, options: { readonly prefix?: string; readonly bufferEvents?: number; readonly url?: string } = {}) =>
+const redisLayer = (
+  settings: RunLogSettings,
+  options: { readonly prefix?: string; readonly bufferEvents?: number; readonly url?: string; readonly replayGraceMs?: number } = {}
+) =>
   Layer.unwrap(Effect.sync(() =>
     RunLogRedis.layer({
       url: Redacted.make(options.url ?? server!.url),
       settings,
       keyPrefix: options.prefix ?? freshPrefix(),
-      bufferEvents: options.bufferEvents
+      bufferEvents: options.bufferEvents,
+      replayGraceMs: options.replayGraceMs
     })
   ))
+
+/** Real time, for Redis's own clock (the tests' TestClock does not move it). */
+const realWait = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+/** The suite's time-based tests on Redis: short retention and replay grace, waited for in real time. */
+const SUITE_RETENTION_MS = 2000
+const SUITE_REPLAY_GRACE_MS = 3000
 
 const appendTo = (log: RunLog["Service"], e: ReturnType<typeof event>) => log.append(e, JSON.stringify(e))
 
@@ -64,10 +74,11 @@ describe.skipIf(!installed)("RunLogRedis", () => {
   describe("behaviour (the suite shared with memory)", () => {
     runLogSuite({
       name: "redis",
-      layer: (settings) => redisLayer(settings),
+      layer: (settings) => redisLayer(settings, { replayGraceMs: SUITE_REPLAY_GRACE_MS }),
       frameBytes: RunLogRedis.redisFrameBytes,
       runOverhead: RunLogRedis.REDIS_RUN_OVERHEAD_BYTES,
-      followRuns: 25
+      followRuns: 25,
+      time: { elapse: realWait, retentionMs: SUITE_RETENTION_MS, replayGraceMs: SUITE_REPLAY_GRACE_MS }
     })
   })
 
