@@ -7,7 +7,7 @@
  * afterwards; a live lease is left alone.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Logger, Redacted } from "effect"
+import { Context, Effect, Layer, Logger, Redacted, Schedule } from "effect"
 import { Redis } from "effect/persistence"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -20,7 +20,8 @@ import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactor
 import { RunAdmission } from "../../src/services/RunAdmission.ts"
 import { RunLog } from "../../src/services/RunLog.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
-import { describeRedis, instanceLayer, url } from "../fixtures/redisLayers.ts"
+import { startProxy } from "../fixtures/proxy.ts"
+import { describeRedis, instanceLayer, server, url } from "../fixtures/redisLayers.ts"
 import { SETTINGS } from "../fixtures/runlog-suite.ts"
 import { QuietLogs, registry } from "../fixtures/runtime.ts"
 
@@ -215,6 +216,43 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       expect(lines.some((l) => l.includes("hard cap"))).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(QuietLogs))
   }, 30_000)
+
+  it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
+      yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
+      // the cut-off instance reaches Redis through the proxy only
+      const cutLog = Context.get(
+        yield* build(RunLogRedis.layer({ url: Redacted.make(`redis://127.0.0.1:${proxy.port}`), settings: SETTINGS, instanceId: "inst-cut" })),
+        RunLog
+      )
+      const live = yield* build(survivor("inst-cut-survivor"))
+      yield* pausedLease(Context.get(live, Redis.Redis), "inst-cut")
+      const user_id = `w${process.pid}`
+      const e = stamp("run-cut", user_id)
+      const first = [e("root", 0, { type: "agent_started", task_description: "go" }), e("root", 0, { type: "agent_thinking", reasoning: "1" })]
+      for (const event of first) expect(yield* cutLog.append(event, JSON.stringify(event))).toBe("ok")
+      proxy.setDown(true)
+      proxy.cutAll()
+      const later = [e("root", 0, { type: "agent_thinking", reasoning: "2" }), e("root", 0, { type: "agent_thinking", reasoning: "3" })]
+      for (const event of later) expect(yield* cutLog.append(event, JSON.stringify(event))).toBe("ok")
+      expect((yield* cutLog.stats).store).toEqual({ up: false, bufferedEvents: 2 })
+      // meanwhile its lease expired and the survivor closed the run
+      const recorded = Context.get(live, WebSocketBridgeRecording.RecordedEvents)
+      yield* recorded.waitFor((event) => event.run_id === "run-cut" && event.type === "agent_completed" && event.depth === 0)
+      proxy.setDown(false)
+      // back: the buffered events are refused (fenced) and dropped, not logged
+      yield* Effect.repeat(cutLog.stats, { until: (s) => s.store?.up === true && s.store.bufferedEvents === 0, schedule: Schedule.spaced(20) })
+      const next = e("root", 0, { type: "agent_thinking", reasoning: "4" })
+      expect(yield* cutLog.append(next, JSON.stringify(next))).toBe("fenced")
+      const page = yield* Context.get(live, RunLog).read(user_id, "run-cut", 0, { maxEvents: 100, maxBytes: 1 << 20 })
+      expect(page.events.map((logged) => [logged.seq, logged.type])).toEqual([
+        [1, "agent_started"],
+        [2, "agent_thinking"],
+        [3, "agent_error"],
+        [4, "agent_completed"]
+      ])
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
   it.live("a graceful stop gives the lease back; an instance's own renewal keeps it", () =>
     Effect.gen(function*() {
