@@ -7,7 +7,7 @@
  * afterwards; a live lease is left alone.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Logger, Redacted, Schedule } from "effect"
+import { Context, Effect, Layer, Logger, Redacted, References, Schedule } from "effect"
 import { Redis } from "effect/persistence"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -214,7 +214,9 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       // said once as what it is, not as an event past the hard cap
       expect(lines.filter((l) => l.includes("another instance took this run over")).length).toBe(1)
       expect(lines.some((l) => l.includes("hard cap"))).toBe(false)
-    }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(QuietLogs))
+      // its "run ended" line (and history) says what its clients saw
+      expect(lines.find((l) => l.includes("run ended") && l.includes(context.run_id))).toMatch(/outcome=failed.*error_code=INSTANCE_LOST/)
+    }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(Layer.succeed(References.MinimumLogLevel, "Info")))
   }, 30_000)
 
   it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>
