@@ -145,12 +145,15 @@ export const make = Effect.gen(function*() {
         })
       }
       const cause = emitter.stopCause() ?? "user_request"
-      if (cause === "event_limit" || cause === "log_full" || cause === "log_unavailable") {
+      if (cause === "event_limit" || cause === "log_full" || cause === "log_unavailable" || cause === "instance_lost") {
         const error = cause === "event_limit"
           ? { code: "EVENT_LIMIT", message: `the run sent too many events: a run is stopped after ${log.settings.maxEventsPerRun - terminalReserve(log.settings.maxEventsPerRun)} events, so that its last ones fit in AGENTWIRE_MAX_EVENTS_PER_RUN (${log.settings.maxEventsPerRun})` }
           : cause === "log_full"
           ? { code: "LOG_FULL", message: "the run log is full: the user's runs in progress exceed their share (AGENTWIRE_RETENTION_BYTES_PER_USER), or all runs in progress exceed AGENTWIRE_RETENTION_BYTES" }
-          : { code: "LOG_UNAVAILABLE", message: "the run log (Redis) is unreachable and this instance's buffer for it is full (AGENTWIRE_REDIS_BUFFER_EVENTS): the run's events are not kept" }
+          : cause === "log_unavailable"
+          ? { code: "LOG_UNAVAILABLE", message: "the run log (Redis) cannot keep this run's events: it is unreachable and this instance's buffer for it is full (AGENTWIRE_REDIS_BUFFER_EVENTS), or it refused them" }
+          // what clients saw from the instance that ended the run; these events of ours reach no one (fenced)
+          : { code: "INSTANCE_LOST", message: "this instance's lease had expired (paused or cut off from Redis): another instance ended the run" }
         const final_response = `${agent.name} failed: ${error.message}`
         return emit({ type: "agent_error", error }).pipe(
           Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),

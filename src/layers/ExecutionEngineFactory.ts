@@ -150,8 +150,9 @@ export const make = Effect.gen(function*() {
             yield* recorded(history.recordRun({ ...record, status: "running" }, { title, messages: [{ role: "user", content: request }] }))
           }
           // onExit runs even when the run is interrupted, so every run gets its "run ended" line
-          return yield* agent.run(request).pipe(Effect.onExit(() => {
-            const outcome = emitter.outcome() ?? cancelledOutcome
+          return yield* agent.run(request).pipe(Effect.onExit((exit) => {
+            // no root agent_completed passed the emitter (e.g. fenced: another instance ended the run): the agent's own
+            const outcome = emitter.outcome() ?? (Exit.isSuccess(exit) ? exit.value : cancelledOutcome)
             const ended = history === undefined || record === undefined ? Effect.void : recorded(history.recordRun({
               ...record,
               status: outcome.status,

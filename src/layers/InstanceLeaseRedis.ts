@@ -425,13 +425,14 @@ export const make = (options?: InstanceLeaseOptions) =>
               } as AgentEvent
               const frame = JSON.stringify(event)
               const result = yield* log.append(event, frame)
-              if (result === "refused") {
-                yield* Effect.logError("the run log refused the closing events of a lost run")
+              // fenced: another survivor took the run over meanwhile and closes it
+              if (result === "refused" || result === "fenced") {
+                if (result === "refused") yield* Effect.logError("the run log refused the closing events of a lost run")
                 break
               }
               yield* bridge.emit(event, frame)
+              closed = true
             }
-            closed = true
           }
         }
         if (closed) {

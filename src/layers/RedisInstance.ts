@@ -84,6 +84,8 @@ export const keys = {
   userRuns: (user_id: string) => `agentwire:{u:${user_id}}:runs`,
   /** HASH of a remembered client request_id (fingerprint and run), expiring with the idempotency window. */
   userRequest: (user_id: string, request_id: string) => `agentwire:{u:${user_id}}:req:${request_id}`,
+  /** ZSET request_id → expiry (ms, Redis clock): the user's remembered request_ids (an erase forgets them). */
+  userRequests: (user_id: string) => `agentwire:{u:${user_id}}:reqs`,
   /** Channel of control messages to one instance (stop requests and their replies). */
   instanceControl: (instance_id: string) => `agentwire:instance:${instance_id}:control`
 }

@@ -7,7 +7,8 @@
  *   Redis clock), and `…:runs`, a HASH run_id → `instance_id \t thread_id \t
  *   agent_name` (who executes it: stop-anywhere reads it);
  * - `…:req:<request_id>`, a HASH (fingerprint, run) expiring with the
- *   idempotency window.
+ *   idempotency window, indexed by `…:reqs` (a ZSET request_id → expiry), so
+ *   that `forgetUser` (an erase of the user's data) can forget them all.
  *
  * One Lua script per start does, atomically: the repeated-`request_id` check
  * (`Duplicate` or `request_id_conflict`), dropping the user's expired slots,
@@ -22,9 +23,9 @@
  * instance only), the process cap `maxRuns` (`server_busy`, checked in the
  * same script, in the same order as in memory), the per-user start budget
  * (`rate_limited`, a local token bucket: with N instances behind a balancer a
- * user gets up to N budgets), and `activeRuns()` without a user (this
- * instance's runs). `activeRuns(user_id)` counts the user's live slots across
- * the cluster.
+ * user gets up to N budgets; `forgetUser` refills it on the instance it runs
+ * on), and `activeRuns()` without a user (this instance's runs).
+ * `activeRuns(user_id)` counts the user's live slots across the cluster.
  *
  * While Redis is unreachable a start is refused at once with `server_busy`
  * (`retry_after_ms` 1000, no `limit`); runs already admitted go on, and a
@@ -55,10 +56,10 @@ const MAX_BUCKETS = 100_000
 const NOW = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
-/** KEYS: slots, runs, req. ARGV: run_id, thread_id, agent, instance, fingerprint|'', threadGiven, maxPerUser, processFull, ttl, window. */
+/** KEYS: slots, runs, req, reqs. ARGV: run_id, thread_id, agent, instance, fingerprint|'', threadGiven, maxPerUser, processFull, ttl, window, request_id. */
 const admitScript = Redis.script(
   (
-    keys: readonly [string, string, string],
+    keys: readonly [string, string, string, string],
     run_id: string,
     thread_id: string,
     agent: string,
@@ -68,10 +69,11 @@ const admitScript = Redis.script(
     maxPerUser: number,
     processFull: boolean,
     ttlMs: number,
-    windowMs: number
-  ) => [...keys, run_id, thread_id, agent, instance, fingerprint, threadGiven ? "1" : "0", maxPerUser, processFull ? "1" : "0", ttlMs, windowMs],
+    windowMs: number,
+    request_id: string
+  ) => [...keys, run_id, thread_id, agent, instance, fingerprint, threadGiven ? "1" : "0", maxPerUser, processFull ? "1" : "0", ttlMs, windowMs, request_id],
   {
-    numberOfKeys: 3,
+    numberOfKeys: 4,
     lua: `${NOW}
 if ARGV[5] ~= '' then
   local seen = redis.call('HMGET', KEYS[3], 'fp', 'run_id', 'thread_id', 'agent')
@@ -95,6 +97,9 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[3], 'fp', ARGV[5], 'run_id', ARGV[1], 'thread_id', ARGV[2], 'agent', ARGV[3])
   redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[10]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[10]), ARGV[11])
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[10]))
 end
 return {'admitted'}`
   }
@@ -133,6 +138,15 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`
   }
 )
+
+/** KEYS: reqs. ARGV: the prefix of the user's request keys. Forgets every remembered request_id of the user. */
+const forgetScript = Redis.script((reqs: string, requestPrefix: string) => [reqs, requestPrefix], {
+  numberOfKeys: 1,
+  lua: `local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #ids do redis.call('DEL', ARGV[1] .. ids[i]) end
+redis.call('DEL', KEYS[1])
+return #ids`
+}).withReturnType<number>()
 
 /** KEYS: slots. The user's live slots. */
 const countScript = Redis.script((slots: string) => [slots], {
@@ -179,6 +193,7 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
 
     const slotKeys = (user_id: string, request_id: string) =>
       [RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id), RedisInstance.keys.userRequest(user_id, request_id)] as const
+    const admitKeys = (user_id: string, request_id: string) => [...slotKeys(user_id, request_id), RedisInstance.keys.userRequests(user_id)] as const
 
     const unavailable = new AdmissionError({ reason: "server_busy", retry_after_ms: 1000 })
 
@@ -228,7 +243,7 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
           total++
         }
         const answer = yield* redis.eval(admitScript)(
-          slotKeys(context.user_id, context.request_id),
+          admitKeys(context.user_id, context.request_id),
           context.run_id,
           context.thread_id,
           agent_name,
@@ -238,7 +253,8 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
           limits.maxRunsPerUser,
           processFull,
           slotTtlMs,
-          limits.idempotencyWindowMs
+          limits.idempotencyWindowMs,
+          context.request_id
         ).pipe(
           Effect.timeout(ADMIT_TIMEOUT_MS),
           Effect.tapCause((cause) => Effect.logWarning("admission could not reach Redis; start refused", cause)),
@@ -316,7 +332,21 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
         open = false
       }),
       isOpen: Effect.sync(() => open),
-      activeRuns
+      activeRuns,
+      // an erase: the user's remembered request_ids (cluster-wide) and this instance's start budget
+      forgetUser: Effect.fn("RunAdmission.forgetUser")((user_id: string) =>
+        Effect.andThen(
+          Effect.sync(() => void buckets.delete(user_id)),
+          redis.eval(forgetScript)(RedisInstance.keys.userRequests(user_id), RedisInstance.keys.userRequest(user_id, "")).pipe(
+            Effect.timeout(ADMIT_TIMEOUT_MS),
+            Effect.catchCause((cause) =>
+              Effect.logWarning("could not forget a user's request ids in Redis; they expire with the idempotency window", cause).pipe(
+                Effect.annotateLogs({ user_id })
+              )
+            ),
+            Effect.asVoid
+          )
+        ))
     })
     return { service, renew, slotTtlMs }
   })

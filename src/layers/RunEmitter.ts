@@ -15,7 +15,8 @@
  * event is still delivered, and the emitter asks the run's engine to stop it
  * with that cause; the events its agents send while they end fit in the log's
  * reserve. An event the log refuses (past its hard cap) takes no `seq` and is
- * not delivered.
+ * not delivered; so is an event of a run another instance took over
+ * (`fenced`), and the run is then stopped with `instance_lost`.
  *
  * Use one emitter per run: `AgentInstanceFactory` owns them (one per live
  * `run_id`); calling `make` twice for one run makes two sequences.
@@ -95,8 +96,16 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
   /** Acts on the log's answer; false when the event must not be delivered. */
   const afterAppend = (result: AppendResult): boolean => {
     if (result === "ok") return true
-    if (result === "refused") {
+    if (result === "refused" || result === "fenced") {
       seq--
+      if (result === "fenced") {
+        // another instance ended the run (the log said so once): stop here too, without the hard-cap error
+        refusedLogged = true
+        if (stopCause === undefined) {
+          setStopCause("instance_lost")
+          stopHandler?.("instance_lost")
+        }
+      }
       return false
     }
     if (stopCause === undefined) {

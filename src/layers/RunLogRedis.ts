@@ -6,13 +6,15 @@
  * - `run:<id>:s` — a Stream per run; entry id `<seq>-0`, fields `t` (type)
  *   and `f` (frame), so Redis itself refuses a duplicate or smaller id;
  * - `run:<id>` — a hash, the run's summary (user, thread, agent, status,
- *   started/ended, last seq, bytes, end time);
+ *   started/ended, last seq, bytes, end time, last replay read `rd`);
  * - `user:<user>` — a sorted set of the user's runs by start order (`list`);
  * - `ended` — a sorted set of finished runs by end order, with `endinfo`
- *   (a hash run → user, bytes, last seq, end time): retention and eviction
- *   take the oldest first; `bytes`, `runs`, `evicted` — counters;
- * - `tombs` (sorted set by expiry) + `tombinfo` (hash run → user, last seq):
- *   tombstones, counted and bounded like the in-memory ones;
+ *   (a hash run → user, bytes, last seq, end time, thread): retention and
+ *   eviction take the oldest first; `bytes`, `runs`, `evicted` — counters;
+ *   `ubytes` — a hash user → bytes (the user's share);
+ * - `tombs` (sorted set by expiry) + `tombinfo` (hash run → user, last seq,
+ *   thread): tombstones, counted and bounded like the in-memory ones;
+ *   `utombs:<user>` (sorted set by expiry) finds a user's for an erase;
  * - `epoch` — set once with `SET NX`: stable across instances and restarts
  *   while Redis keeps its data; when Redis comes back empty a new one is made;
  * - `notes` — the Pub/Sub channel where each append publishes `<run_id> <seq>`.
@@ -21,10 +23,19 @@
  * once, run with `EVALSHA` through `effect/persistence/Redis`): an append is
  * one round trip that checks the order, adds the entry, updates the summary,
  * the user's list, the counters, ends the run (`PEXPIRE` of its keys by
- * `retentionMs`), evicts under the byte budget and publishes the note. A
- * periodic sweep (every `SWEEP_INTERVAL_MS`, by every instance) turns expired
- * runs into tombstones; reads check expiry themselves. Times in the scripts are
- * Redis's own (`TIME`), so instances agree.
+ * `retentionMs`), evicts under the user's share and the byte budget and
+ * publishes the note. A periodic sweep (every `SWEEP_INTERVAL_MS`, by every
+ * instance) turns expired runs into tombstones; reads check expiry
+ * themselves. Times in the scripts are Redis's own (`TIME`), so instances agree.
+ *
+ * **As in memory:** a user past `maxBytesPerUser` loses their own oldest
+ * finished runs first (then their run still over it is told `log_full`);
+ * past `maxBytes` the oldest finished runs of anyone go. A finished run read
+ * by a replay is kept `replayGraceMs` (30 s) past each read even when its
+ * retention ends (its keys' expiry is pushed out), and both evictions take it
+ * only after every other finished run. `eraseUser` / `eraseThread` remove
+ * ended runs and their tombstones in one script: they answer
+ * `RUN_NOT_FOUND` afterwards.
  *
  * **Waiting.** `waitFor` holds no connection: each instance keeps one
  * subscriber on `notes` and wakes its local waiters of that run; appends made
@@ -34,9 +45,16 @@
  * **Outage.** Commands fail at once while Redis is unreachable (no offline
  * queue); the client reconnects with backoff. Appends then go to a per-run
  * in-process buffer (at most `bufferEvents` events for all runs together) and
- * answer `ok`; they are flushed in order when Redis is back, so `seq` stays the
+ * answer `ok` (or `event_limit` / `refused` past the run's caps, as Redis
+ * would); they are flushed in order when Redis is back, so `seq` stays the
  * log position (a flush that repeats an append whose answer was lost is
- * recognised and skipped). An append that would overflow the buffer answers
+ * recognised and skipped). Each run flushes on its own: an error reply that
+ * may pass (`LOADING`, `BUSY`, `OOM`…) is retried on the next tick, at most
+ * `FLUSH_ATTEMPTS` times in a row; one that will not (a key of the wrong
+ * type, a script error) gives that run's log up at once — recorded as
+ * expired, its next append answers `log_unavailable`, so the run ends — and
+ * never holds up the other runs. An append answered so outside an outage
+ * is treated the same way. An append that would overflow the buffer answers
  * `log_unavailable` (the run fails with `LOG_UNAVAILABLE`); that run's
  * buffered events are dropped and, once Redis is back, the run is recorded as
  * expired (`RUN_EXPIRED` with its last seq) rather than left with a gap. Reads
@@ -55,16 +73,23 @@
  * refused (`fenced`). When an instance's lease expires, `InstanceLeaseRedis`
  * on another instance moves the ownership of its open runs to itself and
  * closes them (`INSTANCE_LOST`): an instance that was only paused cannot add
- * to them afterwards (its events are answered `refused`, so not delivered).
+ * to them afterwards. Its appends are answered `fenced` (not logged, not
+ * delivered; later ones without a round trip), and its emitter stops the run
+ * at once (`instance_lost`), freeing its slot and fiber.
  *
- * **Bytes** are counted as each frame's UTF-8 length plus
- * `REDIS_EVENT_OVERHEAD_BYTES` per event and `REDIS_RUN_OVERHEAD_BYTES` per run.
+ * **Bytes** (of the budget and of each user's share) are counted as each
+ * frame's UTF-8 length plus `REDIS_EVENT_OVERHEAD_BYTES` per event and
+ * `REDIS_RUN_OVERHEAD_BYTES` per run: an estimate of what Redis holds (its
+ * stream listpacks, hash and sorted-set entries vary with versions and
+ * encodings), not a measure of its memory. The counters move with the events
+ * in the same scripts, so they are exact in their own units across instances.
  *
  * @module
  */
 import { NodeRedis } from "@effect/platform-node"
-import { Cause, type Context, Effect, Layer, Option, Redacted } from "effect"
+import { Cause, type Context, Effect, Layer, Option, Redacted, Result } from "effect"
 import { Redis } from "effect/persistence"
+import { ErrorReply } from "redis"
 import type { AgentEvent } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { RedisStartError, redisStartReason, redisTarget } from "../services/RedisStartError.ts"
@@ -86,7 +111,7 @@ import {
 } from "../services/RunLog.ts"
 import { generateId } from "../services/UserExecutionContext.ts"
 import * as RedisInstance from "./RedisInstance.ts"
-import { MAX_TOMBSTONES, SWEEP_INTERVAL_MS, terminalReserve } from "./RunLogMemory.ts"
+import { MAX_TOMBSTONES, REPLAY_GRACE_MS, SWEEP_INTERVAL_MS, terminalReserve } from "./RunLogMemory.ts"
 
 /** Bytes counted per logged event beyond its frame (a stream entry's id, field names and listpack headers). */
 export const REDIS_EVENT_OVERHEAD_BYTES = 32
@@ -96,6 +121,17 @@ export const REDIS_RUN_OVERHEAD_BYTES = 1024
 export const DEFAULT_BUFFER_EVENTS = 10_000
 /** How often buffered events are retried, in milliseconds. */
 const FLUSH_INTERVAL_MS = 100
+/** Refusals in a row that may pass (e.g. `LOADING`, `BUSY`, `OOM`) after which a run's buffered events are given up (about 5 s of flushes). */
+const FLUSH_ATTEMPTS = 50
+/** Runs remembered as fenced or failed at most (each is forgotten when its run is released). */
+const MAX_REMEMBERED_RUNS = 10_000
+
+/** Error replies that retrying may cure: Redis loading, busy with a script, out of memory, a replica, failing over. */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|TRYAGAIN|OOM|READONLY|MASTERDOWN|CLUSTERDOWN|NOREPLICAS|MISCONF)\b/
+
+/** Redis answered, with an error retrying will not cure (a key of the wrong type, a script error): not an outage. */
+const isPermanent = (error: Redis.RedisError): boolean =>
+  error.cause instanceof ErrorReply && !TRANSIENT_REPLY.test(error.cause.message)
 
 /** Bytes the Redis log counts for one frame. */
 export const redisFrameBytes = (frame: string): number => Buffer.byteLength(frame, "utf8") + REDIS_EVENT_OVERHEAD_BYTES
@@ -116,11 +152,16 @@ export interface RunLogRedisOptions {
    * appends by ownership: a run's first append records this instance as its
    * owner (field `o` of `run:<id>`, and `instance:<id>:runs`, a hash
    * run → user of the owner's open runs); an append or release by another
-   * writer than the owner is refused (`fenced`, answered as `refused`: not
-   * logged, not delivered). `InstanceLeaseRedis` moves the ownership of a dead
+   * writer than the owner is refused (`fenced`: not logged, not delivered,
+   * and the run stops). `InstanceLeaseRedis` moves the ownership of a dead
    * instance's runs to the instance that closes them. Unset: unfenced, as before.
    */
   readonly instanceId?: string | undefined
+  /**
+   * How long a finished run stays past each replay read, in ms, even past its
+   * retention (default `REPLAY_GRACE_MS`, 30 s, as in memory); shorter in tests.
+   */
+  readonly replayGraceMs?: number | undefined
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,13 +178,34 @@ local function split(s)
   for part in string.gmatch(s, '([^\\n]*)\\n?') do out[#out + 1] = part end
   return out
 end
-local function tomb_add(id, user, last, now, tomb_ms)
+-- the bytes of all logs and of the user's share move together
+local function add_bytes(user, n)
+  local total = redis.call('INCRBY', P .. 'bytes', n)
+  if user then
+    if redis.call('HINCRBY', P .. 'ubytes', user, n) <= 0 then redis.call('HDEL', P .. 'ubytes', user) end
+  end
+  return total
+end
+-- a tombstone: tombinfo run → user, last seq, thread; utombs:<user> indexes the user's (for an erase)
+local function tomb_add(id, user, last, now, tomb_ms, thread)
   redis.call('ZADD', P .. 'tombs', now + tomb_ms, id)
-  redis.call('HSET', P .. 'tombinfo', id, user .. '\\n' .. last)
+  redis.call('HSET', P .. 'tombinfo', id, user .. '\\n' .. last .. '\\n' .. (thread or ''))
+  local ut = P .. 'utombs:' .. user
+  redis.call('ZREMRANGEBYSCORE', ut, '-inf', now)
+  redis.call('ZADD', ut, now + tomb_ms, id)
+  redis.call('PEXPIRE', ut, tomb_ms)
 end
 local function tomb_del(id)
+  local t = redis.call('HGET', P .. 'tombinfo', id)
+  if not t then return end
   redis.call('ZREM', P .. 'tombs', id)
   redis.call('HDEL', P .. 'tombinfo', id)
+  redis.call('ZREM', P .. 'utombs:' .. split(t)[1], id)
+end
+-- read within the replay grace: kept past its retention, evicted last
+local function being_read(id, now, grace)
+  local rd = redis.call('HGET', P .. 'run:' .. id, 'rd')
+  return rd and tonumber(rd) + grace > now
 end
 -- a finished run leaves: its keys, its bytes, its place in its user's list; a tombstone stays
 local function forget_ended(id, now, tomb_ms)
@@ -154,31 +216,81 @@ local function forget_ended(id, now, tomb_ms)
   local f = split(info)
   redis.call('DEL', P .. 'run:' .. id, P .. 'run:' .. id .. ':s')
   redis.call('ZREM', P .. 'user:' .. f[1], id)
-  redis.call('DECRBY', P .. 'bytes', f[2])
+  add_bytes(f[1], -tonumber(f[2]))
   redis.call('DECR', P .. 'runs')
-  tomb_add(id, f[1], f[3], now, tomb_ms)
+  tomb_add(id, f[1], f[3], now, tomb_ms, f[5])
 end
 -- the owner's index of its open runs (instance loss: InstanceLeaseRedis reads it)
 local function unindex(id, h)
   local o = redis.call('HGET', h, 'o')
   if o then redis.call('HDEL', P .. 'instance:' .. o .. ':runs', id) end
 end
-local function end_run(id, h, status, ended_at, now, ret_ms)
+-- a run leaves without a trace (reused id, erase, lost log): keys, bytes, lists, tombstone
+local function drop_run(id)
+  local h = P .. 'run:' .. id
+  local f = redis.call('HMGET', h, 'u', 'b')
+  local user, bytes = f[1], f[2]
+  local info = redis.call('HGET', P .. 'endinfo', id)
+  if info then
+    local e = split(info)
+    user, bytes = e[1], e[2]
+  end
+  unindex(id, h)
+  redis.call('DEL', h, h .. ':s')
+  redis.call('ZREM', P .. 'ended', id)
+  redis.call('HDEL', P .. 'endinfo', id)
+  if user then
+    redis.call('ZREM', P .. 'user:' .. user, id)
+    add_bytes(user, -tonumber(bytes or '0'))
+    redis.call('DECR', P .. 'runs')
+  end
+  tomb_del(id)
+end
+local function end_run(id, h, status, ended_at, now, ret_ms, grace)
   unindex(id, h)
   redis.call('HSET', h, 'st', status, 'ea', ended_at, 'em', now)
-  local f = redis.call('HMGET', h, 'u', 'b', 'l')
+  local f = redis.call('HMGET', h, 'u', 'b', 'l', 'th', 'rd')
   redis.call('ZADD', P .. 'ended', redis.call('INCR', P .. 'endseq'), id)
-  redis.call('HSET', P .. 'endinfo', id, f[1] .. '\\n' .. f[2] .. '\\n' .. f[3] .. '\\n' .. now)
-  redis.call('PEXPIRE', h, ret_ms)
-  redis.call('PEXPIRE', h .. ':s', ret_ms)
+  redis.call('HSET', P .. 'endinfo', id, f[1] .. '\\n' .. f[2] .. '\\n' .. f[3] .. '\\n' .. now .. '\\n' .. (f[4] or ''))
+  -- the keys outlive the run's retention (and a replay's grace); expiry is checked explicitly, this frees them
+  local ttl = ret_ms
+  if f[5] then ttl = math.max(ttl, tonumber(f[5]) + grace - now) end
+  ttl = math.max(ttl, 1)
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('PEXPIRE', h .. ':s', ttl)
 end
-local function sweep(now, ret_ms, tomb_ms, max_tombs)
+-- evicts the finished runs of the sorted set zkey, oldest first (those being read only in a second
+-- pass), while over() holds; true when the run self was one of them
+local function evict(zkey, self, now, tomb_ms, grace, over)
+  local gone = false
+  for pass = 1, 2 do
+    local skip = 0
+    while over() do
+      local batch = redis.call('ZRANGE', zkey, skip, skip + 63)
+      if #batch == 0 then break end
+      for _, other in ipairs(batch) do
+        if not over() then break end
+        if redis.call('HEXISTS', P .. 'endinfo', other) == 1 and (pass == 2 or not being_read(other, now, grace)) then
+          if other == self then gone = true end
+          forget_ended(other, now, tomb_ms)
+          redis.call('INCR', P .. 'evicted')
+        else
+          skip = skip + 1
+        end
+      end
+    end
+  end
+  return gone
+end
+local function sweep(now, ret_ms, tomb_ms, max_tombs, grace)
+  local skip = 0
   for _ = 1, 1000 do
-    local first = redis.call('ZRANGE', P .. 'ended', 0, 0)
+    local first = redis.call('ZRANGE', P .. 'ended', skip, skip)
     if #first == 0 then break end
     local info = redis.call('HGET', P .. 'endinfo', first[1])
     if info and tonumber(split(info)[4]) + ret_ms > now then break end
-    forget_ended(first[1], now, tomb_ms)
+    -- a run being replayed stays until its reader is done
+    if info and being_read(first[1], now, grace) then skip = skip + 1 else forget_ended(first[1], now, tomb_ms) end
   end
   local gone = redis.call('ZRANGEBYSCORE', P .. 'tombs', '-inf', now, 'LIMIT', 0, 1000)
   if #gone > 0 then
@@ -193,10 +305,14 @@ local function sweep(now, ret_ms, tomb_ms, max_tombs)
   end
 end
 -- the run as user sees it: {'ok', fields} | {'exp', last} | {'nf'}
-local function locate(id, user, now)
-  local f = redis.call('HMGET', P .. 'run:' .. id, 'u', 'th', 'a', 'st', 'sa', 'ea', 'l')
+local function locate(id, user, now, ret_ms, grace)
+  local f = redis.call('HMGET', P .. 'run:' .. id, 'u', 'th', 'a', 'st', 'sa', 'ea', 'l', 'em', 'rd')
   if f[1] then
     if f[1] ~= user then return {'nf'} end
+    -- past its retention and not being read: expired (the sweep tombstones it)
+    if f[4] ~= 'running' and f[8] and tonumber(f[8]) + ret_ms <= now and not (f[9] and tonumber(f[9]) + grace > now) then
+      return {'exp', f[7]}
+    end
     return {'ok', f}
   end
   local info = redis.call('HGET', P .. 'endinfo', id)
@@ -220,7 +336,7 @@ end
 
 // ARGV: prefix, run_id, user, thread, agent ('' unless depth 0), seq, type, frame, end status
 // ('' unless root agent_completed), timestamp, bytes, maxEvents, softCap, maxBytes, retentionMs,
-// tombstoneMs, maxTombstones, runOverhead, writer (this instance's id, '' = unfenced)
+// tombstoneMs, maxTombstones, runOverhead, writer (this instance's id, '' = unfenced), maxBytesPerUser, replayGraceMs
 // → 'ok' | 'event_limit' | 'log_full' | 'refused' | 'dup' (already logged) | 'lost' (its start is not in the log)
 //   | 'fenced' (another instance took the run over: its owner's lease had expired)
 const APPEND_LUA = PRELUDE + `
@@ -228,27 +344,21 @@ local id, user, thread, agent = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seq, typ, frame, end_status, ts = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local bytes, max_events, soft_cap, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local ret_ms, tomb_ms, run_overhead, writer = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[18]), ARGV[19]
+local max_user, grace = tonumber(ARGV[20]), tonumber(ARGV[21])
 local now = now_ms()
 local h = P .. 'run:' .. id
 local s = h .. ':s'
 local last = tonumber(redis.call('HGET', h, 'l') or '-1')
 if last > 0 and seq == 1 then
   -- a run id used again (embedders choosing their own): the new run replaces the old
-  local old = redis.call('HMGET', h, 'u', 'b')
-  unindex(id, h)
-  redis.call('DEL', h, s)
-  redis.call('ZREM', P .. 'user:' .. old[1], id)
-  redis.call('DECRBY', P .. 'bytes', old[2])
-  redis.call('DECR', P .. 'runs')
-  redis.call('ZREM', P .. 'ended', id)
-  redis.call('HDEL', P .. 'endinfo', id)
+  drop_run(id)
   last = -1
 end
 if last < 0 then
   if redis.call('HEXISTS', P .. 'endinfo', id) == 1 then forget_ended(id, now, tomb_ms) end
   if seq ~= 1 then
     -- the run's beginning is not in this log (Redis lost its data): it is remembered as expired
-    tomb_add(id, user, seq, now, tomb_ms)
+    tomb_add(id, user, seq, now, tomb_ms, thread)
     return 'lost'
   end
   redis.call('HSET', h, 'u', user, 'th', thread, 'a', agent, 'st', 'running', 'sa', ts, 'l', 0, 'b', run_overhead)
@@ -258,7 +368,7 @@ if last < 0 then
     redis.call('HSET', P .. 'instance:' .. writer .. ':runs', id, user)
   end
   redis.call('ZADD', P .. 'user:' .. user, redis.call('INCR', P .. 'starts'), id)
-  redis.call('INCRBY', P .. 'bytes', run_overhead)
+  add_bytes(user, run_overhead)
   redis.call('INCR', P .. 'runs')
   tomb_del(id)
   last = 0
@@ -285,37 +395,52 @@ if agent ~= '' and redis.call('HGET', h, 'a') == '' then redis.call('HSET', h, '
 redis.call('XADD', s, seq .. '-0', 't', typ, 'f', frame)
 redis.call('HSET', h, 'l', seq)
 redis.call('HINCRBY', h, 'b', bytes)
-local total = redis.call('INCRBY', P .. 'bytes', bytes)
+local total = add_bytes(user, bytes)
 local running = true
 if end_status ~= '' then
-  end_run(id, h, end_status, ts, now, ret_ms)
+  end_run(id, h, end_status, ts, now, ret_ms, grace)
   running = false
 end
 redis.call('PUBLISH', P .. 'notes', id .. ' ' .. seq)
+-- the user's share: a user past it loses their own oldest finished runs first, so one busy user cannot
+-- push everyone else's runs out of retention; their active runs alone over it must end
+local function user_over()
+  return tonumber(redis.call('HGET', P .. 'ubytes', user) or '0') > max_user
+end
+if user_over() then
+  if evict(P .. 'user:' .. user, id, now, tomb_ms, grace, user_over) then running = false end
+  if user_over() and running then return 'log_full' end
+end
+-- the whole budget: the oldest finished runs go first, those being replayed last; active runs alone over it must end
 if total > max_bytes then
-  -- the budget: the oldest finished runs go first; active runs alone over it must end
-  while total > max_bytes do
-    local first = redis.call('ZRANGE', P .. 'ended', 0, 0)
-    if #first == 0 then break end
-    if first[1] == id then running = false end
-    forget_ended(first[1], now, tomb_ms)
-    redis.call('INCR', P .. 'evicted')
-    total = tonumber(redis.call('GET', P .. 'bytes'))
-  end
-  if total > max_bytes and running then return 'log_full' end
+  local function over() return tonumber(redis.call('GET', P .. 'bytes') or '0') > max_bytes end
+  if evict(P .. 'ended', id, now, tomb_ms, grace, over) then running = false end
+  if over() and running then return 'log_full' end
 end
 if seq > soft_cap and running then return 'event_limit' end
 return 'ok'
 `
 
-// ARGV: prefix, run_id, user, after_seq, maxEvents, maxBytes
+// ARGV: prefix, run_id, user, after_seq, maxEvents, maxBytes, retentionMs, replayGraceMs, mark ('1': a replay's read)
 // → {'nf'} | {'exp', last} | {'after', last} | {'ok', thread, agent, status, started, ended, last, seq1, type1, frame1, …}
 const READ_LUA = PRELUDE + `
 local id, user, after, max_events, max_bytes = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local found = locate(id, user, now_ms())
+local ret_ms, grace, mark = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local now = now_ms()
+local found = locate(id, user, now, ret_ms, grace)
 if found[1] ~= 'ok' then return found end
 local f = found[2]
 local last = tonumber(f[7])
+if mark == '1' then
+  -- a replay in progress keeps the run grace ms past each read, even past its retention
+  local h = P .. 'run:' .. id
+  redis.call('HSET', h, 'rd', now)
+  local ttl = redis.call('PTTL', h)
+  if ttl >= 0 and ttl < grace then
+    redis.call('PEXPIRE', h, grace)
+    redis.call('PEXPIRE', h .. ':s', grace)
+  end
+end
 if after > last then return {'after', tostring(last)} end
 local out = {'ok'}
 for _, v in ipairs(summary(f)) do out[#out + 1] = v end
@@ -335,11 +460,11 @@ end
 return out
 `
 
-// ARGV: prefix, user, thread ('' = any), status ('' = any), limit, retentionMs, tombstoneMs, maxTombstones
+// ARGV: prefix, user, thread ('' = any), status ('' = any), limit, retentionMs, tombstoneMs, maxTombstones, replayGraceMs
 // → {run_id, thread, agent, status, started, ended, last, …} newest first
 const LIST_LUA = PRELUDE + `
 local user, thread, status, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-sweep(now_ms(), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+sweep(now_ms(), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
 local out = {}
 local n = 0
 for _, id in ipairs(redis.call('ZREVRANGE', P .. 'user:' .. user, 0, -1)) do
@@ -354,43 +479,64 @@ end
 return out
 `
 
-// ARGV: prefix, run_id, ended_at, retentionMs, writer ('' = unfenced) → 'ended' | 'no' | 'fenced'
+// ARGV: prefix, run_id, ended_at, retentionMs, writer ('' = unfenced), replayGraceMs → 'ended' | 'no' | 'fenced'
 const RELEASE_LUA = PRELUDE + `
-local id, ts, ret_ms, writer = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local id, ts, ret_ms, writer, grace = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local h = P .. 'run:' .. id
 if redis.call('HGET', h, 'st') ~= 'running' then return 'no' end
 if writer ~= '' then
   local o = redis.call('HGET', h, 'o')
   if o and o ~= writer then return 'fenced' end
 end
-end_run(id, h, 'cancelled', ts, now_ms(), ret_ms)
+end_run(id, h, 'cancelled', ts, now_ms(), ret_ms, grace)
 redis.call('PUBLISH', P .. 'notes', id .. ' ' .. redis.call('HGET', h, 'l'))
 return 'ended'
 `
 
-// ARGV: prefix, run_id, user, last_seq: a run whose buffered events were dropped is remembered as expired
+// ARGV: prefix, run_id, user, last_seq, tombstoneMs, thread: a run whose buffered events were dropped is remembered as expired
 const LOST_LUA = PRELUDE + `
-local id, user, last, tomb_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local h = P .. 'run:' .. id
-local now = now_ms()
-local old = redis.call('HMGET', h, 'u', 'b')
-if old[1] then
-  unindex(id, h)
-  redis.call('DEL', h, h .. ':s')
-  redis.call('ZREM', P .. 'user:' .. old[1], id)
-  redis.call('DECRBY', P .. 'bytes', old[2])
-  redis.call('DECR', P .. 'runs')
-  redis.call('ZREM', P .. 'ended', id)
-  redis.call('HDEL', P .. 'endinfo', id)
-end
-tomb_add(id, user, last, now, tomb_ms)
+local id, user, last, tomb_ms, thread = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+drop_run(id)
+tomb_add(id, user, last, now_ms(), tomb_ms, thread)
 redis.call('PUBLISH', P .. 'notes', id .. ' ' .. last)
 return 'ok'
 `
 
-// ARGV: prefix, retentionMs, tombstoneMs, maxTombstones → {runs, ended, bytes, tombstones, evicted}
+// ARGV: prefix, user, thread ('' = every thread), retentionMs, tombstoneMs, maxTombstones, replayGraceMs
+// → the number of ended runs erased. The user's ended runs (of that thread) and their tombstones go
+// without a trace; running runs keep their logs. Expired runs are swept first (they count as tombstones).
+const ERASE_LUA = PRELUDE + `
+local user, thread = ARGV[2], ARGV[3]
+sweep(now_ms(), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+local list = P .. 'user:' .. user
+local erased = 0
+for _, id in ipairs(redis.call('ZRANGE', list, 0, -1)) do
+  local f = redis.call('HMGET', P .. 'run:' .. id, 'st', 'th')
+  local info = redis.call('HGET', P .. 'endinfo', id)
+  local th = f[2]
+  if not th and info then th = split(info)[5] end
+  if f[1] ~= 'running' and (thread == '' or th == thread) then
+    if f[1] or info then erased = erased + 1 end
+    drop_run(id)
+    redis.call('ZREM', list, id)
+  end
+end
+local ut = P .. 'utombs:' .. user
+for _, id in ipairs(redis.call('ZRANGE', ut, 0, -1)) do
+  local t = redis.call('HGET', P .. 'tombinfo', id)
+  local e = t and split(t)
+  if not e or e[1] ~= user then
+    redis.call('ZREM', ut, id)
+  elseif thread == '' or e[3] == thread then
+    tomb_del(id)
+  end
+end
+return erased
+`
+
+// ARGV: prefix, retentionMs, tombstoneMs, maxTombstones, replayGraceMs → {runs, ended, bytes, tombstones, evicted}
 const SWEEP_LUA = PRELUDE + `
-sweep(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+sweep(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 return {
   redis.call('GET', P .. 'runs') or '0', tostring(redis.call('ZCARD', P .. 'ended')),
   redis.call('GET', P .. 'bytes') or '0', tostring(redis.call('ZCARD', P .. 'tombs')),
@@ -412,6 +558,7 @@ const readScript = script<ReadonlyArray<string | null>>(READ_LUA)
 const listScript = script<ReadonlyArray<string>>(LIST_LUA)
 const releaseScript = script<string>(RELEASE_LUA)
 const lostScript = script<string>(LOST_LUA)
+const eraseScript = script<number>(ERASE_LUA)
 const sweepScript = script<ReadonlyArray<string>>(SWEEP_LUA)
 const epochScript = script<string>(EPOCH_LUA)
 
@@ -424,12 +571,18 @@ interface Waiter {
 
 interface Pending {
   readonly user_id: string
+  readonly thread_id: string
   readonly events: Array<{ readonly event: AgentEvent; readonly frame: string }>
-  /** The buffer overflowed: the run's log is given up; once Redis is back it is recorded as expired at `last_seq`. */
+  /**
+   * The run's log is given up (the buffer overflowed, or Redis refused the run's events for good);
+   * once Redis answers it is recorded as expired at `last_seq`.
+   */
   lost: boolean
   last_seq: number
   /** The run's emitter is gone: end the run (`release`) once its events are in. */
   released: boolean
+  /** Refusals in a row that may pass (LOADING, BUSY, OOM…) while Redis answers; at `FLUSH_ATTEMPTS` the run is given up. */
+  failures: number
 }
 
 const summaryFrom = (run_id: string, user_id: string, f: ReadonlyArray<string | null>, at: number): RunSummary => {
@@ -453,6 +606,8 @@ export const make = (options: {
   readonly bufferEvents?: number | undefined
   /** This instance's id (`RedisInstance.instance_id`): when set, appends are fenced by run ownership (see `instanceId` of `RunLogRedisOptions`). */
   readonly instanceId?: string | undefined
+  /** See `replayGraceMs` of `RunLogRedisOptions` (default `REPLAY_GRACE_MS`). */
+  readonly replayGraceMs?: number | undefined
 }) =>
   Effect.gen(function*() {
     const redis = yield* Redis.Redis
@@ -461,17 +616,22 @@ export const make = (options: {
     const P = options.keyPrefix ?? "agentwire:"
     const bufferBound = options.bufferEvents ?? DEFAULT_BUFFER_EVENTS
     const writer = options.instanceId ?? ""
-    // runs another instance took over from this one (said once each; bounded: a paused instance has few)
+    const grace = options.replayGraceMs ?? REPLAY_GRACE_MS
+    // runs another instance took over from this one: their later appends answer `fenced` without asking
+    // Redis (said once each; forgotten at release; bounded: a paused instance has few)
     const fencedRuns = new Set<string>()
     const fenced = (run_id: string) =>
       Effect.suspend(() => {
         if (fencedRuns.has(run_id)) return Effect.void
-        if (fencedRuns.size >= 10_000) fencedRuns.clear()
+        if (fencedRuns.size >= MAX_REMEMBERED_RUNS) fencedRuns.clear()
         fencedRuns.add(run_id)
-        return Effect.logWarning("another instance took this run over (this instance's lease had expired): its further events are dropped").pipe(
+        return Effect.logWarning("another instance took this run over (this instance's lease had expired): the run stops here, its further events are dropped").pipe(
           Effect.annotateLogs({ run_id, instance_id: writer })
         )
       })
+    // runs whose events Redis refused for good (a key of the wrong type, a script error): their later
+    // appends answer `log_unavailable` without asking Redis, so they end (forgotten at release)
+    const failedRuns = new Set<string>()
     const softCap = settings.maxEventsPerRun - terminalReserve(settings.maxEventsPerRun)
     const run = <R>(s: Redis.Script<{ params: Args; result: R }>, ...args: Args) => redis.eval(s)(P, ...args)
 
@@ -535,10 +695,8 @@ export const make = (options: {
 
     const toResult = (answer: string, run_id: string): AppendResult => {
       if (answer === "dup" || answer === "lost") return "ok"
-      // taken over: not logged, so not delivered either (like an event past the hard cap)
-      if (answer === "fenced") return "refused"
-      if (answer === "ok" || answer === "event_limit" || answer === "log_full" || answer === "refused") {
-        if (answer !== "refused") wake(run_id, Number.MAX_SAFE_INTEGER)
+      if (answer === "ok" || answer === "event_limit" || answer === "log_full" || answer === "refused" || answer === "fenced") {
+        if (answer !== "refused" && answer !== "fenced") wake(run_id, Number.MAX_SAFE_INTEGER)
         return answer
       }
       throw new Error(`unexpected answer from the run log's append script: ${answer}`)
@@ -565,93 +723,158 @@ export const make = (options: {
         settings.tombstoneMs,
         MAX_TOMBSTONES,
         REDIS_RUN_OVERHEAD_BYTES,
-        writer
+        writer,
+        settings.maxBytesPerUser,
+        grace
       )
     }
 
-    /** Keeps an event for later; false when the buffer is full (the run's log is then given up). */
-    const bufferEvent = (event: AgentEvent, frame: string): boolean => {
+    /**
+     * Keeps an event for later, answering what Redis would about the run's
+     * event cap; `log_unavailable` when the buffer is full (the run's log is then given up).
+     */
+    const bufferEvent = (event: AgentEvent, frame: string): AppendResult => {
+      if (event.seq > settings.maxEventsPerRun) return "refused"
       let p = pending.get(event.run_id)
-      if (p === undefined) pending.set(event.run_id, p = { user_id: event.user_id, events: [], lost: false, last_seq: 0, released: false })
+      if (p === undefined) {
+        pending.set(event.run_id, p = { user_id: event.user_id, thread_id: event.thread_id, events: [], lost: false, last_seq: 0, released: false, failures: 0 })
+      }
       p.last_seq = event.seq
-      if (p.lost) return false
+      if (p.lost) return "log_unavailable"
       if (buffered >= bufferBound) {
         p.lost = true
         buffered -= p.events.length
         p.events.length = 0
-        return false
+        return "log_unavailable"
       }
       p.events.push({ event, frame })
       buffered++
-      return true
+      return event.seq > softCap ? "event_limit" : "ok"
     }
 
     const isOrderError = (error: Redis.RedisError) => String(error.cause).includes("RUNLOG_ORDER")
 
+    /** Redis answered the run's append with an error: the run's log is given up (recorded as expired), its run ends. */
+    const giveUp = (event: AgentEvent, error: Redis.RedisError): Effect.Effect<AppendResult> =>
+      Effect.suspend(() => {
+        if (failedRuns.size >= MAX_REMEMBERED_RUNS) failedRuns.clear()
+        failedRuns.add(event.run_id)
+        return Effect.logError("the run log refused a run's event for good: the run's log is given up, the run ends (LOG_UNAVAILABLE)", error.cause).pipe(
+          Effect.andThen(run(lostScript, event.run_id, event.user_id, event.seq, settings.tombstoneMs, event.thread_id)),
+          Effect.tap(() => Effect.sync(() => wake(event.run_id, -1))),
+          Effect.catch((e) => Effect.logError("could not record the run as expired either", e.cause)),
+          Effect.annotateLogs({ run_id: event.run_id, user_id: event.user_id }),
+          Effect.as<AppendResult>("log_unavailable")
+        )
+      })
+
     const append = (event: AgentEvent, frame: string): Effect.Effect<AppendResult> =>
       Effect.suspend(() => {
-        if (pending.has(event.run_id) || !client.isReady) {
-          return Effect.succeed<AppendResult>(bufferEvent(event, frame) ? "ok" : "log_unavailable")
+        const run_id = event.run_id
+        if (event.seq === 1) {
+          // a run id used again (embedders choosing their own) starts afresh
+          fencedRuns.delete(run_id)
+          failedRuns.delete(run_id)
         }
+        if (fencedRuns.has(run_id)) return Effect.succeed<AppendResult>("fenced")
+        if (failedRuns.has(run_id)) return Effect.succeed<AppendResult>("log_unavailable")
+        if (pending.has(run_id) || !client.isReady) return Effect.succeed(bufferEvent(event, frame))
         return sendAppend(event, frame).pipe(
-          Effect.tap((answer) => answer === "fenced" ? fenced(event.run_id) : Effect.void),
-          Effect.map((answer) => toResult(answer, event.run_id)),
+          Effect.tap((answer) => answer === "fenced" ? fenced(run_id) : Effect.void),
+          Effect.map((answer) => toResult(answer, run_id)),
           Effect.catch((error) =>
             isOrderError(error)
               ? Effect.die(error)
-              : Effect.succeed<AppendResult>(bufferEvent(event, frame) ? "ok" : "log_unavailable")
+              : isPermanent(error)
+              ? giveUp(event, error)
+              : Effect.succeed(bufferEvent(event, frame))
           )
         )
       })
 
-    // buffered events go out in order, run by run, while Redis answers
-    const flushRun = (run_id: string, p: Pending): Effect.Effect<void, Redis.RedisError> =>
+    /** Finishes a run's flush step that may fail: true when done (or given up for good), false to retry later. */
+    const settled = (p: Pending, what: string, run_id: string, outcome: Result.Result<unknown, Redis.RedisError>): Effect.Effect<boolean> => {
+      if (Result.isSuccess(outcome)) {
+        p.failures = 0
+        return Effect.succeed(true)
+      }
+      const error = outcome.failure
+      if (!isPermanent(error) && !(error.cause instanceof ErrorReply && ++p.failures >= FLUSH_ATTEMPTS)) return Effect.succeed(false)
+      return Effect.as(
+        Effect.logError(`the run log refused ${what} for good; given up`, error.cause).pipe(Effect.annotateLogs({ run_id, user_id: p.user_id })),
+        true
+      )
+    }
+
+    const dropBuffered = (p: Pending) => {
+      buffered -= p.events.length
+      p.events.length = 0
+    }
+
+    // buffered events go out in order, run by run, while Redis answers. A run's flush never fails nor holds
+    // up the others': a refusal that may pass is retried on the next tick (FLUSH_ATTEMPTS times in a row at
+    // most), one that will not (a key of the wrong type, a script error) gives the run's log up at once
+    const flushRun = (run_id: string, p: Pending): Effect.Effect<void> =>
       Effect.gen(function*() {
         while (p.events.length > 0) {
+          if (!client.isReady) return
           const { event, frame } = p.events[0]!
-          const answer = yield* sendAppend(event, frame).pipe(
-            Effect.catchIf(isOrderError, (error) =>
-              // cannot happen unless the store lost part of the run: give its log up
-              Effect.as(Effect.logError("run log out of order after an outage", error), "gap"))
-          )
+          const sent = yield* Effect.result(sendAppend(event, frame))
+          if (Result.isFailure(sent) && isOrderError(sent.failure)) {
+            // cannot happen unless the store lost part of the run: give its log up
+            yield* Effect.logError("run log out of order after an outage", sent.failure.cause)
+            p.lost = true
+            dropBuffered(p)
+            break
+          }
+          if (Result.isFailure(sent)) {
+            if (!(yield* settled(p, "a buffered event", run_id, sent))) return
+            // its later appends answer log_unavailable: the run ends
+            if (failedRuns.size >= MAX_REMEMBERED_RUNS) failedRuns.clear()
+            failedRuns.add(run_id)
+            p.lost = true
+            dropBuffered(p)
+            break
+          }
+          p.failures = 0
+          const answer = sent.success
           if (answer === "fenced") {
-            // another instance closed the run meanwhile: what waited here is dropped
+            // another instance closed the run meanwhile: what waited here is dropped, the run's next append stops it
             yield* fenced(run_id)
-            buffered -= p.events.length
-            p.events.length = 0
+            dropBuffered(p)
             p.released = false
             break
           }
-          if (answer === "gap") {
-            p.lost = true
-            buffered -= p.events.length
-            p.events.length = 0
+          if (answer === "refused") {
+            // past the hard cap: so is every later event of the run
+            dropBuffered(p)
             break
           }
           p.events.shift()
           buffered--
-          if (answer !== "refused") wake(run_id, event.seq)
+          wake(run_id, event.seq)
         }
         if (p.lost) {
-          yield* run(lostScript, run_id, p.user_id, p.last_seq, settings.tombstoneMs)
+          const recorded = yield* Effect.result(run(lostScript, run_id, p.user_id, p.last_seq, settings.tombstoneMs, p.thread_id))
+          if (!(yield* settled(p, "recording a lost run", run_id, recorded))) return
           wake(run_id, -1)
         } else if (p.released) {
-          yield* releaseNow(run_id)
+          if (!(yield* settled(p, "closing a run", run_id, yield* Effect.result(releaseNow(run_id))))) return
         }
-        if (p.events.length === 0) pending.delete(run_id)
+        pending.delete(run_id)
       })
     const releaseNow = (run_id: string) =>
-      run(releaseScript, run_id, new Date().toISOString(), settings.retentionMs, writer).pipe(
+      run(releaseScript, run_id, new Date().toISOString(), settings.retentionMs, writer, grace).pipe(
         Effect.tap(() => Effect.sync(() => wake(run_id, -1)))
       )
     const flush = Effect.suspend(() =>
       pending.size === 0 || !client.isReady
         ? Effect.void
-        : Effect.forEach(Array.from(pending), ([run_id, p]) => flushRun(run_id, p), { discard: true }).pipe(Effect.ignore)
+        : Effect.forEach(Array.from(pending), ([run_id, p]) => flushRun(run_id, p), { discard: true })
     )
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(FLUSH_INTERVAL_MS), flush)))
 
-    const statsNow = run(sweepScript, settings.retentionMs, settings.tombstoneMs, MAX_TOMBSTONES).pipe(
+    const statsNow = run(sweepScript, settings.retentionMs, settings.tombstoneMs, MAX_TOMBSTONES, grace).pipe(
       Effect.map((r): RunLogStats => {
         const runs = Number(r[0])
         return (lastStats = {
@@ -666,8 +889,15 @@ export const make = (options: {
     )
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.ignore(statsNow))))
 
-    const read = (user_id: string, run_id: string, after_seq: number, limits: { readonly maxEvents: number; readonly maxBytes: number }) =>
-      run(readScript, run_id, user_id, Math.max(0, after_seq), limits.maxEvents, limits.maxBytes).pipe(
+    /** A page of the run's log; `mark`: a replay's read, which keeps the run `grace` ms past it. */
+    const readPage = (
+      user_id: string,
+      run_id: string,
+      after_seq: number,
+      limits: { readonly maxEvents: number; readonly maxBytes: number },
+      mark: boolean
+    ) =>
+      run(readScript, run_id, user_id, Math.max(0, after_seq), limits.maxEvents, limits.maxBytes, settings.retentionMs, grace, mark ? "1" : "0").pipe(
         Effect.mapError(unavailable),
         Effect.flatMap((r): Effect.Effect<LogPage, RunNotFoundError | RunExpiredError | AfterSeqError> => {
           if (r[0] === "nf") return Effect.fail(new RunNotFoundError({ run_id }))
@@ -683,9 +913,13 @@ export const make = (options: {
 
     const summary = (user_id: string, run_id: string) =>
       Effect.flatMap(
-        read(user_id, run_id, 0, { maxEvents: 0, maxBytes: 0 }),
+        readPage(user_id, run_id, 0, { maxEvents: 0, maxBytes: 0 }, false),
         (page) => Effect.succeed(page.summary)
       ).pipe(Effect.catchTag("AfterSeqError", (e) => Effect.die(e)))
+
+    // ended runs of the user (of one thread, or all: '') and their tombstones go without a trace
+    const erase = (user_id: string, thread_id: string) =>
+      run(eraseScript, user_id, thread_id, settings.retentionMs, settings.tombstoneMs, MAX_TOMBSTONES, grace).pipe(Effect.map(Number), Effect.mapError(unavailable))
 
     const waitFor = (user_id: string, run_id: string, after_seq: number) =>
       Effect.callback<void, RunNotFoundError | RunExpiredError | RunLogUnavailableError>((resume) => {
@@ -739,6 +973,9 @@ export const make = (options: {
       append: (event: AgentEvent, frame: string) => append(event, frame),
       release: (run_id: string) =>
         Effect.suspend(() => {
+          // the run is over here: what this instance remembered of it goes
+          fencedRuns.delete(run_id)
+          failedRuns.delete(run_id)
           const p = pending.get(run_id)
           if (p !== undefined) {
             // ends once its buffered events are in (nothing else appends to it now)
@@ -758,7 +995,8 @@ export const make = (options: {
           limit,
           settings.retentionMs,
           settings.tombstoneMs,
-          MAX_TOMBSTONES
+          MAX_TOMBSTONES,
+          grace
         ).pipe(
           Effect.mapError(unavailable),
           Effect.map((r) => {
@@ -772,7 +1010,10 @@ export const make = (options: {
         Effect.orElseSucceed(() => lastStats),
         Effect.map((s): RunLogStats => ({ ...s, store: { up: client.isReady, bufferedEvents: buffered } }))
       ),
-      read: Effect.fn("RunLog.read")(read),
+      read: Effect.fn("RunLog.read")((user_id: string, run_id: string, after_seq: number, limits: { readonly maxEvents: number; readonly maxBytes: number }) =>
+        readPage(user_id, run_id, after_seq, limits, true)),
+      eraseUser: Effect.fn("RunLog.eraseUser")((user_id: string) => erase(user_id, "")),
+      eraseThread: Effect.fn("RunLog.eraseThread")((user_id: string, thread_id: string) => erase(user_id, thread_id)),
       waitFor
     }
     return RunLog.of(service)

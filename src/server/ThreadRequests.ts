@@ -27,7 +27,7 @@ import {
   type ThreadSummary
 } from "../services/ConversationStore.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
-import { RunLog } from "../services/RunLog.ts"
+import { RunLog, type RunLogUnavailableError } from "../services/RunLog.ts"
 
 /** Threads per page when the client does not say. */
 export const DEFAULT_THREAD_PAGE = 20
@@ -85,7 +85,7 @@ export const threadBody = (t: ThreadDetail): Omit<Thread, "type" | "request_id">
   ...(t.truncated === true ? { truncated: true } : {})
 })
 
-const unavailable = (e: ConversationStoreError) => new ThreadRequestError({ code: "HISTORY_UNAVAILABLE", message: e.message })
+const unavailable = (e: ConversationStoreError | RunLogUnavailableError) => new ThreadRequestError({ code: "HISTORY_UNAVAILABLE", message: e.message })
 const notFound = (thread_id: string) =>
   new ThreadRequestError({ code: "THREAD_NOT_FOUND", message: `no thread ${JSON.stringify(thread_id.slice(0, 128))}` })
 
@@ -150,7 +150,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           if (engines !== undefined) yield* engines.stop({ user_id, thread_id })
           const deleted = yield* store.deleteThread({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
           // the thread's retained run events go too (resume_run, list_runs, GET /api/runs no longer show them)
-          if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id)
+          if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id).pipe(Effect.mapError(unavailable))
           if (!deleted) return yield* notFound(thread_id)
         })
       ),
@@ -159,7 +159,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
         Effect.gen(function*() {
           if (engines !== undefined) yield* engines.stop({ user_id })
           const counts = yield* store.eraseUser(user_id).pipe(Effect.mapError(unavailable))
-          const events = log?.eraseUser === undefined ? 0 : yield* log.eraseUser(user_id)
+          const events = log?.eraseUser === undefined ? 0 : yield* log.eraseUser(user_id).pipe(Effect.mapError(unavailable))
           // and what the engine and admission remember of their ended runs and request ids
           if (engines !== undefined) yield* engines.forgetUser(user_id)
           yield* Effect.logInfo("user data erased").pipe(Effect.annotateLogs({ user_id, ...counts, event_logs: events }))

@@ -24,9 +24,12 @@ import type { UserExecutionContext } from "./UserExecutionContext.ts"
  * Why a run is ended from outside: its user stopped it, it ran out of time,
  * the server shut down past its grace period, or its log is full (its own
  * events: `event_limit`; the process's retention budget: `log_full`; its
- * shared store unreachable with the outage buffer full: `log_unavailable`).
+ * shared store unreachable with the outage buffer full, or refusing the
+ * run's events: `log_unavailable`), or another instance already ended it
+ * (`instance_lost`: this instance's lease had expired and its appends are
+ * fenced; what the run still emits reaches no one).
  */
-export type StopCause = "user_request" | "timeout" | "server_shutdown" | "event_limit" | "log_full" | "log_unavailable"
+export type StopCause = "user_request" | "timeout" | "server_shutdown" | "event_limit" | "log_full" | "log_unavailable" | "instance_lost"
 
 export interface RunEmitter {
   readonly context: UserExecutionContext

@@ -58,10 +58,15 @@ export interface LoggedEvent {
  *   budget is spent by active runs alone);
  * - `refused`: not logged (the hard cap is reached): the event must not be delivered;
  * - `log_unavailable`: not logged (the log's store is unreachable and the
- *   events waiting for it fill their buffer): the event is delivered, and the
- *   run must end now (`LOG_UNAVAILABLE`); its log is lost (`RUN_EXPIRED`).
+ *   events waiting for it fill their buffer, or the store refuses the run's
+ *   events for good): the event is delivered, and the run must end now
+ *   (`LOG_UNAVAILABLE`); its log is lost (`RUN_EXPIRED`);
+ * - `fenced`: not logged, and not to be delivered: another instance took the
+ *   run over and ended it (`INSTANCE_LOST`: this instance's lease had
+ *   expired, a shared log only); the run must stop here at once, its later
+ *   events are answered `fenced` too.
  */
-export type AppendResult = "ok" | "event_limit" | "log_full" | "refused" | "log_unavailable"
+export type AppendResult = "ok" | "event_limit" | "log_full" | "refused" | "log_unavailable" | "fenced"
 
 /** A page of a run's log: events with `seq > after_seq`, in order, and the run as it was when read. */
 export interface LogPage {
@@ -173,16 +178,19 @@ export class RunLog extends Context.Service<RunLog, {
   readonly release: (run_id: string) => Effect.Effect<void>
   /**
    * Forgets every ended run of the user, with its events and tombstone
-   * (data-protection erasure); runs still running keep their logs. Returns the
-   * number of runs erased. Optional: a log without it keeps events until retention ends.
+   * (data-protection erasure): they answer `RunNotFoundError` afterwards, not
+   * `RunExpiredError`; runs still running keep their logs. Returns the number
+   * of runs erased. Fails with `RunLogUnavailableError` when the log's store
+   * cannot be reached (nothing or part erased: repeat it). Optional: a log
+   * without it keeps events until retention ends.
    */
-  readonly eraseUser?: ((user_id: string) => Effect.Effect<number>) | undefined
+  readonly eraseUser?: ((user_id: string) => Effect.Effect<number, RunLogUnavailableError>) | undefined
   /**
    * Forgets every ended run of the user's thread `thread_id`, with its events
    * and tombstone (the thread was deleted); runs still running keep their logs.
    * Returns the number of runs erased. Optional, like `eraseUser`.
    */
-  readonly eraseThread?: ((user_id: string, thread_id: string) => Effect.Effect<number>) | undefined
+  readonly eraseThread?: ((user_id: string, thread_id: string) => Effect.Effect<number, RunLogUnavailableError>) | undefined
   /** The run as the log knows it. */
   readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
   /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */

@@ -7,19 +7,23 @@
  * afterwards; a live lease is left alone.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Layer, Logger, Redacted, References, Schedule } from "effect"
 import { Redis } from "effect/persistence"
+import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
+import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
 import * as InstanceLeaseRedis from "../../src/layers/InstanceLeaseRedis.ts"
 import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
 import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
 import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
 import type { AgentEvent } from "../../src/protocol/Protocol.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
 import { RunAdmission } from "../../src/services/RunAdmission.ts"
 import { RunLog } from "../../src/services/RunLog.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
-import { describeRedis, instanceLayer, url } from "../fixtures/redisLayers.ts"
+import { startProxy } from "../fixtures/proxy.ts"
+import { describeRedis, instanceLayer, server, url } from "../fixtures/redisLayers.ts"
 import { SETTINGS } from "../fixtures/runlog-suite.ts"
-import { QuietLogs } from "../fixtures/runtime.ts"
+import { QuietLogs, registry } from "../fixtures/runtime.ts"
 
 const LIMITS = { maxRunsPerUser: 5, maxRuns: 100, runStartsPerSecond: 0, runStartBurst: 10, idempotencyWindowMs: 60_000 }
 
@@ -107,6 +111,13 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
 
   const build = <A, E>(layer: Layer.Layer<A, E>) => Layer.build(layer)
 
+  /** Gives `instanceId` a lease of 300 ms that is never renewed (the instance is paused). */
+  const pausedLease = (redis: Redis.Redis["Service"], instanceId: string) =>
+    redis.eval(Redis.script((...args: ReadonlyArray<string | number>) => args, {
+      numberOfKeys: 0,
+      lua: "local t = redis.call('TIME'); redis.call('ZADD', 'agentwire:instances', t[1] * 1000 + math.floor(t[2] / 1000) + 300, ARGV[1]); return 1"
+    }))(instanceId)
+
   it.live("a paused instance's run is closed by another once its lease expired; the slot is freed; the paused instance is fenced out", () =>
     Effect.gen(function*() {
       const dead = yield* build(paused("inst-paused"))
@@ -118,10 +129,7 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       const admitted = yield* Context.get(dead, RunAdmission).admit(context, "root")
       expect(admitted._tag).toBe("Admitted")
       // the paused instance's lease: 300 ms, never renewed
-      yield* deadRedis.eval(Redis.script((...args: ReadonlyArray<string | number>) => args, {
-        numberOfKeys: 0,
-        lua: "local t = redis.call('TIME'); redis.call('ZADD', 'agentwire:instances', t[1] * 1000 + math.floor(t[2] / 1000) + 300, ARGV[1]); return 1"
-      }))("inst-paused")
+      yield* pausedLease(deadRedis, "inst-paused")
       const events = nestedRun(context.run_id, user_id)
       for (const event of events) expect(yield* deadLog.append(event, JSON.stringify(event))).toBe("ok")
       const lease = Context.get(live, InstanceLeaseRedis.InstanceLease)
@@ -149,14 +157,14 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       // the slot is free now, though it would have lived 60 s
       expect(yield* admission.activeRuns(user_id)).toBe(0)
       expect(lease.stats.runsClosed).toBe(1)
-      // the paused instance comes back: its appends are refused (not logged, so not delivered), its release changes nothing
+      // the paused instance comes back: its appends are fenced (not logged, so not delivered), its release changes nothing
       const late = stamp(context.run_id, user_id)
       for (let i = 0; i < 7; i++) late("calc", 1, {})
       const more = late("calc", 1, { type: "agent_thinking", reasoning: "still here" })
       expect(more.seq).toBe(8)
-      expect(yield* deadLog.append(more, JSON.stringify(more))).toBe("refused")
+      expect(yield* deadLog.append(more, JSON.stringify(more))).toBe("fenced")
       const afterLog = { ...events[0]!, seq: 14, event_id: `${context.run_id}:14`, type: "agent_thinking", reasoning: "x" } as AgentEvent
-      expect(yield* deadLog.append(afterLog, JSON.stringify(afterLog))).toBe("refused")
+      expect(yield* deadLog.append(afterLog, JSON.stringify(afterLog))).toBe("fenced")
       yield* deadLog.release(context.run_id)
       const summary = yield* deadLog.summary(user_id, context.run_id)
       expect([summary.status, summary.last_seq]).toEqual(["failed", 13])
@@ -165,6 +173,88 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       const score = yield* deadRedis.send<string | null>("ZSCORE", "agentwire:instances", "inst-paused")
       expect([left, score]).toEqual([0, null])
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 20_000)
+
+  it.live("a paused instance's run that another instance closed stops at its next event (INSTANCE_LOST), frees its resources and delivers nothing more", () => {
+    const lines: Array<string> = []
+    const captured = Logger.layer([Logger.map(Logger.formatLogFmt, (line) => void lines.push(line))])
+    return Effect.gen(function*() {
+      // the paused instance runs a real engine over its fenced log; long runs fit in its event cap
+      const dead = yield* build(
+        ExecutionEngineFactoryLayer.layer.pipe(
+          Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+          Layer.provideMerge(WebSocketBridgeRecording.layer),
+          Layer.provideMerge(paused("inst-paused-engine")),
+          Layer.provide(registry)
+        )
+      )
+      const live = yield* build(survivor("inst-survivor-engine"))
+      yield* pausedLease(Context.get(dead, Redis.Redis), "inst-paused-engine")
+      const engines = Context.get(dead, ExecutionEngineFactory)
+      const deadRecorded = Context.get(dead, WebSocketBridgeRecording.RecordedEvents)
+      const liveRecorded = Context.get(live, WebSocketBridgeRecording.RecordedEvents)
+      const user_id = `v${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id })
+      // about 10 s if nothing stops it
+      const handle = yield* engines.start(context, "ticker", "steps=2000 interval_ms=5")
+      yield* deadRecorded.waitFor((e) => e.run_id === context.run_id && e.seq === 3)
+      // the lease expires; the survivor's own pass closes the run with INSTANCE_LOST
+      const closed = yield* liveRecorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0)
+      // the paused instance's run stops at its next append instead of running to its end
+      const outcome = yield* handle.await
+      expect(outcome).toMatchObject({ status: "failed", error: { code: "INSTANCE_LOST" } })
+      expect(yield* engines.activeRuns).toBe(0)
+      expect(yield* Context.get(dead, RunAdmission).activeRuns(user_id)).toBe(0)
+      // its own sockets got nothing past the takeover: no second ending, no event after the survivor's
+      const local = yield* deadRecorded.ofRun(context.run_id)
+      expect(local.every((e) => e.type === "agent_thinking" || e.type === "agent_started")).toBe(true)
+      expect(local.at(-1)!.seq).toBeLessThan(closed.seq - 1)
+      // the log holds the survivor's ending, once
+      const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
+      expect([summary.status, summary.last_seq]).toEqual(["failed", closed.seq])
+      // said once as what it is, not as an event past the hard cap
+      expect(lines.filter((l) => l.includes("another instance took this run over")).length).toBe(1)
+      expect(lines.some((l) => l.includes("hard cap"))).toBe(false)
+      // its "run ended" line (and history) says what its clients saw
+      expect(lines.find((l) => l.includes("run ended") && l.includes(context.run_id))).toMatch(/outcome=failed.*error_code=INSTANCE_LOST/)
+    }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(Layer.succeed(References.MinimumLogLevel, "Info")))
+  }, 30_000)
+
+  it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
+      yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
+      // the cut-off instance reaches Redis through the proxy only
+      const cutLog = Context.get(
+        yield* build(RunLogRedis.layer({ url: Redacted.make(`redis://127.0.0.1:${proxy.port}`), settings: SETTINGS, instanceId: "inst-cut" })),
+        RunLog
+      )
+      const live = yield* build(survivor("inst-cut-survivor"))
+      yield* pausedLease(Context.get(live, Redis.Redis), "inst-cut")
+      const user_id = `w${process.pid}`
+      const e = stamp("run-cut", user_id)
+      const first = [e("root", 0, { type: "agent_started", task_description: "go" }), e("root", 0, { type: "agent_thinking", reasoning: "1" })]
+      for (const event of first) expect(yield* cutLog.append(event, JSON.stringify(event))).toBe("ok")
+      proxy.setDown(true)
+      proxy.cutAll()
+      const later = [e("root", 0, { type: "agent_thinking", reasoning: "2" }), e("root", 0, { type: "agent_thinking", reasoning: "3" })]
+      for (const event of later) expect(yield* cutLog.append(event, JSON.stringify(event))).toBe("ok")
+      expect((yield* cutLog.stats).store).toEqual({ up: false, bufferedEvents: 2 })
+      // meanwhile its lease expired and the survivor closed the run
+      const recorded = Context.get(live, WebSocketBridgeRecording.RecordedEvents)
+      yield* recorded.waitFor((event) => event.run_id === "run-cut" && event.type === "agent_completed" && event.depth === 0)
+      proxy.setDown(false)
+      // back: the buffered events are refused (fenced) and dropped, not logged
+      yield* Effect.repeat(cutLog.stats, { until: (s) => s.store?.up === true && s.store.bufferedEvents === 0, schedule: Schedule.spaced(20) })
+      const next = e("root", 0, { type: "agent_thinking", reasoning: "4" })
+      expect(yield* cutLog.append(next, JSON.stringify(next))).toBe("fenced")
+      const page = yield* Context.get(live, RunLog).read(user_id, "run-cut", 0, { maxEvents: 100, maxBytes: 1 << 20 })
+      expect(page.events.map((logged) => [logged.seq, logged.type])).toEqual([
+        [1, "agent_started"],
+        [2, "agent_thinking"],
+        [3, "agent_error"],
+        [4, "agent_completed"]
+      ])
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
   it.live("a graceful stop gives the lease back; an instance's own renewal keeps it", () =>
     Effect.gen(function*() {

@@ -2,6 +2,7 @@ import { expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { DEFAULT_RUN_LIMITS } from "../../src/layers/AgentwireConfig.ts"
 import * as RedisInstance from "../../src/layers/RedisInstance.ts"
+import * as RunAdmissionMemory from "../../src/layers/RunAdmissionMemory.ts"
 import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
 import { type Admission, RunAdmission, type RunLimits } from "../../src/services/RunAdmission.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
@@ -20,7 +21,48 @@ const admission = (instanceId: string, l?: RunLimits, slotTtlMs?: number) => Eff
 const ctx = (user_id: string, request_id?: string, thread_id?: string) => UserExecutionContext.make({ user_id, request_id, thread_id })
 const tagOf = (a: Admission) => a._tag
 
+/** Limits of the forget test: a start budget that does not refill while the test runs. */
+const budgeted: RunLimits = { ...limits, runStartsPerSecond: 0.001, runStartBurst: 1 }
+
+/**
+ * After an erase (`forgetUser`), a repeated request_id of the user starts a new run and their start budget is
+ * whole again; another user's request ids stay remembered. `a` and `b` are two instances of one admission
+ * (the same one in memory); the budget is `a`'s own.
+ */
+const forgetUserBehaviour = (a: RunAdmission["Service"], b: RunAdmission["Service"]) =>
+  Effect.gen(function*() {
+    const idem = { idempotency: { fingerprint: "fp", threadGiven: false } }
+    const release = (admission: Admission) => (admission._tag === "Admitted" ? admission.release : Effect.void)
+    const original = yield* a.admit(yield* ctx("erased", "req-f"), "echo", { ...idem, rateLimited: true })
+    expect(tagOf(original)).toBe("Admitted")
+    yield* release(original)
+    expect(tagOf(yield* a.admit(yield* ctx("kept", "req-f"), "echo", idem))).toBe("Admitted")
+    // remembered: a repeat is a duplicate, on either instance; the budget is spent
+    expect(tagOf(yield* b.admit(yield* ctx("erased", "req-f"), "echo", idem))).toBe("Duplicate")
+    expect((yield* Effect.flip(a.admit(yield* ctx("erased"), "echo", { rateLimited: true }))).reason).toBe("rate_limited")
+    expect(a.forgetUser).toBeDefined()
+    yield* a.forgetUser!("erased")
+    // forgotten: the repeat is a new run (on the other instance too), and a's budget is whole again
+    const again = yield* b.admit(yield* ctx("erased", "req-f"), "echo", idem)
+    expect(tagOf(again)).toBe("Admitted")
+    yield* release(again)
+    expect(tagOf(yield* a.admit(yield* ctx("erased"), "echo", { rateLimited: true }))).toBe("Admitted")
+    // another user's request id is still remembered
+    expect(tagOf(yield* b.admit(yield* ctx("kept", "req-f"), "echo", idem))).toBe("Duplicate")
+  })
+
+it.effect("memory: forgetUser forgets the user's request ids and start budget, nobody else's", () =>
+  Effect.gen(function*() {
+    const memory = yield* RunAdmissionMemory.make(budgeted)
+    yield* forgetUserBehaviour(memory, memory)
+  }))
+
 describeRedis("RunAdmissionRedis", () => {
+  it.live("forgetUser forgets the user's request ids on every instance and this instance's start budget, nobody else's", () =>
+    Effect.gen(function*() {
+      yield* forgetUserBehaviour(yield* admission("adm-forget-a", budgeted), yield* admission("adm-forget-b", budgeted))
+    }).pipe(Effect.scoped))
+
   it.live("the per-user limit holds across two instances; a release on one frees the slot for the other", () =>
     Effect.gen(function*() {
       const a = yield* admission("adm-a")

@@ -18,52 +18,12 @@ describe("RunLog behaviour (memory)", () => {
     layer: RunLogMemory.layer,
     frameBytes: (frame) => RunLogMemory.frameBytes(frame) + RunLogMemory.EVENT_OVERHEAD_BYTES,
     runOverhead: RunLogMemory.RUN_OVERHEAD_BYTES,
-    followRuns: 200
+    followRuns: 200,
+    time: { elapse: (ms) => TestClock.adjust(ms), retentionMs: SETTINGS.retentionMs, replayGraceMs: RunLogMemory.REPLAY_GRACE_MS }
   })
 })
 
-/** The bytes the in-memory log counts for a run appended by `appendRun`. */
-const runBytes = (run_id: string, n: number, options: { readonly open?: boolean; readonly pad?: number } = {}) =>
-  Array.from({ length: n }, (_, i) => i + 1).reduce(
-    (sum, seq) =>
-      sum + RunLogMemory.frameBytes(JSON.stringify(event(run_id, seq, { ...options, end: options.open !== true && seq === n }))) +
-      RunLogMemory.EVENT_OVERHEAD_BYTES,
-    RunLogMemory.RUN_OVERHEAD_BYTES
-  )
-
 describe("RunLogMemory", () => {
-  it.effect("a user over their share loses their own oldest finished runs first; another user's run is untouched; their active run is told log_full", () =>
-    Effect.gen(function*() {
-      const log = yield* RunLog
-      yield* appendRun("bob-run", 3, { user: "bob", pad: 1000 })
-      yield* appendRun("alice-1", 5, { pad: 1000 })
-      yield* appendRun("alice-2", 5, { pad: 1000 })
-      yield* appendRun("alice-3", 5, { pad: 1000 })
-      // alice's share holds about two of her runs: her first went, bob's is still there
-      expect((yield* Effect.flip(log.summary("alice", "alice-1")))._tag).toBe("RunExpiredError")
-      expect((yield* log.summary("alice", "alice-3")).last_seq).toBe(5)
-      expect((yield* log.summary("bob", "bob-run")).last_seq).toBe(3)
-      // an active run of alice's that outgrows her share alone is told to end; bob's run stays
-      const results: Array<string> = []
-      for (let seq = 1; seq <= 30; seq++) results.push(yield* append(event("alice-big", seq, { pad: 1000 })))
-      expect(results).toContain("log_full")
-      expect((yield* log.summary("bob", "bob-run")).last_seq).toBe(3)
-    }).pipe(withLog({ maxBytesPerUser: 2 * runBytes("alice-1", 5, { pad: 1000 }) + 100 })))
-
-  it.effect("a finished run being read is kept past its retention while its reader goes on, and expires once the reader stops", () =>
-    Effect.gen(function*() {
-      const log = yield* RunLog
-      yield* appendRun("r", 10)
-      yield* TestClock.adjust(SETTINGS.retentionMs - 1000)
-      // a replay reads a first page just before the window ends
-      yield* log.read("alice", "r", 0, { maxEvents: 3, maxBytes: 1 << 20 })
-      yield* TestClock.adjust(2000)
-      // past retention, but read within the grace: the next page still comes
-      expect((yield* log.read("alice", "r", 3, { maxEvents: 3, maxBytes: 1 << 20 })).events.map((e) => e.seq)).toEqual([4, 5, 6])
-      yield* TestClock.adjust(RunLogMemory.REPLAY_GRACE_MS)
-      expect((yield* Effect.flip(log.summary("alice", "r")))._tag).toBe("RunExpiredError")
-    }).pipe(withLog()))
-
   it("counts a frame with a character past U+00FF at two bytes per character, as V8 stores it", () => {
     expect(RunLogMemory.frameBytes("plain ascii and latin-1 é")).toBe(25)
     expect(RunLogMemory.frameBytes("“quoted”")).toBe(16)

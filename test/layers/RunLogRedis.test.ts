@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Context, Effect, Exit, Fiber, Layer, Redacted, Stream } from "effect"
+import { createClient } from "redis"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -29,17 +30,39 @@ let server: RedisServer | undefined
 let prefixes = 0
 /** A fresh log: its own key prefix on the shared test server. */
 const freshPrefix = () => `t${process.pid}-${prefixes++}:`
-const redisLayer = (settings: RunLogSettings, options: { readonly prefix?: string; readonly bufferEvents?: number; readonly url?: string } = {}) =>
+const redisLayer = (
+  settings: RunLogSettings,
+  options: { readonly prefix?: string; readonly bufferEvents?: number; readonly url?: string; readonly replayGraceMs?: number } = {}
+) =>
   Layer.unwrap(Effect.sync(() =>
     RunLogRedis.layer({
       url: Redacted.make(options.url ?? server!.url),
       settings,
       keyPrefix: options.prefix ?? freshPrefix(),
-      bufferEvents: options.bufferEvents
+      bufferEvents: options.bufferEvents,
+      replayGraceMs: options.replayGraceMs
     })
   ))
 
+/** Real time, for Redis's own clock (the tests' TestClock does not move it). */
+const realWait = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+/** The suite's time-based tests on Redis: short retention and replay grace, waited for in real time. */
+const SUITE_RETENTION_MS = 2000
+const SUITE_REPLAY_GRACE_MS = 3000
+
 const appendTo = (log: RunLog["Service"], e: ReturnType<typeof event>) => log.append(e, JSON.stringify(e))
+
+/** Sends one raw command to the Redis at `url` (to break a key on purpose, or to change its config). */
+const rawCommand = (url: string, args: ReadonlyArray<string>) =>
+  Effect.promise(async () => {
+    const client = createClient({ url })
+    await client.connect()
+    try {
+      return await client.sendCommand([...args])
+    } finally {
+      client.destroy()
+    }
+  })
 
 /** Polls `check` every 20 ms until it holds (for conditions no event announces: time-based expiry, a server's return). */
 const eventually = <A, E>(check: Effect.Effect<A, E>, holds: (a: A) => boolean, timeoutMs = 10_000) =>
@@ -64,10 +87,11 @@ describe.skipIf(!installed)("RunLogRedis", () => {
   describe("behaviour (the suite shared with memory)", () => {
     runLogSuite({
       name: "redis",
-      layer: (settings) => redisLayer(settings),
+      layer: (settings) => redisLayer(settings, { replayGraceMs: SUITE_REPLAY_GRACE_MS }),
       frameBytes: RunLogRedis.redisFrameBytes,
       runOverhead: RunLogRedis.REDIS_RUN_OVERHEAD_BYTES,
-      followRuns: 25
+      followRuns: 25,
+      time: { elapse: realWait, retentionMs: SUITE_RETENTION_MS, replayGraceMs: SUITE_REPLAY_GRACE_MS }
     })
   })
 
@@ -196,6 +220,69 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect(yield* Effect.flip(log.summary("alice", "small"))).toMatchObject({ _tag: "RunExpiredError", last_seq: 5 })
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("outage flush: a run whose buffered events Redis refuses for good (WRONGTYPE) is given up at once, as expired, without holding up the other runs", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "aw-redis-"))
+      const own = yield* Effect.promise(() => startRedis(["--appendonly", "yes", "--dir", dir]))
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop().then(() => rmSync(dir, { recursive: true, force: true }))))
+      const prefix = freshPrefix()
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS, { url: own.url, prefix })), RunLog)
+      for (const run_id of ["bad", "good"]) expect(yield* appendTo(log, event(run_id, 1))).toBe("ok")
+      // bad's stream becomes a key of another type (an operator's mistake, a bug): Redis refuses its appends for good
+      yield* rawCommand(own.url, ["SET", `${prefix}run:bad:s`, "not a stream"])
+      yield* Effect.promise(() => own.stop()) // a clean stop keeps the data (append-only file)
+      yield* eventually(log.stats, (s) => s.store?.up === false)
+      // bad's events wait first in the buffer
+      for (let seq = 2; seq <= 3; seq++) expect(yield* appendTo(log, event("bad", seq))).toBe("ok")
+      for (let seq = 2; seq <= 5; seq++) expect(yield* appendTo(log, event("good", seq, { end: seq === 5 }))).toBe("ok")
+      expect((yield* log.stats).store).toEqual({ up: false, bufferedEvents: 2 + 4 })
+      yield* Effect.promise(() => own.restart())
+      // everything flushed or given up: good whole, bad not retried
+      yield* eventually(log.stats, (s) => s.store?.up === true && s.store.bufferedEvents === 0)
+      const good = yield* log.read("alice", "good", 0, { maxEvents: 100, maxBytes: 1 << 20 })
+      expect(good.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5])
+      expect(good.summary.status).toBe("completed")
+      // bad's log is given up: expired at the last seq it had, and its run is told to end
+      expect(yield* Effect.flip(log.summary("alice", "bad"))).toMatchObject({ _tag: "RunExpiredError", last_seq: 3 })
+      expect(yield* appendTo(log, event("bad", 4))).toBe("log_unavailable")
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
+  it.live("outage: while buffered, a run is told of its event caps as Redis would tell it (event_limit past the soft cap, refused past the cap)", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS, { url: own.url })), RunLog)
+      expect(yield* appendTo(log, event("capped", 1))).toBe("ok")
+      yield* Effect.promise(() => own.kill())
+      yield* eventually(log.stats, (s) => s.store?.up === false)
+      // 75 = 100 less the reserve
+      const results: Array<string> = []
+      for (let seq = 2; seq <= 102; seq++) results.push(yield* appendTo(log, event("capped", seq)))
+      expect(results.slice(0, 74).every((r) => r === "ok")).toBe(true)
+      expect(results.slice(74, 99).every((r) => r === "event_limit")).toBe(true)
+      expect(results.slice(99)).toEqual(["refused", "refused"])
+      expect((yield* log.stats).store).toEqual({ up: false, bufferedEvents: 99 })
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
+  it.live("an error reply that may pass (OOM) is retried, but not forever: the run's buffered events are given up and the run is told log_unavailable", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS, { url: own.url })), RunLog)
+      expect(yield* appendTo(log, event("oom", 1))).toBe("ok")
+      // Redis answers, but refuses every write
+      yield* rawCommand(own.url, ["CONFIG", "SET", "maxmemory", "1"])
+      expect(yield* appendTo(log, event("oom", 2))).toBe("ok")
+      expect((yield* log.stats).store).toEqual({ up: true, bufferedEvents: 1 })
+      // about FLUSH_ATTEMPTS ticks later the run's log is given up
+      yield* eventually(log.stats, (s) => s.store?.bufferedEvents === 0, 20_000)
+      expect(yield* appendTo(log, event("oom", 3))).toBe("log_unavailable")
+      // once Redis takes writes again, other runs are logged as before
+      yield* rawCommand(own.url, ["CONFIG", "SET", "maxmemory", "0"])
+      expect(yield* appendTo(log, event("fine", 1))).toBe("ok")
+      expect((yield* log.summary("alice", "fine")).last_seq).toBe(1)
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
   it.live("startup: unreachable Redis or wrong credentials is a RedisStartError naming host:port, never the password", () =>
     Effect.gen(function*() {
       const guarded = yield* Effect.promise(() => startRedis(["--requirepass", "s3cret-pass"]))
@@ -247,5 +334,36 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       // the lost run is recorded once Redis answers again
       const expired = yield* eventually(Effect.flip(log.summary("alice", context.run_id)), (e) => e._tag === "RunExpiredError")
       expect(expired).toMatchObject({ _tag: "RunExpiredError", last_seq: events.length })
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a run whose events Redis refuses for good (its stream replaced by a key of another type) ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log answers RUN_EXPIRED", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      const runtime = ExecutionEngineFactoryLayer.layer.pipe(
+        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+        Layer.provideMerge(RunAdmissionMemory.layerConfig),
+        Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, { prefix })),
+        Layer.provideMerge(WebSocketBridgeRecording.layer),
+        Layer.provide(registry),
+        Layer.provide(QuietLogs),
+        Layer.provide(AgentwireConfig.layer())
+      )
+      const ctx = yield* Layer.build(runtime)
+      const engines = Context.get(ctx, ExecutionEngineFactory)
+      const recorded = Context.get(ctx, WebSocketBridgeRecording.RecordedEvents)
+      const log = Context.get(ctx, RunLog)
+      const context = yield* UserExecutionContext.make({ user_id: "alice" })
+      const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=2")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
+      yield* rawCommand(server!.url, ["SET", `${prefix}run:${context.run_id}:s`, "not a stream"])
+      const outcome = yield* handle.await
+      expect(outcome).toMatchObject({ status: "failed", error: { code: "LOG_UNAVAILABLE" } })
+      const events = yield* recorded.ofRun(context.run_id)
+      expect(runInvariants(events)).toEqual([])
+      expect(events.length).toBeLessThan(500)
+      expect(events.find((e) => e.type === "agent_error")).toMatchObject({ depth: 0, error: { code: "LOG_UNAVAILABLE" } })
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "failed" })
+      expect((yield* Effect.flip(log.summary("alice", context.run_id)))._tag).toBe("RunExpiredError")
+      expect((yield* log.stats).store).toEqual({ up: true, bufferedEvents: 0 })
     }).pipe(Effect.scoped), 30_000)
 })
