@@ -17,7 +17,10 @@
  *   `utombs:<user>` (sorted set by expiry) finds a user's for an erase;
  * - `epoch` — set once with `SET NX`: stable across instances and restarts
  *   while Redis keeps its data; when Redis comes back empty a new one is made;
- * - `notes` — the Pub/Sub channel where each append publishes `<run_id> <seq>`.
+ * - `notes` — the Pub/Sub channel where an append publishes `<run_id> <seq>`
+ *   when some instance waits on the run (`wait:<run_id>`, set by the waiting
+ *   instance with a `WAIT_KEY_TTL_MS` expiry, renewed while it waits); a run's
+ *   end is always published.
  *
  * **Atomicity and round trips.** Each operation is one Lua script (loaded
  * once, run with `EVALSHA` through `effect/persistence/Redis`): an append is
@@ -39,8 +42,12 @@
  *
  * **Waiting.** `waitFor` holds no connection: each instance keeps one
  * subscriber on `notes` and wakes its local waiters of that run; appends made
- * here wake them directly; a reconnect of the subscriber wakes every waiter
- * (they read again, so a note lost during the outage costs nothing).
+ * here wake them directly. A run's first local waiter sets `wait:<run_id>`
+ * and looks at the run only once Redis has it, so every later append
+ * publishes its note; without waiters an append publishes nothing (at two
+ * instances that was two of every event's three Pub/Sub deliveries). A
+ * reconnect sets the keys again and wakes every waiter (they read again, so
+ * a note lost during the outage costs nothing).
  *
  * **Outage.** Commands fail at once while Redis is unreachable (no offline
  * queue); the client reconnects with backoff. Appends then go to a per-run
@@ -401,7 +408,8 @@ if end_status ~= '' then
   end_run(id, h, end_status, ts, now, ret_ms, grace)
   running = false
 end
-redis.call('PUBLISH', P .. 'notes', id .. ' ' .. seq)
+-- a note only where an instance waits on this run (resume, SSE): most events have no reader but the live fan-out
+if redis.call('EXISTS', P .. 'wait:' .. id) == 1 then redis.call('PUBLISH', P .. 'notes', id .. ' ' .. seq) end
 -- the user's share: a user past it loses their own oldest finished runs first, so one busy user cannot
 -- push everyone else's runs out of retention; their active runs alone over it must end
 local function user_over()
@@ -564,6 +572,9 @@ const epochScript = script<string>(EPOCH_LUA)
 
 // ---------------------------------------------------------------------------------------------
 
+/** Life of a `wait:<run_id>` key, in ms; renewed every third of it while the instance waits on the run. */
+export const WAIT_KEY_TTL_MS = 30_000
+
 interface Waiter {
   readonly after_seq: number
   readonly wake: () => void
@@ -649,6 +660,28 @@ export const make = (options: {
       for (const mine of waiters.values()) for (const w of mine) w.wake()
     }
 
+    // runs with local waiters: `wait:<run_id>` asks appends (on any instance) to publish their notes
+    const watched = new Map<string, { ready: boolean; readonly queued: Array<() => void> }>()
+    const setWaitKey = (run_id: string) =>
+      // a failure is survived: while Redis is unreachable nothing is appended; when it is back the keys are set again
+      Effect.ignore(redis.send("SET", `${P}wait:${run_id}`, "1", "PX", String(WAIT_KEY_TTL_MS)))
+    /** Runs `then` once `wait:<run_id>` is in Redis (at once when it already is). */
+    const whenWatched = (run_id: string, then: () => void) => {
+      let entry = watched.get(run_id)
+      if (entry?.ready === true) return then()
+      if (entry === undefined) {
+        const fresh = { ready: false, queued: [then] }
+        watched.set(run_id, fresh)
+        runFork(Effect.ensuring(setWaitKey(run_id), Effect.sync(() => {
+          fresh.ready = true
+          for (const f of fresh.queued.splice(0)) f()
+        })))
+        return
+      }
+      entry.queued.push(then)
+    }
+    const rewatchAll = Effect.suspend(() => Effect.forEach(Array.from(watched.keys()), setWaitKey, { concurrency: 16, discard: true }))
+
     let epoch = yield* run(epochScript, generateId("epoch"))
     const refreshEpoch = run(epochScript, generateId("epoch")).pipe(
       Effect.tap((e) =>
@@ -663,10 +696,13 @@ export const make = (options: {
 
     // Redis is back: buffered events flush (on their timer), the epoch is checked, waiters look again
     const runFork = Effect.runForkWith(yield* Effect.context<never>())
-    client.on("ready", () => {
+    const onReady = () => {
       wakeAll()
       runFork(refreshEpoch)
-    })
+      // the wait keys again (Redis may have come back empty), then everyone looks once more
+      runFork(Effect.andThen(rewatchAll, Effect.sync(wakeAll)))
+    }
+    client.on("ready", onReady)
 
     // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters
     yield* Effect.acquireRelease(
@@ -674,11 +710,8 @@ export const make = (options: {
         try: async () => {
           const subscriber = client.duplicate()
           subscriber.on("error", () => {}) // reported by the main client; node-redis rethrows unhandled errors
-          subscriber.on("ready", () => {
-            // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
-            wakeAll()
-            runFork(refreshEpoch)
-          })
+          // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
+          subscriber.on("ready", onReady)
           await subscriber.connect()
           await subscriber.subscribe(P + "notes", (message) => {
             const space = message.lastIndexOf(" ")
@@ -888,6 +921,8 @@ export const make = (options: {
       })
     )
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.ignore(statsNow))))
+    // the wait keys of runs still waited on are renewed well before they expire
+    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(WAIT_KEY_TTL_MS / 3), rewatchAll)))
 
     /** A page of the run's log; `mark`: a replay's read, which keeps the run `grace` ms past it. */
     const readPage = (
@@ -952,13 +987,20 @@ export const make = (options: {
         const remove = () => {
           const mine = waiters.get(run_id)
           mine?.delete(waiter)
-          if (mine !== undefined && mine.size === 0) waiters.delete(run_id)
+          if (mine !== undefined && mine.size === 0) {
+            waiters.delete(run_id)
+            // its key expires on its own (WAIT_KEY_TTL_MS)
+            watched.delete(run_id)
+          }
         }
-        // registered before the first look, so an append between the two still wakes it
+        // registered before the first look, and the look waits until appends publish notes for this run,
+        // so an append between the two still wakes it, on this instance or another
         let mine = waiters.get(run_id)
         if (mine === undefined) waiters.set(run_id, mine = new Set())
         mine.add(waiter)
-        runFork(check)
+        whenWatched(run_id, () => {
+          if (!done) runFork(check)
+        })
         return Effect.sync(() => {
           done = true
           remove()

@@ -120,6 +120,34 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect((yield* a.summary("alice", "y")).status).toBe("cancelled")
     }).pipe(Effect.scoped))
 
+  it.live("notes are published only while some instance waits on the run: none for unwatched appends; a waiter on another instance still wakes", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      const a = yield* Layer.build(redisLayer(SETTINGS, { prefix })).pipe(Effect.map((ctx) => Context.get(ctx, RunLog)))
+      const b = yield* Layer.build(redisLayer(SETTINGS, { prefix })).pipe(Effect.map((ctx) => Context.get(ctx, RunLog)))
+      // a raw subscriber counts what the channel carries
+      const notes: Array<string> = []
+      const listener = yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const client = createClient({ url: server!.url })
+          await client.connect()
+          await client.subscribe(`${prefix}notes`, (message) => void notes.push(message))
+          return client
+        }),
+        (client) => Effect.sync(() => client.destroy())
+      )
+      expect(listener.isReady).toBe(true)
+      for (let seq = 1; seq <= 20; seq++) yield* appendTo(a, event("quiet", seq))
+      // a waiter on B: its key is set before it looks, then A's append publishes and wakes it
+      const waiting = yield* Effect.forkChild(b.waitFor("alice", "quiet", 20))
+      yield* eventually(rawCommand(server!.url, ["EXISTS", `${prefix}wait:quiet`]), (n) => Number(n) === 1)
+      yield* appendTo(a, event("quiet", 21))
+      expect(Exit.isSuccess(yield* Fiber.await(waiting))).toBe(true)
+      yield* eventually(Effect.sync(() => notes.length), (n) => n >= 1)
+      // the one note is the watched append's; the 20 before it published nothing
+      expect(notes).toEqual(["quiet 21"])
+    }).pipe(Effect.scoped))
+
   it.live("an append repeated after its answer was lost (a retried flush) is recognised and skipped; a gap in seq is a defect", () =>
     Effect.gen(function*() {
       const log = Context.get(yield* Layer.build(redisLayer(SETTINGS)), RunLog)

@@ -1,0 +1,45 @@
+/**
+ * The per-instance Redis plumbing against a real `redis-server`: publishes are
+ * fire-and-forget but bounded, so a Redis that stops answering (SIGSTOP: the
+ * TCP connection stays up) cannot make an instance hold every frame it
+ * publishes. Skipped with the install command when Redis is missing.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import * as RedisInstance from "../../src/layers/RedisInstance.ts"
+import { describeRedis, instanceLayer, server } from "../fixtures/redisLayers.ts"
+
+/** Polls `holds` every 20 ms (no event announces that Redis answered a fire-and-forget publish). */
+const eventually = (holds: () => boolean, timeoutMs = 10_000) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + timeoutMs
+    while (!holds()) {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`condition not reached in ${timeoutMs} ms`))
+      yield* Effect.sleep(20)
+    }
+  })
+
+describeRedis("RedisInstance", () => {
+  describe("publish", () => {
+    it.live("a Redis that stops answering holds at most MAX_PUBLISHES_IN_FLIGHT publishes; the rest are dropped and counted; all settle when it answers again", () =>
+      Effect.gen(function*() {
+        const instance = Context.get(yield* Layer.build(instanceLayer()), RedisInstance.RedisInstance)
+        const pid = server.current!.pid()!
+        const extra = 500
+        process.kill(pid, "SIGSTOP")
+        try {
+          for (let i = 0; i < RedisInstance.MAX_PUBLISHES_IN_FLIGHT + extra; i++) instance.publish("bounded", `frame ${i}`)
+          expect(instance.stats.inFlight).toBe(RedisInstance.MAX_PUBLISHES_IN_FLIGHT)
+          expect(instance.stats.dropped).toBe(extra)
+        } finally {
+          process.kill(pid, "SIGCONT")
+        }
+        yield* eventually(() => instance.stats.inFlight === 0)
+        expect(instance.stats.published).toBe(RedisInstance.MAX_PUBLISHES_IN_FLIGHT)
+        expect(instance.stats.failed).toBe(0)
+        // and publishing goes on
+        instance.publish("bounded", "after")
+        expect(instance.stats.published).toBe(RedisInstance.MAX_PUBLISHES_IN_FLIGHT + 1)
+      }).pipe(Effect.scoped), 30_000)
+  })
+})
