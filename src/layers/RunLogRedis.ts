@@ -86,7 +86,7 @@ import {
 } from "../services/RunLog.ts"
 import { generateId } from "../services/UserExecutionContext.ts"
 import * as RedisInstance from "./RedisInstance.ts"
-import { MAX_TOMBSTONES, SWEEP_INTERVAL_MS, terminalReserve } from "./RunLogMemory.ts"
+import { MAX_TOMBSTONES, REPLAY_GRACE_MS, SWEEP_INTERVAL_MS, terminalReserve } from "./RunLogMemory.ts"
 
 /** Bytes counted per logged event beyond its frame (a stream entry's id, field names and listpack headers). */
 export const REDIS_EVENT_OVERHEAD_BYTES = 32
@@ -308,13 +308,31 @@ if seq > soft_cap and running then return 'event_limit' end
 return 'ok'
 `
 
-// ARGV: prefix, run_id, user, after_seq, maxEvents, maxBytes
+// ARGV: prefix, run_id, user, after_seq, maxEvents, maxBytes, retentionMs, replayGraceMs
 // → {'nf'} | {'exp', last} | {'after', last} | {'ok', thread, agent, status, started, ended, last, seq1, type1, frame1, …}
 const READ_LUA = PRELUDE + `
 local id, user, after, max_events, max_bytes = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local found = locate(id, user, now_ms())
+local ret_ms, grace = tonumber(ARGV[7]), tonumber(ARGV[8])
+local now = now_ms()
+local found = locate(id, user, now)
 if found[1] ~= 'ok' then return found end
 local f = found[2]
+if max_events > 0 and f[4] ~= 'running' then
+  -- a replay in progress keeps a finished run at least replayGraceMs past each read (as in memory): its keys
+  -- live on, and the sweep and the byte budget (oldest end first) count it as ended now
+  local h = P .. 'run:' .. id
+  local ttl = redis.call('PTTL', h)
+  if ttl >= 0 and ttl < grace then
+    redis.call('PEXPIRE', h, grace)
+    redis.call('PEXPIRE', h .. ':s', grace)
+    local info = redis.call('HGET', P .. 'endinfo', id)
+    if info then
+      local e = split(info)
+      redis.call('ZADD', P .. 'ended', redis.call('INCR', P .. 'endseq'), id)
+      redis.call('HSET', P .. 'endinfo', id, e[1] .. '\\n' .. e[2] .. '\\n' .. e[3] .. '\\n' .. (now + grace - ret_ms))
+    end
+  end
+end
 local last = tonumber(f[7])
 if after > last then return {'after', tostring(last)} end
 local out = {'ok'}
@@ -667,7 +685,7 @@ export const make = (options: {
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.ignore(statsNow))))
 
     const read = (user_id: string, run_id: string, after_seq: number, limits: { readonly maxEvents: number; readonly maxBytes: number }) =>
-      run(readScript, run_id, user_id, Math.max(0, after_seq), limits.maxEvents, limits.maxBytes).pipe(
+      run(readScript, run_id, user_id, Math.max(0, after_seq), limits.maxEvents, limits.maxBytes, settings.retentionMs, REPLAY_GRACE_MS).pipe(
         Effect.mapError(unavailable),
         Effect.flatMap((r): Effect.Effect<LogPage, RunNotFoundError | RunExpiredError | AfterSeqError> => {
           if (r[0] === "nf") return Effect.fail(new RunNotFoundError({ run_id }))
