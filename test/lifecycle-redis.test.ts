@@ -12,3 +12,8 @@ import * as TestServer from "./fixtures/testServer.ts"
 describeRedis("lifecycle on Redis", () => {
   lifecycleSuite("redis", (settings) => TestServer.serverLayerRedis(settings, { registry: lifecycleRegistry }))
 })
+
+describeRedis("lifecycle on two instances sharing Redis", () => {
+  // each connection and HTTP request goes to the next instance in turn, as behind a load balancer
+  lifecycleSuite("redis x2", (settings) => TestServer.serverLayerRedisCluster(settings, { registry: lifecycleRegistry }))
+})
