@@ -19,8 +19,8 @@ import * as AgentInstanceFactoryLayer from "./AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "./ExecutionEngineFactory.ts"
 import * as RunAdmissionMemory from "./RunAdmissionMemory.ts"
 import * as RunLogMemory from "./RunLogMemory.ts"
-import { Cause, Effect, Redacted } from "effect"
-import type { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import { Cause, Effect, Option, Redacted } from "effect"
+import { AgentwireConfig } from "../services/AgentwireConfig.ts"
 import { RedisStartError, redisStartReason, redisTarget } from "../services/RedisStartError.ts"
 import type { RunControl } from "../services/RunControl.ts"
 import * as InstanceLeaseRedis from "./InstanceLeaseRedis.ts"
@@ -50,6 +50,17 @@ export const layer: Layer.Layer<ExecutionEngineFactory | AgentInstanceFactory | 
   layerWithoutBridge.pipe(Layer.provideMerge(WebSocketBridgeMemory.layer))
 
 /**
+ * `RunLogRedis.layerConfig` on the Redis at `url` (the runtime's), whatever
+ * `AgentwireConfig.redisUrl` says: an embedder calling `layerRedis(url)` need
+ * not repeat the URL in the config.
+ */
+const runLogAt = (url: Redacted.Redacted<string>): Layer.Layer<RunLog, RedisStartError, AgentwireConfig> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const config = yield* AgentwireConfig
+    return RunLogRedis.layerConfig.pipe(Layer.provide(Layer.succeed(AgentwireConfig, { ...config, redisUrl: Option.some(url) })))
+  }))
+
+/**
  * The runtime for several instances sharing the Redis at `url`
  * (`AGENTWIRE_REDIS_URL`): the bridge fans events out to every instance, the
  * run log, admission (per-user limit, idempotent starts) and stops work
@@ -73,7 +84,7 @@ export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
     Layer.provideMerge(RunControlRedis.layer()),
     Layer.provideMerge(InstanceLeaseRedis.layerConfig),
     Layer.provideMerge(WebSocketBridgeRedis.layer),
-    Layer.provideMerge(RunLogRedis.layerConfig),
+    Layer.provideMerge(runLogAt(url)),
     Layer.provideMerge(
       RedisInstance.layer({ url: Redacted.value(url) }).pipe(
         Layer.catchCause((cause) =>

@@ -26,7 +26,9 @@
  * With a `RunControl` in the context (several instances), `stop` also stops
  * the selected runs executing on other instances, `runState` reports such a
  * run as `active`, and this instance answers other instances' stops of its
- * runs. Without one, everything stays local.
+ * runs. Without one, everything stays local. A repeated `request_id` whose run
+ * this instance does not know (it executes elsewhere) awaits that run's end
+ * in the `RunLog` (when one is in the context) and answers its outcome.
  *
  * @module
  */
@@ -44,6 +46,8 @@ import {
   type UserExecutionEngine
 } from "../services/ExecutionEngineFactory.ts"
 import { AdmissionError, RunAdmission } from "../services/RunAdmission.ts"
+import { RunLog } from "../services/RunLog.ts"
+import { decodeServerFrame } from "../protocol/Protocol.ts"
 import { RunControl } from "../services/RunControl.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
@@ -90,6 +94,8 @@ export const make = Effect.gen(function*() {
   const history = Option.getOrUndefined(yield* Effect.serviceOption(ConversationStore))
   // runs executing on other instances (several instances): optional, so one process needs nothing more
   const control = Option.getOrUndefined(yield* Effect.serviceOption(RunControl))
+  // the shared log tells the outcome of a run this instance does not know (it executes elsewhere)
+  const log = Option.getOrUndefined(yield* Effect.serviceOption(RunLog))
   const runs = yield* FiberMap.make<string, AgentOutcome>()
   const active = new Map<string, ActiveRun>()
   const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
@@ -185,13 +191,40 @@ export const make = Effect.gen(function*() {
     )
 
   // an ended run is remembered small: its answer is cut to MAX_REMEMBERED_RESPONSE characters
-  const remember = (run: ActiveRun, outcome: AgentOutcome) => {
-    const small = outcome.final_response.length <= MAX_REMEMBERED_RESPONSE
+  const small = (outcome: AgentOutcome): AgentOutcome =>
+    outcome.final_response.length <= MAX_REMEMBERED_RESPONSE
       ? outcome
       : { ...outcome, final_response: `${outcome.final_response.slice(0, MAX_REMEMBERED_RESPONSE)}…` }
-    ended.set(run.context.run_id, { user_id: run.context.user_id, thread_id: run.context.thread_id, agent_name: run.agent_name, outcome: small })
+  const remember = (run: ActiveRun, outcome: AgentOutcome) => {
+    ended.set(run.context.run_id, { user_id: run.context.user_id, thread_id: run.context.thread_id, agent_name: run.agent_name, outcome: small(outcome) })
     if (ended.size > MAX_ENDED_RUNS) ended.delete(ended.keys().next().value!)
   }
+
+  /**
+   * The outcome of a run this instance neither runs nor remembers (it executes or ran on another
+   * instance), from the log: once the run has ended, its root `agent_completed` (and `agent_error`);
+   * cut like a remembered one. A run the log does not have (or lost) counts as cancelled.
+   */
+  const outcomeFromLog = (user_id: string, run_id: string): Effect.Effect<AgentOutcome> =>
+    log === undefined ? Effect.succeed(cancelledOutcome) : Effect.gen(function*() {
+      let summary = yield* log.summary(user_id, run_id)
+      while (summary.status === "running") {
+        yield* log.waitFor(user_id, run_id, summary.last_seq)
+        summary = yield* log.summary(user_id, run_id)
+      }
+      const page = yield* log.read(user_id, run_id, Math.max(0, summary.last_seq - 2), { maxEvents: 2, maxBytes: 1 << 20 })
+      let outcome: AgentOutcome = cancelledOutcome
+      let error: AgentOutcome["error"]
+      for (const { frame } of page.events) {
+        const event = decodeServerFrame(frame)
+        if (event?.type === "agent_error" && event.depth === 0) error = { code: event.error.code, message: event.error.message }
+        if (event?.type === "agent_completed" && event.depth === 0) {
+          const { duration_ms, final_response, status } = event
+          outcome = { status, final_response, duration_ms, ...(error === undefined ? {} : { error }) }
+        }
+      }
+      return small(outcome)
+    }).pipe(Effect.orElseSucceed(() => cancelledOutcome))
 
   const start = (context: UserExecutionContext, agent_name: string | undefined, request: string, options?: StartOptions) =>
     Effect.gen(function*() {
@@ -211,7 +244,10 @@ export const make = Effect.gen(function*() {
           ...info,
           await: running !== undefined
             ? Deferred.await(running.done)
-            : Effect.sync(() => ended.get(run_id)?.outcome ?? cancelledOutcome)
+            : Effect.suspend(() => {
+              const remembered = ended.get(run_id)?.outcome
+              return remembered !== undefined ? Effect.succeed(remembered) : outcomeFromLog(context.user_id, run_id)
+            })
         }
         return handle
       }

@@ -240,8 +240,11 @@ export const make = (options: RouteOptions) =>
         if (who._tag === "Failure") return who.failure
         const user_id = who.success
         const run_id = (yield* HttpRouter.params).run_id ?? ""
-        // another user's run is indistinguishable from an unknown one
-        const state = yield* engines.runState(user_id, run_id)
+        // another user's run is indistinguishable from an unknown one; a run that ended on another
+        // instance is known only to the shared log: the user's run, ended (expired counts as ended)
+        const state = yield* Effect.flatMap(engines.runState(user_id, run_id), (here) =>
+          here !== "unknown" ? Effect.succeed(here) : Effect.map(Effect.result(log.summary(user_id, run_id)), (logged) =>
+            logged._tag === "Success" || logged.failure._tag === "RunExpiredError" ? "ended" as const : "unknown" as const))
         if (state === "unknown") return problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(run_id.slice(0, 128))}`)
         const run_ids = state === "active" ? yield* engines.stop({ user_id, run_id }) : []
         return HttpServerResponse.jsonUnsafe({ run_ids })
