@@ -76,6 +76,25 @@ const eventually = <A, E>(check: Effect.Effect<A, E>, holds: (a: A) => boolean, 
     }
   })
 
+/** A real engine (ticker runs) over a Redis log built with `options`, delivering to a recording bridge. */
+const engineOver = (options: Parameters<typeof redisLayer>[1]) =>
+  Effect.gen(function*() {
+    const ctx = yield* Layer.build(ExecutionEngineFactoryLayer.layer.pipe(
+      Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+      Layer.provideMerge(RunAdmissionMemory.layerConfig),
+      Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, options)),
+      Layer.provideMerge(WebSocketBridgeRecording.layer),
+      Layer.provide(registry),
+      Layer.provide(QuietLogs),
+      Layer.provide(AgentwireConfig.layer())
+    ))
+    return {
+      engines: Context.get(ctx, ExecutionEngineFactory),
+      recorded: Context.get(ctx, WebSocketBridgeRecording.RecordedEvents),
+      log: Context.get(ctx, RunLog)
+    }
+  })
+
 describe.skipIf(!installed)("RunLogRedis", () => {
   beforeAll(async () => {
     server = await startRedis()
@@ -335,19 +354,7 @@ describe.skipIf(!installed)("RunLogRedis", () => {
     Effect.gen(function*() {
       const own = yield* Effect.promise(() => startRedis())
       yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
-      const runtime = ExecutionEngineFactoryLayer.layer.pipe(
-        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
-        Layer.provideMerge(RunAdmissionMemory.layerConfig),
-        Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, { url: own.url, bufferEvents: 10 })),
-        Layer.provideMerge(WebSocketBridgeRecording.layer),
-        Layer.provide(registry),
-        Layer.provide(QuietLogs),
-        Layer.provide(AgentwireConfig.layer())
-      )
-      const ctx = yield* Layer.build(runtime)
-      const engines = Context.get(ctx, ExecutionEngineFactory)
-      const recorded = Context.get(ctx, WebSocketBridgeRecording.RecordedEvents)
-      const log = Context.get(ctx, RunLog)
+      const { engines, recorded, log } = yield* engineOver({ url: own.url, bufferEvents: 10 })
       const context = yield* UserExecutionContext.make({ user_id: "alice" })
       const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=2")
       yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
@@ -367,19 +374,7 @@ describe.skipIf(!installed)("RunLogRedis", () => {
   it.live("a run whose events Redis refuses for good (its stream replaced by a key of another type) ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log answers RUN_EXPIRED", () =>
     Effect.gen(function*() {
       const prefix = freshPrefix()
-      const runtime = ExecutionEngineFactoryLayer.layer.pipe(
-        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
-        Layer.provideMerge(RunAdmissionMemory.layerConfig),
-        Layer.provideMerge(redisLayer(AgentwireConfig.DEFAULT_RUN_LOG_SETTINGS, { prefix })),
-        Layer.provideMerge(WebSocketBridgeRecording.layer),
-        Layer.provide(registry),
-        Layer.provide(QuietLogs),
-        Layer.provide(AgentwireConfig.layer())
-      )
-      const ctx = yield* Layer.build(runtime)
-      const engines = Context.get(ctx, ExecutionEngineFactory)
-      const recorded = Context.get(ctx, WebSocketBridgeRecording.RecordedEvents)
-      const log = Context.get(ctx, RunLog)
+      const { engines, recorded, log } = yield* engineOver({ prefix })
       const context = yield* UserExecutionContext.make({ user_id: "alice" })
       const handle = yield* engines.start(context, "ticker", "steps=500 interval_ms=2")
       yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
