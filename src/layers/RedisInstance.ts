@@ -66,7 +66,11 @@ export class RedisInstance extends Context.Service<RedisInstance, {
    * Listens to `channel` on the one subscriber connection until the scope
    * closes. Completes once Redis acknowledged the SUBSCRIBE when the
    * connection is up; while it is down, at once (subscribed on reconnect).
-   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last listener.
+   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last registration.
+   * Every call is one registration, even with a listener already registered on
+   * `channel` (the same function may be passed once per socket): the channel
+   * stays subscribed until each has ended, and a listener registered several
+   * times is still called once per message.
    */
   readonly subscribe: (channel: string, listener: ChannelListener) => Effect.Effect<void, never, Scope.Scope>
   /** Waits until both connections are up (at once when they are). */
@@ -168,23 +172,25 @@ export const make = (instanceId?: string) =>
       )
     }
 
-    // channel → local listeners; the node-redis listener is one dispatcher per channel
-    const listeners = new Map<string, Set<ChannelListener>>()
+    // channel → local listener → its registrations: each `subscribe` counts once, even with a listener
+    // already registered (the bridge passes one function for every socket of a user), so a channel is
+    // UNSUBSCRIBEd only when its last registration ends; each distinct listener is called once per message
+    const listeners = new Map<string, Map<ChannelListener, number>>()
     const dispatch = (message: string, channel: string) => {
       stats.received++
-      const set = listeners.get(channel)
-      if (set !== undefined) for (const listener of set) listener(message, channel)
+      const registered = listeners.get(channel)
+      if (registered !== undefined) for (const listener of registered.keys()) listener(message, channel)
     }
     const subscribe = (channel: string, listener: ChannelListener) =>
       Effect.acquireRelease(
         Effect.suspend(() => {
-          let set = listeners.get(channel)
-          if (set !== undefined) {
-            set.add(listener)
+          let registered = listeners.get(channel)
+          if (registered !== undefined) {
+            registered.set(listener, (registered.get(listener) ?? 0) + 1)
             return Effect.void
           }
-          set = new Set([listener])
-          listeners.set(channel, set)
+          registered = new Map([[listener, 1]])
+          listeners.set(channel, registered)
           stats.channels++
           const ack = subscriber.subscribe(channel, dispatch)
           // while the connection is down the SUBSCRIBE waits for the reconnect: do not wait for it
@@ -198,8 +204,15 @@ export const make = (instanceId?: string) =>
         }),
         () =>
           Effect.suspend(() => {
-            const set = listeners.get(channel)
-            if (set === undefined || !set.delete(listener) || set.size > 0) return Effect.void
+            const registered = listeners.get(channel)
+            const count = registered?.get(listener)
+            if (registered === undefined || count === undefined) return Effect.void
+            if (count > 1) {
+              registered.set(listener, count - 1)
+              return Effect.void
+            }
+            registered.delete(listener)
+            if (registered.size > 0) return Effect.void
             listeners.delete(channel)
             stats.channels--
             if (!subscriber.isOpen) return Effect.void
