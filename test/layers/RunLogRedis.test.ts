@@ -311,6 +311,30 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect((yield* log.summary("alice", "fine")).last_seq).toBe(1)
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
+  it.live("a Redis that stops answering (SIGSTOP) is reported down by stats (what /ready shows) while it hangs, many concurrent asks sharing one probe; up again once it answers", () =>
+    Effect.gen(function*() {
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS)), RunLog)
+      const evalCalls = Effect.map(rawCommand(server!.url, ["INFO", "commandstats"]), (info) => Number(/cmdstat_evalsha:calls=(\d+)/.exec(String(info))?.[1] ?? 0))
+      const before = yield* evalCalls
+      const pid = server!.pid()!
+      process.kill(pid, "SIGSTOP")
+      // a safety net: whatever happens below, Redis answers again (before the fix, stats waited for it)
+      const safety = setTimeout(() => process.kill(pid, "SIGCONT"), 8000)
+      yield* Effect.addFinalizer(() => Effect.sync(() => {
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+      }))
+      const asked = yield* Effect.forEach(Array.from({ length: 20 }, () => log.stats), (s) => s, { concurrency: "unbounded" })
+      clearTimeout(safety)
+      for (const s of asked) expect(s.store?.up).toBe(false)
+      // an ask after the first ones is answered from the same probe (still unanswered): down again
+      expect((yield* log.stats).store?.up).toBe(false)
+      process.kill(pid, "SIGCONT")
+      expect(yield* eventually(log.stats, (s) => s.store?.up === true)).toMatchObject({ store: { up: true, bufferedEvents: 0 } })
+      // the 21 asks sent one script between them (the rest: the periodic sweep, the last asks, INFO itself is not EVALSHA)
+      expect((yield* evalCalls) - before).toBeLessThanOrEqual(6)
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
   it.live("startup: unreachable Redis or wrong credentials is a RedisStartError naming host:port, never the password", () =>
     Effect.gen(function*() {
       const guarded = yield* Effect.promise(() => startRedis(["--requirepass", "s3cret-pass"]))
