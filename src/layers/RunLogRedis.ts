@@ -710,25 +710,28 @@ export const make = (options: {
     }
     client.on("ready", onReady)
 
-    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({
-        try: async () => {
-          const subscriber = client.duplicate()
-          subscriber.on("error", () => {}) // reported by the main client; node-redis rethrows unhandled errors
-          // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
-          subscriber.on("ready", onReady)
-          await subscriber.connect()
-          await subscriber.subscribe(P + "notes", (message) => {
-            const space = message.lastIndexOf(" ")
-            wake(message.slice(0, space), Number(message.slice(space + 1)))
-          })
-          return subscriber
-        },
-        catch: (cause) => new Redis.RedisError({ cause })
+    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters. Destroyed when the
+    // scope ends, also mid-connect (connecting is interruptible: a Redis that stops answering cannot hold shutdown)
+    const subscriber = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const duplicate = client.duplicate()
+        duplicate.on("error", () => {}) // reported by the main client; node-redis rethrows unhandled errors
+        // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
+        duplicate.on("ready", onReady)
+        return duplicate
       }),
-      (subscriber) => Effect.sync(() => subscriber.destroy())
+      (duplicate) => Effect.sync(() => { if (duplicate.isOpen) duplicate.destroy() })
     )
+    yield* Effect.tryPromise({
+      try: async () => {
+        await subscriber.connect()
+        await subscriber.subscribe(P + "notes", (message) => {
+          const space = message.lastIndexOf(" ")
+          wake(message.slice(0, space), Number(message.slice(space + 1)))
+        })
+      },
+      catch: (cause) => new Redis.RedisError({ cause })
+    })
 
     const unavailable = (error: Redis.RedisError) => new RunLogUnavailableError({ reason: redisStartReason(error.cause) })
 
@@ -1101,7 +1104,8 @@ export const make = (options: {
 export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisStartError> => {
   const url = Redacted.value(options.url)
   let started = false
-  const connection = NodeRedis.layer({
+  // probed first: a Redis that accepts connections but never answers would hold NodeRedis' connect for ever
+  const connection = Layer.effectDiscard(RedisInstance.probe(url, { variable: options.variable })).pipe(Layer.provideMerge(RedisInstance.layerNodeRedisQuiet({
     url,
     // commands fail at once while disconnected: appends then buffer, reads answer "unavailable"
     disableOfflineQueue: true,
@@ -1111,7 +1115,7 @@ export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisSta
       reconnectStrategy: (retries: number, cause: Error) =>
         started ? Math.min(50 * 2 ** Math.min(retries, 6), 2000) + Math.floor(Math.random() * 100) : cause
     }
-  })
+  }, "run log")))
   const startError = (cause: unknown) =>
     new RedisStartError({ target: redisTarget(url), variable: options.variable ?? "AGENTWIRE_REDIS_URL", reason: redisStartReason(cause) })
   const connected = Layer.catchCause(connection, (cause) =>
