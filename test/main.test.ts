@@ -359,6 +359,17 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       expect(proc.stderr()).toBe("")
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("a good start says it runs on Redis (host:port, instance id, never the password); SIGTERM exits 0", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(Effect.promise(() => startRedis(["--requirepass", "mode-line-pass"])), (r) => Effect.promise(() => r.stop()))
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: `redis://:mode-line-pass@127.0.0.1:${redis.port}` })
+      yield* proc.printed(/listening on http/)
+      yield* proc.printed(new RegExp(`running on Redis at 127\\.0\\.0\\.1:${redis.port}, instance inst_\\S+ \\(AGENTWIRE_REDIS_URL\\)`))
+      proc.child.kill("SIGTERM")
+      expect(yield* proc.exit).toBe(0)
+      expect(proc.stdout() + proc.stderr()).not.toContain("mode-line-pass")
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("Redis refusing connections: exits 3 with exactly one line on any stream (no client warning besides it)", () =>
     Effect.gen(function*() {
       const { port, server } = yield* listenOnFreePort
@@ -367,5 +378,15 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       expect(yield* proc.exit).toBe(3)
       expect(proc.stderr().trim()).toBe(`agentwire: cannot start: cannot reach Redis at 127.0.0.1:${port} (AGENTWIRE_REDIS_URL): connection refused`)
       expect(proc.stdout()).toBe("")
+    }).pipe(Effect.scoped), 30_000)
+})
+
+describe("src/main.ts startup mode", () => {
+  it.live("without AGENTWIRE_REDIS_URL (or with it empty) it says it runs in memory", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: "" })
+      yield* proc.printed(/running in memory, one instance \(AGENTWIRE_REDIS_URL unset or empty\)/)
+      proc.child.kill("SIGINT")
+      expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped), 30_000)
 })
