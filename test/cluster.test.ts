@@ -15,6 +15,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { SignJWT } from "jose"
+import { createClient } from "redis"
 import type { AgentEvent, ServerMessage } from "../src/protocol/Protocol.ts"
 import { type Client, connect } from "./fixtures/client.ts"
 import { freePort, INSTALL_HINT, type RedisServer, redisServerPath, startRedis } from "./fixtures/redisServer.ts"
@@ -189,6 +190,23 @@ describe.skipIf(!installed)("two instances on one Redis", () => {
       expect(seenA.at(-1)).toMatchObject({ status: "completed" })
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("each instance holds four Redis connections (RedisInstance's command and subscriber, the run log's command and subscriber)", () =>
+    Effect.gen(function*() {
+      const { redis } = shared!
+      const list = yield* Effect.promise(async () => {
+        const client = createClient({ url: redis.url })
+        await client.connect()
+        try {
+          return String(await client.sendCommand(["CLIENT", "LIST"]))
+        } finally {
+          client.destroy()
+        }
+      })
+      // every connection but the one asking
+      const others = list.trim().split("\n").filter((line) => !/\bcmd=client\|list\b/.test(line))
+      expect(others).toHaveLength(2 * 4)
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("resume on B of a run executing on A, started while nobody listened on B: every event once, then live to the end", () =>
     Effect.gen(function*() {
       const { a, b } = shared!
@@ -337,6 +355,13 @@ describe.skipIf(!installed)("losing a process", () => {
       yield* onB.runEvents(after.body.run_id)
       expectWholeRun(agentEvents(onB, after.body.run_id))
       expect(a.alive() && b.alive()).toBe(true)
+      // the outage is logged once per connection, not once per reconnect attempt
+      for (const instance of [a, b]) {
+        expect(instance.output()).not.toContain("NodeRedis client error")
+        const lost = instance.output().split("\n").filter((l) => /connection lost; reconnecting/.test(l))
+        expect(lost.length).toBeGreaterThan(0)
+        expect(lost.length).toBeLessThanOrEqual(4)
+      }
     }).pipe(Effect.scoped), 60_000)
 })
 
