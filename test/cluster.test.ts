@@ -207,6 +207,24 @@ describe.skipIf(!installed)("two instances on one Redis", () => {
       expect(others).toHaveLength(2 * 4)
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("a user's two sockets on B, one closes: the other still gets every event of a run on A (the user's channel stays subscribed)", () =>
+    Effect.gen(function*() {
+      const { a, b } = shared!
+      const bridgeConnections = () => b.http("/ready").then((r) => r.json() as Promise<{ components: { bridge: { connections: number } } }>).then((r) => r.components.bridge.connections)
+      const base = yield* Effect.promise(bridgeConnections)
+      const kept = yield* b.socket("tabs")
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* b.socket("tabs")
+        yield* eventually(bridgeConnections, (n) => n === base + 2)
+      }))
+      // B has seen the close (its registration ended)
+      yield* eventually(bridgeConnections, (n) => n === base + 1)
+      const started = yield* startRun(a, "tabs", { agent: "echo", user_request: "after one tab closed" })
+      expect(started.status).toBe(202)
+      yield* kept.runEvents(started.body.run_id)
+      expectWholeRun(agentEvents(kept, started.body.run_id))
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("resume on B of a run executing on A, started while nobody listened on B: every event once, then live to the end", () =>
     Effect.gen(function*() {
       const { a, b } = shared!
@@ -316,6 +334,25 @@ describe.skipIf(!installed)("losing a process", () => {
       expect((yield* startRun(b, "lost", { agent: "ticker", user_request: "steps=2 interval_ms=10" })).status).toBe(202)
       expect((yield* startRun(b, "lost", { agent: "ticker", user_request: "steps=2 interval_ms=10" })).status).toBe(202)
       expect(b.alive()).toBe(true)
+    }).pipe(Effect.scoped), 60_000)
+
+  it.live("redis-server stopped (SIGSTOP, the connections stay up): /ready answers 503 redis down without waiting for it; 200 once it answers again", () =>
+    Effect.gen(function*() {
+      const { a, redis } = yield* cluster()
+      const pid = redis.pid()!
+      process.kill(pid, "SIGSTOP")
+      // a safety net: before the fix /ready waited for Redis; it answers again after 8 s whatever happens
+      const safety = setTimeout(() => process.kill(pid, "SIGCONT"), 8000)
+      yield* Effect.addFinalizer(() => Effect.sync(() => {
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+      }))
+      const during = yield* Effect.promise(() => a.http("/ready").then(async (r) => ({ status: r.status, body: await r.json() as { components: { redis: { status: string } } } })))
+      clearTimeout(safety)
+      expect(during.status).toBe(503)
+      expect(during.body.components.redis.status).toBe("down")
+      process.kill(pid, "SIGCONT")
+      yield* eventually(() => a.http("/ready").then((r) => r.status), (s) => s === 200)
     }).pipe(Effect.scoped), 60_000)
 
   it.live("redis-server killed mid-run and restarted empty: no crash, /ready 503 then 200, a new epoch, fan-out works again", () =>
