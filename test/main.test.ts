@@ -370,6 +370,19 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       expect(proc.stdout() + proc.stderr()).not.toContain("mode-line-pass")
     }).pipe(Effect.scoped), 30_000)
 
+  // every Redis wait at shutdown is bounded (acknowledgements 1 s, commands node-redis' 5 s, closes 1 s): about 13 s here
+  it.live("SIGTERM while Redis has stopped answering (SIGSTOP) after a good start: the process still exits", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(Effect.promise(() => startRedis()), (r) => Effect.promise(() => r.kill()))
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: redis.url })
+      yield* proc.printed(/listening on http/)
+      const pid = redis.pid()!
+      process.kill(pid, "SIGSTOP")
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      proc.child.kill("SIGTERM")
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("Redis refusing connections: exits 3 with exactly one line on any stream (no client warning besides it)", () =>
     Effect.gen(function*() {
       const { port, server } = yield* listenOnFreePort

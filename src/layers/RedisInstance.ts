@@ -67,8 +67,10 @@ export class RedisInstance extends Context.Service<RedisInstance, {
   /**
    * Listens to `channel` on the one subscriber connection until the scope
    * closes. Completes once Redis acknowledged the SUBSCRIBE when the
-   * connection is up; while it is down, at once (subscribed on reconnect).
-   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last registration.
+   * connection is up (at most `ACK_TIMEOUT_MS`: a stalled Redis holds no
+   * registration); while it is down, at once (subscribed on reconnect).
+   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last
+   * registration, as long at most.
    * Every call is one registration, even with a listener already registered on
    * `channel` (the same function may be passed once per socket): the channel
    * stays subscribed until each has ended, and a listener registered several
@@ -120,6 +122,8 @@ export const reconnectDelay = (retries: number): number => Math.min(2 ** retries
 
 /** How long startup waits for Redis to answer (`probe`), in milliseconds. */
 export const PROBE_TIMEOUT_MS = 5000
+/** How long a SUBSCRIBE or UNSUBSCRIBE waits for Redis's acknowledgement, in milliseconds (then it goes on without it). */
+export const ACK_TIMEOUT_MS = 1000
 /** How long a Redis connection's close may wait for unanswered commands at shutdown before it is destroyed, in milliseconds. */
 export const CLOSE_TIMEOUT_MS = 1000
 
@@ -299,8 +303,10 @@ export const make = (instanceId?: string) =>
             ack.catch(() => undefined)
             return Effect.void
           }
+          // bounded: a Redis that holds the connection but does not answer cannot hold a socket's registration
           return Effect.tryPromise(() => ack).pipe(
-            Effect.catchCause((cause) => Effect.logWarning("redis SUBSCRIBE failed; retried on reconnect", cause))
+            Effect.timeout(ACK_TIMEOUT_MS),
+            Effect.catchCause((cause) => Effect.logWarning("redis SUBSCRIBE not acknowledged; it stands once Redis answers", cause))
           )
         }),
         () =>
@@ -323,7 +329,8 @@ export const make = (instanceId?: string) =>
               ack.catch(() => undefined)
               return Effect.void
             }
-            return Effect.ignore(Effect.tryPromise(() => ack))
+            // bounded likewise: a stalled Redis cannot hold a socket's close, or shutdown
+            return Effect.ignore(Effect.tryPromise(() => ack).pipe(Effect.timeout(ACK_TIMEOUT_MS)))
           })
       )
 
