@@ -1105,7 +1105,7 @@ export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisSta
   const url = Redacted.value(options.url)
   let started = false
   // probed first: a Redis that accepts connections but never answers would hold NodeRedis' connect for ever
-  const connection = Layer.effectDiscard(RedisInstance.probe(url, { variable: options.variable })).pipe(Layer.provideMerge(RedisInstance.layerNodeRedisQuiet({
+  const connection = RedisInstance.layerNodeRedisQuiet({
     url,
     // commands fail at once while disconnected: appends then buffer, reads answer "unavailable"
     disableOfflineQueue: true,
@@ -1115,7 +1115,7 @@ export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisSta
       reconnectStrategy: (retries: number, cause: Error) =>
         started ? Math.min(50 * 2 ** Math.min(retries, 6), 2000) + Math.floor(Math.random() * 100) : cause
     }
-  }, "run log")))
+  }, "run log").pipe(Layer.provide(Layer.effectDiscard(RedisInstance.probe(url, { variable: options.variable }))))
   const startError = (cause: unknown) =>
     new RedisStartError({ target: redisTarget(url), variable: options.variable ?? "AGENTWIRE_REDIS_URL", reason: redisStartReason(cause) })
   const connected = Layer.catchCause(connection, (cause) =>

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Context, Effect, Exit, Fiber, Layer, Redacted, Stream } from "effect"
 import { createClient } from "redis"
+import { type AddressInfo, createServer, type Server } from "node:net"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -353,6 +354,17 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       yield* Effect.promise(() => gone.stop())
       const refused = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${gone.port}` })))
       expect(refused.message).toBe(`cannot reach Redis at 127.0.0.1:${gone.port} (AGENTWIRE_REDIS_URL): connection refused`)
+      // a server that accepts connections and never answers (a stalled Redis): a bounded failure, not a hang
+      const silent = yield* Effect.acquireRelease(
+        Effect.promise(() => new Promise<Server>((resolve) => {
+          const s = createServer((socket) => socket.on("error", () => {}))
+          s.listen(0, "127.0.0.1", () => resolve(s))
+        })),
+        (s) => Effect.sync(() => { s.close(); s.unref() })
+      )
+      const silentPort = (silent.address() as AddressInfo).port
+      const unanswered = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${silentPort}` })))
+      expect(unanswered.message).toBe(`cannot reach Redis at 127.0.0.1:${silentPort} (AGENTWIRE_REDIS_URL): did not answer within 5 s`)
     }).pipe(Effect.scoped), 30_000)
 
   it.live("a run whose events overflow the outage buffer ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log then answers RUN_EXPIRED", () =>
