@@ -100,7 +100,11 @@ export const layerApp = (settings: AgentwireSettings, history: History.HistorySe
   // AGENTWIRE_REDIS_URL set: the runtime for several instances; else everything in process
   const server: Layer.Layer<ServerServices, AgentRegistryError | ServerStartError | MissingSecretError | RedisStartError, AgentwireConfig | ConversationStore> =
     Option.match(settings.redisUrl, {
-      onNone: () => layerServer(registry),
+      onNone: () =>
+        // which mode this process runs in, said once at startup (the Redis line is in AgentRuntime.layerRedis)
+        Layer.effectDiscard(Effect.logInfo("running in memory, one instance (AGENTWIRE_REDIS_URL unset or empty)")).pipe(
+          Layer.provideMerge(layerServer(registry))
+        ),
       onSome: (url) => layerServerRedis(registry, url)
     })
   return DemoBanner.layer.pipe(Layer.provideMerge(server), Layer.provideMerge(History.layer(history)))

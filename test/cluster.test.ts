@@ -15,6 +15,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { SignJWT } from "jose"
+import { createClient } from "redis"
 import type { AgentEvent, ServerMessage } from "../src/protocol/Protocol.ts"
 import { type Client, connect } from "./fixtures/client.ts"
 import { freePort, INSTALL_HINT, type RedisServer, redisServerPath, startRedis } from "./fixtures/redisServer.ts"
@@ -189,6 +190,41 @@ describe.skipIf(!installed)("two instances on one Redis", () => {
       expect(seenA.at(-1)).toMatchObject({ status: "completed" })
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("each instance holds four Redis connections (RedisInstance's command and subscriber, the run log's command and subscriber)", () =>
+    Effect.gen(function*() {
+      const { redis } = shared!
+      const list = yield* Effect.promise(async () => {
+        const client = createClient({ url: redis.url })
+        await client.connect()
+        try {
+          return String(await client.sendCommand(["CLIENT", "LIST"]))
+        } finally {
+          client.destroy()
+        }
+      })
+      // every connection but the one asking
+      const others = list.trim().split("\n").filter((line) => !/\bcmd=client\|list\b/.test(line))
+      expect(others).toHaveLength(2 * 4)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a user's two sockets on B, one closes: the other still gets every event of a run on A (the user's channel stays subscribed)", () =>
+    Effect.gen(function*() {
+      const { a, b } = shared!
+      const bridgeConnections = () => b.http("/ready").then((r) => r.json() as Promise<{ components: { bridge: { connections: number } } }>).then((r) => r.components.bridge.connections)
+      const base = yield* Effect.promise(bridgeConnections)
+      const kept = yield* b.socket("tabs")
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* b.socket("tabs")
+        yield* eventually(bridgeConnections, (n) => n === base + 2)
+      }))
+      // B has seen the close (its registration ended)
+      yield* eventually(bridgeConnections, (n) => n === base + 1)
+      const started = yield* startRun(a, "tabs", { agent: "echo", user_request: "after one tab closed" })
+      expect(started.status).toBe(202)
+      yield* kept.runEvents(started.body.run_id)
+      expectWholeRun(agentEvents(kept, started.body.run_id))
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("resume on B of a run executing on A, started while nobody listened on B: every event once, then live to the end", () =>
     Effect.gen(function*() {
       const { a, b } = shared!
@@ -300,6 +336,25 @@ describe.skipIf(!installed)("losing a process", () => {
       expect(b.alive()).toBe(true)
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("redis-server stopped (SIGSTOP, the connections stay up): /ready answers 503 redis down without waiting for it; 200 once it answers again", () =>
+    Effect.gen(function*() {
+      const { a, redis } = yield* cluster()
+      const pid = redis.pid()!
+      process.kill(pid, "SIGSTOP")
+      // a safety net: before the fix /ready waited for Redis; it answers again after 8 s whatever happens
+      const safety = setTimeout(() => process.kill(pid, "SIGCONT"), 8000)
+      yield* Effect.addFinalizer(() => Effect.sync(() => {
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+      }))
+      const during = yield* Effect.promise(() => a.http("/ready").then(async (r) => ({ status: r.status, body: await r.json() as { components: { redis: { status: string } } } })))
+      clearTimeout(safety)
+      expect(during.status).toBe(503)
+      expect(during.body.components.redis.status).toBe("down")
+      process.kill(pid, "SIGCONT")
+      yield* eventually(() => a.http("/ready").then((r) => r.status), (s) => s === 200)
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("redis-server killed mid-run and restarted empty: no crash, /ready 503 then 200, a new epoch, fan-out works again", () =>
     Effect.gen(function*() {
       const { a, b, redis } = yield* cluster()
@@ -337,6 +392,13 @@ describe.skipIf(!installed)("losing a process", () => {
       yield* onB.runEvents(after.body.run_id)
       expectWholeRun(agentEvents(onB, after.body.run_id))
       expect(a.alive() && b.alive()).toBe(true)
+      // the outage is logged once per connection, not once per reconnect attempt
+      for (const instance of [a, b]) {
+        expect(instance.output()).not.toContain("NodeRedis client error")
+        const lost = instance.output().split("\n").filter((l) => /connection lost; reconnecting/.test(l))
+        expect(lost.length).toBeGreaterThan(0)
+        expect(lost.length).toBeLessThanOrEqual(4)
+      }
     }).pipe(Effect.scoped), 60_000)
 })
 

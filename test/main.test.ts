@@ -14,6 +14,7 @@ import { join } from "node:path"
 import { SignJWT } from "jose"
 import { connect } from "./fixtures/client.ts"
 import * as Fake from "./fixtures/fakeOpenAi.ts"
+import { INSTALL_HINT, redisServerPath, startRedis } from "./fixtures/redisServer.ts"
 
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url))
 
@@ -297,4 +298,108 @@ describe("src/main.ts", () => {
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped))
+})
+
+const redisInstalled = redisServerPath() !== undefined
+if (!redisInstalled) console.warn(`src/main.ts Redis startup tests skipped: redis-server is not installed (${INSTALL_HINT})`)
+
+/** A TCP server that accepts connections and never answers (a wedged Redis, or not Redis); `connected` resumes at the first. */
+const silentServer = Effect.acquireRelease(
+  Effect.callback<{ server: Server; port: number; connected: Effect.Effect<void> }>((resume) => {
+    let first: (() => void) | undefined
+    let seen = false
+    const sockets: Array<import("node:net").Socket> = []
+    const server = createServer((socket) => {
+      sockets.push(socket)
+      socket.on("error", () => {})
+      seen = true
+      first?.()
+    })
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      resume(Effect.succeed({
+        server,
+        port: typeof address === "object" && address !== null ? address.port : 0,
+        connected: Effect.callback<void>((done) => {
+          if (seen) return done(Effect.void)
+          first = () => done(Effect.void)
+        })
+      }))
+    })
+    ;(server as Server & { sockets?: typeof sockets }).sockets = sockets
+  }),
+  ({ server }) => Effect.sync(() => {
+    for (const socket of (server as Server & { sockets?: Array<import("node:net").Socket> }).sockets ?? []) socket.destroy()
+    server.close()
+  })
+)
+
+describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
+  it.live("a Redis that accepts connections but never answers (SIGSTOP): exits 3 within a bounded time, one line naming host:port, never the password", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(Effect.promise(() => startRedis()), (r) => Effect.promise(() => r.kill()))
+      const pid = redis.pid()!
+      process.kill(pid, "SIGSTOP")
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      const password = "stopped-redis-pass-9d2"
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: `redis://:${password}@127.0.0.1:${redis.port}` })
+      expect(yield* proc.exit).toBe(3)
+      const lines = proc.stderr().trim().split("\n")
+      expect(lines).toEqual([`agentwire: cannot start: cannot reach Redis at 127.0.0.1:${redis.port} (AGENTWIRE_REDIS_URL): did not answer within 5 s`])
+      expect(proc.stderr() + proc.stdout()).not.toContain(password)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("SIGTERM while startup waits for a Redis that never answers: the process exits", () =>
+    Effect.gen(function*() {
+      const silent = yield* silentServer
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: `redis://127.0.0.1:${silent.port}` })
+      yield* silent.connected
+      proc.child.kill("SIGTERM")
+      expect(yield* proc.exit).toBe(0)
+      expect(proc.stderr()).toBe("")
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a good start says it runs on Redis (host:port, instance id, never the password); SIGTERM exits 0", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(Effect.promise(() => startRedis(["--requirepass", "mode-line-pass"])), (r) => Effect.promise(() => r.stop()))
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: `redis://:mode-line-pass@127.0.0.1:${redis.port}` })
+      yield* proc.printed(/listening on http/)
+      yield* proc.printed(new RegExp(`running on Redis at 127\\.0\\.0\\.1:${redis.port}, instance inst_\\S+ \\(AGENTWIRE_REDIS_URL\\)`))
+      proc.child.kill("SIGTERM")
+      expect(yield* proc.exit).toBe(0)
+      expect(proc.stdout() + proc.stderr()).not.toContain("mode-line-pass")
+    }).pipe(Effect.scoped), 30_000)
+
+  // every Redis wait at shutdown is bounded (acknowledgements 1 s, commands node-redis' 5 s, closes 1 s): about 13 s here
+  it.live("SIGTERM while Redis has stopped answering (SIGSTOP) after a good start: the process still exits", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.acquireRelease(Effect.promise(() => startRedis()), (r) => Effect.promise(() => r.kill()))
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: redis.url })
+      yield* proc.printed(/listening on http/)
+      const pid = redis.pid()!
+      process.kill(pid, "SIGSTOP")
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      proc.child.kill("SIGTERM")
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped), 60_000)
+
+  it.live("Redis refusing connections: exits 3 with exactly one line on any stream (no client warning besides it)", () =>
+    Effect.gen(function*() {
+      const { port, server } = yield* listenOnFreePort
+      yield* Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: `redis://:pw-refused@127.0.0.1:${port}` })
+      expect(yield* proc.exit).toBe(3)
+      expect(proc.stderr().trim()).toBe(`agentwire: cannot start: cannot reach Redis at 127.0.0.1:${port} (AGENTWIRE_REDIS_URL): connection refused`)
+      expect(proc.stdout()).toBe("")
+    }).pipe(Effect.scoped), 30_000)
+})
+
+describe("src/main.ts startup mode", () => {
+  it.live("without AGENTWIRE_REDIS_URL (or with it empty) it says it runs in memory", () =>
+    Effect.gen(function*() {
+      const proc = yield* start({ AGENTWIRE_REDIS_URL: "" })
+      yield* proc.printed(/running in memory, one instance \(AGENTWIRE_REDIS_URL unset or empty\)/)
+      proc.child.kill("SIGINT")
+      expect(yield* proc.exit).toBe(0)
+    }).pipe(Effect.scoped), 30_000)
 })

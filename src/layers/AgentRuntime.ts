@@ -85,6 +85,11 @@ export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
     Layer.provideMerge(InstanceLeaseRedis.layerConfig),
     Layer.provideMerge(WebSocketBridgeRedis.layer),
     Layer.provideMerge(runLogAt(url)),
+    // which mode this process runs in, said once at startup (the in-memory line is in Agentwire.layerApp)
+    Layer.provideMerge(Layer.effectDiscard(Effect.gen(function*() {
+      const instance = yield* RedisInstance.RedisInstance
+      yield* Effect.logInfo(`running on Redis at ${redisTarget(Redacted.value(url))}, instance ${instance.instance_id} (AGENTWIRE_REDIS_URL)`)
+    }))),
     Layer.provideMerge(
       RedisInstance.layer({ url: Redacted.value(url) }).pipe(
         Layer.catchCause((cause) =>

@@ -324,22 +324,40 @@ export const DEFAULT_INSTANCE_LEASE_MS = 10_000
 /** Shortest `AGENTWIRE_INSTANCE_LEASE_MS`: renewals every 100 ms, still well above a Redis round trip. */
 export const MIN_INSTANCE_LEASE_MS = 300
 
-/** `AGENTWIRE_REDIS_URL`: a redis:// or rediss:// URL with a host; the value is never echoed (it may hold a password). */
+/**
+ * `AGENTWIRE_REDIS_URL`: a redis:// or rediss:// URL with a host (and a port
+ * from 1 to 65535 when it has one); the value is never echoed (it may hold a
+ * password). Empty counts as unset, like every variable: the process then
+ * runs in memory, and says so in its startup log.
+ */
 export const redisUrlFromEnv: Effect.Effect<Option.Option<Redacted.Redacted<string>>, ConfigInvalidError> = Effect.flatMap(
   raw("AGENTWIRE_REDIS_URL"),
   (value) => {
     if (Option.isNone(value)) return Effect.succeed(Option.none())
     const variable = "AGENTWIRE_REDIS_URL"
     const text = value.value.trim()
+    // the port, when the URL has one (read apart from the URL parser, which refuses a bad port without saying so)
+    const port = /^[a-z][a-z0-9+.-]*:\/\/(?:[^/?#]*@)?(?:\[[^\]]*\]|[^:/?#@]*)(?::([^/?#@]*))?(?:[/?#]|$)/i.exec(text)?.[1]
+    const badPort = port !== undefined && port !== "" && (!/^\d{1,5}$/.test(port) || Number(port) < 1 || Number(port) > 65535)
+    const portProblem = () =>
+      new ConfigInvalidError({
+        variable,
+        expected: `a redis:// or rediss:// URL whose port is from 1 to 65535 (its port is ${JSON.stringify(port!.slice(0, 16))})`
+      })
     let parsed: URL
     try {
       parsed = new URL(text)
     } catch {
-      return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// or rediss:// URL (redis://[user:password@]host:port[/db])" }))
+      if (badPort) return Effect.fail(portProblem())
+      return Effect.fail(new ConfigInvalidError({
+        variable,
+        expected: "a redis:// or rediss:// URL (redis://[user:password@]host:port[/db]; percent-encode @ : / # ? in the password)"
+      }))
     }
     if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
       return Effect.fail(new ConfigInvalidError({ variable, value: parsed.protocol, expected: "a redis:// or rediss:// URL" }))
     }
+    if (badPort) return Effect.fail(portProblem())
     if (parsed.hostname === "") return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// URL with a host" }))
     if (parsed.pathname !== "" && parsed.pathname !== "/" && !/^\/\d+$/.test(parsed.pathname)) {
       return Effect.fail(new ConfigInvalidError({ variable, expected: "a redis:// URL whose path is a database number (/0)" }))

@@ -32,8 +32,10 @@ export const make = (): ConnectionRegistry => {
     },
     remove: (connection) => {
       const current = byUser.get(connection.user_id)
-      if (current === undefined || !current.includes(connection)) return
-      const next = current.filter((c) => c !== connection)
+      // one registration ends: a connection added twice stays until its second removal (counts stay exact)
+      const at = current === undefined ? -1 : current.lastIndexOf(connection)
+      if (current === undefined || at < 0) return
+      const next = [...current.slice(0, at), ...current.slice(at + 1)]
       if (next.length === 0) byUser.delete(connection.user_id)
       else byUser.set(connection.user_id, next)
       total--

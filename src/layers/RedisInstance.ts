@@ -25,8 +25,10 @@
  * @module
  */
 import { NodeRedis } from "@effect/platform-node"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, References, type Scope } from "effect"
 import { Redis } from "effect/persistence"
+import { createClient } from "redis"
+import { RedisStartError, redisStartReason, redisTarget } from "../services/RedisStartError.ts"
 import { generateId } from "../services/UserExecutionContext.ts"
 
 /** The node-redis client behind `NodeRedis`. */
@@ -65,8 +67,14 @@ export class RedisInstance extends Context.Service<RedisInstance, {
   /**
    * Listens to `channel` on the one subscriber connection until the scope
    * closes. Completes once Redis acknowledged the SUBSCRIBE when the
-   * connection is up; while it is down, at once (subscribed on reconnect).
-   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last listener.
+   * connection is up (at most `ACK_TIMEOUT_MS`: a stalled Redis holds no
+   * registration); while it is down, at once (subscribed on reconnect).
+   * Closing the scope likewise waits for the UNSUBSCRIBE of the channel's last
+   * registration, as long at most.
+   * Every call is one registration, even with a listener already registered on
+   * `channel` (the same function may be passed once per socket): the channel
+   * stays subscribed until each has ended, and a listener registered several
+   * times is still called once per message.
    */
   readonly subscribe: (channel: string, listener: ChannelListener) => Effect.Effect<void, never, Scope.Scope>
   /** Waits until both connections are up (at once when they are). */
@@ -112,6 +120,117 @@ const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/
 /** Backoff of a reconnect attempt: 50 ms doubling, at most 2 s, plus jitter. */
 export const reconnectDelay = (retries: number): number => Math.min(2 ** retries * 50, 2000) + Math.floor(Math.random() * 200)
 
+/** How long startup waits for Redis to answer (`probe`), in milliseconds. */
+export const PROBE_TIMEOUT_MS = 5000
+/** How long a SUBSCRIBE or UNSUBSCRIBE waits for Redis's acknowledgement, in milliseconds (then it goes on without it). */
+export const ACK_TIMEOUT_MS = 1000
+/** How long a Redis connection's close may wait for unanswered commands at shutdown before it is destroyed, in milliseconds. */
+export const CLOSE_TIMEOUT_MS = 1000
+
+/**
+ * Connects once to `url` with a plain node-redis client and PINGs: fails with a
+ * `RedisStartError` naming `host:port` and `variable` (never the password)
+ * when Redis refuses the connection or the credentials, or does not answer
+ * within `timeoutMs` (a Redis that accepts TCP but never answers: stopped,
+ * wedged, not Redis). The client is destroyed however it ends, also when the
+ * probe is interrupted (SIGTERM during startup). Run before building clients
+ * whose own connect has no bound (`NodeRedis`).
+ */
+export const probe = (url: string, options: { readonly variable?: string | undefined; readonly timeoutMs?: number | undefined } = {}): Effect.Effect<void, RedisStartError> =>
+  Effect.callback<void, RedisStartError>((resume) => {
+    const timeoutMs = options.timeoutMs ?? PROBE_TIMEOUT_MS
+    const failure = (reason: string) => new RedisStartError({ target: redisTarget(url), variable: options.variable ?? "AGENTWIRE_REDIS_URL", reason })
+    const client = createClient({ url, disableOfflineQueue: true, socket: { connectTimeout: timeoutMs, reconnectStrategy: false } })
+    client.on("error", () => {}) // the failure is connect's or PING's rejection
+    let settled = false
+    const end = () => {
+      settled = true
+      clearTimeout(timer)
+      if (client.isOpen) client.destroy()
+    }
+    const timer = setTimeout(() => {
+      if (settled) return
+      end()
+      resume(Effect.fail(failure(`did not answer within ${timeoutMs / 1000} s`)))
+    }, timeoutMs)
+    client.connect().then(() => client.ping()).then(
+      () => {
+        if (settled) return
+        end()
+        resume(Effect.void)
+      },
+      (cause: unknown) => {
+        if (settled) return
+        end()
+        resume(Effect.fail(failure(redisStartReason(cause))))
+      }
+    )
+    return Effect.sync(end)
+  })
+
+/**
+ * Logs a connection's outage once (a warning when it drops, an info line when
+ * it is back) instead of once per failed reconnect attempt; also keeps
+ * node-redis from rethrowing an unhandled `error` event.
+ */
+export const reportOutages = (client: RedisClient, name: string, runSync: <A, E>(effect: Effect.Effect<A, E>) => A) => {
+  let down = false
+  client.on("error", (cause: unknown) => {
+    if (down) return
+    down = true
+    runSync(Effect.logWarning(`redis ${name} connection lost; reconnecting with backoff`, redisStartReason(cause)))
+  })
+  client.on("ready", () => {
+    if (!down) return
+    down = false
+    runSync(Effect.logInfo(`redis ${name} connection back`))
+  })
+}
+
+/**
+ * Closes `client` at shutdown, waiting at most `CLOSE_TIMEOUT_MS` for its
+ * unanswered commands; then (or at once when it is down) destroys it, so a
+ * Redis that stopped answering cannot hold shutdown. Also settles a
+ * `close()` already waiting (node-redis resolves it on destroy).
+ */
+export const closeBounded = (client: RedisClient): Effect.Effect<void> =>
+  Effect.promise(() => {
+    if (!client.isOpen) return Promise.resolve()
+    if (!client.isReady) {
+      client.destroy()
+      return Promise.resolve()
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined
+    return Promise.race([
+      client.close().catch(() => undefined),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          if (client.isOpen) client.destroy()
+          resolve()
+        }, CLOSE_TIMEOUT_MS)
+      })
+    ]).finally(() => clearTimeout(timer))
+  })
+
+/**
+ * `NodeRedis.layer(options)` without its per-attempt warnings (`NodeRedis
+ * client error` on every failed reconnect): its own logs are kept to errors;
+ * outages are reported once each (`reportOutages`), and the client is closed
+ * within `CLOSE_TIMEOUT_MS` at shutdown (`closeBounded`, which runs before
+ * NodeRedis' own unbounded close).
+ */
+export const layerNodeRedisQuiet = (
+  options: Parameters<typeof NodeRedis.layer>[0],
+  name: string
+): Layer.Layer<NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError> =>
+  Layer.effectContext(Effect.gen(function*() {
+    const context = yield* Layer.build(NodeRedis.layer(options).pipe(Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error"))))
+    const { client } = Context.get(context, NodeRedis.NodeRedis)
+    reportOutages(client, name, Effect.runSyncWith(yield* Effect.context<never>()))
+    yield* Effect.addFinalizer(() => closeBounded(client))
+    return context
+  }))
+
 /** Builds the plumbing over an already connected `NodeRedis`; exposed for hand wiring. */
 export const make = (instanceId?: string) =>
   Effect.gen(function*() {
@@ -126,24 +245,14 @@ export const make = (instanceId?: string) =>
     // what bounds them instead is MAX_PUBLISHES_IN_FLIGHT (a stalled connection cannot hold more)
     const publisher = client.withCommandOptions({ timeout: 0 })
 
-    // the one subscriber connection; it inherits the client's options (and reconnect strategy)
-    const subscriber = client.duplicate()
-    let subscriberDown = false
-    subscriber.on("error", (cause: unknown) => {
-      // said once per outage: node-redis reports every failed reconnect attempt
-      if (subscriberDown) return
-      subscriberDown = true
-      runSync(Effect.logWarning("redis subscriber connection lost; reconnecting with backoff", String(cause)))
-    })
-    subscriber.on("ready", () => {
-      if (!subscriberDown) return
-      subscriberDown = false
-      runSync(Effect.logInfo("redis subscriber connection back; channels resubscribed"))
-    })
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({ try: () => subscriber.connect(), catch: (cause) => new Redis.RedisError({ cause }) }),
-      () => Effect.sync(() => { if (subscriber.isOpen) subscriber.destroy() })
+    // the one subscriber connection; it inherits the client's options (and reconnect strategy). Destroyed
+    // (never closed: close() waits for unanswered commands) when the scope ends, also mid-connect
+    const subscriber = yield* Effect.acquireRelease(
+      Effect.sync(() => client.duplicate()),
+      (duplicate) => Effect.sync(() => { if (duplicate.isOpen) duplicate.destroy() })
     )
+    reportOutages(subscriber, "subscriber", runSync)
+    yield* Effect.tryPromise({ try: () => subscriber.connect(), catch: (cause) => new Redis.RedisError({ cause }) })
 
     let publishFailureLogged = false
     const publish = (channel: string, message: string) => {
@@ -168,23 +277,25 @@ export const make = (instanceId?: string) =>
       )
     }
 
-    // channel → local listeners; the node-redis listener is one dispatcher per channel
-    const listeners = new Map<string, Set<ChannelListener>>()
+    // channel → local listener → its registrations: each `subscribe` counts once, even with a listener
+    // already registered (the bridge passes one function for every socket of a user), so a channel is
+    // UNSUBSCRIBEd only when its last registration ends; each distinct listener is called once per message
+    const listeners = new Map<string, Map<ChannelListener, number>>()
     const dispatch = (message: string, channel: string) => {
       stats.received++
-      const set = listeners.get(channel)
-      if (set !== undefined) for (const listener of set) listener(message, channel)
+      const registered = listeners.get(channel)
+      if (registered !== undefined) for (const listener of registered.keys()) listener(message, channel)
     }
     const subscribe = (channel: string, listener: ChannelListener) =>
       Effect.acquireRelease(
         Effect.suspend(() => {
-          let set = listeners.get(channel)
-          if (set !== undefined) {
-            set.add(listener)
+          let registered = listeners.get(channel)
+          if (registered !== undefined) {
+            registered.set(listener, (registered.get(listener) ?? 0) + 1)
             return Effect.void
           }
-          set = new Set([listener])
-          listeners.set(channel, set)
+          registered = new Map([[listener, 1]])
+          listeners.set(channel, registered)
           stats.channels++
           const ack = subscriber.subscribe(channel, dispatch)
           // while the connection is down the SUBSCRIBE waits for the reconnect: do not wait for it
@@ -192,14 +303,23 @@ export const make = (instanceId?: string) =>
             ack.catch(() => undefined)
             return Effect.void
           }
+          // bounded: a Redis that holds the connection but does not answer cannot hold a socket's registration
           return Effect.tryPromise(() => ack).pipe(
-            Effect.catchCause((cause) => Effect.logWarning("redis SUBSCRIBE failed; retried on reconnect", cause))
+            Effect.timeout(ACK_TIMEOUT_MS),
+            Effect.catchCause((cause) => Effect.logWarning("redis SUBSCRIBE not acknowledged; it stands once Redis answers", cause))
           )
         }),
         () =>
           Effect.suspend(() => {
-            const set = listeners.get(channel)
-            if (set === undefined || !set.delete(listener) || set.size > 0) return Effect.void
+            const registered = listeners.get(channel)
+            const count = registered?.get(listener)
+            if (registered === undefined || count === undefined) return Effect.void
+            if (count > 1) {
+              registered.set(listener, count - 1)
+              return Effect.void
+            }
+            registered.delete(listener)
+            if (registered.size > 0) return Effect.void
             listeners.delete(channel)
             stats.channels--
             if (!subscriber.isOpen) return Effect.void
@@ -209,7 +329,8 @@ export const make = (instanceId?: string) =>
               ack.catch(() => undefined)
               return Effect.void
             }
-            return Effect.ignore(Effect.tryPromise(() => ack))
+            // bounded likewise: a stalled Redis cannot hold a socket's close, or shutdown
+            return Effect.ignore(Effect.tryPromise(() => ack).pipe(Effect.timeout(ACK_TIMEOUT_MS)))
           })
       )
 
@@ -245,27 +366,26 @@ export const make = (instanceId?: string) =>
 
 /**
  * `NodeRedis` (and `Redis.Redis`) connected to `url`, reconnecting with
- * backoff once it was up; the first connection failing is a `RedisError`.
+ * backoff once it was up. Redis is probed first (`probe`): refusing, or not
+ * answering within `PROBE_TIMEOUT_MS`, is a `RedisStartError`; the first
+ * connection failing after it is a `RedisError`. Outages are logged once each,
+ * and shutdown closes the client within `CLOSE_TIMEOUT_MS`.
  */
-export const layerNodeRedis = (url: string): Layer.Layer<NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError> =>
+export const layerNodeRedis = (url: string): Layer.Layer<NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError | RedisStartError> =>
   Layer.unwrap(Effect.sync(() => {
     let connected = false
-    const base = NodeRedis.layer({
+    const base = layerNodeRedisQuiet({
       url,
       socket: {
         // before the first connection: fail (startup error); after it: retry for ever, with backoff
         reconnectStrategy: (retries: number, cause: Error) => (connected ? reconnectDelay(retries) : cause)
       }
-    })
+    }, "command")
     return Layer.effectContext(Effect.gen(function*() {
+      // a Redis that accepts connections but never answers would hold NodeRedis' connect (and its close) for ever
+      yield* probe(url)
       const context = yield* Layer.build(base)
       connected = true
-      const { client } = Context.get(context, NodeRedis.NodeRedis)
-      // runs before NodeRedis' own finalizer, whose close() waits for in-flight commands: during an
-      // outage they would wait for ever, so a client that is down is destroyed (its commands fail) instead
-      yield* Effect.addFinalizer(() => Effect.sync(() => {
-        if (client.isOpen && !client.isReady) client.destroy()
-      }))
       return context
     }))
   }))
@@ -278,5 +398,5 @@ export const layerFromNodeRedis = (instanceId?: string): Layer.Layer<RedisInstan
  * One instance's Redis: `RedisInstance`, plus `NodeRedis` and `Redis.Redis`
  * on the same command connection, for the other Redis layers.
  */
-export const layer = (options: RedisInstanceOptions): Layer.Layer<RedisInstance | NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError> =>
+export const layer = (options: RedisInstanceOptions): Layer.Layer<RedisInstance | NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError | RedisStartError> =>
   layerFromNodeRedis(options.instanceId).pipe(Layer.provideMerge(layerNodeRedis(options.url)))

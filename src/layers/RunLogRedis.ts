@@ -94,7 +94,7 @@
  * @module
  */
 import { NodeRedis } from "@effect/platform-node"
-import { Cause, type Context, Effect, Layer, Option, Redacted, Result } from "effect"
+import { Cause, type Context, Deferred, Effect, Layer, Option, Redacted, Result } from "effect"
 import { Redis } from "effect/persistence"
 import { ErrorReply } from "redis"
 import type { AgentEvent } from "../protocol/Protocol.ts"
@@ -128,6 +128,12 @@ export const REDIS_RUN_OVERHEAD_BYTES = 1024
 export const DEFAULT_BUFFER_EVENTS = 10_000
 /** How often buffered events are retried, in milliseconds. */
 const FLUSH_INTERVAL_MS = 100
+/**
+ * `stats` waits at most this long for Redis (milliseconds): a Redis that holds
+ * the connection but does not answer (a stall, SIGSTOP) is reported down
+ * (`store.up: false`) instead of holding `/ready` until it answers.
+ */
+export const STATS_TIMEOUT_MS = 1000
 /** Refusals in a row that may pass (e.g. `LOADING`, `BUSY`, `OOM`) after which a run's buffered events are given up (about 5 s of flushes). */
 const FLUSH_ATTEMPTS = 50
 /** Runs remembered as fenced or failed at most (each is forgotten when its run is released). */
@@ -704,25 +710,28 @@ export const make = (options: {
     }
     client.on("ready", onReady)
 
-    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({
-        try: async () => {
-          const subscriber = client.duplicate()
-          subscriber.on("error", () => {}) // reported by the main client; node-redis rethrows unhandled errors
-          // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
-          subscriber.on("ready", onReady)
-          await subscriber.connect()
-          await subscriber.subscribe(P + "notes", (message) => {
-            const space = message.lastIndexOf(" ")
-            wake(message.slice(0, space), Number(message.slice(space + 1)))
-          })
-          return subscriber
-        },
-        catch: (cause) => new Redis.RedisError({ cause })
+    // one subscriber per instance: notes `<run_id> <seq>` wake this instance's waiters. Destroyed when the
+    // scope ends, also mid-connect (connecting is interruptible: a Redis that stops answering cannot hold shutdown)
+    const subscriber = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const duplicate = client.duplicate()
+        duplicate.on("error", () => {}) // reported by the main client; node-redis rethrows unhandled errors
+        // (re)subscribed: whatever was published meanwhile may be lost; everyone looks again
+        duplicate.on("ready", onReady)
+        return duplicate
       }),
-      (subscriber) => Effect.sync(() => subscriber.destroy())
+      (duplicate) => Effect.sync(() => { if (duplicate.isOpen) duplicate.destroy() })
     )
+    yield* Effect.tryPromise({
+      try: async () => {
+        await subscriber.connect()
+        await subscriber.subscribe(P + "notes", (message) => {
+          const space = message.lastIndexOf(" ")
+          wake(message.slice(0, space), Number(message.slice(space + 1)))
+        })
+      },
+      catch: (cause) => new Redis.RedisError({ cause })
+    })
 
     const unavailable = (error: Redis.RedisError) => new RunLogUnavailableError({ reason: redisStartReason(error.cause) })
 
@@ -921,6 +930,34 @@ export const make = (options: {
       })
     )
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(SWEEP_INTERVAL_MS), Effect.ignore(statsNow))))
+
+    // `stats` (what /ready shows): one probe at a time, shared by every asker meanwhile, waited for at most
+    // STATS_TIMEOUT_MS; a probe still unanswered by then means Redis is down, and no further one is sent
+    // until it settles (a hung Redis does not collect one script per /ready)
+    let probe: { readonly startedAt: number; readonly done: Deferred.Deferred<boolean> } | undefined
+    const withStore = (s: RunLogStats, up: boolean): RunLogStats => ({ ...s, store: { up: up && client.isReady, bufferedEvents: buffered } })
+    const stats: Effect.Effect<RunLogStats> = Effect.suspend(() => {
+      const now = Date.now()
+      if (probe === undefined) {
+        const done = Deferred.makeUnsafe<boolean>()
+        probe = { startedAt: now, done }
+        runFork(statsNow.pipe(
+          Effect.match({ onFailure: () => false, onSuccess: () => true }),
+          Effect.flatMap((up) =>
+            Effect.sync(() => {
+              probe = undefined
+              Deferred.doneUnsafe(done, Effect.succeed(up))
+            })
+          )
+        ))
+      }
+      const left = STATS_TIMEOUT_MS - (now - probe.startedAt)
+      if (left <= 0) return Effect.succeed(withStore(lastStats, false))
+      return Deferred.await(probe.done).pipe(
+        Effect.timeoutOption(left),
+        Effect.map((up) => withStore(lastStats, Option.getOrElse(up, () => false)))
+      )
+    })
     // the wait keys of runs still waited on are renewed well before they expire
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(WAIT_KEY_TTL_MS / 3), rewatchAll)))
 
@@ -1048,10 +1085,7 @@ export const make = (options: {
           })
         )
       }),
-      stats: statsNow.pipe(
-        Effect.orElseSucceed(() => lastStats),
-        Effect.map((s): RunLogStats => ({ ...s, store: { up: client.isReady, bufferedEvents: buffered } }))
-      ),
+      stats,
       read: Effect.fn("RunLog.read")((user_id: string, run_id: string, after_seq: number, limits: { readonly maxEvents: number; readonly maxBytes: number }) =>
         readPage(user_id, run_id, after_seq, limits, true)),
       eraseUser: Effect.fn("RunLog.eraseUser")((user_id: string) => erase(user_id, "")),
@@ -1070,7 +1104,8 @@ export const make = (options: {
 export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisStartError> => {
   const url = Redacted.value(options.url)
   let started = false
-  const connection = NodeRedis.layer({
+  // probed first: a Redis that accepts connections but never answers would hold NodeRedis' connect for ever
+  const connection = RedisInstance.layerNodeRedisQuiet({
     url,
     // commands fail at once while disconnected: appends then buffer, reads answer "unavailable"
     disableOfflineQueue: true,
@@ -1080,7 +1115,7 @@ export const layer = (options: RunLogRedisOptions): Layer.Layer<RunLog, RedisSta
       reconnectStrategy: (retries: number, cause: Error) =>
         started ? Math.min(50 * 2 ** Math.min(retries, 6), 2000) + Math.floor(Math.random() * 100) : cause
     }
-  })
+  }, "run log").pipe(Layer.provide(Layer.effectDiscard(RedisInstance.probe(url, { variable: options.variable }))))
   const startError = (cause: unknown) =>
     new RedisStartError({ target: redisTarget(url), variable: options.variable ?? "AGENTWIRE_REDIS_URL", reason: redisStartReason(cause) })
   const connected = Layer.catchCause(connection, (cause) =>

@@ -38,6 +38,8 @@ export const redisStartReason = (cause: unknown): string => {
   let current: unknown = cause
   while (current !== null && typeof current === "object" && !seen.has(current)) {
     seen.add(current)
+    // already said (a probe's failure, wrapped on its way up)
+    if (current instanceof RedisStartError) return current.reason
     const { code, message } = current as { code?: unknown; message?: unknown }
     const text = typeof message === "string" ? message : ""
     if (code === "ECONNREFUSED") return "connection refused"

@@ -210,6 +210,18 @@ describe("AGENTWIRE_REDIS_URL", () => {
       }))
   }
 
+  it.effect("a port out of range (or not a number) is named as such, never echoing the password; empty counts as unset", () =>
+    Effect.gen(function*() {
+      for (const [bad, port] of [["redis://:hunter2@127.0.0.1:99999", "99999"], ["redis://:hunter2@127.0.0.1:0", "0"], ["rediss://u:hunter2@host:63x79/1", "63x79"]] as const) {
+        const error = yield* Effect.flip(read({ AGENTWIRE_REDIS_URL: bad }))
+        expect(error.message).toBe(`AGENTWIRE_REDIS_URL must be a redis:// or rediss:// URL whose port is from 1 to 65535 (its port is "${port}")`)
+        expect(error.message).not.toContain("hunter2")
+      }
+      expect((yield* read({ AGENTWIRE_REDIS_URL: "redis://:pw@127.0.0.1:65535" })).redisUrl.pipe(Option.isSome)).toBe(true)
+      expect(Option.isNone((yield* read({ AGENTWIRE_REDIS_URL: "" })).redisUrl)).toBe(true)
+      expect(Option.isNone((yield* read({ AGENTWIRE_REDIS_URL: "  " })).redisUrl)).toBe(true)
+    }))
+
   it.effect("AGENTWIRE_REDIS_BUFFER_EVENTS must be an integer", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(read({ AGENTWIRE_REDIS_BUFFER_EVENTS: "lots" }))

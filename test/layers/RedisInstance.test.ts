@@ -42,4 +42,28 @@ describeRedis("RedisInstance", () => {
         expect(instance.stats.published).toBe(RedisInstance.MAX_PUBLISHES_IN_FLIGHT + 1)
       }).pipe(Effect.scoped), 30_000)
   })
+
+  describe("subscribe", () => {
+    it.live("a Redis that stops answering (SIGSTOP) holds neither a registration nor its release (acknowledgements wait at most ACK_TIMEOUT_MS)", () =>
+      Effect.gen(function*() {
+        const instance = Context.get(yield* Layer.build(instanceLayer()), RedisInstance.RedisInstance)
+        const pid = server.current!.pid()!
+        let stopped = true
+        process.kill(pid, "SIGSTOP")
+        // a safety net: before the fix both waited until Redis answered again
+        const safety = setTimeout(() => {
+          stopped = false
+          process.kill(pid, "SIGCONT")
+        }, 8000)
+        yield* Effect.addFinalizer(() => Effect.sync(() => {
+          clearTimeout(safety)
+          process.kill(pid, "SIGCONT")
+        }))
+        yield* Effect.scoped(instance.subscribe("stalled", () => {}))
+        expect(stopped).toBe(true)
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+        yield* instance.whenReady
+      }).pipe(Effect.scoped), 30_000)
+  })
 })

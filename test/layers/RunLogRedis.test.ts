@@ -10,6 +10,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Context, Effect, Exit, Fiber, Layer, Redacted, Stream } from "effect"
 import { createClient } from "redis"
+import { type AddressInfo, createServer, type Server } from "node:net"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
@@ -330,6 +331,30 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect((yield* log.summary("alice", "fine")).last_seq).toBe(1)
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
+  it.live("a Redis that stops answering (SIGSTOP) is reported down by stats (what /ready shows) while it hangs, many concurrent asks sharing one probe; up again once it answers", () =>
+    Effect.gen(function*() {
+      const log = Context.get(yield* Layer.build(redisLayer(SETTINGS)), RunLog)
+      const evalCalls = Effect.map(rawCommand(server!.url, ["INFO", "commandstats"]), (info) => Number(/cmdstat_evalsha:calls=(\d+)/.exec(String(info))?.[1] ?? 0))
+      const before = yield* evalCalls
+      const pid = server!.pid()!
+      process.kill(pid, "SIGSTOP")
+      // a safety net: whatever happens below, Redis answers again (before the fix, stats waited for it)
+      const safety = setTimeout(() => process.kill(pid, "SIGCONT"), 8000)
+      yield* Effect.addFinalizer(() => Effect.sync(() => {
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+      }))
+      const asked = yield* Effect.forEach(Array.from({ length: 20 }, () => log.stats), (s) => s, { concurrency: "unbounded" })
+      clearTimeout(safety)
+      for (const s of asked) expect(s.store?.up).toBe(false)
+      // an ask after the first ones is answered from the same probe (still unanswered): down again
+      expect((yield* log.stats).store?.up).toBe(false)
+      process.kill(pid, "SIGCONT")
+      expect(yield* eventually(log.stats, (s) => s.store?.up === true)).toMatchObject({ store: { up: true, bufferedEvents: 0 } })
+      // the 21 asks sent one script between them (the rest: the periodic sweep, the last asks, INFO itself is not EVALSHA)
+      expect((yield* evalCalls) - before).toBeLessThanOrEqual(6)
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
   it.live("startup: unreachable Redis or wrong credentials is a RedisStartError naming host:port, never the password", () =>
     Effect.gen(function*() {
       const guarded = yield* Effect.promise(() => startRedis(["--requirepass", "s3cret-pass"]))
@@ -348,6 +373,17 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       yield* Effect.promise(() => gone.stop())
       const refused = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${gone.port}` })))
       expect(refused.message).toBe(`cannot reach Redis at 127.0.0.1:${gone.port} (AGENTWIRE_REDIS_URL): connection refused`)
+      // a server that accepts connections and never answers (a stalled Redis): a bounded failure, not a hang
+      const silent = yield* Effect.acquireRelease(
+        Effect.promise(() => new Promise<Server>((resolve) => {
+          const s = createServer((socket) => socket.on("error", () => {}))
+          s.listen(0, "127.0.0.1", () => resolve(s))
+        })),
+        (s) => Effect.sync(() => { s.close(); s.unref() })
+      )
+      const silentPort = (silent.address() as AddressInfo).port
+      const unanswered = yield* Effect.flip(Layer.build(redisLayer(SETTINGS, { url: `redis://:pw@127.0.0.1:${silentPort}` })))
+      expect(unanswered.message).toBe(`cannot reach Redis at 127.0.0.1:${silentPort} (AGENTWIRE_REDIS_URL): did not answer within 5 s`)
     }).pipe(Effect.scoped), 30_000)
 
   it.live("a run whose events overflow the outage buffer ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log then answers RUN_EXPIRED", () =>

@@ -72,6 +72,56 @@ describeRedis("WebSocketBridgeRedis", () => {
       expect(yield* numsub).toEqual([channel, 1])
     }).pipe(Effect.scoped))
 
+  it.effect("two sockets of one user on B, one closes (or is dropped as a slow consumer): the other still gets events emitted on A", () =>
+    Effect.gen(function*() {
+      const a = yield* instance("inst-a")
+      const b = yield* instance("inst-b")
+      const channel = RedisInstance.keys.userEvents("erin")
+      const numsub = Effect.promise(() => a.redis.client.sendCommand(["PUBSUB", "NUMSUB", channel]))
+      const tab1 = watchedConnection("b1", "erin")
+      const tab2 = watchedConnection("b2", "erin")
+      yield* b.bridge.register(tab2.connection)
+      // tab1's registration ends with its scope: a closed socket, or one dropped as a slow consumer
+      yield* Effect.scoped(b.bridge.register(tab1.connection))
+      expect(yield* b.bridge.connectionCount("erin")).toBe(1)
+      expect(b.redis.stats.channels).toBe(1)
+      expect(yield* numsub).toEqual([channel, 1])
+      yield* a.bridge.emit(thinking("erin", 1))
+      yield* tab2.waitFor((e) => e.seq === 1)
+      expect(tab2.frames.map((e) => e.seq)).toEqual([1])
+      // a third socket and its close: still one subscription, tab2 still served, each event once
+      yield* Effect.scoped(Effect.gen(function*() {
+        const tab3 = watchedConnection("b3", "erin")
+        yield* b.bridge.register(tab3.connection)
+        yield* a.bridge.emit(thinking("erin", 2))
+        yield* tab3.waitFor((e) => e.seq === 2)
+      }))
+      yield* a.bridge.emit(thinking("erin", 3))
+      yield* tab2.waitFor((e) => e.seq === 3)
+      expect(tab2.frames.map((e) => e.seq)).toEqual([1, 2, 3])
+      expect(yield* numsub).toEqual([channel, 1])
+    }).pipe(Effect.scoped))
+
+  it.effect("RedisInstance.subscribe counts registrations, not distinct listeners: the same listener twice, released once, stays subscribed", () =>
+    Effect.gen(function*() {
+      const { redis } = yield* instance("inst-c")
+      const channel = "agentwire:test:same-listener"
+      const got: Array<string> = []
+      const arrived = Deferred.makeUnsafe<void>()
+      const listener = (message: string) => {
+        got.push(message)
+        if (message === "second") Deferred.doneUnsafe(arrived, Effect.void)
+      }
+      yield* redis.subscribe(channel, listener)
+      yield* Effect.scoped(redis.subscribe(channel, listener))
+      expect(redis.stats.channels).toBe(1)
+      yield* Effect.promise(() => redis.client.sendCommand(["PUBLISH", channel, "first"]))
+      yield* Effect.promise(() => redis.client.sendCommand(["PUBLISH", channel, "second"]))
+      yield* Deferred.await(arrived)
+      // called once per message, however many registrations share the listener
+      expect(got).toEqual(["first", "second"])
+    }).pipe(Effect.scoped))
+
   // live clock: the reconnect backoff and the probes run on real time
   it.live("Redis killed mid-emit: local delivery goes on, nothing fails; after a restart fan-out works again", () =>
     Effect.gen(function*() {
