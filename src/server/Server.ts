@@ -137,6 +137,8 @@ export const layer: Layer.Layer<
     const runLog = yield* RunLog
     // every connection and handshake fiber lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission | RunLog>()
+    // connections' background work (stop waits, resumes, thread requests): interrupted after the sockets closed
+    const connectionScope = yield* Scope.fork(yield* Effect.scope)
     let shuttingDown = false
     let server: ReturnType<typeof createServer> | undefined
 
@@ -275,8 +277,28 @@ export const layer: Layer.Layer<
 
     // each user's open connections, oldest first
     const byUser = new Map<string, Array<WebSocketConnection.Connection>>()
+    // one server's connections share their listeners, methods and settings: an idle one holds no fiber
+    const shared = yield* WebSocketConnection.makeShared({
+      options: {
+        maxMessageBytes: config.maxMessageBytes,
+        clockSkewMs: config.jwtClockSkewSeconds * 1000,
+        maxFramesPerSecond: config.maxFramesPerSecond
+      },
+      limits,
+      budget,
+      fork: (effect) => void runFork(effect),
+      scope: connectionScope,
+      onClose: (connection) => {
+        const list = byUser.get(connection.user_id)
+        const at = list?.indexOf(connection) ?? -1
+        if (list !== undefined && at >= 0) list.splice(at, 1)
+        if (list !== undefined && list.length === 0) byUser.delete(connection.user_id)
+        connections.delete(connection)
+        if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
+      }
+    })
     const accept = (ws: WebSocket, verified: VerifiedToken, socket: Duplex) => {
-      const connection = WebSocketConnection.make(ws, socket as Duplex & SocketOutput.CorkableSocket, limits, budget)
+      const connection = WebSocketConnection.open(shared, ws, socket, verified)
       connections.add(connection)
       const mine = byUser.get(verified.user_id) ?? []
       mine.push(connection)
@@ -287,19 +309,6 @@ export const layer: Layer.Layer<
         // a dead socket would never finish the close handshake
         setTimeout(() => oldest.output.destroy("replaced"), CLOSE_GRACE_MS).unref()
       }
-      ws.once("close", () => {
-        const list = byUser.get(verified.user_id)
-        const at = list?.indexOf(connection) ?? -1
-        if (list !== undefined && at >= 0) list.splice(at, 1)
-        if (list !== undefined && list.length === 0) byUser.delete(verified.user_id)
-        connections.delete(connection)
-        if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
-      })
-      runFork(WebSocketConnection.run(connection, verified, {
-        maxMessageBytes: config.maxMessageBytes,
-        clockSkewMs: config.jwtClockSkewSeconds * 1000,
-        maxFramesPerSecond: config.maxFramesPerSecond
-      }))
     }
 
     const refused = (socket: Duplex, status: number, code: string, reason: string, message: string) => {
