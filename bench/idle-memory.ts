@@ -1,6 +1,7 @@
 /**
  * `npm exec -- node bench/idle-memory.ts [--connections=5000] [--reps=3]
- *   [--agentwire=<name>=<checkout>]… [--snapshot] [--pin]`:
+ *   [--agentwire=<name>=<checkout>]… [--baseline=<name>=<file>]… [--reduce] [--snapshot] [--pin] [--server-node-flag=<flag>]…
+ *   [--agentwire-env=<NAME>=<value>]…`:
  * memory per idle connection, agentwire against the corked raw `ws` baseline,
  * in the same run (issue 9). The same measure as step 1 of `npm run bench`:
  * on a fresh server, RSS (read from `/proc`) and JS heap after two forced GCs,
@@ -8,9 +9,16 @@
  * `connections`.
  *
  * Each repetition starts every server afresh (each agentwire checkout named by
- * `--agentwire=<name>=<dir>`, default `agentwire=.`, and the baseline), measures
- * them one after the other (the order rotated each repetition), then stops
- * them. Prints each repetition and the medians, in KiB per connection.
+ * `--agentwire=<name>=<dir>`, default `agentwire=.`, and each baseline named by
+ * `--baseline=<name>=<file>`, default `baseline=bench/baseline-server.ts`; ratios
+ * are to the first), measures them one after the other (the order rotated
+ * each repetition), then stops them. Prints each repetition and the medians, in KiB per connection.
+ *
+ * `--reduce`: each reading follows V8's memory-reducing ("last-resort") GC
+ * instead of the bench's two full GCs. A full GC leaves the young generation
+ * as large as the connection burst grew it (tens of MiB, whatever the
+ * connections hold); the memory-reducing one shrinks it back, so RSS shows what
+ * the connections retain.
  *
  * `--snapshot[ --snapshot-rows=60]`: also writes a heap snapshot of each server
  * before and after the sockets open (first repetition only), and prints what
@@ -51,6 +59,8 @@ const num = (name: string, fallback: number) => {
 const connections = num("connections", 5000)
 const reps = num("reps", 3)
 const snapshot = argv.includes("--snapshot")
+/** `--reduce`: read memory after a memory-reducing GC (young generation shrunk back) instead of two full GCs. */
+const reduce = argv.includes("--reduce")
 const snapshotRows = num("snapshot-rows", 60)
 const variants = argv.filter((a) => a.startsWith("--agentwire=")).map((a) => {
   const [name, dir] = a.slice("--agentwire=".length).split("=")
@@ -58,7 +68,20 @@ const variants = argv.filter((a) => a.startsWith("--agentwire=")).map((a) => {
   return { name, dir: resolve(dir) }
 })
 if (variants.length === 0) variants.push({ name: "agentwire", dir: root })
+const baselines = argv.filter((a) => a.startsWith("--baseline=")).map((a) => {
+  const [name, file] = a.slice("--baseline=".length).split("=")
+  if (name === undefined || file === undefined) throw new Error(`--baseline=<name>=<file>, got ${a}`)
+  return { name, file: resolve(file) }
+})
+if (baselines.length === 0) baselines.push({ name: "baseline", file: join(root, "bench/baseline-server.ts") })
 // memory needs no pinning, and on a shared machine CPU 0 is where every bench pins its servers
+/** `--agentwire-env=<NAME>=<value>` (repeatable): extra environment for the agentwire servers, e.g. `AGENTWIRE_LOG_LEVEL=warn`. */
+const agentwireEnv = Object.fromEntries(argv.filter((a) => a.startsWith("--agentwire-env=")).map((a) => {
+  const [name, ...value] = a.slice("--agentwire-env=".length).split("=")
+  return [name!, value.join("=")]
+}))
+/** `--server-node-flag=<flag>` (repeatable): extra Node flags for every server, e.g. `--trace-gc`. */
+const serverNodeFlags = argv.filter((a) => a.startsWith("--server-node-flag=")).map((a) => a.slice("--server-node-flag=".length))
 const pinning = choosePinning(availableParallelism(), argv.includes("--pin"))
 const SOCKETS_PER_USER = 4
 const NOFILE = 200_000
@@ -82,10 +105,11 @@ interface Server {
   readonly cwd: string
 }
 
-const start = async (name: string, dir: string | undefined, rep: number): Promise<Server> => {
+/** `dir`: an agentwire checkout; `baselineFile`: a baseline server script instead. */
+const start = async (name: string, dir: string | undefined, rep: number, baselineFile?: string): Promise<Server> => {
   const port = await freePort()
   const cwd = mkdtempSync(join(workDir, `${name}-${rep}-`))
-  const flags = ["--expose-gc", "--import", join(root, "bench/probe.ts"), ...(snapshot ? ["--heapsnapshot-signal=SIGUSR2"] : [])]
+  const flags = ["--expose-gc", "--import", join(root, "bench/probe.ts"), ...(snapshot ? ["--heapsnapshot-signal=SIGUSR2"] : []), ...serverNodeFlags]
   const server = dir !== undefined
     ? spawnNode({
       name,
@@ -107,7 +131,8 @@ const start = async (name: string, dir: string | undefined, rep: number): Promis
         AGENTWIRE_RUN_STARTS_PER_SECOND: "0",
         AGENTWIRE_MAX_FRAMES_PER_SECOND: "0",
         AGENTWIRE_MAX_CONNECTIONS_PER_USER: "10000",
-        NODE_ENV: "production"
+        NODE_ENV: "production",
+        ...agentwireEnv
       }
     })
     : spawnNode({
@@ -116,7 +141,7 @@ const start = async (name: string, dir: string | undefined, rep: number): Promis
       cpus: pinning.server,
       nofile: NOFILE,
       logFile: join(cwd, "server.log"),
-      args: [...flags, join(root, "bench/baseline-server.ts")],
+      args: [...flags, baselineFile ?? join(root, "bench/baseline-server.ts")],
       env: {
         BASELINE_HOST: "127.0.0.1",
         BASELINE_PORT: String(port),
@@ -139,7 +164,7 @@ const start = async (name: string, dir: string | undefined, rep: number): Promis
 }
 
 const probe = async (s: Server): Promise<ProbeReply> => {
-  const message: ProbeCommand = { probe: "stats", id: newRequestId(), gc: true }
+  const message: ProbeCommand = { probe: "stats", id: newRequestId(), gc: true, reduce }
   const reply = await s.server.request<ProbeReply>(message, 30_000)
   return { ...reply, rss: rssOf(s.server.pid) }
 }
@@ -166,6 +191,8 @@ const heapSnapshot = async (s: Server): Promise<string> => {
 interface Reading {
   readonly rssKiB: number
   readonly heapKiB: number
+  /** Heap pages V8 holds (physical), used or not. */
+  readonly committedKiB: number
   readonly externalKiB: number
 }
 
@@ -176,6 +203,13 @@ const measure = async (s: Server, doSnapshot: boolean): Promise<Reading> => {
   const reply = await s.loadgen.request<ConnectReply>(command, 240_000)
   if (!reply.ok) throw new Error(`${s.name}: idle connections: ${reply.error ?? "failed"}`)
   const after = await probe(s)
+  const spaces = Object.keys(after.heapSpaces ?? {})
+    .map((k) => [k, ((after.heapSpaces?.[k] ?? 0) - (before.heapSpaces?.[k] ?? 0)) / connections / 1024] as const)
+    .filter(([, v]) => Math.abs(v) >= 0.05)
+  const mib = (r: ProbeReply, k: string) => ((r.heapSpaces?.[k] ?? Number.NaN) / 1048576).toFixed(1)
+  log(`${s.name}: heap pages per connection by space, KiB: ${spaces.map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")} (new space ${
+    mib(before, "new_space")
+  } -> ${mib(after, "new_space")} MiB, old space ${mib(before, "old_space")} -> ${mib(after, "old_space")} MiB)`)
   if (snapBefore !== undefined) {
     const snapAfter = await heapSnapshot(s)
     HeapDiff.print(`${s.name}: heap snapshot growth per connection (${snapBefore}, ${snapAfter})`, HeapDiff.diff(HeapDiff.census(snapBefore), HeapDiff.census(snapAfter), connections), snapshotRows)
@@ -183,28 +217,31 @@ const measure = async (s: Server, doSnapshot: boolean): Promise<Reading> => {
   return {
     rssKiB: (after.rss - before.rss) / connections / 1024,
     heapKiB: (after.heapUsed - before.heapUsed) / connections / 1024,
+    committedKiB: ((after.heapCommitted ?? Number.NaN) - (before.heapCommitted ?? Number.NaN)) / connections / 1024,
     externalKiB: (after.external - before.external) / connections / 1024
   }
 }
 
 const main = async () => {
-  log(`${connections} idle connections, ${reps} repetitions; ${argv.includes("--pin") ? pinning.description : "not pinned (--pin to pin)"}; files in ${workDir}`)
-  const names = [...variants.map((v) => v.name), "baseline"]
+  log(`${connections} idle connections, ${reps} repetitions, ${reduce ? "memory-reducing GC" : "two full GCs"} before each reading; ${argv.includes("--pin") ? pinning.description : "not pinned (--pin to pin)"}; files in ${workDir}`)
+  const names = [...variants.map((v) => v.name), ...baselines.map((b) => b.name)]
   const results = new Map<string, Array<Reading>>(names.map((n) => [n, []]))
   for (let rep = 0; rep < reps; rep++) {
     const servers = await Promise.all([
       ...variants.map((v) => start(v.name, v.dir, rep)),
-      start("baseline", undefined, rep)
+      ...baselines.map((b) => start(b.name, undefined, rep, b.file))
     ])
     const order = [...servers.slice(rep % servers.length), ...servers.slice(0, rep % servers.length)]
     for (const s of order) {
       const r = await measure(s, snapshot && rep === 0)
       results.get(s.name)!.push(r)
-      log(`rep ${rep + 1} ${s.name}: ${r.rssKiB.toFixed(1)} KiB RSS, ${r.heapKiB.toFixed(1)} KiB heap, ${r.externalKiB.toFixed(2)} KiB external per connection`)
+      log(`rep ${rep + 1} ${s.name}: ${r.rssKiB.toFixed(1)} KiB RSS, ${r.heapKiB.toFixed(1)} KiB heap (${r.committedKiB.toFixed(1)} committed), ${
+        r.externalKiB.toFixed(2)
+      } KiB external per connection`)
     }
     await Promise.all(servers.flatMap((s) => [stop(s.loadgen, "SIGKILL"), stop(s.server, "SIGTERM")]))
   }
-  const base = results.get("baseline")!
+  const base = results.get(baselines[0]!.name)!
   const baseRss = median(base.map((r) => r.rssKiB))
   console.log(`\nper idle connection, KiB (median of ${reps}; ${connections} connections, 4 per user)`)
   console.log("server                 RSS    heap   RSS / baseline   each RSS (heap)")

@@ -160,7 +160,7 @@ export interface Shared {
   readonly replayPage: { readonly maxBytes: number; readonly maxEvents: number }
   /** Forks a connection's frame handler; every such fiber is interrupted when the server stops. */
   readonly fork: (effect: Effect.Effect<void>) => void
-  /** Runs a short synchronous effect (a log line) at once, with the server's services. */
+  /** Runs a short effect (a log line) at once, with the server's services, outside any connection fiber. */
   readonly now: (effect: Effect.Effect<void>) => void
   /** Closes a connection's background scope, off the caller's stack. */
   readonly closeLater: (scope: Scope.Closeable) => void
@@ -185,7 +185,7 @@ export const makeShared = (settings: {
 }): Effect.Effect<Shared, never, Services> =>
   Effect.gen(function*() {
     const context = yield* Effect.context<Services>()
-    const runSync = Effect.runSyncExitWith(context)
+    // a root fiber with the server's services: a log line runs to its end inside this call
     const runFork = Effect.runForkWith(context)
     const maxSocketBytes = settings.limits.maxSocketBytes
     return {
@@ -201,7 +201,7 @@ export const makeShared = (settings: {
         maxEvents: Math.max(1, Math.min(FOLLOW_PAGE.maxEvents, Math.floor(maxSocketBytes / 8 / SocketOutput.FRAME_OVERHEAD_BYTES)))
       },
       fork: settings.fork,
-      now: (effect) => void runSync(effect),
+      now: (effect) => void runFork(effect),
       closeLater: (scope) => void runFork(Scope.close(scope, Exit.void)),
       scope: settings.scope,
       onClose: settings.onClose
@@ -334,7 +334,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
       this.working = true
       this.fork(Effect.andThen(
         Scope.provide(bridge.register(this), this.backgroundScope().scope),
-        Effect.logInfo("connection opened")
+        Effect.andThen(Effect.logInfo("connection opened"), this.drain())
       ))
     }
     this.watchExpiry()
@@ -394,7 +394,10 @@ class Conn implements Connection, BridgeConnection, Liveness {
     if (!this.working) this.finish()
   }
 
-  /** Runs `effect` as the connection's fiber; when it ends and the socket closed, the connection ends. */
+  /**
+   * Runs `effect` (which ends with `drain`) as the connection's fiber; the connection ends once its
+   * socket closed and no fiber is handling its frames.
+   */
   private fork(effect: Effect.Effect<void>): void {
     this.shared.fork(this.annotated(effect).pipe(
       Effect.onInterrupt(() => Effect.sync(() => this.output.destroy("server_shutdown"))),
@@ -405,10 +408,14 @@ class Conn implements Connection, BridgeConnection, Liveness {
           Effect.logError("connection failed", Cause.pretty(cause).slice(0, 2000))
         )
       ),
-      Effect.ensuring(Effect.sync(() => {
-        this.working = false
-        if (this.isClosed) this.finish()
-      }))
+      // `drain` hands the connection back when it finds the inbox empty; a fiber that did not get
+      // there (interrupted, or failed) still holds it, and no other fiber can have started
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+          this.working = false
+          if (this.isClosed) this.finish()
+        })
+      )
     ))
   }
 
@@ -474,9 +481,12 @@ class Conn implements Connection, BridgeConnection, Liveness {
     return Effect.suspend(() => {
       const frame = this.inbox?.shift()
       if (frame === undefined) {
+        // in the same step as the check: a frame arriving from now on starts the next fiber
         this.inbox = undefined
+        this.working = false
         // a full bucket carries nothing worth keeping
         if (this.frames?.isFull(Date.now()) === true) this.frames = undefined
+        if (this.isClosed) this.finish()
         return Effect.void
       }
       return Effect.andThen(this.handleFrame(frame), this.drain())
