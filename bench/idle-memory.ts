@@ -189,6 +189,8 @@ const heapSnapshot = async (s: Server): Promise<string> => {
 }
 
 interface Reading {
+  /** RSS with the sockets open, MiB. */
+  readonly rssMiBAfter: number
   readonly rssKiB: number
   readonly heapKiB: number
   /** Heap pages V8 holds (physical), used or not. */
@@ -215,6 +217,7 @@ const measure = async (s: Server, doSnapshot: boolean): Promise<Reading> => {
     HeapDiff.print(`${s.name}: heap snapshot growth per connection (${snapBefore}, ${snapAfter})`, HeapDiff.diff(HeapDiff.census(snapBefore), HeapDiff.census(snapAfter), connections), snapshotRows)
   }
   return {
+    rssMiBAfter: after.rss / 1048576,
     rssKiB: (after.rss - before.rss) / connections / 1024,
     heapKiB: (after.heapUsed - before.heapUsed) / connections / 1024,
     committedKiB: ((after.heapCommitted ?? Number.NaN) - (before.heapCommitted ?? Number.NaN)) / connections / 1024,
@@ -235,7 +238,7 @@ const main = async () => {
     for (const s of order) {
       const r = await measure(s, snapshot && rep === 0)
       results.get(s.name)!.push(r)
-      log(`rep ${rep + 1} ${s.name}: ${r.rssKiB.toFixed(1)} KiB RSS, ${r.heapKiB.toFixed(1)} KiB heap (${r.committedKiB.toFixed(1)} committed), ${
+      log(`rep ${rep + 1} ${s.name}: RSS ${r.rssMiBAfter.toFixed(0)} MiB with the sockets open; ${r.rssKiB.toFixed(1)} KiB RSS, ${r.heapKiB.toFixed(1)} KiB heap (${r.committedKiB.toFixed(1)} committed), ${
         r.externalKiB.toFixed(2)
       } KiB external per connection`)
     }

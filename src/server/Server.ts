@@ -143,7 +143,7 @@ export const layer: Layer.Layer<
     const engines = yield* ExecutionEngineFactory
     const bridge = yield* WebSocketBridge
     const runLog = yield* RunLog
-    // every connection and handshake fiber lives here; all are interrupted at shutdown
+    // every handshake fiber and every fiber handling a connection's frames lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission | RunLog>()
     // connections' background work (stop waits, resumes, thread requests): interrupted after the sockets closed
     const connectionScope = yield* Scope.fork(yield* Effect.scope)
