@@ -143,8 +143,12 @@ const wss = new WebSocketServer({ noServer: true, maxPayload, perMessageDeflate:
 const server = createServer((_request, response) => {
   response.writeHead(404).end()
 })
+// one listener for all sockets: a closure here would keep each handshake's request alive with its socket
+function destroyOnError(this: Duplex) {
+  this.destroy()
+}
 server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) => {
-  socket.on("error", () => socket.destroy())
+  socket.on("error", destroyOnError)
   const url = new URL(request.url ?? "/", "http://localhost")
   if (url.pathname !== "/ws") return refuse(socket, 404)
   const bearer = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "")

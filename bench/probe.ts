@@ -11,7 +11,7 @@
  */
 import { readFileSync } from "node:fs"
 import { monitorEventLoopDelay } from "node:perf_hooks"
-import { getHeapStatistics } from "node:v8"
+import { getHeapSpaceStatistics, getHeapStatistics } from "node:v8"
 import type { ProbeCommand, ProbeReply } from "./shared.ts"
 
 const maxOpenFiles = (): number => {
@@ -27,7 +27,7 @@ const maxOpenFiles = (): number => {
 const isProbe = (m: unknown): m is ProbeCommand =>
   typeof m === "object" && m !== null && (m as { probe?: unknown }).probe === "stats"
 
-const gc = (globalThis as { gc?: () => void }).gc
+const gc = (globalThis as { gc?: (options?: { type: "major"; execution: "sync"; flavor: "last-resort" }) => void }).gc
 
 // BENCH_LOOP_DELAY=1: also sample event-loop delay (a 1 ms timer), to see stalls such as a heartbeat sweep
 const loopDelay = process.env.BENCH_LOOP_DELAY === "1" ? monitorEventLoopDelay({ resolution: 1 }) : undefined
@@ -52,7 +52,9 @@ if (process.send !== undefined) {
           cpuSystemMicros: cpu.system,
           maxOpenFiles: maxOpenFiles(),
           monotonicMicros: Number(process.hrtime.bigint() / 1000n),
-          loopDelayMaxMs: loopDelayMaxMs()
+          loopDelayMaxMs: loopDelayMaxMs(),
+          heapCommitted: getHeapStatistics().total_physical_size,
+          heapSpaces: Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.physical_space_size]))
         }
       } catch {
         // reading RSS opens /proc/self/stat, which fails when every file descriptor is taken;
@@ -76,8 +78,12 @@ if (process.send !== undefined) {
     }
     if (message.gc && gc !== undefined) {
       // two full collections, then let freed pages go back before reading RSS
-      gc()
-      gc()
+      if (message.reduce === true) {
+        gc({ type: "major", execution: "sync", flavor: "last-resort" })
+      } else {
+        gc()
+        gc()
+      }
       setTimeout(reply, 200)
     } else {
       reply()

@@ -165,6 +165,12 @@ export interface ProbeCommand {
   readonly probe: "stats"
   readonly id: number
   readonly gc: boolean
+  /**
+   * With `gc`: a memory-reducing collection (V8's last-resort GC, which also shrinks the young
+   * generation back) instead of two full ones, so RSS shows what is retained rather than how far a
+   * burst of allocation grew the young generation.
+   */
+  readonly reduce?: boolean
   /** Start a new event-loop delay window after this reading. */
   readonly resetLoopDelay?: boolean
 }
@@ -185,4 +191,8 @@ export interface ProbeReply {
   readonly monotonicMicros: number
   /** Longest event-loop delay since the last reset, ms (NaN unless BENCH_LOOP_DELAY=1). */
   readonly loopDelayMaxMs: number
+  /** Bytes V8 committed for its heap (used or not), when the probe could read it. */
+  readonly heapCommitted?: number
+  /** The same per V8 heap space (`new_space`, `old_space`, …), physical bytes. */
+  readonly heapSpaces?: Readonly<Record<string, number>>
 }

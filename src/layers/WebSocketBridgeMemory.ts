@@ -24,6 +24,8 @@ export const make = Effect.sync(() => {
 
   return WebSocketBridge.of({
     register: (connection) => Effect.acquireRelease(Effect.sync(() => local.add(connection)), () => Effect.sync(() => local.remove(connection))),
+    registerSync: local.add,
+    unregisterSync: local.remove,
     emit: (event, frame) => Effect.sync(() => deliver(event, frame)),
     deliverSync: deliver,
     connectionCount: (user_id) => Effect.sync(() => local.count(user_id))

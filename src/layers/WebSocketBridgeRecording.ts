@@ -45,6 +45,8 @@ export const layer: Layer.Layer<WebSocketBridge | RecordedEvents> = Layer.effect
 
   const bridge = WebSocketBridge.of({
     register: inner.register,
+    registerSync: inner.registerSync,
+    unregisterSync: inner.unregisterSync,
     connectionCount: inner.connectionCount,
     emit: (event, frame) => Effect.flatMap(Effect.suspend(() => record(event)), () => inner.emit(event, frame))
   })

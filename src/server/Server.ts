@@ -103,6 +103,14 @@ const refuseUpgrade = (socket: Duplex, status: number, code: string, message: st
   }
 }
 
+/**
+ * A handshake socket's error listener. One function for all: a closure here would keep the whole
+ * handshake (the request, its headers) alive as long as the socket, about 1 KiB per connection.
+ */
+function destroyOnError(this: Duplex) {
+  this.destroy()
+}
+
 /** The path of a request target, or undefined when the target is not a valid URL. Never throws. */
 export const targetOf = (target: string | undefined): URL | undefined => URL.parse(target ?? "/", "http://localhost") ?? undefined
 
@@ -135,8 +143,10 @@ export const layer: Layer.Layer<
     const engines = yield* ExecutionEngineFactory
     const bridge = yield* WebSocketBridge
     const runLog = yield* RunLog
-    // every connection and handshake fiber lives here; all are interrupted at shutdown
+    // every handshake fiber and every fiber handling a connection's frames lives here; all are interrupted at shutdown
     const runFork = yield* FiberSet.makeRuntime<WebSocketBridge | ExecutionEngineFactory | Auth | RunAdmission | RunLog>()
+    // connections' background work (stop waits, resumes, thread requests): interrupted after the sockets closed
+    const connectionScope = yield* Scope.fork(yield* Effect.scope)
     let shuttingDown = false
     let server: ReturnType<typeof createServer> | undefined
 
@@ -275,8 +285,28 @@ export const layer: Layer.Layer<
 
     // each user's open connections, oldest first
     const byUser = new Map<string, Array<WebSocketConnection.Connection>>()
+    // one server's connections share their listeners, methods and settings: an idle one holds no fiber
+    const shared = yield* WebSocketConnection.makeShared({
+      options: {
+        maxMessageBytes: config.maxMessageBytes,
+        clockSkewMs: config.jwtClockSkewSeconds * 1000,
+        maxFramesPerSecond: config.maxFramesPerSecond
+      },
+      limits,
+      budget,
+      fork: (effect) => void runFork(effect),
+      scope: connectionScope,
+      onClose: (connection) => {
+        const list = byUser.get(connection.user_id)
+        const at = list?.indexOf(connection) ?? -1
+        if (list !== undefined && at >= 0) list.splice(at, 1)
+        if (list !== undefined && list.length === 0) byUser.delete(connection.user_id)
+        connections.delete(connection)
+        if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
+      }
+    })
     const accept = (ws: WebSocket, verified: VerifiedToken, socket: Duplex) => {
-      const connection = WebSocketConnection.make(ws, socket as Duplex & SocketOutput.CorkableSocket, limits, budget)
+      const connection = WebSocketConnection.open(shared, ws, socket, verified)
       connections.add(connection)
       const mine = byUser.get(verified.user_id) ?? []
       mine.push(connection)
@@ -287,19 +317,6 @@ export const layer: Layer.Layer<
         // a dead socket would never finish the close handshake
         setTimeout(() => oldest.output.destroy("replaced"), CLOSE_GRACE_MS).unref()
       }
-      ws.once("close", () => {
-        const list = byUser.get(verified.user_id)
-        const at = list?.indexOf(connection) ?? -1
-        if (list !== undefined && at >= 0) list.splice(at, 1)
-        if (list !== undefined && list.length === 0) byUser.delete(verified.user_id)
-        connections.delete(connection)
-        if (shuttingDown && connections.size === 0) Deferred.doneUnsafe(allClosed, Effect.void)
-      })
-      runFork(WebSocketConnection.run(connection, verified, {
-        maxMessageBytes: config.maxMessageBytes,
-        clockSkewMs: config.jwtClockSkewSeconds * 1000,
-        maxFramesPerSecond: config.maxFramesPerSecond
-      }))
     }
 
     const refused = (socket: Duplex, status: number, code: string, reason: string, message: string) => {
@@ -310,7 +327,7 @@ export const layer: Layer.Layer<
     }
 
     const handshake = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
-      socket.on("error", () => socket.destroy())
+      socket.on("error", destroyOnError)
       const url = targetOf(request.url)
       if (url === undefined) return refused(socket, 400, "BAD_REQUEST", "bad_target", "the request target is not a valid URL")
       if (url.pathname !== "/ws") return refused(socket, 404, "REFUSED", "not_found", "WebSocket endpoint is GET /ws")

@@ -19,8 +19,8 @@
  *   uncorked on the next tick, so a tick's frames leave in one write (flushed
  *   early every 64 KiB).
  * - **backpressure on the reader**: `backedUp()` is true while more than
- *   `HIGH_WATER_BYTES` wait; the connection stops handling that socket's frames
- *   until `drained` resumes.
+ *   `HIGH_WATER_BYTES` wait (per-frame overhead included); the connection stops
+ *   handling that socket's frames until `drained` resumes.
  *
  * Nothing here throws: every call into `ws` and the TCP socket is guarded.
  *
@@ -50,10 +50,11 @@ export const FRAME_OVERHEAD_BYTES = 256
 export const TRACK_BYTES = 64 * 1024
 
 /**
- * Unsent bytes above which the connection stops handling the client's frames
- * (a quarter of the per-socket bound when that is smaller), so that replies
- * alone never reach the bound: a client that floods without reading is slowed
- * down, not dropped.
+ * Memory waiting to be sent (bytes plus `FRAME_OVERHEAD_BYTES` per queued
+ * frame, as the bounds count it) above which the connection stops handling the
+ * client's frames (a quarter of the per-socket bound when that is smaller), so
+ * that replies alone never reach the bound: a client that floods without
+ * reading is slowed down, not dropped.
  */
 export const HIGH_WATER_BYTES = 256 * 1024
 
@@ -103,7 +104,7 @@ export interface SocketOutput {
   readonly destroy: (reason: CloseReason) => void
   /** Memory waiting to be sent: bytes plus the overhead of the queued frames. */
   readonly buffered: () => number
-  /** True while more than `HIGH_WATER_BYTES` (or a quarter of the bound) wait. */
+  /** True while more than `HIGH_WATER_BYTES` (or a quarter of the bound) wait, per-frame overhead included. */
   readonly backedUp: () => boolean
   /** Resumes once the output is no longer backed up (or the socket closed). */
   readonly drained: Effect.Effect<void>
@@ -214,167 +215,210 @@ const byteLengthOf = (frame: string): number => {
   return lastFrameBytes
 }
 
-/** Builds the write path of one connection. */
-export const make = (
-  ws: SendTarget,
-  socket: CorkableSocket | undefined,
-  limits: OutputLimits,
-  budget?: OutputBudget
-): SocketOutput => {
-  let corked = false
-  let reason: CloseReason | undefined
-  let limit: "socket" | "process" | undefined
+/** Uncorks on the next tick (one function for every socket: no closure per connection). */
+const uncorkLater = (output: Output) => output.uncorkNow()
 
+/**
+ * The write path of one connection. A class, so that its methods are shared by
+ * every connection (an idle connection holds one object, not a dozen closures).
+ */
+class Output implements SocketOutput, BudgetEntry {
+  private corked = false
+  private reason: CloseReason | undefined = undefined
+  private limitHit: "socket" | "process" | undefined = undefined
   // frames and bytes written since the socket's queue was last empty: the queue's per-frame overhead
-  let queuedFrames = 0
-  let queuedBytes = 0
-  /** `bytes` unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
-  const withOverhead = (bytes: number) => {
-    if (bytes === 0 || queuedBytes === 0) return bytes
-    return bytes + Math.round(queuedFrames * Math.min(1, bytes / queuedBytes)) * FRAME_OVERHEAD_BYTES
-  }
-  /** Unsent bytes plus the overhead of the frames still queued. */
-  const buffered = () => withOverhead(ws.bufferedAmount)
+  private queuedFrames = 0
+  private queuedBytes = 0
   // whether the budget may be tracking this socket: below TRACK_BYTES the budget only forgets
   // it, so while it is not tracked the per-frame call is skipped (forgetting twice is harmless)
-  let noted = false
-  const noteBudget = () => {
-    if (budget === undefined) return
-    const bytes = buffered()
-    if (bytes < TRACK_BYTES && !noted) return
-    noted = bytes >= TRACK_BYTES
-    budget.note(entry, bytes)
+  private noted = false
+
+  private readonly ws: SendTarget
+  private readonly socket: CorkableSocket | undefined
+  private readonly limits: OutputLimits
+  private readonly budget: OutputBudget | undefined
+
+  constructor(ws: SendTarget, socket: CorkableSocket | undefined, limits: OutputLimits, budget: OutputBudget | undefined) {
+    this.ws = ws
+    this.socket = socket
+    this.limits = limits
+    this.budget = budget
   }
-  const uncork = () => {
-    corked = false
+
+  /** `bytes` unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
+  private withOverhead(bytes: number): number {
+    if (bytes === 0 || this.queuedBytes === 0) return bytes
+    return bytes + Math.round(this.queuedFrames * Math.min(1, bytes / this.queuedBytes)) * FRAME_OVERHEAD_BYTES
+  }
+
+  /** Unsent bytes plus the overhead of the frames still queued. */
+  buffered(): number {
+    return this.withOverhead(this.ws.bufferedAmount)
+  }
+
+  private noteBudget(): void {
+    if (this.budget === undefined) return
+    const bytes = this.buffered()
+    if (bytes < TRACK_BYTES && !this.noted) return
+    this.noted = bytes >= TRACK_BYTES
+    this.budget.note(this, bytes)
+  }
+
+  /** @internal */
+  uncorkNow(): void {
+    this.corked = false
     try {
-      socket?.uncork()
+      this.socket?.uncork()
     } catch {
       // a destroyed socket has nothing left to flush
     }
   }
-  const destroy = (why: CloseReason) => {
-    if (reason === undefined) reason = why
-    if (budget !== undefined) budget.forget(entry)
+
+  destroy(why: CloseReason): void {
+    if (this.reason === undefined) this.reason = why
+    if (this.budget !== undefined) this.budget.forget(this)
     try {
-      ws.terminate()
+      this.ws.terminate()
     } catch {
       // already gone
     }
   }
-  const entry: BudgetEntry = {
-    buffered,
-    dropForBudget: () => {
-      limit ??= "process"
-      destroy("slow_consumer")
-    }
+
+  /** @internal */
+  dropForBudget(): void {
+    this.limitHit ??= "process"
+    this.destroy("slow_consumer")
   }
 
-  const send = (frame: string) => {
+  send(frame: string): void {
+    const ws = this.ws
     if (ws.readyState !== OPEN) return
     const unsent = ws.bufferedAmount
     if (unsent === 0) {
-      queuedFrames = 0
-      queuedBytes = 0
+      this.queuedFrames = 0
+      this.queuedBytes = 0
     }
     const size = byteLengthOf(frame)
     // the bound counts the frame about to be written: nothing is queued past it
-    if (withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > limits.maxSocketBytes) {
-      limit ??= "socket"
-      return destroy("slow_consumer")
+    if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes) {
+      this.limitHit ??= "socket"
+      return this.destroy("slow_consumer")
     }
+    const socket = this.socket
     try {
-      if (socket !== undefined && !corked) {
-        corked = true
+      if (socket !== undefined && !this.corked) {
+        this.corked = true
         socket.cork()
-        process.nextTick(uncork)
+        process.nextTick(uncorkLater, this)
       }
       ws.send(frame)
-      queuedFrames++
-      queuedBytes += size
+      this.queuedFrames++
+      this.queuedBytes += size
       // never hold more than this back: a long burst still leaves in 64 KiB writes
-      if (corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+      if (this.corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
         socket.uncork()
         socket.cork()
       }
     } catch {
-      return destroy("protocol_error")
+      return this.destroy("protocol_error")
     }
     // what this socket holds now is at most what it held plus this frame (10 bytes of header at
     // most): while that stays under TRACK_BYTES and the budget is not tracking it, skip the re-read
-    if (noted || unsent + size + 10 + queuedFrames * FRAME_OVERHEAD_BYTES >= TRACK_BYTES) noteBudget()
+    if (this.noted || unsent + size + 10 + this.queuedFrames * FRAME_OVERHEAD_BYTES >= TRACK_BYTES) this.noteBudget()
   }
 
-  const highWater = Math.min(HIGH_WATER_BYTES, Math.floor(limits.maxSocketBytes / 4))
-  const backedUp = () => socket !== undefined && ws.readyState === OPEN && socket.writableLength > highWater
+  backedUp(): boolean {
+    // the memory waiting as the bounds count it (bytes plus per-frame overhead): a flood of tiny
+    // replies is held to the mark like one of large ones
+    return this.socket !== undefined && this.ws.readyState === OPEN &&
+      this.buffered() > Math.min(HIGH_WATER_BYTES, Math.floor(this.limits.maxSocketBytes / 4))
+  }
 
-  const drained: Effect.Effect<void> = Effect.callback<void>((resume) => {
-    if (!backedUp() || socket === undefined) return resume(Effect.void)
-    let resumed = false
-    const done = () => {
-      if (resumed) return
-      resumed = true
-      socket.off("drain", done)
-      socket.off("close", done)
-      noteBudget()
-      resume(Effect.void)
-    }
-    socket.once("drain", done)
-    socket.once("close", done)
-    // a socket emits `drain` only after a write that returned false; when the queue grew past the
-    // mark without one (several small writes under a cork), an empty write is the flush barrier
-    if (socket.writableNeedDrain === false && socket.write !== undefined) {
+  get drained(): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      const socket = this.socket
+      if (!this.backedUp() || socket === undefined) return resume(Effect.void)
+      let resumed = false
+      const done = () => {
+        if (resumed) return
+        resumed = true
+        socket.off("drain", done)
+        socket.off("close", done)
+        this.noteBudget()
+        resume(Effect.void)
+      }
+      socket.once("drain", done)
+      socket.once("close", done)
+      // a socket emits `drain` only after a write that returned false; when the queue grew past the
+      // mark without one (several small writes under a cork), an empty write is the flush barrier
+      if (socket.writableNeedDrain === false && socket.write !== undefined) {
+        try {
+          socket.write(EMPTY, done)
+        } catch {
+          done()
+        }
+      }
+      return Effect.sync(() => {
+        socket.off("drain", done)
+        socket.off("close", done)
+      })
+    })
+  }
+
+  // everything written so far left the process: the flush barrier's callback, or at once when nothing waits
+  get flushed(): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      const socket = this.socket
+      if (socket === undefined || this.ws.readyState !== OPEN || socket.writableLength === 0 || socket.write === undefined) {
+        return resume(Effect.void)
+      }
+      let resumed = false
+      const done = () => {
+        if (resumed) return
+        resumed = true
+        socket.off("close", done)
+        this.noteBudget()
+        resume(Effect.void)
+      }
+      socket.once("close", done)
       try {
         socket.write(EMPTY, done)
       } catch {
         done()
       }
-    }
-    return Effect.sync(() => {
-      socket.off("drain", done)
-      socket.off("close", done)
+      return Effect.sync(() => socket.off("close", done))
     })
-  })
+  }
 
-  // everything written so far left the process: the flush barrier's callback, or at once when nothing waits
-  const flushed: Effect.Effect<void> = Effect.callback<void>((resume) => {
-    if (socket === undefined || ws.readyState !== OPEN || socket.writableLength === 0 || socket.write === undefined) {
-      return resume(Effect.void)
-    }
-    let resumed = false
-    const done = () => {
-      if (resumed) return
-      resumed = true
-      socket.off("close", done)
-      noteBudget()
-      resume(Effect.void)
-    }
-    socket.once("close", done)
+  close(code: number, text: string, why: CloseReason): void {
+    if (this.reason === undefined) this.reason = why
     try {
-      socket.write(EMPTY, done)
+      if (this.ws.readyState === OPEN) this.ws.close(code, text)
     } catch {
-      done()
+      this.destroy(why)
     }
-    return Effect.sync(() => socket.off("close", done))
-  })
+  }
 
-  return {
-    send,
-    flushed,
-    close: (code, text, why) => {
-      if (reason === undefined) reason = why
-      try {
-        if (ws.readyState === OPEN) ws.close(code, text)
-      } catch {
-        destroy(why)
-      }
-    },
-    destroy,
-    buffered,
-    backedUp,
-    drained,
-    closeReason: () => reason,
-    limit: () => limit,
-    release: () => budget?.forget(entry)
+  closeReason(): CloseReason | undefined {
+    return this.reason
+  }
+
+  limit(): "socket" | "process" | undefined {
+    return this.limitHit
+  }
+
+  release(): void {
+    this.budget?.forget(this)
   }
 }
+
+/**
+ * Builds the write path of one connection. Its methods are shared (call them
+ * on the object: `output.send(frame)`, not a detached `send`).
+ */
+export const make = (
+  ws: SendTarget,
+  socket: CorkableSocket | undefined,
+  limits: OutputLimits,
+  budget?: OutputBudget
+): SocketOutput => new Output(ws, socket, limits, budget)

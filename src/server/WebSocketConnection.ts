@@ -1,20 +1,27 @@
 /**
- * One accepted WebSocket connection, as one fiber.
+ * One accepted WebSocket connection.
  *
  * Sends `connection_established`, registers with the bridge (so the user's run
  * events reach it), then decodes client frames one at a time, in order. A bad
  * frame gets an `error` frame and the connection lives on. When the socket
- * closes, the fiber's scope closes and the bridge forgets the connection.
+ * closes, the bridge forgets the connection and its background work ends.
+ *
+ * An idle connection holds one object (`Conn`) and its socket: no fiber, no
+ * queue, no scope. Its listeners, methods and settings are shared by every
+ * connection of the server (`Shared`). Frames are handled by a fiber that is
+ * started when a frame arrives and ends once the connection's inbox is empty;
+ * what only some connections need (the background scope of stops, resumes and
+ * thread requests, the frame budget, the runs it sent) is made on first use.
  *
  * Also here: where the token is taken from at the handshake, and which
  * subprotocol the server selects.
  *
  * @module
  */
-import { Cause, Effect, FiberHandle, FiberMap, FiberSet, Queue, Semaphore, Stream } from "effect"
+import { Cause, Context, Effect, Exit, FiberMap, Scope, Semaphore, Stream } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
-import type { WebSocket } from "ws"
+import type { RawData, WebSocket } from "ws"
 import {
   type AgentEvent,
   type ClientMessage,
@@ -30,7 +37,7 @@ import { Auth, bearerToken, type VerifiedToken } from "../services/Auth.ts"
 import { ExecutionEngineFactory } from "../services/ExecutionEngineFactory.ts"
 import { follow, FOLLOW_PAGE, RunLog, type RunLogReadError } from "../services/RunLog.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
-import { WebSocketBridge } from "../services/WebSocketBridge.ts"
+import { type BridgeConnection, WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
 import * as SentSeqs from "./SentSeqs.ts"
 import * as SocketOutput from "./SocketOutput.ts"
@@ -62,7 +69,6 @@ interface Tracked {
   follower: number
   replaced: (() => void) | undefined
 }
-
 
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
   (request.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter((p) => p.length > 0)
@@ -131,372 +137,301 @@ export interface Connection {
   readonly output: SocketOutput.SocketOutput
   readonly limits: SocketOutput.OutputLimits
   readonly liveness: Liveness
+  /** The connection's user (from its token). */
+  readonly user_id: string
 }
 
-/** Wraps an accepted socket in its write path (every frame to it goes through `output`). */
-export const make = (
-  ws: WebSocket,
-  socket: Duplex & SocketOutput.CorkableSocket,
-  limits: SocketOutput.OutputLimits,
-  budget?: SocketOutput.OutputBudget
-): Connection => ({
-  ws,
-  socket,
-  output: SocketOutput.make(ws, socket, limits, budget),
-  limits,
-  liveness: { pong: true, handled: 0, pausedForInbox: false }
-})
+/** The services every connection of a server uses. */
+export type Services = WebSocketBridge | ExecutionEngineFactory | Auth | RunLog
 
-/** Runs one connection until its socket closes. */
-export const run = (connection: Connection, verified: VerifiedToken, options: ConnectionOptions) =>
-  Effect.suspend(() => {
-    const connection_id = UserExecutionContext.generateId("conn")
-    const user_id = verified.user_id
-    return runWithId(connection, verified, connection_id, options).pipe(Effect.annotateLogs({ user_id, connection_id }))
+/**
+ * What the connections of one server share, built once (`makeShared`): the
+ * services, the settings, where their fibers run.
+ */
+export interface Shared {
+  readonly bridge: WebSocketBridge["Service"]
+  readonly engines: ExecutionEngineFactory["Service"]
+  readonly auth: Auth["Service"]
+  readonly log: RunLog["Service"]
+  readonly options: ConnectionOptions
+  readonly limits: SocketOutput.OutputLimits
+  readonly budget: SocketOutput.OutputBudget | undefined
+  /** Limits of one replay page (from the per-socket bound). */
+  readonly replayPage: { readonly maxBytes: number; readonly maxEvents: number }
+  /** Forks a connection's frame handler; every such fiber is interrupted when the server stops. */
+  readonly fork: (effect: Effect.Effect<void>) => void
+  /** Runs a short effect (a log line) at once, with the server's services, outside any connection fiber. */
+  readonly now: (effect: Effect.Effect<void>) => void
+  /** Closes a connection's background scope, off the caller's stack. */
+  readonly closeLater: (scope: Scope.Closeable) => void
+  /** The scope a connection's background scope is forked from (closed after the sockets at shutdown). */
+  readonly scope: Scope.Scope
+  /** Called once a connection's socket closed (before its fiber, if any, ends). */
+  readonly onClose: (connection: Connection) => void
+}
+
+/**
+ * Builds what the connections of a server share. `fork` runs their frame
+ * handlers (the server's fiber set), `scope` bounds their background work,
+ * `onClose` tells the server a socket closed.
+ */
+export const makeShared = (settings: {
+  readonly options: ConnectionOptions
+  readonly limits: SocketOutput.OutputLimits
+  readonly budget?: SocketOutput.OutputBudget | undefined
+  readonly fork: (effect: Effect.Effect<void>) => void
+  readonly scope: Scope.Scope
+  readonly onClose: (connection: Connection) => void
+}): Effect.Effect<Shared, never, Services> =>
+  Effect.gen(function*() {
+    const context = yield* Effect.context<Services>()
+    // a root fiber with the server's services: a log line runs to its end inside this call
+    const runFork = Effect.runForkWith(context)
+    const maxSocketBytes = settings.limits.maxSocketBytes
+    return {
+      bridge: Context.get(context, WebSocketBridge),
+      engines: Context.get(context, ExecutionEngineFactory),
+      auth: Context.get(context, Auth),
+      log: Context.get(context, RunLog),
+      options: settings.options,
+      limits: settings.limits,
+      budget: settings.budget,
+      replayPage: {
+        maxBytes: Math.min(REPLAY_PAGE_BYTES, Math.floor(maxSocketBytes / 8)),
+        maxEvents: Math.max(1, Math.min(FOLLOW_PAGE.maxEvents, Math.floor(maxSocketBytes / 8 / SocketOutput.FRAME_OVERHEAD_BYTES)))
+      },
+      fork: settings.fork,
+      now: (effect) => void runFork(effect),
+      closeLater: (scope) => void runFork(Scope.close(scope, Exit.void)),
+      scope: settings.scope,
+      onClose: settings.onClose
+    }
   })
 
-const runWithId = (connection: Connection, verified: VerifiedToken, connection_id: string, options: ConnectionOptions) => {
-  const { liveness, output, ws } = connection
-  const user_id = verified.user_id
-  return Effect.gen(function*() {
-    const bridge = yield* WebSocketBridge
-    const engines = yield* ExecutionEngineFactory
-    const auth = yield* Auth
-    const log = yield* RunLog
-    const openedAt = Date.now()
-    const inbox = yield* Queue.unbounded<string | Uint8Array, Cause.Done>()
-    let closeCode = 1006
-    let socketError: string | undefined
+/** Where a socket's connection is kept, so that one set of listeners serves every socket. */
+const CONNECTION = Symbol.for("agentwire/connection")
+type Tagged = WebSocket & { [CONNECTION]?: Conn }
 
-    // every frame to this socket, events and replies alike, takes the one write path
-    const reply = (message: ServerMessage) => output.send(JSON.stringify(message))
+// Node callbacks: nothing a client sends may throw out of them
+function onMessage(this: Tagged, data: RawData, isBinary: boolean) {
+  const c = this[CONNECTION]
+  if (c === undefined) return
+  try {
+    c.receive(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8"))
+  } catch {
+    c.output.destroy("protocol_error")
+  }
+}
+function onPong(this: Tagged) {
+  const c = this[CONNECTION]
+  if (c !== undefined) c.pong = true
+}
+function onError(this: Tagged, error: Error) {
+  const c = this[CONNECTION]
+  if (c !== undefined) c.socketError = error.message
+}
+function onClose(this: Tagged, code: number) {
+  this[CONNECTION]?.closed(code)
+}
+const onExpiryTimer = (c: Conn) => {
+  c.expiry = undefined
+  c.watchExpiry()
+}
 
-    // Node callbacks: nothing a client sends may throw out of them
-    ws.on("message", (data, isBinary) => {
-      try {
-        const frame = isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8")
-        Queue.offerUnsafe(inbox, frame)
-        // a client sending faster than frames are handled is slowed down by TCP, not by dropping frames
-        if (Queue.sizeUnsafe(inbox) >= INBOX_HIGH_WATER && !ws.isPaused) {
-          liveness.pausedForInbox = true
-          ws.pause()
-        }
-      } catch {
-        output.destroy("protocol_error")
-      }
-    })
-    ws.on("pong", () => {
-      liveness.pong = true
-    })
-    ws.on("error", (error) => {
-      socketError = error.message
-    })
-    ws.on("close", (code) => {
-      closeCode = code
-      output.release()
-      Queue.endUnsafe(inbox)
-    })
-    // the socket may have closed before the listeners were attached
-    if (ws.readyState === ws.CLOSING || ws.readyState === ws.CLOSED) Queue.endUnsafe(inbox)
+const withRequestId = (request_id: string | undefined) => (request_id === undefined ? {} : { request_id })
 
-    reply({
+/** What a connection makes on first use, and keeps until it closes. */
+interface Background {
+  /** Stops waiting for terminal events, resumes, thread requests: interrupted when the connection closes. */
+  readonly scope: Scope.Closeable
+  followed: FiberMap.FiberMap<string> | undefined
+  pages: Semaphore.Semaphore | undefined
+  followerIds: number
+}
+
+/**
+ * One connection. A class, so that its methods are shared; it is also the
+ * bridge's view of the connection (`send`) and the heartbeat's (`liveness`).
+ */
+class Conn implements Connection, BridgeConnection, Liveness {
+  readonly ws: WebSocket
+  readonly socket: Duplex
+  readonly output: SocketOutput.SocketOutput
+  readonly id: string
+  readonly user_id: string
+  pong = true
+  handled = 0
+  pausedForInbox = false
+  socketError: string | undefined = undefined
+  expiry: ReturnType<typeof setTimeout> | undefined = undefined
+  private readonly shared: Shared
+  private readonly openedAt: number
+  private expiresAt: number
+  /** Frames not handled yet (none: undefined). */
+  private inbox: Array<string | Uint8Array> | undefined = undefined
+  /** A fiber is handling frames (or registering the connection). */
+  private working = false
+  private closeCode = 1006
+  private isClosed = false
+  private finished = false
+  /** Per run, what this connection sent: each event reaches the connection at most once. */
+  private tracked: Map<string, Tracked> | undefined = undefined
+  private followers = 0
+  private frames: TokenBucket.TokenBucket | undefined = undefined
+  private background: Background | undefined = undefined
+  private threads: ThreadHandler | undefined = undefined
+
+  constructor(shared: Shared, ws: WebSocket, socket: Duplex, verified: VerifiedToken) {
+    this.shared = shared
+    this.ws = ws
+    this.socket = socket
+    this.output = SocketOutput.make(ws, socket as Duplex & SocketOutput.CorkableSocket, shared.limits, shared.budget)
+    this.id = UserExecutionContext.generateId("conn")
+    this.user_id = verified.user_id
+    this.openedAt = Date.now()
+    this.expiresAt = verified.expires_at
+  }
+
+  get liveness(): Liveness {
+    return this
+  }
+
+  get limits(): SocketOutput.OutputLimits {
+    return this.shared.limits
+  }
+
+  /** Every frame to this socket, events and replies alike, takes the one write path. */
+  reply(message: ServerMessage): void {
+    this.output.send(JSON.stringify(message))
+  }
+
+  /** Logs with the connection's annotations. */
+  private annotated<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    return Effect.annotateLogs(effect, { user_id: this.user_id, connection_id: this.id })
+  }
+
+  open(): void {
+    const ws = this.ws as Tagged
+    ws[CONNECTION] = this
+    ws.on("message", onMessage)
+    ws.on("pong", onPong)
+    ws.on("error", onError)
+    ws.on("close", onClose)
+    this.reply({
       type: "connection_established",
-      connection_id,
-      user_id,
+      connection_id: this.id,
+      user_id: this.user_id,
       protocol_version: PROTOCOL_VERSION,
-      max_message_bytes: options.maxMessageBytes,
-      server_epoch: log.epoch
+      max_message_bytes: this.shared.options.maxMessageBytes,
+      server_epoch: this.shared.log.epoch
     })
+    const bridge = this.shared.bridge
+    if (bridge.registerSync !== undefined) {
+      bridge.registerSync(this)
+      this.shared.now(this.annotated(Effect.logInfo("connection opened")))
+    } else {
+      // a bridge whose registration does I/O: the connection's first fiber registers it, frames wait
+      this.working = true
+      this.fork(Effect.andThen(
+        Scope.provide(bridge.register(this), this.backgroundScope().scope),
+        Effect.andThen(Effect.logInfo("connection opened"), this.drain())
+      ))
+    }
+    this.watchExpiry()
+  }
 
-    // per run, what this connection sent: each event reaches the connection at most once
-    const tracked = new Map<string, Tracked>()
-    let followers = 0
-    const track = (run_id: string): Tracked => {
-      let t = tracked.get(run_id)
-      if (t !== undefined) return t
-      if (tracked.size >= MAX_TRACKED_RUNS) {
-        for (const [id, old] of tracked) {
-          if (old.follower === 0) {
-            tracked.delete(id)
-            break
-          }
+  /** The bridge's live events: skipped when a follower sends the run, or when already sent. */
+  send(frame: string, event?: AgentEvent): void {
+    if (event === undefined) return this.output.send(frame)
+    const t = this.track(event.run_id)
+    if (t.follower !== 0 || t.sent.has(event.seq)) return
+    t.sent.add(event.seq)
+    this.output.send(frame)
+  }
+
+  private track(run_id: string): Tracked {
+    const tracked = (this.tracked ??= new Map())
+    let t = tracked.get(run_id)
+    if (t !== undefined) return t
+    if (tracked.size >= MAX_TRACKED_RUNS) {
+      for (const [id, old] of tracked) {
+        if (old.follower === 0) {
+          tracked.delete(id)
+          break
         }
       }
-      t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
-      tracked.set(run_id, t)
-      return t
     }
-    // the bridge's live events: skipped when a follower sends the run, or when already sent
-    const sendLive = (frame: string, event?: AgentEvent) => {
-      if (event === undefined) return output.send(frame)
-      const t = track(event.run_id)
-      if (t.follower !== 0 || t.sent.has(event.seq)) return
-      t.sent.add(event.seq)
-      output.send(frame)
+    t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
+    tracked.set(run_id, t)
+    return t
+  }
+
+  // ---------------------------------------------------------------------------
+  // the socket's life
+
+  receive(frame: string | Uint8Array): void {
+    const inbox = (this.inbox ??= [])
+    inbox.push(frame)
+    // a client sending faster than frames are handled is slowed down by TCP, not by dropping frames
+    if (inbox.length >= INBOX_HIGH_WATER && !this.ws.isPaused) {
+      this.pausedForInbox = true
+      this.ws.pause()
     }
-    yield* bridge.register({ id: connection_id, user_id, send: sendLive })
-    yield* Effect.logInfo("connection opened")
+    if (!this.working) {
+      this.working = true
+      // handled from the scheduler, not inside the socket's read: a chunk's frames are queued first
+      this.fork(Effect.andThen(Effect.yieldNow, this.drain()))
+    }
+  }
 
-    const refuse = (error: ProtocolError) => Effect.sync(() => reply(error))
-    const withRequestId = (request_id: string | undefined) => (request_id === undefined ? {} : { request_id })
+  closed(code: number): void {
+    if (this.isClosed) return
+    this.isClosed = true
+    this.closeCode = code
+    this.output.release()
+    this.shared.onClose(this)
+    // frames received before the close are still handled; the connection ends after them
+    if (!this.working) this.finish()
+  }
 
-    // the token's expiry: without a refresh before it, the connection ends with TOKEN_EXPIRED / 4001
-    let expiresAt = verified.expires_at
-    const expiry = yield* FiberHandle.make()
-    const watchExpiry: Effect.Effect<void> = Effect.suspend(() => {
-      const left = expiresAt + options.clockSkewMs - Date.now()
-      if (left > 0) return Effect.andThen(Effect.sleep(Math.min(left, MAX_TIMER_MS)), watchExpiry)
-      return Effect.andThen(
-        Effect.sync(() => {
-          reply({ type: "error", code: "TOKEN_EXPIRED", message: "the connection's token expired; reconnect with a fresh token, or send authenticate before expiry" })
-          output.close(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired")
-        }),
-        Effect.logInfo("token expired")
-      )
-    })
-    yield* FiberHandle.run(expiry, watchExpiry)
-
-    const authenticate = (token: string, request_id: string | undefined) =>
-      auth.verify(token).pipe(
-        Effect.flatMap((next) =>
-          next.user_id !== user_id
-            ? Effect.andThen(
-              refuse({ type: "error", code: "AUTH_FAILED", message: "the token names another user; the connection keeps its current token", ...withRequestId(request_id) }),
-              Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: "other_subject" }))
-            )
-            : Effect.gen(function*() {
-              expiresAt = next.expires_at
-              yield* FiberHandle.run(expiry, watchExpiry)
-              reply({ type: "authenticated", user_id, expires_at: isoOf(next.expires_at), ...withRequestId(request_id) })
-            })
-        ),
-        Effect.catchTag("AuthError", (error) =>
-          Effect.andThen(
-            refuse({ type: "error", code: "AUTH_FAILED", message: `${error.message}; the connection keeps its current token`, ...withRequestId(request_id) }),
-            Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: error.reason }))
-          ))
-      )
-
-    // stops wait for the stopped runs' terminal events in the background: the socket's other frames go on
-    const background = yield* FiberSet.make()
-
-    const refusal = (
-      code: ProtocolError["code"],
-      message: string,
-      request_id: string | undefined,
-      extra: { readonly retry_after_ms?: number; readonly run_id?: string; readonly last_seq?: number } = {}
-    ) =>
-      refuse({ type: "error", code, message, ...withRequestId(request_id), ...extra })
-
-    const startRun = (
-      agent: string | undefined,
-      request: string,
-      ids: { readonly thread_id?: string | undefined; readonly request_id?: string | undefined }
-    ) =>
-      UserExecutionContext.make({ user_id, thread_id: ids.thread_id, request_id: ids.request_id }).pipe(
-        Effect.flatMap((context) =>
-          engines.start(context, agent, request, {
-            // a client-chosen request_id makes the start idempotent; a repeat is never rate-limited
-            idempotent: ids.request_id !== undefined,
-            threadGiven: ids.thread_id !== undefined,
-            rateLimited: true,
-            onAccepted: (accepted) =>
-              Effect.sync(() =>
-                reply({
-                  type: "run_accepted",
-                  run_id: accepted.run_id,
-                  thread_id: accepted.thread_id,
-                  request_id: accepted.request_id,
-                  agent_name: accepted.agent_name,
-                  ...(accepted.duplicate ? { duplicate: true } : {})
-                })
-              )
-          })
-        ),
-        Effect.asVoid,
-        Effect.catchTags({
-          InvalidContextError: (e) => refusal("INVALID_MESSAGE", e.message, ids.request_id),
-          UnknownAgentError: (e) => refusal("UNKNOWN_AGENT", e.message, ids.request_id),
-          AdmissionError: (e) =>
-            refusal(e.code, e.message, ids.request_id, e.retry_after_ms === undefined ? {} : { retry_after_ms: e.retry_after_ms })
+  /**
+   * Runs `effect` (which ends with `drain`) as the connection's fiber; the connection ends once its
+   * socket closed and no fiber is handling its frames.
+   */
+  private fork(effect: Effect.Effect<void>): void {
+    this.shared.fork(this.annotated(effect).pipe(
+      Effect.onInterrupt(() => Effect.sync(() => this.output.destroy("server_shutdown"))),
+      Effect.tapCause((cause) =>
+        Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.andThen(
+          // however the fiber fails, its socket ends with it: no connection outlives its handler
+          Effect.sync(() => this.output.destroy("server_error")),
+          Effect.logError("connection failed", Cause.pretty(cause).slice(0, 2000))
+        )
+      ),
+      // `drain` hands the connection back when it finds the inbox empty; a fiber that did not get
+      // there (interrupted, or failed) still holds it, and no other fiber can have started
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+          this.working = false
+          if (this.isClosed) this.finish()
         })
       )
+    ))
+  }
 
-    const stopRuns = (selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) =>
-      FiberSet.run(
-        background,
-        engines.stop({ user_id, ...selector }).pipe(
-          Effect.flatMap((run_ids) => Effect.sync(() => reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) })))
-        )
-      ).pipe(Effect.asVoid)
-
-    const runNotReadable = (error: RunLogReadError, request_id: string | undefined) =>
-      error._tag === "RunExpiredError"
-        ? refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
-        : error._tag === "RunLogUnavailableError"
-        ? refusal("LOG_UNAVAILABLE", error.message, request_id)
-        : refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
-
-    // resume_run: one follower per run; pages of the replay are sent one at a time, each once the
-    // socket flushed the previous one, so a replay to a reader that is away holds at most one page
-    // in the server: it never trips the socket's bound nor weighs on the process budget
-    const followed = yield* FiberMap.make<string>()
-    const replayPage = {
-      maxBytes: Math.min(REPLAY_PAGE_BYTES, Math.floor(connection.limits.maxSocketBytes / 8)),
-      maxEvents: Math.max(1, Math.min(FOLLOW_PAGE.maxEvents, Math.floor(connection.limits.maxSocketBytes / 8 / SocketOutput.FRAME_OVERHEAD_BYTES)))
-    }
-    const pages = Semaphore.makeUnsafe(1)
-    let followerIds = 0
-    const resumeRun = (message: ResumeRun) =>
-      Effect.gen(function*() {
-        const { after_seq, request_id, run_id } = message
-        // ownership first: another user's run is indistinguishable from an unknown one
-        const summary = yield* Effect.result(log.summary(user_id, run_id))
-        if (summary._tag === "Failure") return yield* runNotReadable(summary.failure, request_id)
-        if (after_seq > summary.success.last_seq) {
-          return yield* refusal(
-            "INVALID_MESSAGE",
-            `invalid resume_run: after_seq ${after_seq} is beyond the run's last seq ${summary.success.last_seq}`,
-            request_id,
-            { run_id }
-          )
-        }
-        const t = tracked.get(run_id)
-        if ((t === undefined || t.follower === 0) && followers >= MAX_FOLLOWED_RUNS) {
-          return yield* refusal("RATE_LIMITED", `at most ${MAX_FOLLOWED_RUNS} runs can be resumed at once on one connection`, request_id, {
-            retry_after_ms: 1000
-          })
-        }
-        if (t !== undefined && t.sent.ranges() >= SentSeqs.MAX_RANGES) {
-          return yield* refusal("RATE_LIMITED", `too many partial resumes of this run on one connection; resume it on a new connection`, request_id, {
-            run_id,
-            retry_after_ms: 1000
-          })
-        }
-        // from here on the run's live events are left to the follower, which reads them from the log
-        const state = track(run_id)
-        if (state.follower === 0) followers++
-        // a follower already sending this run is replaced; its request gets an answer saying so
-        state.replaced?.()
-        const id = ++followerIds
-        state.follower = id
-        state.replaced = () =>
-          reply({
-            type: "error",
-            code: "RESUME_REPLACED",
-            message: "a later resume_run of this run on this connection took over from this one",
-            run_id,
-            ...withRequestId(request_id)
-          })
-        const stream = follow(log, user_id, run_id, after_seq, { pageLimits: replayPage })
-        const body = Stream.runForEachArray(stream, (items) =>
-          pages.withPermit(Effect.andThen(
-            output.flushed,
-            Effect.sync(() => {
-              for (const item of items) {
-                if (item._tag === "Idle") continue
-                if (item._tag === "CaughtUp") {
-                  const { last_seq, status } = item.summary
-                  reply({ type: "run_resumed", run_id, after_seq, last_seq, status, ...withRequestId(request_id) })
-                  continue
-                }
-                // what this connection already sent of the run is not sent again
-                const seq = item.event.seq
-                if (state.sent.has(seq)) continue
-                state.sent.add(seq)
-                output.send(item.event.frame)
-              }
-            })
-          ))).pipe(
-            Effect.catchTags({
-              RunNotFoundError: (e) => runNotReadable(e, request_id),
-              RunExpiredError: (e) => runNotReadable(e, request_id),
-              RunLogUnavailableError: (e) => runNotReadable(e, request_id),
-              AfterSeqError: (e) => refusal("INVALID_MESSAGE", `invalid resume_run: ${e.message}`, request_id, { run_id })
-            }),
-            Effect.ensuring(Effect.sync(() => {
-              // a later resume of the same run took over: it owns the state now
-              if (state.follower !== id) return
-              state.follower = 0
-              state.replaced = undefined
-              followers--
-            }))
-          )
-        yield* FiberMap.run(followed, run_id, body)
-      })
-
-    const listRuns = (message: ListRuns) =>
-      Effect.flatMap(log.list(user_id, { thread_id: message.thread_id, status: message.status, limit: message.limit }), (runs) =>
-        Effect.sync(() =>
-          reply({
-            type: "runs",
-            runs: runs.map(({ user_id: _, ...run }) => run),
-            ...withRequestId(message.request_id)
-          })
-        )).pipe(Effect.catchTag("RunLogUnavailableError", (e) => runNotReadable(e, message.request_id)))
-
-    // threads (issue 14): answered in the background by server/ThreadRequests.ts
-    const threads = yield* ThreadRequests.makeHandler(user_id, reply)
-
-    const handle = (message: ClientMessage | ProtocolError): Effect.Effect<void> => {
-      switch (message.type) {
-        case "error":
-          return refuse(message)
-        case "ping":
-          return Effect.sync(() => reply({ type: "pong", timestamp: new Date().toISOString() }))
-        case "start_agent":
-          return startRun(message.agent, message.user_request, message)
-        case "user_message":
-          return startRun(undefined, message.text, message)
-        case "authenticate":
-          return authenticate(message.token, message.request_id)
-        case "stop_agent":
-          return stopRuns({ run_id: message.run_id, thread_id: message.thread_id }, message.request_id)
-        case "resume_run":
-          return resumeRun(message)
-        case "list_runs":
-          return listRuns(message)
-        case "list_threads":
-        case "get_thread":
-        case "delete_thread":
-          return threads(message)
-      }
-    }
-
-    // the connection's frame budget: a client sending faster waits here, its inbox fills, and its socket is paused
-    const frames = TokenBucket.make(options.maxFramesPerSecond, options.maxFramesPerSecond, Date.now())
-    const frameBudget: Effect.Effect<void> = Effect.suspend(() => {
-      if (options.maxFramesPerSecond <= 0) return Effect.void
-      const wait = frames.take(Date.now())
-      return wait === 0 ? Effect.void : Effect.andThen(Effect.sleep(wait), frameBudget)
-    })
-
-    const next: Effect.Effect<void, Cause.Done> = Effect.flatMap(Queue.take(inbox), (frame) =>
-      Effect.andThen(frameBudget, Effect.suspend(() => {
-        liveness.handled++
-        if (ws.isPaused && Queue.sizeUnsafe(inbox) <= INBOX_LOW_WATER) {
-          liveness.pausedForInbox = false
-          ws.resume()
-        }
-        return typeof frame === "string"
-          ? handle(decodeClientFrame(frame))
-          : refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
-      }).pipe(
-        // a bug in handling one frame answers that frame and the connection lives on; it never dies silently
-        Effect.catchDefect((defect) =>
-          Effect.andThen(
-            refuse({ type: "error", code: "INTERNAL", message: "the server failed to handle this frame; the connection stays open" }),
-            Effect.logError("frame handler failed").pipe(Effect.annotateLogs({ defect: String(defect).slice(0, 200) }))
-          ))
-      )).pipe(
-        // while the client does not read what it is sent, its frames wait (and its socket stops being read)
-        Effect.andThen(output.drained)
-      ))
-    yield* Effect.forever(next).pipe(Effect.catchTag("Done", () => Effect.void))
-
+  private finish(): void {
+    if (this.finished) return
+    this.finished = true
+    if (this.expiry !== undefined) clearTimeout(this.expiry)
+    this.expiry = undefined
+    this.shared.bridge.unregisterSync?.(this)
+    if (this.background !== undefined) this.shared.closeLater(this.background.scope)
+    const output = this.output
     const reason = output.closeReason()
     const limit = output.limit()
-    yield* Effect.logInfo("connection closed").pipe(
+    const socketError = this.socketError
+    const closeCode = this.closeCode
+    this.shared.now(this.annotated(Effect.logInfo("connection closed").pipe(
       Effect.annotateLogs({
         code: closeCode,
         reason: reason ?? (socketError !== undefined && /max payload/i.test(socketError)
@@ -506,23 +441,338 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
           : closeCode === 1000 || closeCode === 1001
           ? "client_closed"
           : "client_gone"),
-        duration_ms: Date.now() - openedAt,
+        duration_ms: Date.now() - this.openedAt,
         ...(limit === undefined ? {} : { limit }),
         ...(socketError === undefined ? {} : { error: socketError })
       })
-    )
-  }).pipe(
-    Effect.scoped,
-    Effect.onInterrupt(() =>
-      Effect.andThen(
-        Effect.sync(() => output.destroy("server_shutdown")),
-        Effect.suspend(() => Effect.logInfo("connection closed").pipe(Effect.annotateLogs({ reason: output.closeReason() ?? "server_shutdown" })))
+    )))
+  }
+
+  /** The token's expiry: without a refresh before it, the connection ends with TOKEN_EXPIRED / 4001. */
+  watchExpiry(): void {
+    if (this.expiry !== undefined) clearTimeout(this.expiry)
+    this.expiry = undefined
+    if (this.finished) return
+    const left = this.expiresAt + this.shared.options.clockSkewMs - Date.now()
+    if (left > 0) {
+      this.expiry = setTimeout(onExpiryTimer, Math.min(left, MAX_TIMER_MS), this)
+      return
+    }
+    this.reply({ type: "error", code: "TOKEN_EXPIRED", message: "the connection's token expired; reconnect with a fresh token, or send authenticate before expiry" })
+    this.output.close(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired")
+    this.shared.now(this.annotated(Effect.logInfo("token expired")))
+  }
+
+  /** What a connection makes on first use: its background scope (closed with the connection). */
+  private backgroundScope(): Background {
+    return this.background ??= {
+      scope: Scope.forkUnsafe(this.shared.scope),
+      followed: undefined,
+      pages: undefined,
+      followerIds: 0
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // client frames, one at a time
+
+  /** Handles the waiting frames in order, then ends (the next frame starts another fiber). */
+  private drain(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const frame = this.inbox?.shift()
+      if (frame === undefined) {
+        // in the same step as the check: a frame arriving from now on starts the next fiber
+        this.inbox = undefined
+        this.working = false
+        // a full bucket carries nothing worth keeping
+        if (this.frames?.isFull(Date.now()) === true) this.frames = undefined
+        if (this.isClosed) this.finish()
+        return Effect.void
+      }
+      return Effect.andThen(this.handleFrame(frame), this.drain())
+    })
+  }
+
+  /** The connection's frame budget: a client sending faster waits here, its inbox fills, and its socket is paused. */
+  private frameBudget(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const perSecond = this.shared.options.maxFramesPerSecond
+      if (perSecond <= 0) return Effect.void
+      const frames = (this.frames ??= TokenBucket.make(perSecond, perSecond, Date.now()))
+      const wait = frames.take(Date.now())
+      return wait === 0 ? Effect.void : Effect.andThen(Effect.sleep(wait), this.frameBudget())
+    })
+  }
+
+  private handleFrame(frame: string | Uint8Array): Effect.Effect<void> {
+    return Effect.andThen(
+      this.frameBudget(),
+      Effect.suspend(() => {
+        this.handled++
+        if (this.ws.isPaused && (this.inbox?.length ?? 0) <= INBOX_LOW_WATER) {
+          this.pausedForInbox = false
+          this.ws.resume()
+        }
+        return typeof frame === "string"
+          ? this.handle(decodeClientFrame(frame))
+          : this.refuse({ type: "error", code: "INVALID_MESSAGE", message: "binary frames are not supported; send JSON text frames" })
+      }).pipe(
+        // a bug in handling one frame answers that frame and the connection lives on; it never dies silently
+        Effect.catchDefect((defect) =>
+          Effect.andThen(
+            this.refuse({ type: "error", code: "INTERNAL", message: "the server failed to handle this frame; the connection stays open" }),
+            Effect.logError("frame handler failed").pipe(Effect.annotateLogs({ defect: String(defect).slice(0, 200) }))
+          )
+        )
       )
-    ),
-    Effect.tapCause((cause) =>
-      Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("connection failed", Cause.pretty(cause).slice(0, 2000))
-    ),
-    // however the fiber ends, its socket ends with it: no connection outlives its handler
-    Effect.ensuring(Effect.sync(() => output.destroy("server_error")))
-  )
+    ).pipe(
+      // while the client does not read what it is sent, its frames wait (and its socket stops being read)
+      Effect.andThen(this.output.drained)
+    )
+  }
+
+  private handle(message: ClientMessage | ProtocolError): Effect.Effect<void> {
+    switch (message.type) {
+      case "error":
+        return this.refuse(message)
+      case "ping":
+        return Effect.sync(() => this.reply({ type: "pong", timestamp: new Date().toISOString() }))
+      case "start_agent":
+        return this.startRun(message.agent, message.user_request, message)
+      case "user_message":
+        return this.startRun(undefined, message.text, message)
+      case "authenticate":
+        return this.authenticate(message.token, message.request_id)
+      case "stop_agent":
+        return this.stopRuns({ run_id: message.run_id, thread_id: message.thread_id }, message.request_id)
+      case "resume_run":
+        return this.resumeRun(message)
+      case "list_runs":
+        return this.listRuns(message)
+      case "list_threads":
+      case "get_thread":
+      case "delete_thread":
+        return this.threadRequest(message)
+    }
+  }
+
+  private refuse(error: ProtocolError): Effect.Effect<void> {
+    return Effect.sync(() => this.reply(error))
+  }
+
+  private refusal(
+    code: ProtocolError["code"],
+    message: string,
+    request_id: string | undefined,
+    extra: { readonly retry_after_ms?: number; readonly run_id?: string; readonly last_seq?: number } = {}
+  ): Effect.Effect<void> {
+    return this.refuse({ type: "error", code, message, ...withRequestId(request_id), ...extra })
+  }
+
+  private authenticate(token: string, request_id: string | undefined): Effect.Effect<void> {
+    return this.shared.auth.verify(token).pipe(
+      Effect.flatMap((next) =>
+        next.user_id !== this.user_id
+          ? Effect.andThen(
+            this.refusal("AUTH_FAILED", "the token names another user; the connection keeps its current token", request_id),
+            Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: "other_subject" }))
+          )
+          : Effect.sync(() => {
+            this.expiresAt = next.expires_at
+            this.watchExpiry()
+            this.reply({ type: "authenticated", user_id: this.user_id, expires_at: isoOf(next.expires_at), ...withRequestId(request_id) })
+          })
+      ),
+      Effect.catchTag("AuthError", (error) =>
+        Effect.andThen(
+          this.refusal("AUTH_FAILED", `${error.message}; the connection keeps its current token`, request_id),
+          Effect.logInfo("authenticate refused").pipe(Effect.annotateLogs({ reason: error.reason }))
+        ))
+    )
+  }
+
+  private startRun(
+    agent: string | undefined,
+    request: string,
+    ids: { readonly thread_id?: string | undefined; readonly request_id?: string | undefined }
+  ): Effect.Effect<void> {
+    return UserExecutionContext.make({ user_id: this.user_id, thread_id: ids.thread_id, request_id: ids.request_id }).pipe(
+      Effect.flatMap((context) =>
+        this.shared.engines.start(context, agent, request, {
+          // a client-chosen request_id makes the start idempotent; a repeat is never rate-limited
+          idempotent: ids.request_id !== undefined,
+          threadGiven: ids.thread_id !== undefined,
+          rateLimited: true,
+          onAccepted: (accepted) =>
+            Effect.sync(() =>
+              this.reply({
+                type: "run_accepted",
+                run_id: accepted.run_id,
+                thread_id: accepted.thread_id,
+                request_id: accepted.request_id,
+                agent_name: accepted.agent_name,
+                ...(accepted.duplicate ? { duplicate: true } : {})
+              })
+            )
+        })
+      ),
+      Effect.asVoid,
+      Effect.catchTags({
+        InvalidContextError: (e) => this.refusal("INVALID_MESSAGE", e.message, ids.request_id),
+        UnknownAgentError: (e) => this.refusal("UNKNOWN_AGENT", e.message, ids.request_id),
+        AdmissionError: (e) =>
+          this.refusal(e.code, e.message, ids.request_id, e.retry_after_ms === undefined ? {} : { retry_after_ms: e.retry_after_ms })
+      })
+    )
+  }
+
+  /** Stops wait for the stopped runs' terminal events in the background: the socket's other frames go on. */
+  private stopRuns(selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) {
+    return Effect.asVoid(Effect.forkIn(
+      this.shared.engines.stop({ user_id: this.user_id, ...selector }).pipe(
+        Effect.flatMap((run_ids) => Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) })))
+      ),
+      this.backgroundScope().scope
+    ))
+  }
+
+  private runNotReadable(error: RunLogReadError, request_id: string | undefined): Effect.Effect<void> {
+    return error._tag === "RunExpiredError"
+      ? this.refusal("RUN_EXPIRED", error.message, request_id, { run_id: error.run_id, last_seq: error.last_seq })
+      : error._tag === "RunLogUnavailableError"
+      ? this.refusal("LOG_UNAVAILABLE", error.message, request_id)
+      : this.refusal("RUN_NOT_FOUND", error.message, request_id, { run_id: error.run_id })
+  }
+
+  // resume_run: one follower per run; pages of the replay are sent one at a time, each once the
+  // socket flushed the previous one, so a replay to a reader that is away holds at most one page
+  // in the server: it never trips the socket's bound nor weighs on the process budget
+  private resumeRun(message: ResumeRun): Effect.Effect<void> {
+    const c = this
+    const log = this.shared.log
+    const user_id = this.user_id
+    return Effect.gen(function*() {
+      const { after_seq, request_id, run_id } = message
+      // ownership first: another user's run is indistinguishable from an unknown one
+      const summary = yield* Effect.result(log.summary(user_id, run_id))
+      if (summary._tag === "Failure") return yield* c.runNotReadable(summary.failure, request_id)
+      if (after_seq > summary.success.last_seq) {
+        return yield* c.refusal(
+          "INVALID_MESSAGE",
+          `invalid resume_run: after_seq ${after_seq} is beyond the run's last seq ${summary.success.last_seq}`,
+          request_id,
+          { run_id }
+        )
+      }
+      const t = c.tracked?.get(run_id)
+      if ((t === undefined || t.follower === 0) && c.followers >= MAX_FOLLOWED_RUNS) {
+        return yield* c.refusal("RATE_LIMITED", `at most ${MAX_FOLLOWED_RUNS} runs can be resumed at once on one connection`, request_id, {
+          retry_after_ms: 1000
+        })
+      }
+      if (t !== undefined && t.sent.ranges() >= SentSeqs.MAX_RANGES) {
+        return yield* c.refusal("RATE_LIMITED", `too many partial resumes of this run on one connection; resume it on a new connection`, request_id, {
+          run_id,
+          retry_after_ms: 1000
+        })
+      }
+      const background = c.backgroundScope()
+      const followed = background.followed ??= yield* Scope.provide(FiberMap.make<string>(), background.scope)
+      const pages = background.pages ??= Semaphore.makeUnsafe(1)
+      // from here on the run's live events are left to the follower, which reads them from the log
+      const state = c.track(run_id)
+      if (state.follower === 0) c.followers++
+      // a follower already sending this run is replaced; its request gets an answer saying so
+      state.replaced?.()
+      const id = ++background.followerIds
+      state.follower = id
+      state.replaced = () =>
+        c.reply({
+          type: "error",
+          code: "RESUME_REPLACED",
+          message: "a later resume_run of this run on this connection took over from this one",
+          run_id,
+          ...withRequestId(request_id)
+        })
+      const stream = follow(log, user_id, run_id, after_seq, { pageLimits: c.shared.replayPage })
+      const body = Stream.runForEachArray(stream, (items) =>
+        pages.withPermit(Effect.andThen(
+          c.output.flushed,
+          Effect.sync(() => {
+            for (const item of items) {
+              if (item._tag === "Idle") continue
+              if (item._tag === "CaughtUp") {
+                const { last_seq, status } = item.summary
+                c.reply({ type: "run_resumed", run_id, after_seq, last_seq, status, ...withRequestId(request_id) })
+                continue
+              }
+              // what this connection already sent of the run is not sent again
+              const seq = item.event.seq
+              if (state.sent.has(seq)) continue
+              state.sent.add(seq)
+              c.output.send(item.event.frame)
+            }
+          })
+        ))).pipe(
+          Effect.catchTags({
+            RunNotFoundError: (e) => c.runNotReadable(e, request_id),
+            RunExpiredError: (e) => c.runNotReadable(e, request_id),
+            RunLogUnavailableError: (e) => c.runNotReadable(e, request_id),
+            AfterSeqError: (e) => c.refusal("INVALID_MESSAGE", `invalid resume_run: ${e.message}`, request_id, { run_id })
+          }),
+          Effect.ensuring(Effect.sync(() => {
+            // a later resume of the same run took over: it owns the state now
+            if (state.follower !== id) return
+            state.follower = 0
+            state.replaced = undefined
+            c.followers--
+          }))
+        )
+      yield* FiberMap.run(followed, run_id, body)
+    })
+  }
+
+  private listRuns(message: ListRuns): Effect.Effect<void> {
+    return Effect.flatMap(
+      this.shared.log.list(this.user_id, { thread_id: message.thread_id, status: message.status, limit: message.limit }),
+      (runs) =>
+        Effect.sync(() =>
+          this.reply({
+            type: "runs",
+            runs: runs.map(({ user_id: _, ...run }) => run),
+            ...withRequestId(message.request_id)
+          })
+        )
+    ).pipe(Effect.catchTag("RunLogUnavailableError", (e) => this.runNotReadable(e, message.request_id)))
+  }
+
+  // threads (issue 14): answered in the background by server/ThreadRequests.ts
+  private threadRequest(message: Parameters<ThreadHandler>[0]): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.threads !== undefined) return this.threads(message)
+      const background = this.backgroundScope()
+      return Effect.flatMap(
+        Scope.provide(ThreadRequests.makeHandler(this.user_id, (reply) => this.reply(reply)), background.scope),
+        (threads) => {
+          this.threads = threads
+          return threads(message)
+        }
+      )
+    })
+  }
+}
+
+type ThreadHandler = ReturnType<typeof ThreadRequests.makeHandler> extends Effect.Effect<infer H, infer _E, infer _R> ? H : never
+
+/**
+ * Takes over an accepted socket: sends `connection_established`, registers
+ * the connection with the bridge and arms its token's expiry. From here on
+ * the socket's events drive it; it ends when the socket closes
+ * (`Shared.onClose`, then the bridge forgets it and its background work is
+ * interrupted).
+ */
+export const open = (shared: Shared, ws: WebSocket, socket: Duplex, verified: VerifiedToken): Connection => {
+  const connection = new Conn(shared, ws, socket, verified)
+  connection.open()
+  return connection
 }

@@ -27,6 +27,14 @@ export class WebSocketBridge extends Context.Service<WebSocketBridge, {
   /** Registers a connection until the surrounding scope closes. */
   readonly register: (connection: BridgeConnection) => Effect.Effect<void, never, Scope.Scope>
   /**
+   * The same registration as two plain synchronous calls, for bridges whose
+   * registration needs no I/O (the in-memory one): a connection then needs no
+   * scope (nor fiber) while it is idle. `unregisterSync` of a connection that
+   * is not registered does nothing. Bridges that need I/O leave both out.
+   */
+  readonly registerSync?: ((connection: BridgeConnection) => void) | undefined
+  readonly unregisterSync?: ((connection: BridgeConnection) => void) | undefined
+  /**
    * Delivers one event to every live connection of `event.user_id`, encoded
    * once (`frame`, when given, is that encoding: the run emitter encodes each
    * event once for the log and the bridge).
