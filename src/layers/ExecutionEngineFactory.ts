@@ -50,6 +50,7 @@ import { RunLog } from "../services/RunLog.ts"
 import { decodeServerFrame } from "../protocol/Protocol.ts"
 import { RunControl } from "../services/RunControl.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
+import { InstanceLease } from "./InstanceLeaseRedis.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
@@ -338,6 +339,15 @@ export const make = Effect.gen(function*() {
 
   // other instances' stops of runs executing here
   if (control !== undefined) yield* control.serve(stopLocal)
+
+  // this instance's lease expired (cut off from Redis or paused longer than the lease): another instance
+  // may be closing its runs with INSTANCE_LOST; they end here too, so local sockets see them end
+  const lease = Option.getOrUndefined(yield* Effect.serviceOption(InstanceLease))
+  if (lease !== undefined) {
+    yield* lease.onLost(() => {
+      for (const run of Array.from(active.values())) requestStop(run, "instance_lost")
+    })
+  }
 
   return ExecutionEngineFactory.of({
     createForUser,
