@@ -358,7 +358,7 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
             "INVALID_MESSAGE",
             `invalid resume_run: after_seq ${after_seq} is beyond the run's last seq ${summary.success.last_seq}`,
             request_id,
-            { run_id }
+            { run_id, last_seq: summary.success.last_seq }
           )
         }
         const t = tracked.get(run_id)
