@@ -327,8 +327,12 @@ export const make = Effect.gen(function*() {
         (selector.run_id === undefined || run.context.run_id === selector.run_id) &&
         (selector.thread_id === undefined || run.context.thread_id === selector.thread_id)
       )
+      // stopped by this stop: its cancelled ending passed its emitter, so it is in the log (a run another
+      // instance closed meanwhile, INSTANCE_LOST, has its ending refused as fenced: it had already ended)
       return Effect.map(stopAll(selected, "user_request"), (outcomes) =>
-        selected.filter((run, i) => run.cause === "user_request" && outcomes[i]!.status === "cancelled").map((run) => run.context.run_id))
+        selected.filter((run, i) =>
+          run.cause === "user_request" && outcomes[i]!.status === "cancelled" && run.emitter?.outcome()?.status === "cancelled"
+        ).map((run) => run.context.run_id))
     })
 
   const localState = (user_id: string, run_id: string): RunState => {

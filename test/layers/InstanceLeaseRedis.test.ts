@@ -220,6 +220,35 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
     }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(Layer.succeed(References.MinimumLogLevel, "Info")))
   }, 30_000)
 
+  it.live("a stop of a run another instance closed (INSTANCE_LOST), sent to the paused instance where it still executes, answers no run: the run was not stopped by it", () =>
+    Effect.gen(function*() {
+      const dead = yield* build(
+        ExecutionEngineFactoryLayer.layer.pipe(
+          Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+          Layer.provideMerge(WebSocketBridgeRecording.layer),
+          Layer.provideMerge(paused("inst-zombie")),
+          Layer.provide(registry)
+        )
+      )
+      const live = yield* build(survivor("inst-zombie-survivor"))
+      yield* pausedLease(Context.get(dead, Redis.Redis), "inst-zombie")
+      const engines = Context.get(dead, ExecutionEngineFactory)
+      const user_id = `z${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id })
+      // one event every 3 s: between two of them the survivor closes the run, and the zombie does not know yet
+      const handle = yield* engines.start(context, "ticker", "steps=20 interval_ms=3000")
+      yield* Context.get(dead, WebSocketBridgeRecording.RecordedEvents).waitFor((e) => e.run_id === context.run_id && e.seq === 1)
+      yield* Context.get(live, WebSocketBridgeRecording.RecordedEvents).waitFor((e) =>
+        e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0
+      )
+      expect(yield* engines.runState(user_id, context.run_id)).toBe("active")
+      // the log says failed: a stop finds it already ended, as its document says ({"run_ids": []})
+      expect(yield* engines.stop({ user_id, run_id: context.run_id })).toEqual([])
+      yield* handle.await
+      const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
+      expect(summary.status).toBe("failed")
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
   it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>
     Effect.gen(function*() {
       const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
