@@ -32,7 +32,7 @@
  *
  * @module
  */
-import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option, Result } from "effect"
 import { ConversationStore, titleOf } from "../services/ConversationStore.ts"
 import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
@@ -357,9 +357,18 @@ export const make = Effect.gen(function*() {
     createForUser,
     start,
     stop: (selector) =>
-      control === undefined
-        ? stopLocal(selector)
-        : Effect.zipWith(stopLocal(selector), control.stopRemote(selector), (here, elsewhere) => [...here, ...elsewhere], { concurrent: true }),
+      Effect.suspend(() => {
+        // a run this instance runs (or ran) is stopped here alone: nothing to ask Redis or another instance
+        if (control === undefined || (selector.run_id !== undefined && localState(selector.user_id, selector.run_id) !== "unknown")) {
+          return stopLocal(selector)
+        }
+        // the runs here stop even when the other instances cannot be reached (the answer is then that error)
+        return Effect.zip(stopLocal(selector), Effect.result(control.stopRemote(selector)), { concurrent: true }).pipe(
+          Effect.flatMap(([here, elsewhere]) =>
+            Result.isSuccess(elsewhere) ? Effect.succeed([...here, ...elsewhere.success]) : Effect.fail(elsewhere.failure)
+          )
+        )
+      }),
     runState: (user_id, run_id) =>
       Effect.suspend(() => {
         const here = localState(user_id, run_id)

@@ -326,7 +326,9 @@ const runWithId = (connection: Connection, verified: VerifiedToken, connection_i
       FiberSet.run(
         background,
         engines.stop({ user_id, ...selector }).pipe(
-          Effect.flatMap((run_ids) => Effect.sync(() => reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) })))
+          Effect.flatMap((run_ids) => Effect.sync(() => reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) }))),
+          // runs on another instance that cannot be reached now (Redis down): not a false "nothing to stop"
+          Effect.catchTag("RunControlUnavailableError", (e) => refusal("SERVER_BUSY", e.message, request_id, { retry_after_ms: e.retry_after_ms }))
         )
       ).pipe(Effect.asVoid)
 
