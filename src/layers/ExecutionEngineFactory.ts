@@ -101,6 +101,8 @@ export const make = Effect.gen(function*() {
   const active = new Map<string, ActiveRun>()
   const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
   const idleWaiters = new Set<() => void>()
+  // ended runs whose admission slot is being given back
+  let releasing = 0
   let liveEngines = 0
 
   /** Asks a run to end for `cause`, without waiting. */
@@ -293,8 +295,12 @@ export const make = Effect.gen(function*() {
             active.delete(context.run_id)
             remember(entry, outcome)
             Deferred.doneUnsafe(entry.done, Effect.succeed(outcome))
-            if (active.size === 0) for (const wake of Array.from(idleWaiters)) wake()
-            return admitted.release
+            // idle once its slot is given back too (drain: nothing of the run is left)
+            releasing++
+            return Effect.ensuring(admitted.release, Effect.sync(() => {
+              releasing--
+              if (active.size === 0 && releasing === 0) for (const wake of Array.from(idleWaiters)) wake()
+            }))
           })
         ),
         Effect.uninterruptible
@@ -383,7 +389,7 @@ export const make = Effect.gen(function*() {
     interruptAll,
     drain: (timeoutMs) =>
       Effect.callback<boolean>((resume) => {
-        if (active.size === 0) return resume(Effect.succeed(true))
+        if (active.size === 0 && releasing === 0) return resume(Effect.succeed(true))
         const wake = () => {
           idleWaiters.delete(wake)
           resume(Effect.succeed(true))
