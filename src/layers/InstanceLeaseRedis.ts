@@ -372,31 +372,31 @@ export const make = (options?: InstanceLeaseOptions) =>
     const renew: Effect.Effect<void> = Effect.suspend(() => {
       const sentAt = Date.now()
       return run(renewScript, self, leaseMs).pipe(
-      Effect.flatMap((answer) =>
-        Effect.suspend(() => {
-          validUntil = Math.max(validUntil, sentAt + leaseMs)
-          lostSignalled = false
-          stats.renewals++
-          renewFailureLogged = false
-          const first = firstRenewal
-          firstRenewal = false
-          if (first || answer === 1) return Effect.void
-          stats.lapses++
-          return Effect.logWarning(
-            "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
-              "other instances may have closed its runs with INSTANCE_LOST; those runs' further events are dropped"
-          )
-        })
-      ),
-      Effect.catchCause((cause) =>
-        Effect.suspend(() => {
-          if (renewFailureLogged) return Effect.void
-          renewFailureLogged = true
-          return Effect.logWarning("could not renew this instance's lease in Redis", cause)
-        })
-      ),
-      Effect.annotateLogs({ instance_id: self })
-    )
+        Effect.flatMap((answer) =>
+          Effect.suspend(() => {
+            validUntil = Math.max(validUntil, sentAt + leaseMs)
+            lostSignalled = false
+            stats.renewals++
+            renewFailureLogged = false
+            const first = firstRenewal
+            firstRenewal = false
+            if (first || answer === 1) return Effect.void
+            stats.lapses++
+            return Effect.logWarning(
+              "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
+                "its runs were stopped here (INSTANCE_LOST); other instances may have closed them in the log"
+            )
+          })
+        ),
+        Effect.catchCause((cause) =>
+          Effect.suspend(() => {
+            if (renewFailureLogged) return Effect.void
+            renewFailureLogged = true
+            return Effect.logWarning("could not renew this instance's lease in Redis", cause)
+          })
+        ),
+        Effect.annotateLogs({ instance_id: self })
+      )
     })
     yield* renew
     const expired = () => Date.now() >= validUntil
