@@ -384,7 +384,7 @@ export const make = (options?: InstanceLeaseOptions) =>
             stats.lapses++
             return Effect.logWarning(
               "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
-                "its runs were stopped here (INSTANCE_LOST); other instances may have closed them in the log"
+                "its runs end with INSTANCE_LOST (stopped here, or fenced where another instance closed them)"
             )
           })
         ),
