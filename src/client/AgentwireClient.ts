@@ -193,6 +193,13 @@ export type RunLostReason =
   | "auth_failed"
   /** The server refused the resume with a code the client does not act on (in the message). */
   | "refused"
+  /**
+   * The run's log ends before events this client already received (the resume was answered
+   * `INVALID_MESSAGE` "beyond the run's last seq"): with several instances, the instance that ran it
+   * lost its lease (paused or cut off from Redis) and another instance closed the run with
+   * `INSTANCE_LOST`; the events this client got past the log's last `seq` are not part of the run's record.
+   */
+  | "diverged"
 
 /** A run the client follows ended without its last event reaching the client. */
 export class RunLostError extends Error {
@@ -801,6 +808,17 @@ export const connect = (options: ClientOptions): Client => {
       case "RUN_EXPIRED":
       case "RUN_NOT_FOUND":
         return loseRun(tracker, message.code === "RUN_EXPIRED" ? "expired" : "not_found", message.message)
+      case "INVALID_MESSAGE":
+        // after_seq past the log's end: the log ends before what this connection delivered
+        if (message.message.includes("beyond the run's last seq")) {
+          const end = message.last_seq === undefined ? "" : ` at seq ${message.last_seq}`
+          return loseRun(
+            tracker,
+            "diverged",
+            `the run's log ends${end}, before events this client received (up to seq ${tracker.delivered}): the instance that ran it lost its lease and another instance closed the run (INSTANCE_LOST)`
+          )
+        }
+        return loseRun(tracker, "refused", `the server refused to resume the run (${message.code}): ${message.message}`)
       default:
         return loseRun(tracker, "refused", `the server refused to resume the run (${message.code}): ${message.message}`)
     }

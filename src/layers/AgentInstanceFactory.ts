@@ -152,8 +152,8 @@ export const make = Effect.gen(function*() {
           ? { code: "LOG_FULL", message: "the run log is full: the user's runs in progress exceed their share (AGENTWIRE_RETENTION_BYTES_PER_USER), or all runs in progress exceed AGENTWIRE_RETENTION_BYTES" }
           : cause === "log_unavailable"
           ? { code: "LOG_UNAVAILABLE", message: "the run log (Redis) cannot keep this run's events: it is unreachable and this instance's buffer for it is full (AGENTWIRE_REDIS_BUFFER_EVENTS), or it refused them" }
-          // what clients saw from the instance that ended the run; these events of ours reach no one (fenced)
-          : { code: "INSTANCE_LOST", message: "this instance's lease had expired (paused or cut off from Redis): another instance ended the run" }
+          // this instance's lease expired: its local sockets get these; the log keeps them only if no other instance took the run over
+          : { code: "INSTANCE_LOST", message: "the instance running this run lost its lease (paused or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): the run cannot go on" }
         const final_response = `${agent.name} failed: ${error.message}`
         return emit({ type: "agent_error", error }).pipe(
           Effect.andThen(emit({ type: "agent_completed", status: "failed", final_response, duration_ms })),

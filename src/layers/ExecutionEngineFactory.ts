@@ -32,7 +32,7 @@
  *
  * @module
  */
-import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option, Result } from "effect"
 import { ConversationStore, titleOf } from "../services/ConversationStore.ts"
 import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
@@ -50,6 +50,7 @@ import { RunLog } from "../services/RunLog.ts"
 import { decodeServerFrame } from "../protocol/Protocol.ts"
 import { RunControl } from "../services/RunControl.ts"
 import type { RunEmitter, StopCause } from "../services/RunEmitter.ts"
+import { InstanceLease } from "./InstanceLeaseRedis.ts"
 import type { UserExecutionContext } from "../services/UserExecutionContext.ts"
 import { DEFAULT_RUN_TIMEOUT_MS } from "./AgentwireConfig.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
@@ -100,6 +101,8 @@ export const make = Effect.gen(function*() {
   const active = new Map<string, ActiveRun>()
   const ended = new Map<string, { readonly user_id: string; readonly thread_id: string; readonly agent_name: string; readonly outcome: AgentOutcome }>()
   const idleWaiters = new Set<() => void>()
+  // ended runs whose admission slot is being given back
+  let releasing = 0
   let liveEngines = 0
 
   /** Asks a run to end for `cause`, without waiting. */
@@ -292,8 +295,12 @@ export const make = Effect.gen(function*() {
             active.delete(context.run_id)
             remember(entry, outcome)
             Deferred.doneUnsafe(entry.done, Effect.succeed(outcome))
-            if (active.size === 0) for (const wake of Array.from(idleWaiters)) wake()
-            return admitted.release
+            // idle once its slot is given back too (drain: nothing of the run is left)
+            releasing++
+            return Effect.ensuring(admitted.release, Effect.sync(() => {
+              releasing--
+              if (active.size === 0 && releasing === 0) for (const wake of Array.from(idleWaiters)) wake()
+            }))
           })
         ),
         Effect.uninterruptible
@@ -326,8 +333,12 @@ export const make = Effect.gen(function*() {
         (selector.run_id === undefined || run.context.run_id === selector.run_id) &&
         (selector.thread_id === undefined || run.context.thread_id === selector.thread_id)
       )
+      // stopped by this stop: its cancelled ending passed its emitter, so it is in the log (a run another
+      // instance closed meanwhile, INSTANCE_LOST, has its ending refused as fenced: it had already ended)
       return Effect.map(stopAll(selected, "user_request"), (outcomes) =>
-        selected.filter((run, i) => run.cause === "user_request" && outcomes[i]!.status === "cancelled").map((run) => run.context.run_id))
+        selected.filter((run, i) =>
+          run.cause === "user_request" && outcomes[i]!.status === "cancelled" && run.emitter?.outcome()?.status === "cancelled"
+        ).map((run) => run.context.run_id))
     })
 
   const localState = (user_id: string, run_id: string): RunState => {
@@ -339,13 +350,31 @@ export const make = Effect.gen(function*() {
   // other instances' stops of runs executing here
   if (control !== undefined) yield* control.serve(stopLocal)
 
+  // this instance's lease expired (cut off from Redis or paused longer than the lease): another instance
+  // may be closing its runs with INSTANCE_LOST; they end here too, so local sockets see them end
+  const lease = Option.getOrUndefined(yield* Effect.serviceOption(InstanceLease))
+  if (lease !== undefined) {
+    yield* lease.onLost(() => {
+      for (const run of Array.from(active.values())) requestStop(run, "instance_lost")
+    })
+  }
+
   return ExecutionEngineFactory.of({
     createForUser,
     start,
     stop: (selector) =>
-      control === undefined
-        ? stopLocal(selector)
-        : Effect.zipWith(stopLocal(selector), control.stopRemote(selector), (here, elsewhere) => [...here, ...elsewhere], { concurrent: true }),
+      Effect.suspend(() => {
+        // a run this instance runs (or ran) is stopped here alone: nothing to ask Redis or another instance
+        if (control === undefined || (selector.run_id !== undefined && localState(selector.user_id, selector.run_id) !== "unknown")) {
+          return stopLocal(selector)
+        }
+        // the runs here stop even when the other instances cannot be reached (the answer is then that error)
+        return Effect.zip(stopLocal(selector), Effect.result(control.stopRemote(selector)), { concurrent: true }).pipe(
+          Effect.flatMap(([here, elsewhere]) =>
+            Result.isSuccess(elsewhere) ? Effect.succeed([...here, ...elsewhere.success]) : Effect.fail(elsewhere.failure)
+          )
+        )
+      }),
     runState: (user_id, run_id) =>
       Effect.suspend(() => {
         const here = localState(user_id, run_id)
@@ -360,7 +389,7 @@ export const make = Effect.gen(function*() {
     interruptAll,
     drain: (timeoutMs) =>
       Effect.callback<boolean>((resume) => {
-        if (active.size === 0) return resume(Effect.succeed(true))
+        if (active.size === 0 && releasing === 0) return resume(Effect.succeed(true))
         const wake = () => {
           idleWaiters.delete(wake)
           resume(Effect.succeed(true))

@@ -42,6 +42,17 @@
  * logged no event yet is not in the index: its slot expires by itself
  * (`RunAdmissionRedis`, slot life = `leaseMs`).
  *
+ * **Losing one's own lease.** An instance that could not renew its lease
+ * within `leaseMs` of the last renewal that reached Redis (timed from when
+ * that renewal was sent, so never later than Redis's own expiry) knows that
+ * another instance may be closing its runs: it tells the `onLost` handlers
+ * (the engine stops every run it executes with `instance_lost`: each ends
+ * with `agent_error {code: "INSTANCE_LOST"}` and `agent_completed {status:
+ * "failed"}` on this instance's sockets, frees its fiber and slot, and sends
+ * nothing more). Those closing events go to the log like any other: fenced
+ * (dropped) when another instance took the run over, appended when nobody
+ * did (e.g. Redis itself was down for everyone).
+ *
  * **Shutdown.** A graceful stop removes the lease (after the engine stopped
  * its runs); should open runs remain in its index, the lease is set to expire
  * at once instead, so that another instance closes them.
@@ -51,7 +62,7 @@
  *
  * @module
  */
-import { Context, Effect, Layer, Option, Schedule, Semaphore } from "effect"
+import { Context, Effect, Layer, Option, Schedule, type Scope, Semaphore } from "effect"
 import { Redis } from "effect/persistence"
 import type { AgentEvent, AgentEventBody } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
@@ -88,6 +99,19 @@ export class InstanceLease extends Context.Service<InstanceLease, {
    */
   readonly recover: Effect.Effect<ReadonlyArray<string>>
   readonly stats: InstanceLeaseStats
+  /**
+   * True once this instance knows its lease has expired: no renewal reached
+   * Redis within `leaseMs` of the last one that did (timed from when that one
+   * was sent). False again after the next successful renewal.
+   */
+  readonly expired: () => boolean
+  /**
+   * Calls `handler` each time this instance learns its lease expired (once per
+   * lapse; `leaseMs` after the last renewal that reached Redis, checked every
+   * `min(leaseMs / 10, 100)` ms), until the scope closes. The engine stops its
+   * runs then (`instance_lost`): another instance may have closed them.
+   */
+  readonly onLost: (handler: () => void) => Effect.Effect<void, never, Scope.Scope>
 }>()("agentwire/InstanceLease") {}
 
 /** Options of the lease layer. */
@@ -341,31 +365,52 @@ export const make = (options?: InstanceLeaseOptions) =>
     // --- the lease
     let firstRenewal = true
     let renewFailureLogged = false
-    const renew: Effect.Effect<void> = run(renewScript, self, leaseMs).pipe(
-      Effect.flatMap((answer) =>
-        Effect.suspend(() => {
-          stats.renewals++
-          renewFailureLogged = false
-          const first = firstRenewal
-          firstRenewal = false
-          if (first || answer === 1) return Effect.void
-          stats.lapses++
-          return Effect.logWarning(
-            "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
-              "other instances may have closed its runs with INSTANCE_LOST; those runs' further events are dropped"
-          )
-        })
-      ),
-      Effect.catchCause((cause) =>
-        Effect.suspend(() => {
-          if (renewFailureLogged) return Effect.void
-          renewFailureLogged = true
-          return Effect.logWarning("could not renew this instance's lease in Redis", cause)
-        })
-      ),
-      Effect.annotateLogs({ instance_id: self })
-    )
+    // local time until which the lease surely holds: Redis set it to (its now + leaseMs) after the renewal was sent
+    let validUntil = Date.now() + leaseMs
+    let lostSignalled = false
+    const lostHandlers = new Set<() => void>()
+    const renew: Effect.Effect<void> = Effect.suspend(() => {
+      const sentAt = Date.now()
+      return run(renewScript, self, leaseMs).pipe(
+        Effect.flatMap((answer) =>
+          Effect.suspend(() => {
+            validUntil = Math.max(validUntil, sentAt + leaseMs)
+            lostSignalled = false
+            stats.renewals++
+            renewFailureLogged = false
+            const first = firstRenewal
+            firstRenewal = false
+            if (first || answer === 1) return Effect.void
+            stats.lapses++
+            return Effect.logWarning(
+              "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
+                "its runs end with INSTANCE_LOST (stopped here, or fenced where another instance closed them)"
+            )
+          })
+        ),
+        Effect.catchCause((cause) =>
+          Effect.suspend(() => {
+            if (renewFailureLogged) return Effect.void
+            renewFailureLogged = true
+            return Effect.logWarning("could not renew this instance's lease in Redis", cause)
+          })
+        ),
+        Effect.annotateLogs({ instance_id: self })
+      )
+    })
     yield* renew
+    const expired = () => Date.now() >= validUntil
+    // the watchdog: an instance that could not renew within leaseMs treats its runs as lost (another
+    // instance may be closing them now): the engine stops them here, so local sockets see them end
+    const watchdog = Effect.suspend(() => {
+      if (lostSignalled || !expired()) return Effect.void
+      lostSignalled = true
+      for (const handler of Array.from(lostHandlers)) handler()
+      return Effect.logWarning(
+        "this instance could not renew its lease within AGENTWIRE_INSTANCE_LEASE_MS: its runs are stopped (INSTANCE_LOST)"
+      ).pipe(Effect.annotateLogs({ instance_id: self }))
+    })
+    yield* Effect.forkScoped(Effect.repeat(watchdog, Schedule.spaced(Math.max(10, Math.min(Math.floor(leaseMs / 10), 100)))))
     yield* Effect.forkScoped(Effect.repeat(renew, Schedule.spaced(Math.max(50, Math.floor(leaseMs / 3)))))
 
     // (re)connected: renew at once; judge the others only a lease later
@@ -494,7 +539,13 @@ export const make = (options?: InstanceLeaseOptions) =>
       Effect.suspend(() => (instance.isReady() ? Effect.ignore(run(leaveScript, self)) : Effect.void))
     )
 
-    return InstanceLease.of({ instance_id: self, leaseMs, renew, recover, stats })
+    const onLost = (handler: () => void) =>
+      Effect.acquireRelease(
+        Effect.sync(() => void lostHandlers.add(handler)),
+        () => Effect.sync(() => void lostHandlers.delete(handler))
+      )
+
+    return InstanceLease.of({ instance_id: self, leaseMs, renew, recover, stats, expired, onLost })
   })
 
 /** The lease and recovery with explicit options; requires `RedisInstance`, `RunLog` and `WebSocketBridge`. */

@@ -15,21 +15,36 @@
  * the asker receives both on its one subscriber connection, so the terminal
  * events reach the asker's sockets before the answer: the stopper's
  * `run_stopped` comes after them, as on one instance. An owner that is gone
- * (no subscriber on its channel) or does not answer within `stopTimeoutMs`
- * contributes no run ids (its runs are the orphan recovery's business).
+ * (no subscriber on its channel) contributes no run ids (its runs are the
+ * orphan recovery's business). An owner that does not answer within
+ * `stopTimeoutMs` (default: the instance lease + 2 s, by when a paused
+ * owner's runs have been closed with `INSTANCE_LOST`) is looked at again:
+ * the runs whose slots are gone meanwhile had ended (no ids); a run whose
+ * slot still lives makes the stop fail with `RunControlUnavailableError`
+ * (`SERVER_BUSY` for clients: it may still run). While this instance's Redis
+ * connection is down, a stop that must reach other instances fails at once
+ * with the same error, never a false "nothing to stop".
  *
  * Requires `RedisInstance`.
  *
  * @module
  */
-import { Deferred, Effect, Layer } from "effect"
+import { Deferred, Effect, Layer, Option } from "effect"
 import { Redis } from "effect/persistence"
 import type { RunSelector } from "../services/ExecutionEngineFactory.ts"
-import { type RemoteRun, RunControl } from "../services/RunControl.ts"
+import { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import { type RemoteRun, RunControl, RunControlUnavailableError } from "../services/RunControl.ts"
+import { DEFAULT_INSTANCE_LEASE_MS } from "./AgentwireConfig.ts"
 import * as RedisInstance from "./RedisInstance.ts"
 
-/** Default longest wait for another instance's answer to a stop, in ms. */
-export const DEFAULT_STOP_TIMEOUT_MS = 30_000
+/** Default longest wait for another instance's answer to a stop, in ms: the default lease + 2 s. */
+export const DEFAULT_STOP_TIMEOUT_MS = DEFAULT_INSTANCE_LEASE_MS + 2_000
+
+/** Longest wait for Redis to list a user's runs, in ms. */
+const LIST_TIMEOUT_MS = 2_000
+
+/** `retry_after_ms` of a stop that could not reach the runs' instances. */
+const STOP_RETRY_AFTER_MS = 1_000
 
 /** KEYS: slots, runs. The user's live slots as flat (run_id, `instance \t thread \t agent`) pairs. */
 const liveRunsScript = Redis.script((slots: string, runs: string) => [slots, runs], {
@@ -77,7 +92,9 @@ export interface RunControlRedisOptions {
 export const make = (options?: RunControlRedisOptions) =>
   Effect.gen(function*() {
     const instance = yield* RedisInstance.RedisInstance
-    const stopTimeoutMs = options?.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS
+    // about the lease: by then a paused owner's runs have been closed (INSTANCE_LOST) by another instance
+    const leaseMs = Option.match(yield* Effect.serviceOption(AgentwireConfig), { onNone: () => DEFAULT_INSTANCE_LEASE_MS, onSome: (c) => c.instanceLeaseMs })
+    const stopTimeoutMs = options?.stopTimeoutMs ?? leaseMs + 2_000
     const self = instance.instance_id
     const pending = new Map<string, Deferred.Deferred<ReadonlyArray<string>>>()
     let stopLocal: ((selector: RunSelector) => Effect.Effect<ReadonlyArray<string>>) | undefined
@@ -104,19 +121,34 @@ export const make = (options?: RunControlRedisOptions) =>
     }
     yield* instance.subscribe(RedisInstance.keys.instanceControl(self), onMessage)
 
-    const remoteRuns = (user_id: string): Effect.Effect<ReadonlyArray<RemoteRun>> =>
-      instance.redis.eval(liveRunsScript)(RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id)).pipe(
-        Effect.map((flat) => {
-          const out: Array<RemoteRun> = []
-          for (let i = 0; i + 1 < flat.length; i += 2) {
-            const [instance_id = "", thread_id = "", agent_name = ""] = flat[i + 1]!.split("\t")
-            if (instance_id !== self) out.push({ run_id: flat[i]!, thread_id, agent_name, instance_id })
-          }
-          return out
-        }),
-        Effect.timeout(stopTimeoutMs),
-        Effect.catchCause((cause) => Effect.as(Effect.logWarning("could not list the user's runs in Redis", cause), []))
+    const unavailable = (message: string) => new RunControlUnavailableError({ message, retry_after_ms: STOP_RETRY_AFTER_MS })
+
+    /** The user's live runs on other instances; fails at once while Redis is unreachable. */
+    const liveRemoteRuns = (user_id: string): Effect.Effect<ReadonlyArray<RemoteRun>, RunControlUnavailableError> =>
+      Effect.suspend(() =>
+        !instance.isReady()
+          ? Effect.fail(unavailable("Redis cannot be reached: runs on other instances cannot be stopped now"))
+          : instance.redis.eval(liveRunsScript)(RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id)).pipe(
+            Effect.map((flat) => {
+              const out: Array<RemoteRun> = []
+              for (let i = 0; i + 1 < flat.length; i += 2) {
+                const [instance_id = "", thread_id = "", agent_name = ""] = flat[i + 1]!.split("\t")
+                if (instance_id !== self) out.push({ run_id: flat[i]!, thread_id, agent_name, instance_id })
+              }
+              return out
+            }),
+            Effect.timeout(LIST_TIMEOUT_MS),
+            Effect.catchCause((cause) =>
+              Effect.andThen(
+                Effect.logWarning("could not list the user's runs in Redis", cause),
+                Effect.fail(unavailable("Redis did not answer: runs on other instances cannot be stopped now"))
+              )
+            )
+          )
       )
+
+    const remoteRuns = (user_id: string): Effect.Effect<ReadonlyArray<RemoteRun>> =>
+      liveRemoteRuns(user_id).pipe(Effect.orElseSucceed((): ReadonlyArray<RemoteRun> => []))
 
     const askOwner = (owner: string, user_id: string, run_ids: ReadonlyArray<string>) =>
       Effect.suspend(() => {
@@ -125,13 +157,25 @@ export const make = (options?: RunControlRedisOptions) =>
         pending.set(reply_id, reply)
         const request = JSON.stringify({ type: "stop", reply_to: self, reply_id, user_id, run_ids })
         return instance.redis.send<number>("PUBLISH", RedisInstance.keys.instanceControl(owner), request).pipe(
+          Effect.timeout(LIST_TIMEOUT_MS),
+          Effect.mapError(() => unavailable("Redis did not take the stop request: runs on other instances cannot be stopped now")),
           // nobody listens on the owner's channel: that instance is gone
-          Effect.flatMap((receivers) => receivers === 0 ? Effect.succeed<ReadonlyArray<string>>([]) : Deferred.await(reply)),
-          Effect.timeout(stopTimeoutMs),
-          Effect.catchCause((cause) =>
-            Effect.as(
-              Effect.logWarning("another instance did not answer a stop", cause).pipe(Effect.annotateLogs({ owner, user_id })),
-              [] as ReadonlyArray<string>
+          Effect.flatMap((receivers) =>
+            receivers === 0 ? Effect.succeed<ReadonlyArray<string>>([]) : Deferred.await(reply).pipe(
+              Effect.timeoutOption(stopTimeoutMs),
+              Effect.flatMap(Option.match({
+                onSome: Effect.succeed,
+                // no answer: runs whose slots are gone meanwhile ended (a paused owner's are closed with
+                // INSTANCE_LOST about a lease after it stopped renewing); one still live may still run
+                onNone: () =>
+                  Effect.flatMap(liveRemoteRuns(user_id), (live) =>
+                    live.some((run) => run.instance_id === owner && run_ids.includes(run.run_id))
+                      ? Effect.andThen(
+                        Effect.logWarning("another instance did not answer a stop").pipe(Effect.annotateLogs({ owner, user_id })),
+                        Effect.fail(unavailable(`the instance running the run did not answer within ${stopTimeoutMs} ms; it may still run`))
+                      )
+                      : Effect.succeed<ReadonlyArray<string>>([]))
+              }))
             )
           ),
           Effect.ensuring(Effect.sync(() => pending.delete(reply_id)))
@@ -140,7 +184,7 @@ export const make = (options?: RunControlRedisOptions) =>
 
     const stopRemote = (selector: RunSelector) =>
       Effect.gen(function*() {
-        const selected = (yield* remoteRuns(selector.user_id)).filter((run) =>
+        const selected = (yield* liveRemoteRuns(selector.user_id)).filter((run) =>
           (selector.run_id === undefined || run.run_id === selector.run_id) &&
           (selector.thread_id === undefined || run.thread_id === selector.thread_id)
         )

@@ -27,6 +27,7 @@ import {
   type ListOptions,
   type LoggedEvent,
   MAX_LIST_RUNS,
+  MAX_LIST_SCAN,
   RunExpiredError,
   RunLog,
   type RunLogSettings,
@@ -283,7 +284,8 @@ export const make = (settings: RunLogSettings) =>
       const limit = Math.max(1, Math.min(options?.limit ?? MAX_LIST_RUNS, MAX_LIST_RUNS))
       const ids = Array.from(mine)
       const out: Array<RunSummary> = []
-      for (let i = ids.length - 1; i >= 0 && out.length < limit; i--) {
+      // the MAX_LIST_SCAN newest at most, as on Redis
+      for (let i = ids.length - 1; i >= Math.max(0, ids.length - MAX_LIST_SCAN) && out.length < limit; i--) {
         const run = runs.get(ids[i]!)!
         if (options?.thread_id !== undefined && run.thread_id !== options.thread_id) continue
         if (options?.status !== undefined && run.status !== options.status) continue

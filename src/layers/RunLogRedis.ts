@@ -107,6 +107,7 @@ import {
   type LoggedEvent,
   type LogPage,
   MAX_LIST_RUNS,
+  MAX_LIST_SCAN,
   RunExpiredError,
   RunLog,
   type RunLogSettings,
@@ -474,14 +475,15 @@ end
 return out
 `
 
-// ARGV: prefix, user, thread ('' = any), status ('' = any), limit, retentionMs, tombstoneMs, maxTombstones, replayGraceMs
-// → {run_id, thread, agent, status, started, ended, last, …} newest first
+// ARGV: prefix, user, thread ('' = any), status ('' = any), limit, retentionMs, tombstoneMs, maxTombstones, replayGraceMs, scan
+// → {run_id, thread, agent, status, started, ended, last, …} newest first, among the user's scan newest runs
 const LIST_LUA = PRELUDE + `
 local user, thread, status, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 sweep(now_ms(), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
 local out = {}
 local n = 0
-for _, id in ipairs(redis.call('ZREVRANGE', P .. 'user:' .. user, 0, -1)) do
+-- bounded work: the user's newest runs only, however many they have retained
+for _, id in ipairs(redis.call('ZREVRANGE', P .. 'user:' .. user, 0, tonumber(ARGV[10]) - 1)) do
   if n >= limit then break end
   local f = redis.call('HMGET', P .. 'run:' .. id, 'u', 'th', 'a', 'st', 'sa', 'ea', 'l')
   if f[1] and (thread == '' or f[2] == thread) and (status == '' or f[4] == status) then
@@ -1075,7 +1077,8 @@ export const make = (options: {
           settings.retentionMs,
           settings.tombstoneMs,
           MAX_TOMBSTONES,
-          grace
+          grace,
+          MAX_LIST_SCAN
         ).pipe(
           Effect.mapError(unavailable),
           Effect.map((r) => {

@@ -114,6 +114,13 @@ const runNotReadable = (error: RunLogReadError) =>
     ? problem(503, "LOG_UNAVAILABLE", error.message)
     : problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(error.run_id.slice(0, 128))}`)
 
+/** 503 `SERVER_BUSY` with `Retry-After`: a stop that cannot reach the run's instance now (never a false `[]` or 404). */
+const stopUnavailable = (message: string, retry_after_ms: number) =>
+  HttpServerResponse.jsonUnsafe(
+    { error: { code: "SERVER_BUSY", message, retry_after_ms } },
+    { status: 503, headers: { "retry-after": String(Math.max(1, Math.ceil(retry_after_ms / 1000))) } }
+  )
+
 /** The request's query parameters (none when its target cannot be parsed). */
 const searchParams = (request: HttpServerRequest.HttpServerRequest): URLSearchParams =>
   URL.parse(request.url, "http://localhost")?.searchParams ?? new URLSearchParams()
@@ -244,10 +251,15 @@ export const make = (options: RouteOptions) =>
         // instance is known only to the shared log: the user's run, ended (expired counts as ended)
         const state = yield* Effect.flatMap(engines.runState(user_id, run_id), (here) =>
           here !== "unknown" ? Effect.succeed(here) : Effect.map(Effect.result(log.summary(user_id, run_id)), (logged) =>
-            logged._tag === "Success" || logged.failure._tag === "RunExpiredError" ? "ended" as const : "unknown" as const))
+            logged._tag === "Success" || logged.failure._tag === "RunExpiredError"
+              ? "ended" as const
+              // the shared log is unreachable: the run may execute on another instance
+              : logged.failure._tag === "RunLogUnavailableError" ? "unreachable" as const : "unknown" as const))
         if (state === "unknown") return problem(404, "RUN_NOT_FOUND", `no run ${JSON.stringify(run_id.slice(0, 128))}`)
-        const run_ids = state === "active" ? yield* engines.stop({ user_id, run_id }) : []
-        return HttpServerResponse.jsonUnsafe({ run_ids })
+        if (state === "unreachable") return stopUnavailable("the run log (Redis) cannot be reached: whether and where the run executes is unknown now", 1000)
+        const stopped = state === "active" ? yield* Effect.result(engines.stop({ user_id, run_id })) : Result.succeed([])
+        if (Result.isFailure(stopped)) return stopUnavailable(stopped.failure.message, stopped.failure.retry_after_ms)
+        return HttpServerResponse.jsonUnsafe({ run_ids: stopped.success })
       }))
 
     const listRuns = HttpRouter.add("GET", "/api/runs", (request) =>

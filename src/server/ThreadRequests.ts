@@ -147,7 +147,8 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           const access = yield* store.threadAccess({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
           if (access !== "own") return yield* notFound(thread_id)
           // the runs' last writes are queued before the delete, so they cannot bring the thread back
-          if (engines !== undefined) yield* engines.stop({ user_id, thread_id })
+          // runs on instances that cannot be reached now are left as before (their events stay until retention)
+          if (engines !== undefined) yield* Effect.ignore(engines.stop({ user_id, thread_id }))
           const deleted = yield* store.deleteThread({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
           // the thread's retained run events go too (resume_run, list_runs, GET /api/runs no longer show them)
           if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id).pipe(Effect.mapError(unavailable))
@@ -157,7 +158,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
     erase: (user_id) =>
       withStore((store) =>
         Effect.gen(function*() {
-          if (engines !== undefined) yield* engines.stop({ user_id })
+          if (engines !== undefined) yield* Effect.ignore(engines.stop({ user_id }))
           const counts = yield* store.eraseUser(user_id).pipe(Effect.mapError(unavailable))
           const events = log?.eraseUser === undefined ? 0 : yield* log.eraseUser(user_id).pipe(Effect.mapError(unavailable))
           // and what the engine and admission remember of their ended runs and request ids

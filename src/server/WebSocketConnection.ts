@@ -630,7 +630,9 @@ class Conn implements Connection, BridgeConnection, Liveness {
   private stopRuns(selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) {
     return Effect.asVoid(Effect.forkIn(
       this.shared.engines.stop({ user_id: this.user_id, ...selector }).pipe(
-        Effect.flatMap((run_ids) => Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) })))
+        Effect.flatMap((run_ids) => Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) }))),
+        // runs on another instance that cannot be reached now (Redis down): not a false "nothing to stop"
+        Effect.catchTag("RunControlUnavailableError", (e) => this.refusal("SERVER_BUSY", e.message, request_id, { retry_after_ms: e.retry_after_ms }))
       ),
       this.backgroundScope().scope
     ))
@@ -661,7 +663,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
           "INVALID_MESSAGE",
           `invalid resume_run: after_seq ${after_seq} is beyond the run's last seq ${summary.success.last_seq}`,
           request_id,
-          { run_id }
+          { run_id, last_seq: summary.success.last_seq }
         )
       }
       const t = c.tracked?.get(run_id)

@@ -17,6 +17,7 @@ import { Context, type Effect, type Scope } from "effect"
 import type { AgentOutcome } from "./AgentInstanceFactory.ts"
 import type { UnknownAgentError } from "./AgentRegistry.ts"
 import type { AdmissionError } from "./RunAdmission.ts"
+import type { RunControlUnavailableError } from "./RunControl.ts"
 import type { RunEmitter } from "./RunEmitter.ts"
 import type { UserExecutionContext } from "./UserExecutionContext.ts"
 
@@ -83,9 +84,13 @@ export class ExecutionEngineFactory extends Context.Service<ExecutionEngineFacto
    * Stops the selected runs of the user (cause `user_request`), waits for their
    * terminal events, and returns the ids of the runs that were actually stopped
    * (a run that ended on its own meanwhile is not listed). Runs of other users
-   * are never touched.
+   * are never touched. A run executing on this instance is stopped here
+   * whatever the other instances or Redis do. Fails with
+   * `RunControlUnavailableError` when selected runs may execute on instances
+   * that cannot be reached now (Redis unreachable, an owner that does not
+   * answer while its lease holds); the runs of this instance are stopped all the same.
    */
-  readonly stop: (selector: RunSelector) => Effect.Effect<ReadonlyArray<string>>
+  readonly stop: (selector: RunSelector) => Effect.Effect<ReadonlyArray<string>, RunControlUnavailableError>
   /** What the engine knows of `run_id` for `user_id` (another user's run is `unknown`). */
   readonly runState: (user_id: string, run_id: string) => Effect.Effect<RunState>
   /** Stops a running run as if by its user; false when no such run runs. */

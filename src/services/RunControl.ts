@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { Context, type Effect, type Scope } from "effect"
+import { Context, Data, type Effect, type Scope } from "effect"
 import type { RunSelector } from "./ExecutionEngineFactory.ts"
 
 /** A run of a user executing on another instance. */
@@ -27,6 +27,17 @@ export interface RemoteRun {
   readonly instance_id: string
 }
 
+/**
+ * A stop could not reach the instance that runs the run (Redis unreachable, or
+ * that instance did not answer while its lease still holds): the run may
+ * still be running. Retry after `retry_after_ms`; clients see `SERVER_BUSY`.
+ */
+export class RunControlUnavailableError extends Data.TaggedError("RunControlUnavailableError")<{
+  readonly message: string
+  /** When a retry may succeed, in ms. */
+  readonly retry_after_ms: number
+}> {}
+
 export class RunControl extends Context.Service<RunControl, {
   /** The user's runs executing on other instances (never this instance's). Empty when that cannot be known now. */
   readonly remoteRuns: (user_id: string) => Effect.Effect<ReadonlyArray<RemoteRun>>
@@ -34,9 +45,13 @@ export class RunControl extends Context.Service<RunControl, {
    * Stops the selected runs of `selector.user_id` that execute on other
    * instances (cause `user_request`), waits until they ended (their terminal
    * events were published before the answer), and returns the ids of the runs
-   * that were stopped. Runs whose instance does not answer are not listed.
+   * that were stopped. Runs of an instance that is gone (or whose lease
+   * expired while it did not answer: another instance closes them) are not
+   * listed. Fails with `RunControlUnavailableError` when the runs' instances
+   * cannot be known or reached (Redis unreachable) or an owner with a live
+   * slot did not answer in time.
    */
-  readonly stopRemote: (selector: RunSelector) => Effect.Effect<ReadonlyArray<string>>
+  readonly stopRemote: (selector: RunSelector) => Effect.Effect<ReadonlyArray<string>, RunControlUnavailableError>
   /** Answers other instances' stop requests with `stopLocal` until the scope closes. */
   readonly serve: (stopLocal: (selector: RunSelector) => Effect.Effect<ReadonlyArray<string>>) => Effect.Effect<void, never, Scope.Scope>
 }>()("agentwire/RunControl") {}

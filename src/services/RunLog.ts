@@ -163,6 +163,14 @@ export const terminalReserve = (maxEventsPerRun: number): number => Math.min(102
 /** Most runs one `list` returns. */
 export const MAX_LIST_RUNS = 100
 
+/**
+ * Most of a user's runs one `list` looks at, newest first: a filter (`thread_id`,
+ * `status`) matching only older runs answers fewer (or none), so that one call's
+ * work stays bounded however many runs the user has retained (on Redis, one
+ * script that no other instance's command waits behind for long).
+ */
+export const MAX_LIST_SCAN = 500
+
 export class RunLog extends Context.Service<RunLog, {
   /**
    * The id of this log's lifetime: a client that reconnects and sees another one lost what it had not received.
@@ -193,7 +201,7 @@ export class RunLog extends Context.Service<RunLog, {
   readonly eraseThread?: ((user_id: string, thread_id: string) => Effect.Effect<number, RunLogUnavailableError>) | undefined
   /** The run as the log knows it. */
   readonly summary: (user_id: string, run_id: string) => Effect.Effect<RunSummary, RunLogReadError>
-  /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`. */
+  /** The user's active and retained runs, newest first, at most `MAX_LIST_RUNS`, among their `MAX_LIST_SCAN` newest. */
   readonly list: (user_id: string, options?: ListOptions) => Effect.Effect<ReadonlyArray<RunSummary>, RunLogUnavailableError>
   /**
    * Events with `seq > after_seq`, in order: at most `maxEvents` of them and

@@ -233,6 +233,34 @@ describe("client failure paths", () => {
     await expect(run.completed).rejects.toMatchObject({ reason: "refused" })
   })
 
+  it("a resume answered 'beyond the run's last seq' (the log ends before what this client got: the instance that ran it lost its lease) loses the run as diverged, once, without resuming again", async () => {
+    const c = await open()
+    established(FakeSocket.all[0]!)
+    const run = c.follow(runId(5))
+    const first = FakeSocket.all[0]!
+    for (let seq = 1; seq <= 20; seq++) first.receive(event(runId(5), seq, 1000))
+    first.serverClose(1006)
+    const second = await nextSocket(2)
+    established(second)
+    const [frame] = second.sentOf("resume_run")
+    expect(frame).toMatchObject({ run_id: runId(5), after_seq: 20 })
+    second.receive({
+      type: "error",
+      code: "INVALID_MESSAGE",
+      message: "invalid resume_run: after_seq 20 is beyond the run's last seq 18",
+      run_id: runId(5),
+      last_seq: 18,
+      request_id: frame!.request_id
+    })
+    const lost = await run.completed.then(() => undefined, (e: unknown) => e)
+    expect(lost).toBeInstanceOf(RunLostError)
+    expect(lost).toMatchObject({ reason: "diverged", lastDeliveredSeq: 20 })
+    expect((lost as RunLostError).message).toMatch(/lost its lease/)
+    expect(c.state).toMatchObject({ status: "open", lost: 1 })
+    await tick()
+    expect(second.sentOf("resume_run").length).toBe(1)
+  })
+
   it("memory: events an iterator took are let go; an ended run is forgotten; held events are bounded", async () => {
     const c = await open()
     const socket = FakeSocket.all[0]!

@@ -12,6 +12,7 @@ import { Redis } from "effect/persistence"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
 import * as InstanceLeaseRedis from "../../src/layers/InstanceLeaseRedis.ts"
+import * as RedisInstance from "../../src/layers/RedisInstance.ts"
 import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
 import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
 import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
@@ -219,6 +220,35 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
     }).pipe(Effect.scoped, Effect.provide(captured), Effect.provide(Layer.succeed(References.MinimumLogLevel, "Info")))
   }, 30_000)
 
+  it.live("a stop of a run another instance closed (INSTANCE_LOST), sent to the paused instance where it still executes, answers no run: the run was not stopped by it", () =>
+    Effect.gen(function*() {
+      const dead = yield* build(
+        ExecutionEngineFactoryLayer.layer.pipe(
+          Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+          Layer.provideMerge(WebSocketBridgeRecording.layer),
+          Layer.provideMerge(paused("inst-zombie")),
+          Layer.provide(registry)
+        )
+      )
+      const live = yield* build(survivor("inst-zombie-survivor"))
+      yield* pausedLease(Context.get(dead, Redis.Redis), "inst-zombie")
+      const engines = Context.get(dead, ExecutionEngineFactory)
+      const user_id = `z${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id })
+      // one event every 3 s: between two of them the survivor closes the run, and the zombie does not know yet
+      const handle = yield* engines.start(context, "ticker", "steps=20 interval_ms=3000")
+      yield* Context.get(dead, WebSocketBridgeRecording.RecordedEvents).waitFor((e) => e.run_id === context.run_id && e.seq === 1)
+      yield* Context.get(live, WebSocketBridgeRecording.RecordedEvents).waitFor((e) =>
+        e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0
+      )
+      expect(yield* engines.runState(user_id, context.run_id)).toBe("active")
+      // the log says failed: a stop finds it already ended, as its document says ({"run_ids": []})
+      expect(yield* engines.stop({ user_id, run_id: context.run_id })).toEqual([])
+      yield* handle.await
+      const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
+      expect(summary.status).toBe("failed")
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
   it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>
     Effect.gen(function*() {
       const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
@@ -254,6 +284,61 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
         [3, "agent_error"],
         [4, "agent_completed"]
       ])
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
+  it.live("an instance cut off from Redis longer than its lease stops its runs itself (INSTANCE_LOST on its own sockets, nothing after), frees them, and its late events never reach the log", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
+      yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
+      const cutUrl = `redis://127.0.0.1:${proxy.port}`
+      // a whole instance (engine, fenced log, lease, admission) that reaches Redis through the proxy only
+      const cut = yield* build(
+        ExecutionEngineFactoryLayer.layer.pipe(
+          Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+          Layer.provideMerge(RunAdmissionRedis.layer(LIMITS, { slotTtlMs: 300 })),
+          Layer.provideMerge(InstanceLeaseRedis.layer({ leaseMs: 300 })),
+          Layer.provideMerge(WebSocketBridgeRecording.layer),
+          Layer.provideMerge(RunLogRedis.layer({ url: Redacted.make(cutUrl), settings: SETTINGS, instanceId: "inst-cut-engine" })),
+          Layer.provideMerge(RedisInstance.layer({ url: cutUrl, instanceId: "inst-cut-engine" })),
+          Layer.provide(registry)
+        )
+      )
+      const live = yield* build(survivor("inst-cut-engine-survivor"))
+      const engines = Context.get(cut, ExecutionEngineFactory)
+      const cutRecorded = Context.get(cut, WebSocketBridgeRecording.RecordedEvents)
+      const liveRecorded = Context.get(live, WebSocketBridgeRecording.RecordedEvents)
+      const user_id = `x${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id })
+      // about 9 s if nothing stops it (within the log's 100 events)
+      const handle = yield* engines.start(context, "ticker", "steps=90 interval_ms=100")
+      yield* cutRecorded.waitFor((e) => e.run_id === context.run_id && e.seq === 3)
+      proxy.setDown(true)
+      proxy.cutAll()
+      // still cut off: the run ends here on its own, once the lease could not be renewed
+      const outcome = yield* handle.await.pipe(Effect.timeout("5 seconds"))
+      expect(outcome).toMatchObject({ status: "failed", error: { code: "INSTANCE_LOST" } })
+      // its fiber and slot go right after (the slot's release follows the outcome)
+      yield* Effect.repeat(Effect.zip(engines.activeRuns, Context.get(cut, RunAdmission).activeRuns()), {
+        until: ([runs, slots]) => runs === 0 && slots === 0,
+        schedule: Schedule.spaced(10)
+      }).pipe(Effect.timeout("1 second"))
+      // its own sockets saw the run end, once, with nothing after it
+      const local = yield* cutRecorded.ofRun(context.run_id)
+      expect(local.filter((e) => e.type === "agent_completed" && e.depth === 0).length).toBe(1)
+      expect(local.slice(-2).map((e) => [e.type, e.type === "agent_error" ? e.error.code : e.type === "agent_completed" ? e.status : ""])).toEqual([
+        ["agent_error", "INSTANCE_LOST"],
+        ["agent_completed", "failed"]
+      ])
+      // the survivor closed it too, in the log, and the cut instance's buffered events never get there
+      const closed = yield* liveRecorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0)
+      proxy.setDown(false)
+      const cutLog = Context.get(cut, RunLog)
+      yield* Effect.repeat(cutLog.stats, { until: (s) => s.store?.up === true && s.store.bufferedEvents === 0, schedule: Schedule.spaced(20) })
+      const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
+      expect([summary.status, summary.last_seq]).toEqual(["failed", closed.seq])
+      const lastLocal = local.at(-1)!.seq
+      expect(yield* cutRecorded.ofRun(context.run_id).pipe(Effect.map((all) => all.at(-1)!.seq))).toBe(lastLocal)
+      expect(yield* Context.get(live, RunAdmission).activeRuns(user_id)).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
   it.live("a graceful stop gives the lease back; an instance's own renewal keeps it", () =>

@@ -1,9 +1,10 @@
 import { expect, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Fiber, Layer, Queue } from "effect"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
 import { DEFAULT_RUN_LIMITS } from "../../src/layers/AgentwireConfig.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
 import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
+import * as RedisInstance from "../../src/layers/RedisInstance.ts"
 import * as RunControlRedis from "../../src/layers/RunControlRedis.ts"
 import * as RunLogMemory from "../../src/layers/RunLogMemory.ts"
 import * as WebSocketBridgeRedis from "../../src/layers/WebSocketBridgeRedis.ts"
@@ -12,25 +13,27 @@ import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactor
 import { RunControl } from "../../src/services/RunControl.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 import { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
-import { describeRedis, instanceLayer } from "../fixtures/redisLayers.ts"
+import { startProxy } from "../fixtures/proxy.ts"
+import { describeRedis, instanceLayer, server } from "../fixtures/redisLayers.ts"
 import { QuietLogs, registry } from "../fixtures/runtime.ts"
 import { watchedConnection } from "../fixtures/events.ts"
 
-/** One instance: engine factory over the Redis bridge, admission and run control (run log in memory). */
-const instanceRuntime = (instanceId: string) =>
+/** One instance: engine factory over the Redis bridge, admission and run control (run log in memory); `redisUrl`: through a proxy. */
+const instanceRuntime = (instanceId: string, redisUrl?: string, stopTimeoutMs?: number) =>
   ExecutionEngineFactoryLayer.layer.pipe(
     Layer.provideMerge(AgentInstanceFactoryLayer.layer),
     Layer.provideMerge(RunAdmissionRedis.layer({ ...DEFAULT_RUN_LIMITS, maxRunsPerUser: 10 })),
     Layer.provideMerge(RunLogMemory.layerConfig),
-    Layer.provideMerge(RunControlRedis.layer()),
+    Layer.provideMerge(RunControlRedis.layer({ stopTimeoutMs })),
     Layer.provideMerge(WebSocketBridgeRedis.layer),
-    Layer.provideMerge(instanceLayer(instanceId)),
+    Layer.provideMerge(redisUrl === undefined ? instanceLayer(instanceId) : RedisInstance.layer({ url: redisUrl, instanceId })),
     Layer.provide(registry),
     Layer.provide(QuietLogs)
   )
 
-const instance = (instanceId: string) =>
-  Effect.map(Layer.build(instanceRuntime(instanceId)), (context) => ({
+const instance = (instanceId: string, redisUrl?: string, stopTimeoutMs?: number) =>
+  Effect.map(Layer.build(instanceRuntime(instanceId, redisUrl, stopTimeoutMs)), (context) => ({
+    redis: Context.get(context, RedisInstance.RedisInstance),
     engines: Context.get(context, ExecutionEngineFactory),
     bridge: Context.get(context, WebSocketBridge),
     control: Context.get(context, RunControl)
@@ -95,4 +98,53 @@ describeRedis("RunControlRedis (stop anywhere)", () => {
       expect(yield* a.engines.runState("eve", eveOnA)).toBe("active")
       expect(yield* b.engines.stop({ user_id: "eve" })).toEqual([eveOnA])
     }).pipe(Effect.scoped), { timeout: 15_000 })
+
+  it.live("Redis unreachable from the stopper: a run executing there stops at once; a run on another instance is a clear RunControlUnavailableError, not a false []", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
+      yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
+      const a = yield* instance("out-a")
+      const b = yield* instance("out-b", `redis://127.0.0.1:${proxy.port}`)
+      const onA = yield* a.engines.start(yield* UserExecutionContext.make({ user_id: "olga" }), "hanging-tool", "")
+      const onBContext = yield* UserExecutionContext.make({ user_id: "olga" })
+      const onB = yield* b.engines.start(onBContext, "hanging-tool", "")
+      yield* Effect.repeat(b.engines.runState("olga", onA.run_id), { until: (state) => state === "active" })
+      proxy.setDown(true)
+      proxy.cutAll()
+      yield* Effect.repeat(Effect.sync(() => b.redis.isReady()), { until: (ready) => !ready })
+      // its own run: stopped here, without waiting for Redis
+      expect(yield* b.engines.stop({ user_id: "olga", run_id: onB.run_id }).pipe(Effect.timeout("2 seconds"))).toEqual([onB.run_id])
+      expect((yield* onB.await).status).toBe("cancelled")
+      // A's run: B cannot reach A; it says so at once
+      const refused = yield* Effect.flip(b.engines.stop({ user_id: "olga", run_id: onA.run_id })).pipe(Effect.timeout("2 seconds"))
+      expect(refused).toMatchObject({ _tag: "RunControlUnavailableError", retry_after_ms: 1000 })
+      expect(yield* a.engines.runState("olga", onA.run_id)).toBe("active")
+      proxy.setDown(false)
+      yield* b.redis.whenReady
+      expect(yield* b.engines.stop({ user_id: "olga", run_id: onA.run_id })).toEqual([onA.run_id])
+    }).pipe(Effect.scoped), { timeout: 20_000 })
+
+  it.live("an owner that does not answer: after stopTimeoutMs, a run whose slot still lives is RunControlUnavailableError; once its slot is gone (closed by recovery), []", () =>
+    Effect.gen(function*() {
+      const b = yield* instance("mute-b", undefined, 300)
+      // a "paused" owner: it listens on its control channel (the stop is delivered) and never answers
+      const ghost = Context.get(yield* Layer.build(instanceLayer("mute-ghost")), RedisInstance.RedisInstance)
+      const heard = yield* Queue.unbounded<string>()
+      yield* ghost.subscribe(RedisInstance.keys.instanceControl("mute-ghost"), (message) => void Queue.offerUnsafe(heard, message))
+      const slots = RedisInstance.keys.userSlots("mute")
+      const runs = RedisInstance.keys.userRuns("mute")
+      yield* ghost.redis.send("ZADD", slots, String(Date.now() + 60_000), "run_ghost")
+      yield* ghost.redis.send("HSET", runs, "run_ghost", "mute-ghost\tth\tticker")
+      expect(yield* b.engines.runState("mute", "run_ghost")).toBe("active")
+      const refused = yield* Effect.flip(b.engines.stop({ user_id: "mute", run_id: "run_ghost" }))
+      expect(refused).toMatchObject({ _tag: "RunControlUnavailableError" })
+      // its lease expired meanwhile and another instance closed the run (freeing its slot): it had ended
+      const slotGone = Effect.andThen(ghost.redis.send("ZREM", slots, "run_ghost"), ghost.redis.send("HDEL", runs, "run_ghost"))
+      yield* Queue.take(heard)
+      const stop = yield* Effect.forkChild(b.engines.stop({ user_id: "mute", thread_id: "th" }))
+      // the owner got the second request (and stays silent): now its run is closed elsewhere
+      yield* Queue.take(heard)
+      yield* slotGone
+      expect(yield* Fiber.join(stop)).toEqual([])
+    }).pipe(Effect.scoped), { timeout: 20_000 })
 })
