@@ -428,12 +428,14 @@ export const make = (options?: InstanceLeaseOptions) =>
     const readAll = (user_id: string, run_id: string) =>
       Effect.gen(function*() {
         const events: Array<AgentEvent> = []
+        let lastFrame: string | undefined
         let after = 0
         for (;;) {
           const page = yield* log.read(user_id, run_id, after, READ_PAGE)
           for (const logged of page.events) events.push(JSON.parse(logged.frame) as AgentEvent)
           const last = page.events.at(-1)
-          if (last === undefined || last.seq >= page.summary.last_seq) return { events, summary: page.summary }
+          if (last !== undefined) lastFrame = last.frame
+          if (last === undefined || last.seq >= page.summary.last_seq) return { events, lastFrame, summary: page.summary }
           after = last.seq
         }
       })
@@ -450,9 +452,14 @@ export const make = (options?: InstanceLeaseOptions) =>
         )
         let closed = false
         if (Option.isSome(found) && found.value.summary.status === "running") {
-          const { events, summary } = found.value
+          const { events, lastFrame, summary } = found.value
           const parts = openParts(events, summary.agent_name)
           if (!parts.ended) {
+            // the lost instance appends an event, then publishes it: one that died (or paused) between the
+            // two left the log's last event unseen by live sockets. It goes out again first, so the closing
+            // events follow it in order; a connection that had it drops the repeat (it keeps the seqs it sent)
+            const tail = events.at(-1)
+            if (tail !== undefined && lastFrame !== undefined) yield* bridge.emit(tail, lastFrame)
             let seq = summary.last_seq
             const timestamp = new Date().toISOString()
             for (const { agent_name, body, depth } of closingBodies(parts, lost, Date.now())) {

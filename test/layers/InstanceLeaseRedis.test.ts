@@ -153,8 +153,9 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
         [13, 0, "agent_completed"]
       ])
       expect(page.summary.status).toBe("failed")
-      // emitted through the bridge too, the same events in the same order
-      expect(yield* recorded.ofRun(context.run_id)).toEqual(closing)
+      // emitted through the bridge too, the same events in the same order, after the log's last event again: the
+      // paused instance appended it and never published it (here it has no bridge at all), so live sockets may lack it
+      expect(yield* recorded.ofRun(context.run_id)).toEqual([events.at(-1), ...closing])
       // the slot is free now, though it would have lived 60 s
       expect(yield* admission.activeRuns(user_id)).toBe(0)
       expect(lease.stats.runsClosed).toBe(1)
