@@ -91,7 +91,9 @@ export const layerRedis = (url: Redacted.Redacted<string>): Layer.Layer<
       yield* Effect.logInfo(`running on Redis at ${redisTarget(Redacted.value(url))}, instance ${instance.instance_id} (AGENTWIRE_REDIS_URL)`)
     }))),
     Layer.provideMerge(
-      RedisInstance.layer({ url: Redacted.value(url) }).pipe(
+      Layer.unwrap(Effect.map(AgentwireConfig, (config) =>
+        // publishes of an outage are sent when Redis is back only if it was short against the lease
+        RedisInstance.layer({ url: Redacted.value(url), outageQueueMs: config.instanceLeaseMs / 2 }))).pipe(
         Layer.catchCause((cause) =>
           Layer.effect(
             RedisInstance.RedisInstance,

@@ -42,6 +42,8 @@ export interface RedisStats {
   dropped: number
   /** Publishes written and not answered yet. */
   inFlight: number
+  /** Publishes kept while the command connection is down, sent in order when it is back. */
+  queued: number
   /** Publishes Redis or the socket failed after they were written. */
   failed: number
   /** Messages received on the subscriber connection. */
@@ -113,7 +115,19 @@ export interface RedisInstanceOptions {
   readonly url: string
   /** This instance's id; generated (`inst_…`) when omitted. */
   readonly instanceId?: string | undefined
+  /**
+   * Publishes made while the command connection is down are kept (in order,
+   * within `MAX_PUBLISHES_IN_FLIGHT`) and sent when it is back, if the outage
+   * lasted less than this, in ms (default `DEFAULT_OUTAGE_QUEUE_MS`); after a
+   * longer one they are dropped and counted. Keep it under the instance lease
+   * (`AgentRuntime.layerRedis` uses half of it): past the lease another
+   * instance may have closed the runs, and their late events would contradict the log.
+   */
+  readonly outageQueueMs?: number | undefined
 }
+
+/** Default of `outageQueueMs`: half the default instance lease (10 s). */
+export const DEFAULT_OUTAGE_QUEUE_MS = 5_000
 
 const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -232,14 +246,15 @@ export const layerNodeRedisQuiet = (
   }))
 
 /** Builds the plumbing over an already connected `NodeRedis`; exposed for hand wiring. */
-export const make = (instanceId?: string) =>
+export const make = (instanceId?: string, options: { readonly outageQueueMs?: number | undefined } = {}) =>
   Effect.gen(function*() {
+    const outageQueueMs = options.outageQueueMs ?? DEFAULT_OUTAGE_QUEUE_MS
     const instance_id = instanceId ?? generateId("conn").replace(/^conn_/, "inst_")
     if (!INSTANCE_ID.test(instance_id)) return yield* Effect.die(new Error(`instance id must match ${INSTANCE_ID}: ${instance_id}`))
     const { client } = yield* NodeRedis.NodeRedis
     const redis = yield* Redis.Redis
     const runSync = Effect.runSyncWith(yield* Effect.context<never>())
-    const stats: RedisStats = { published: 0, dropped: 0, inFlight: 0, failed: 0, received: 0, channels: 0 }
+    const stats: RedisStats = { published: 0, dropped: 0, inFlight: 0, queued: 0, failed: 0, received: 0, channels: 0 }
     // publishes skip node-redis's per-command timeout: it arms an AbortSignal.timeout per command whose
     // timer fires (building a DOMException) even after the reply, about 8 % of a busy instance's CPU;
     // what bounds them instead is MAX_PUBLISHES_IN_FLIGHT (a stalled connection cannot hold more)
@@ -255,11 +270,40 @@ export const make = (instanceId?: string) =>
     yield* Effect.tryPromise({ try: () => subscriber.connect(), catch: (cause) => new Redis.RedisError({ cause }) })
 
     let publishFailureLogged = false
+    // publishes of an outage, in order; sent when the connection is back, unless the outage outlived outageQueueMs
+    let queue: Array<readonly [string, string]> = []
+    let downSince: number | undefined
+    const wentDown = () => {
+      downSince ??= Date.now()
+    }
+    client.on("error", wentDown)
+    client.on("reconnecting", wentDown)
+    client.on("ready", () => {
+      const outage = downSince === undefined ? 0 : Date.now() - downSince
+      downSince = undefined
+      const waiting = queue
+      queue = []
+      stats.queued = 0
+      if (outage >= outageQueueMs) {
+        stats.dropped += waiting.length
+        return
+      }
+      for (const [channel, message] of waiting) send(channel, message)
+    })
     const publish = (channel: string, message: string) => {
-      if (!client.isReady || stats.inFlight >= MAX_PUBLISHES_IN_FLIGHT) {
+      if (stats.inFlight + queue.length >= MAX_PUBLISHES_IN_FLIGHT) {
         stats.dropped++
         return
       }
+      if (!client.isReady) {
+        wentDown()
+        queue.push([channel, message])
+        stats.queued = queue.length
+        return
+      }
+      send(channel, message)
+    }
+    const send = (channel: string, message: string) => {
       stats.published++
       stats.inFlight++
       publisher.sendCommand(["PUBLISH", channel, message]).then(
@@ -391,12 +435,14 @@ export const layerNodeRedis = (url: string): Layer.Layer<NodeRedis.NodeRedis | R
   }))
 
 /** The plumbing over an existing `NodeRedis` (share one command connection with other Redis layers). */
-export const layerFromNodeRedis = (instanceId?: string): Layer.Layer<RedisInstance, Redis.RedisError, NodeRedis.NodeRedis | Redis.Redis> =>
-  Layer.effect(RedisInstance, make(instanceId))
+export const layerFromNodeRedis = (
+  instanceId?: string,
+  options: { readonly outageQueueMs?: number | undefined } = {}
+): Layer.Layer<RedisInstance, Redis.RedisError, NodeRedis.NodeRedis | Redis.Redis> => Layer.effect(RedisInstance, make(instanceId, options))
 
 /**
  * One instance's Redis: `RedisInstance`, plus `NodeRedis` and `Redis.Redis`
  * on the same command connection, for the other Redis layers.
  */
 export const layer = (options: RedisInstanceOptions): Layer.Layer<RedisInstance | NodeRedis.NodeRedis | Redis.Redis, Redis.RedisError | RedisStartError> =>
-  layerFromNodeRedis(options.instanceId).pipe(Layer.provideMerge(layerNodeRedis(options.url)))
+  layerFromNodeRedis(options.instanceId, options).pipe(Layer.provideMerge(layerNodeRedis(options.url)))

@@ -65,5 +65,28 @@ describeRedis("RedisInstance", () => {
         process.kill(pid, "SIGCONT")
         yield* instance.whenReady
       }).pipe(Effect.scoped), 30_000)
+
+    it.live("publishes made while the connection is down are kept in order and sent when it is back; after an outage longer than outageQueueMs they are dropped", () =>
+      Effect.gen(function*() {
+        const build = (outageQueueMs: number) =>
+          Effect.map(
+            Layer.build(Layer.unwrap(Effect.sync(() => RedisInstance.layer({ url: server.current!.url, outageQueueMs })))),
+            (ctx) => Context.get(ctx, RedisInstance.RedisInstance)
+          )
+        const patient = yield* build(60_000)
+        const hasty = yield* build(1)
+        yield* Effect.promise(() => server.current!.kill())
+        yield* eventually(() => !patient.isReady() && !hasty.isReady())
+        for (let i = 0; i < 50; i++) {
+          patient.publish("outage", `frame ${i}`)
+          hasty.publish("outage", `frame ${i}`)
+        }
+        expect([patient.stats.queued, patient.stats.published, patient.stats.dropped]).toEqual([50, 0, 0])
+        yield* Effect.promise(() => server.current!.restart())
+        // back: the patient one sends what it kept; the outage outlived the hasty one's 1 ms, so it drops it
+        yield* eventually(() => patient.isReady() && hasty.isReady() && patient.stats.inFlight === 0 && patient.stats.queued === 0)
+        expect([patient.stats.published, patient.stats.failed, patient.stats.dropped]).toEqual([50, 0, 0])
+        expect([hasty.stats.published, hasty.stats.queued, hasty.stats.dropped]).toEqual([0, 0, 50])
+      }).pipe(Effect.scoped), 30_000)
   })
 })
