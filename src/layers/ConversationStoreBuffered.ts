@@ -41,7 +41,7 @@
  * @module
  */
 import { Cause, Deferred, Effect, Exit, Fiber, Layer } from "effect"
-import { ConversationStore, ConversationStoreError, type StoreHealth } from "../services/ConversationStore.ts"
+import { type ConversationKey, ConversationStore, ConversationStoreError, type StoreHealth } from "../services/ConversationStore.ts"
 
 export interface BufferedOptions {
   /** Writes that may wait (default 10 000). */
@@ -256,6 +256,10 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       // stamped when queued, not when applied
       append: (key, messages, opts) => Effect.suspend(() => write("append", key.user_id, inner.append(key, messages, { ...opts, at: opts?.at ?? now() }))),
       recordRun: (run, opts) => Effect.suspend(() => write("record", run.user_id, inner.recordRun(run, { ...opts, at: opts?.at ?? now() }))),
+      ...(inner.markRunLost === undefined ? {} : {
+        markRunLost: (key: ConversationKey & { readonly run_id: string }, at: number) =>
+          Effect.suspend(() => write("lost", key.user_id, inner.markRunLost!(key, at)))
+      }),
       threadAccess: (key) => consistent("access", key.user_id, inner.threadAccess(key)),
       listThreads: (user_id, opts) => consistent("list", user_id, inner.listThreads(user_id, opts)),
       getThread: (key) => consistent("get", key.user_id, inner.getThread(key)),

@@ -21,6 +21,7 @@ import { Effect, Layer, Option } from "effect"
 import {
   ConversationStore,
   type ConversationMessage,
+  type ConversationKey,
   type ErasedCounts,
   MAX_THREAD_PAGE,
   type RunRecord,
@@ -148,6 +149,14 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
           if (messages.length === 0) return
           const at = opts?.at ?? now()
           push(open(key, titleOf(messages[0]!.content), at), messages, opts?.run_id, at)
+        })
+      ),
+      markRunLost: Effect.fn("ConversationStore.markRunLost")((key: ConversationKey & { readonly run_id: string }, at: number) =>
+        Effect.sync(() => {
+          const thread = threads.get(keyOf(key))
+          const i = thread?.runs.findIndex((r) => r.run_id === key.run_id) ?? -1
+          if (thread === undefined || i < 0 || thread.runs[i]!.status !== "running") return
+          thread.runs[i] = { ...thread.runs[i]!, status: "failed", ended_at: at, error_code: "INSTANCE_LOST", final_response: "the server stopped before the run ended" }
         })
       ),
       recordRun: Effect.fn("ConversationStore.recordRun")((run, opts) =>

@@ -23,6 +23,7 @@ import { Migrator, SqlClient, type SqlError } from "effect/sql"
 import {
   ConversationStore,
   ConversationStoreError,
+  type ConversationKey,
   type ConversationMessage,
   MAX_THREAD_PAGE,
   type RunRecord,
@@ -222,6 +223,12 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
           insertMessages(key.user_id, key.thread_id, messages, opts?.run_id, at)
         )).pipe(Effect.mapError(failWith("append")))
       }),
+      markRunLost: Effect.fn("ConversationStore.markRunLost")(function*(key: ConversationKey & { readonly run_id: string }, at: number) {
+        yield* sql`UPDATE agentwire_runs SET status = 'failed', ended_at = ${at}, error_code = ${INSTANCE_LOST},
+          final_response = ${LOST_RESPONSE} WHERE run_id = ${key.run_id} AND user_id = ${key.user_id} AND status = 'running'`.pipe(
+          Effect.mapError(failWith("markRunLost"))
+        )
+      }),
       recordRun: Effect.fn("ConversationStore.recordRun")(function*(run: RunRecord, opts) {
         const at = opts?.at ?? now()
         yield* sql.withTransaction(Effect.gen(function*() {
@@ -352,6 +359,7 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
 
 /** The error code of a run that a stopped or crashed server left `running`. */
 export const INSTANCE_LOST = "INSTANCE_LOST"
+const LOST_RESPONSE = "the server stopped before the run ended"
 
 /**
  * Marks every run still `running` as `failed` with error code `INSTANCE_LOST`
@@ -365,7 +373,7 @@ export const markLostRuns = (at: number) =>
     const sql = yield* SqlClient.SqlClient
     const lost = yield* sql<{ readonly n: number | string }>`SELECT COUNT(*) AS n FROM agentwire_runs WHERE status = 'running'`
     yield* sql`UPDATE agentwire_runs SET status = 'failed', ended_at = ${at}, error_code = ${INSTANCE_LOST},
-      final_response = ${"the server stopped before the run ended"} WHERE status = 'running'`
+      final_response = ${LOST_RESPONSE} WHERE status = 'running'`
     return num(lost[0]?.n ?? 0)
   })
 

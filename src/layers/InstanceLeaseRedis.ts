@@ -66,6 +66,7 @@ import { Context, Effect, Layer, Option, Schedule, type Scope, Semaphore } from 
 import { Redis } from "effect/persistence"
 import type { AgentEvent, AgentEventBody } from "../protocol/Protocol.ts"
 import { AgentwireConfig } from "../services/AgentwireConfig.ts"
+import { ConversationStore } from "../services/ConversationStore.ts"
 import { RunLog } from "../services/RunLog.ts"
 import { WebSocketBridge } from "../services/WebSocketBridge.ts"
 import { DEFAULT_INSTANCE_LEASE_MS, MIN_INSTANCE_LEASE_MS } from "./AgentwireConfig.ts"
@@ -350,6 +351,8 @@ export const make = (options?: InstanceLeaseOptions) =>
     const instance = yield* RedisInstance.RedisInstance
     const log = yield* RunLog
     const bridge = yield* WebSocketBridge
+    // history (when the instances share one, e.g. PostgreSQL): a run closed here is marked lost there too
+    const history = Option.getOrUndefined(yield* Effect.serviceOption(ConversationStore))
     const leaseMs = options?.leaseMs ?? DEFAULT_INSTANCE_LEASE_MS
     if (!(leaseMs >= MIN_INSTANCE_LEASE_MS)) {
       return yield* Effect.die(new Error(`leaseMs must be at least ${MIN_INSTANCE_LEASE_MS} ms, got ${leaseMs}`))
@@ -489,6 +492,12 @@ export const make = (options?: InstanceLeaseOptions) =>
         }
         if (closed) {
           stats.runsClosed++
+          // its history entry says `running` (the lost instance recorded the start): now failed, INSTANCE_LOST
+          if (Option.isSome(found) && history?.markRunLost !== undefined) {
+            yield* history.markRunLost({ user_id, thread_id: found.value.summary.thread_id, run_id }, Date.now()).pipe(
+              Effect.catch((e) => Effect.logWarning("could not mark the lost run in history").pipe(Effect.annotateLogs({ error: e.message })))
+            )
+          }
           yield* Effect.logWarning("closed a run of a lost instance with INSTANCE_LOST")
         }
         return closed

@@ -94,7 +94,7 @@
  * @module
  */
 import { NodeRedis } from "@effect/platform-node"
-import { Cause, type Context, Deferred, Effect, Layer, Option, Redacted, Result } from "effect"
+import { Cause, Deferred, Effect, Exit, Layer, Option, Redacted, Result, type Context } from "effect"
 import { Redis } from "effect/persistence"
 import { ErrorReply } from "redis"
 import type { AgentEvent } from "../protocol/Protocol.ts"
@@ -580,6 +580,11 @@ const epochScript = script<string>(EPOCH_LUA)
 
 // ---------------------------------------------------------------------------------------------
 
+/** How long a script waits for Redis's reply before it fails (the log then counts as unreachable), in ms. */
+export const REPLY_TIMEOUT_MS = 2_000
+/** How often the replies owed are checked against their deadline, in ms. */
+const REPLY_SWEEP_MS = 250
+
 /** Life of a `wait:<run_id>` key, in ms; renewed every third of it while the instance waits on the run. */
 export const WAIT_KEY_TTL_MS = 30_000
 
@@ -652,7 +657,49 @@ export const make = (options: {
     // appends answer `log_unavailable` without asking Redis, so they end (forgotten at release)
     const failedRuns = new Set<string>()
     const softCap = settings.maxEventsPerRun - terminalReserve(settings.maxEventsPerRun)
-    const run = <R>(s: Redis.Script<{ params: Args; result: R }>, ...args: Args) => redis.eval(s)(P, ...args)
+    // node-redis times a command out only until it is written; a reply Redis owes for ever (stopped, or a
+    // partition that drops packets) held the run's next event, stops and reads as long. Every script here
+    // fails after REPLY_TIMEOUT_MS instead (one sweep timer for all), and the log counts as unreachable
+    // (appends buffer at once) until Redis answers something again
+    const deadlines = new Set<{ readonly at: number; readonly expire: () => void }>()
+    let hung = false
+    yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        setInterval(() => {
+          const now = Date.now()
+          for (const d of deadlines) {
+            if (d.at > now) continue
+            deadlines.delete(d)
+            hung = true
+            d.expire()
+          }
+        }, REPLY_SWEEP_MS)
+      ),
+      (timer) => Effect.sync(() => clearInterval(timer))
+    )
+    const forkCommand = Effect.runForkWith(yield* Effect.context<never>())
+    const bounded = <A>(command: Effect.Effect<A, Redis.RedisError>): Effect.Effect<A, Redis.RedisError> =>
+      Effect.callback<A, Redis.RedisError>((resume) => {
+        const fiber = forkCommand(command)
+        const deadline = {
+          at: Date.now() + REPLY_TIMEOUT_MS,
+          expire: () => {
+            resume(Effect.fail(new Redis.RedisError({ cause: new Error(`Redis did not answer within ${REPLY_TIMEOUT_MS} ms`) })))
+            fiber.interruptUnsafe()
+          }
+        }
+        deadlines.add(deadline)
+        fiber.addObserver((exit) => {
+          if (!deadlines.delete(deadline)) return
+          if (Exit.isSuccess(exit)) hung = false
+          resume(exit)
+        })
+        return Effect.sync(() => {
+          deadlines.delete(deadline)
+          fiber.interruptUnsafe()
+        })
+      })
+    const run = <R>(s: Redis.Script<{ params: Args; result: R }>, ...args: Args) => bounded(redis.eval(s)(P, ...args))
 
     const waiters = new Map<string, Set<Waiter>>()
     const pending = new Map<string, Pending>()
@@ -822,7 +869,7 @@ export const make = (options: {
         }
         if (fencedRuns.has(run_id)) return Effect.succeed<AppendResult>("fenced")
         if (failedRuns.has(run_id)) return Effect.succeed<AppendResult>("log_unavailable")
-        if (pending.has(run_id) || !client.isReady) return Effect.succeed(bufferEvent(event, frame))
+        if (pending.has(run_id) || !client.isReady || hung) return Effect.succeed(bufferEvent(event, frame))
         return sendAppend(event, frame).pipe(
           Effect.tap((answer) => answer === "fenced" ? fenced(run_id) : Effect.void),
           Effect.map((answer) => toResult(answer, run_id)),

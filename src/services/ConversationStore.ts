@@ -219,7 +219,7 @@ export const titleOf = (request: string): string => {
 
 /** The store could not be read or written (a durable store's I/O failure). */
 export class ConversationStoreError extends Data.TaggedError("ConversationStoreError")<{
-  readonly operation: "load" | "append" | "record" | "access" | "list" | "get" | "delete" | "erase"
+  readonly operation: "load" | "append" | "record" | "access" | "list" | "get" | "delete" | "erase" | "markRunLost"
   readonly message: string
   /**
    * True when the database refused this operation for good (a constraint or
@@ -270,6 +270,14 @@ export class ConversationStore extends Context.Service<ConversationStore, {
       readonly at?: number | undefined
     }
   ) => Effect.Effect<void, ConversationStoreError>
+  /**
+   * Marks the run `failed` with error code `INSTANCE_LOST` (ended at `at`, ms
+   * since the epoch) if it is recorded and still `running`; an unknown or
+   * ended run is left alone and no thread is created. Used when another
+   * instance closes the runs of a lost one (several instances sharing a store).
+   * Optional: a store without it leaves such runs `running`.
+   */
+  readonly markRunLost?: ((key: ConversationKey & { readonly run_id: string }, at: number) => Effect.Effect<void, ConversationStoreError>) | undefined
   /** Whether `thread_id` is `user_id`'s thread, unknown, or another user's. */
   readonly threadAccess: (key: ConversationKey) => Effect.Effect<ThreadAccess, ConversationStoreError>
   /** The user's threads, newest `updated_at` first, `limit` (1 to `MAX_THREAD_PAGE`) per page, starting after `before`. */

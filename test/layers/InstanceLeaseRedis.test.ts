@@ -7,9 +7,10 @@
  * afterwards; a live lease is left alone.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Logger, Redacted, References, Schedule } from "effect"
+import { Context, Effect, Layer, Logger, Option, Redacted, References, Schedule } from "effect"
 import { Redis } from "effect/persistence"
 import * as AgentInstanceFactoryLayer from "../../src/layers/AgentInstanceFactory.ts"
+import * as ConversationStoreMemory from "../../src/layers/ConversationStoreMemory.ts"
 import * as ExecutionEngineFactoryLayer from "../../src/layers/ExecutionEngineFactory.ts"
 import * as InstanceLeaseRedis from "../../src/layers/InstanceLeaseRedis.ts"
 import * as RedisInstance from "../../src/layers/RedisInstance.ts"
@@ -17,6 +18,7 @@ import * as RunAdmissionRedis from "../../src/layers/RunAdmissionRedis.ts"
 import * as RunLogRedis from "../../src/layers/RunLogRedis.ts"
 import * as WebSocketBridgeRecording from "../../src/layers/WebSocketBridgeRecording.ts"
 import type { AgentEvent } from "../../src/protocol/Protocol.ts"
+import { ConversationStore } from "../../src/services/ConversationStore.ts"
 import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
 import { RunAdmission } from "../../src/services/RunAdmission.ts"
 import { RunLog } from "../../src/services/RunLog.ts"
@@ -122,13 +124,16 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
   it.live("a paused instance's run is closed by another once its lease expired; the slot is freed; the paused instance is fenced out", () =>
     Effect.gen(function*() {
       const dead = yield* build(paused("inst-paused"))
-      const live = yield* build(survivor("inst-survivor"))
+      // the instances share a history store (as with PostgreSQL): the lost instance recorded the start
+      const live = yield* build(survivor("inst-survivor").pipe(Layer.provideMerge(ConversationStoreMemory.layer())))
+      const history = Context.get(live, ConversationStore)
       const deadLog = Context.get(dead, RunLog)
       const deadRedis = Context.get(dead, Redis.Redis)
       const user_id = `u${process.pid}`
       const context = yield* UserExecutionContext.make({ user_id, thread_id: "th", request_id: "rq-1" })
       const admitted = yield* Context.get(dead, RunAdmission).admit(context, "root")
       expect(admitted._tag).toBe("Admitted")
+      yield* history.recordRun({ run_id: context.run_id, user_id, thread_id: "th", agent_name: "root", status: "running", started_at: Date.now() })
       // the paused instance's lease: 300 ms, never renewed
       yield* pausedLease(deadRedis, "inst-paused")
       const events = nestedRun(context.run_id, user_id)
@@ -156,6 +161,9 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       // emitted through the bridge too, the same events in the same order, after the log's last event again: the
       // paused instance appended it and never published it (here it has no bridge at all), so live sockets may lack it
       expect(yield* recorded.ofRun(context.run_id)).toEqual([events.at(-1), ...closing])
+      // history says how it ended too (it said running)
+      const thread = yield* history.getThread({ user_id, thread_id: "th" })
+      expect(Option.getOrThrow(thread).runs.find((r) => r.run_id === context.run_id)).toMatchObject({ status: "failed", error_code: "INSTANCE_LOST" })
       // the slot is free now, though it would have lived 60 s
       expect(yield* admission.activeRuns(user_id)).toBe(0)
       expect(lease.stats.runsClosed).toBe(1)

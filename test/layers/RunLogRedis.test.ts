@@ -407,6 +407,36 @@ describe.skipIf(!installed)("RunLogRedis", () => {
       expect(expired).toMatchObject({ _tag: "RunExpiredError", last_seq: events.length })
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("a Redis that stops answering (SIGSTOP: the connection stays up) holds nothing for long: the run goes on delivering, reads fail LOG_UNAVAILABLE, and the log gets everything once Redis answers again", () =>
+    Effect.gen(function*() {
+      const own = yield* Effect.promise(() => startRedis())
+      yield* Effect.addFinalizer(() => Effect.promise(() => own.stop()))
+      const { engines, log, recorded } = yield* engineOver({ url: own.url })
+      const context = yield* UserExecutionContext.make({ user_id: "alice" })
+      const handle = yield* engines.start(context, "ticker", "steps=400 interval_ms=10")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 5)
+      const pid = own.pid()!
+      process.kill(pid, "SIGSTOP")
+      // a safety net: the test's own waits end long before it
+      const safety = setTimeout(() => process.kill(pid, "SIGCONT"), 20_000)
+      try {
+        // events keep flowing while Redis is silent (the first append waits REPLY_TIMEOUT_MS at most, then the log buffers)
+        yield* recorded.waitFor((e) => e.run_id === context.run_id && e.seq === 250)
+        const read = yield* Effect.flip(log.summary("alice", context.run_id))
+        expect(read._tag).toBe("RunLogUnavailableError")
+      } finally {
+        clearTimeout(safety)
+        process.kill(pid, "SIGCONT")
+      }
+      const outcome = yield* handle.await
+      expect(outcome.status).toBe("completed")
+      const events = yield* recorded.ofRun(context.run_id)
+      expect(runInvariants(events)).toEqual([])
+      // what was buffered reached the log, in order, with the same seqs
+      const summary = yield* eventually(log.summary("alice", context.run_id), (s) => s.last_seq === events.length)
+      expect(summary.status).toBe("completed")
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("a run whose events Redis refuses for good (its stream replaced by a key of another type) ends with agent_error LOG_UNAVAILABLE and agent_completed failed; its log answers RUN_EXPIRED", () =>
     Effect.gen(function*() {
       const prefix = freshPrefix()
