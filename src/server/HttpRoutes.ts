@@ -38,7 +38,7 @@
  *
  * @module
  */
-import { ByteSize, Effect, Exit, Layer, Result, Stream } from "effect"
+import { ByteSize, Effect, Exit, Layer, Option, Result, Stream } from "effect"
 import { HttpIncomingMessage, HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { decodeClientValue } from "../protocol/Protocol.ts"
 import { Auth, bearerToken } from "../services/Auth.ts"
@@ -48,6 +48,7 @@ import { AgentInstanceFactory } from "../services/AgentInstanceFactory.ts"
 import { RunLog, type RunLogReadError, type RunSummary } from "../services/RunLog.ts"
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import * as RunEventsHttp from "./RunEventsHttp.ts"
+import * as UserQueryLimit from "./UserQueryLimit.ts"
 
 /** One component of `/ready`: a status measured from a real signal, plus facts about it. */
 export interface ComponentStatus {
@@ -262,16 +263,19 @@ export const make = (options: RouteOptions) =>
         return HttpServerResponse.jsonUnsafe({ run_ids: stopped.success })
       }))
 
+    // one user's queries in flight at once are bounded (they line up on the store every instance shares)
+    const perUser = UserQueryLimit.make()
+
     const listRuns = HttpRouter.add("GET", "/api/runs", (request) =>
       Effect.gen(function*() {
         const who = yield* authenticate(request)
         if (who._tag === "Failure") return who.failure
         const query = RunEventsHttp.parseListQuery(searchParams(request))
         if (query._tag === "Failure") return problem(400, "INVALID_MESSAGE", query.failure.message)
-        const listed = yield* Effect.result(log.list(who.success, query.success))
-        if (listed._tag === "Failure") return runNotReadable(listed.failure)
-        const runs = listed.success
-        return HttpServerResponse.jsonUnsafe({ runs: runs.map(runInfo) }, { headers: PRIVATE })
+        const listed = yield* perUser(who.success, Effect.result(log.list(who.success, query.success)))
+        if (Option.isNone(listed)) return UserQueryLimit.tooMany()
+        if (listed.value._tag === "Failure") return runNotReadable(listed.value.failure)
+        return HttpServerResponse.jsonUnsafe({ runs: listed.value.success.map(runInfo) }, { headers: PRIVATE })
       }))
 
     // the agents a start may name: what this server registered (e.g. `assistant` only when AGENTWIRE_LLM_* is set)
@@ -289,9 +293,10 @@ export const make = (options: RouteOptions) =>
         if (who._tag === "Failure") return who.failure
         const run_id = (yield* HttpRouter.params).run_id ?? ""
         // another user's run is indistinguishable from an unknown one
-        const summary = yield* Effect.result(log.summary(who.success, run_id))
-        if (summary._tag === "Failure") return runNotReadable(summary.failure)
-        return HttpServerResponse.jsonUnsafe(runInfo(summary.success), { headers: PRIVATE })
+        const summary = yield* perUser(who.success, Effect.result(log.summary(who.success, run_id)))
+        if (Option.isNone(summary)) return UserQueryLimit.tooMany()
+        if (summary.value._tag === "Failure") return runNotReadable(summary.value.failure)
+        return HttpServerResponse.jsonUnsafe(runInfo(summary.value.success), { headers: PRIVATE })
       }))
 
     const releaseStream = (user_id: string) =>
@@ -314,7 +319,9 @@ export const make = (options: RouteOptions) =>
         if (from._tag === "Failure") return problem(400, "INVALID_MESSAGE", from.failure.message)
         const { after_seq, name } = from.success
         // ownership first: another user's run is indistinguishable from an unknown one
-        const summary = yield* Effect.result(log.summary(user_id, run_id))
+        const looked = yield* perUser(user_id, Effect.result(log.summary(user_id, run_id)))
+        if (Option.isNone(looked)) return UserQueryLimit.tooMany()
+        const summary = looked.value
         if (summary._tag === "Failure") return runNotReadable(summary.failure)
         const { last_seq, status } = summary.success
         if (after_seq > last_seq) {
@@ -322,10 +329,12 @@ export const make = (options: RouteOptions) =>
         }
 
         if (!sse) {
-          const page = yield* Effect.result(log.read(user_id, run_id, after_seq, {
+          const read = yield* perUser(user_id, Effect.result(log.read(user_id, run_id, after_seq, {
             maxEvents: RunEventsHttp.MAX_EVENTS_PER_PAGE,
             maxBytes: RunEventsHttp.MAX_BYTES_PER_PAGE
-          }))
+          })))
+          if (Option.isNone(read)) return UserQueryLimit.tooMany()
+          const page = read.value
           if (page._tag === "Failure") {
             const error = page.failure
             return error._tag === "AfterSeqError"

@@ -22,11 +22,12 @@
  *
  * @module
  */
-import { Effect, Layer, Result, Schema } from "effect"
+import { Effect, Layer, Option, Result, Schema } from "effect"
 import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Auth, bearerToken } from "../services/Auth.ts"
 import { Id } from "../protocol/Protocol.ts"
 import { makeApi, ThreadRequestError } from "./ThreadRequests.ts"
+import * as UserQueryLimit from "./UserQueryLimit.ts"
 
 const problem = (status: number, code: string, message: string) => HttpServerResponse.jsonUnsafe({ error: { code, message } }, { status })
 const refused = (e: ThreadRequestError) => problem(e.status, e.code, e.message)
@@ -63,6 +64,9 @@ export const make = Effect.gen(function*() {
       return Result.succeed(verified.success.user_id)
     })
 
+  // one user's queries in flight at once are bounded (they line up on the database the instances share)
+  const perUser = UserQueryLimit.make()
+
   /** Runs `body` for the authenticated caller; a refusal becomes its error response. */
   const authed = (
     body: (user_id: string, request: HttpServerRequest.HttpServerRequest) => Effect.Effect<HttpServerResponse.HttpServerResponse, ThreadRequestError, HttpRouter.RouteContext>
@@ -71,7 +75,8 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const who = yield* authenticate(request)
       if (who._tag === "Failure") return who.failure
-      return yield* body(who.success, request).pipe(Effect.catch((e) => Effect.succeed(refused(e))))
+      const answered = yield* perUser(who.success, body(who.success, request).pipe(Effect.catch((e) => Effect.succeed(refused(e)))))
+      return Option.isNone(answered) ? UserQueryLimit.tooMany() : answered.value
     })
 
   const list = HttpRouter.add("GET", "/api/threads", authed((user_id, request) =>
