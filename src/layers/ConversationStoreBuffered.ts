@@ -4,7 +4,12 @@
  * streaming.
  *
  * - **Writes from runs** (`append`, `recordRun`) are queued in memory and
- *   return at once; one writer fiber applies them in order, one at a time.
+ *   return at once; one writer fiber applies them in order. It starts on the
+ *   scheduler's next turn, not inside the caller, so the writes queued in one
+ *   event-loop turn are applied together: with `transaction` (the SQL stores)
+ *   up to `maxBatch` queued writes go in one database transaction, one commit
+ *   instead of one per write; a batch that fails is rolled back whole and its
+ *   writes are applied one at a time instead, as without `transaction`.
  * - **A failing write is retried**, in order, with backoff (100 ms doubling to
  *   5 s), for as long as it fails transiently (connection lost, database busy
  *   or locked, timeouts, unclassified errors): nothing behind it is applied
@@ -58,6 +63,13 @@ export interface BufferedOptions {
   readonly retryMaxMs?: number | undefined
   /** The clock that stamps queued writes, ms since the epoch (default `Date.now`). */
   readonly now?: (() => number) | undefined
+  /**
+   * Runs several queued writes in one database transaction (all applied or
+   * none); without it, writes are applied one at a time.
+   */
+  readonly transaction?: ((batch: Effect.Effect<void, ConversationStoreError>) => Effect.Effect<void, unknown>) | undefined
+  /** Writes applied in one `transaction` at most (default 32). */
+  readonly maxBatch?: number | undefined
 }
 
 interface Item {
@@ -78,6 +90,8 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
     const retryBaseMs = options.retryBaseMs ?? 100
     const retryMaxMs = options.retryMaxMs ?? 5_000
     const now = options.now ?? Date.now
+    const transaction = options.transaction
+    const maxBatch = Math.max(1, options.maxBatch ?? 32)
     const backend = (yield* inner.health).backend
 
     const queue: Array<Item> = []
@@ -152,14 +166,53 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       return Effect.sync(() => void (wakeWriter = undefined))
     })
 
+    /**
+     * Applies the first `count` queued writes in one transaction; true when all
+     * were committed (then they are dequeued and their callers answered).
+     */
+    const applyBatch = (count: number): Effect.Effect<boolean> =>
+      Effect.suspend(() => {
+        const batch = queue.slice(0, count)
+        const results: Array<unknown> = []
+        const body = Effect.forEach(batch, (item) => Effect.map(item.op, (result) => void results.push(result)), { discard: true })
+        return Effect.map(Effect.exit(transaction!(body)), (exit) => {
+          if (Exit.isFailure(exit)) return false
+          for (let i = 0; i < batch.length; i++) {
+            dequeue()
+            const done = batch[i]!.done
+            if (done !== undefined) Deferred.doneUnsafe(done, Exit.succeed(results[i]))
+          }
+          settle()
+          return true
+        })
+      })
+
     const writer: Effect.Effect<never> = Effect.gen(function*() {
       let attempt = 0
+      // after a batch failed, its writes go one at a time
+      let solo = 0
       while (true) {
-        if (queue.length === 0) yield* idle
+        if (queue.length === 0) {
+          yield* idle
+          // woken inside the caller: let the writes of this event-loop turn join the batch
+          yield* Effect.yieldNow
+        }
+        if (transaction !== undefined && solo === 0 && queue.length > 1) {
+          const count = Math.min(queue.length, maxBatch)
+          if (yield* applyBatch(count)) {
+            if (failing) yield* Effect.logInfo("history writes resumed").pipe(Effect.annotateLogs({ pending_writes: queue.length }))
+            failing = false
+            lastError = undefined
+            attempt = 0
+            continue
+          }
+          solo = count
+        }
         const item = queue[0]!
         const exit = yield* Effect.exit(item.op)
         if (Exit.isSuccess(exit)) {
           dequeue()
+          if (solo > 0) solo--
           if (failing) yield* Effect.logInfo("history writes resumed").pipe(Effect.annotateLogs({ pending_writes: queue.length }))
           failing = false
           lastError = undefined
@@ -173,6 +226,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
         if (error._tag === "Some" && error.value.permanent === true) {
           // refused for good: retrying cannot help, and must not hold back the writes behind it
           dequeue()
+          if (solo > 0) solo--
           failed++
           yield* Effect.logError("history write refused by the database: set aside; the writes behind it go on").pipe(
             Effect.annotateLogs({ error: message, operation: error.value.operation, failed_writes: failed, pending_writes: queue.length })

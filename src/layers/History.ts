@@ -22,7 +22,7 @@ import { SqlClient } from "effect/sql"
 import { mkdirSync, statSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"
 import { ConfigInvalidError } from "../services/AgentwireConfig.ts"
-import { ConversationStore } from "../services/ConversationStore.ts"
+import { ConversationStore, type ConversationStoreError } from "../services/ConversationStore.ts"
 import * as ConversationStoreBuffered from "./ConversationStoreBuffered.ts"
 import * as ConversationStoreSql from "./ConversationStoreSql.ts"
 import * as SqliteClient from "./SqliteClient.ts"
@@ -123,7 +123,9 @@ const storeOn = (sql: SqlClient.SqlClient, backend: string, database: string, op
     if (applied.length > 0) yield* Effect.logDebug("history schema migrated").pipe(Effect.annotateLogs({ database, migrations: applied.join(",") }))
     const inner = yield* ConversationStoreSql.make({ backend }).pipe(Effect.provideService(SqlClient.SqlClient, sql))
     yield* Effect.logDebug("history").pipe(Effect.annotateLogs({ backend, database }))
-    return yield* ConversationStoreBuffered.make(inner, options)
+    // the writes queued together are applied in one transaction: one commit for several runs' records
+    const transaction = (batch: Effect.Effect<void, ConversationStoreError>) => sql.withTransaction(batch)
+    return yield* ConversationStoreBuffered.make(inner, { transaction, ...options })
   })
 
 const errorCode = (e: unknown): string | undefined =>

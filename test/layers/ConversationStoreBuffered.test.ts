@@ -148,4 +148,69 @@ describe("ConversationStoreBuffered", () => {
       expect((yield* store2.health).dropped_writes).toBe(1)
       expect(yield* inner.load(key)).toEqual(say("1"))
     }))
+
+  /**
+   * A store whose appends are staged while a transaction is open and kept only when it commits
+   * (a stand-in for a SQL store); message "bad" is refused for good.
+   */
+  const transactional = () => {
+    const committed: Array<string> = []
+    const batches: Array<number> = []
+    let staged: Array<string> | undefined
+    const apply = (content: string) =>
+      Effect.suspend(() => {
+        if (content === "bad") return Effect.fail(new ConversationStoreError({ operation: "append", message: "constraint", permanent: true }))
+        ;(staged ?? committed).push(content)
+        return Effect.void
+      })
+    const transaction = (batch: Effect.Effect<void, ConversationStoreError>) =>
+      Effect.suspend(() => {
+        staged = []
+        return Effect.onExit(batch, (exit) =>
+          Effect.sync(() => {
+            batches.push(exit._tag === "Success" ? staged!.length : -1)
+            if (exit._tag === "Success") committed.push(...staged!)
+            staged = undefined
+          }))
+      })
+    return { committed, batches, apply, transaction }
+  }
+
+  it.live("writes queued in one event-loop turn are applied in one transaction, in order", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const inner = yield* ConversationStoreMemory.make()
+      const db = transactional()
+      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, { ...fast, transaction: db.transaction })
+      for (const n of ["1", "2", "3"]) yield* store.append(key, say(n))
+      yield* store.listThreads("alice") // the read barrier: every write above is applied
+      expect(db.committed).toEqual(["1", "2", "3"])
+      expect(db.batches).toEqual([3])
+      expect((yield* store.health).pending_writes).toBe(0)
+    })))
+
+  it.live("a batch that fails is rolled back whole; its writes are then applied one at a time and only the refused one is set aside", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const inner = yield* ConversationStoreMemory.make()
+      const db = transactional()
+      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, { ...fast, transaction: db.transaction })
+      for (const n of ["1", "bad", "3", "4"]) yield* store.append(key, say(n))
+      yield* store.listThreads("alice")
+      expect(db.committed).toEqual(["1", "3", "4"])
+      // the batch of four failed (nothing kept); then each of its writes went alone
+      expect(db.batches).toEqual([-1])
+      expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, failed_writes: 1 })
+    })))
+
+  it.live("a queued delete answered from a batch gets its own result", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const inner = yield* ConversationStoreMemory.make()
+      const db = transactional()
+      const store = yield* ConversationStoreBuffered.make(inner, { ...fast, transaction: db.transaction })
+      // both queued before the writer's turn
+      yield* store.append(key, say("1"))
+      expect(yield* store.deleteThread(key)).toBe(true)
+      // one transaction held both (the memory store's own writes are not staged, so it counts none)
+      expect(db.batches).toEqual([0])
+      expect(yield* store.deleteThread(key)).toBe(false)
+    })))
 })
