@@ -20,6 +20,7 @@
  */
 import { Array as Arr, Effect, Layer, Option } from "effect"
 import { Migrator, SqlClient, type SqlError } from "effect/sql"
+import * as SqliteClient from "./SqliteClient.ts"
 import {
   ConversationStore,
   ConversationStoreError,
@@ -141,6 +142,16 @@ const describeSqlError = (error: SqlError.SqlError): string => {
 const failWith = (operation: ConversationStoreError["operation"]) => (error: SqlError.SqlError) =>
   new ConversationStoreError({ operation, message: describeSqlError(error), permanent: isPermanent(error) })
 
+// the writes of runs as SQLite statements (`direct`): the same as the effect/sql statements of `make`
+const OPEN_THREAD_SQLITE = `INSERT INTO agentwire_threads (user_id, thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+  ON CONFLICT (user_id, thread_id) DO UPDATE SET updated_at =
+    CASE WHEN excluded.updated_at > agentwire_threads.updated_at THEN excluded.updated_at ELSE agentwire_threads.updated_at END`
+const RECORD_RUN_SQLITE = `INSERT INTO agentwire_runs
+  (run_id, user_id, thread_id, agent_name, status, started_at, ended_at, final_response, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+    final_response = excluded.final_response, error_code = excluded.error_code`
+const INSERT_MESSAGE_SQLITE = `INSERT INTO agentwire_messages (user_id, thread_id, role, content, run_id, created_at) VALUES (?, ?, ?, ?, ?, ?)`
+
 interface ThreadRow {
   readonly thread_id: string
   readonly title: string
@@ -167,6 +178,39 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
     const maxChars = Math.max(1, options.maxCharsForModel ?? 64_000)
     const backend = options.backend ?? "sql"
     const now = options.now ?? Date.now
+
+    // SQLite through SqliteClient: the writes of runs (two per run) take prepared statements directly,
+    // the same SQL as below; effect/sql's statement machinery cost several times SQLite's own work
+    const direct = SqliteClient.direct(sql)
+    const directWrite = (
+      user_id: string,
+      thread_id: string,
+      title: string,
+      at: number,
+      run: RunRecord | undefined,
+      messages: ReadonlyArray<ConversationMessage> | undefined,
+      run_id: string | undefined
+    ) =>
+      direct!.write((prepare) => {
+        prepare(OPEN_THREAD_SQLITE).run(user_id, thread_id, storableText(title), at, at)
+        if (run !== undefined) {
+          prepare(RECORD_RUN_SQLITE).run(
+            run.run_id,
+            run.user_id,
+            run.thread_id,
+            storableText(run.agent_name),
+            run.status,
+            run.started_at,
+            run.ended_at ?? null,
+            run.final_response === undefined ? null : storableText(run.final_response),
+            run.error_code === undefined ? null : storableText(run.error_code)
+          )
+        }
+        if (messages !== undefined && messages.length > 0) {
+          const insert = prepare(INSERT_MESSAGE_SQLITE)
+          for (const m of messages) insert.run(user_id, thread_id, m.role, storableText(m.content), run_id ?? null, at)
+        }
+      })
 
     const openThread = (user_id: string, thread_id: string, title: string, at: number) =>
       sql`INSERT INTO agentwire_threads (user_id, thread_id, title, created_at, updated_at)
@@ -218,6 +262,11 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
       append: Effect.fn("ConversationStore.append")(function*(key, messages, opts) {
         if (messages.length === 0) return
         const at = opts?.at ?? now()
+        if (direct !== undefined) {
+          return yield* directWrite(key.user_id, key.thread_id, titleOf(messages[0]!.content), at, undefined, messages, opts?.run_id).pipe(
+            Effect.mapError(failWith("append"))
+          )
+        }
         yield* sql.withTransaction(Effect.andThen(
           openThread(key.user_id, key.thread_id, titleOf(messages[0]!.content), at),
           insertMessages(key.user_id, key.thread_id, messages, opts?.run_id, at)
@@ -231,6 +280,11 @@ export const make = (options: ConversationStoreSqlOptions = {}) =>
       }),
       recordRun: Effect.fn("ConversationStore.recordRun")(function*(run: RunRecord, opts) {
         const at = opts?.at ?? now()
+        if (direct !== undefined) {
+          return yield* directWrite(run.user_id, run.thread_id, opts?.title ?? "", at, run, opts?.messages, run.run_id).pipe(
+            Effect.mapError(failWith("record"))
+          )
+        }
         yield* sql.withTransaction(Effect.gen(function*() {
           yield* openThread(run.user_id, run.thread_id, opts?.title ?? "", at)
           yield* sql`INSERT INTO agentwire_runs ${

@@ -12,9 +12,13 @@
  * retry later (`ConversationStoreBuffered` does, with backoff). Errors are
  * `SqlError`s with classified reasons (`UniqueViolation`, …).
  *
+ * Hot write paths may bypass `effect/sql`'s statement machinery (which costs
+ * several times what SQLite itself spends on a small insert) through `direct`:
+ * synchronous prepared statements on the same connection, under the same lock.
+ *
  * @module
  */
-import { Effect, Layer, Semaphore, Stream } from "effect"
+import { Context, Effect, Layer, Semaphore, Stream } from "effect"
 import { Reactivity } from "effect/reactivity"
 import { SqlClient, type SqlConnection, SqlError, Statement } from "effect/sql"
 import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite"
@@ -31,6 +35,26 @@ export const DEFAULT_BUSY_TIMEOUT_MS = 10
 
 /** Statements kept prepared (by SQL text). */
 const STATEMENT_CACHE = 200
+
+/** Prepared statements of one connection, by SQL text (cached). */
+export type Prepare = (sql: string) => StatementSync
+
+/** Direct, synchronous access to the connection of a client made by `make` (see `direct`). */
+export interface DirectSqlite {
+  /**
+   * Runs `f` with the connection's prepared statements: inside the calling
+   * fiber's open transaction of this client when there is one (`withTransaction`;
+   * then as part of it, and a failure fails that transaction), else in a
+   * transaction of its own under the connection's lock (rolled back when `f`
+   * throws). `f` must be synchronous. A thrown error becomes a `SqlError`.
+   */
+  readonly write: <A>(f: (prepare: Prepare) => A) => Effect.Effect<A, SqlError.SqlError>
+}
+
+const directs = new WeakMap<SqlClient.SqlClient, DirectSqlite>()
+
+/** The direct access of a client made by `make`; undefined for any other client (PostgreSQL, …). */
+export const direct = (client: SqlClient.SqlClient): DirectSqlite | undefined => directs.get(client)
 
 /** A `SqlClient` on the SQLite database at `filename` (`:memory:` for a private in-memory one); closed with the scope. */
 export const make = (filename: string, options: { readonly busyTimeoutMs?: number | undefined } = {}) =>
@@ -90,11 +114,34 @@ export const make = (filename: string, options: { readonly busyTimeoutMs?: numbe
       executeValuesUnprepared: values,
       executeUnprepared: (sql, params, transform) => Effect.map(unprepared(sql, params), (rows) => transform ? transform(rows) : rows)
     }
-    const acquirers = SqlClient.makeSqliteAcquirers({
-      connection: Effect.succeed(connection),
-      semaphore: yield* Semaphore.make(1)
+    const semaphore = yield* Semaphore.make(1)
+    const acquirers = SqlClient.makeSqliteAcquirers({ connection: Effect.succeed(connection), semaphore })
+    const client = yield* SqlClient.make({ ...acquirers, compiler: Statement.makeCompilerSqlite(), driver: "node:sqlite", spanAttributes: [] })
+    const own = <A>(f: (prepare: Prepare) => A) =>
+      Effect.try({
+        try: () => {
+          db.exec("BEGIN")
+          try {
+            const result = f(prepare)
+            db.exec("COMMIT")
+            return result
+          } catch (error) {
+            if (db.isTransaction) db.exec("ROLLBACK")
+            throw error
+          }
+        },
+        catch: fail("execute")
+      })
+    directs.set(client, {
+      write: (f) =>
+        Effect.withFiber((fiber) =>
+          // the fiber's own transaction holds the lock: its statements join it
+          Context.getOption(fiber.context, client.transactionService)._tag === "Some"
+            ? Effect.try({ try: () => f(prepare), catch: fail("execute") })
+            : semaphore.withPermit(own(f))
+        )
     })
-    return yield* SqlClient.make({ ...acquirers, compiler: Statement.makeCompilerSqlite(), driver: "node:sqlite", spanAttributes: [] })
+    return client
   }).pipe(Effect.provide(Reactivity.layer))
 
 /** The client as a layer. */

@@ -76,6 +76,62 @@ describe("ConversationStoreBuffered on SQLite: refused writes", () => {
       expect(yield* store.load(key)).toEqual([{ role: "user", content: "next" }])
       expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, dropped_writes: 0, failed_writes: 1 })
     })), 30_000)
+
+  it.live("batched in one transaction as the server does: a refused write rolls its batch back, then only it is set aside", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const sql = yield* SqliteClient.make(join(dir, "history.db"))
+      const inner = yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ backend: "sqlite" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+      const store = yield* ConversationStoreBuffered.make(inner, {
+        retryBaseMs: 1,
+        retryMaxMs: 5,
+        readBarrierMs: 10_000,
+        transaction: (batch) => sql.withTransaction(batch)
+      })
+      const key = { user_id: "alice", thread_id: "t" }
+      const other = { user_id: "alice", thread_id: "refused-thread" }
+      yield* store.append(key, [{ role: "user", content: "first" }])
+      // the thread row is written before the refused message: the rollback must take it back
+      yield* store.append(other, [{ role: "system" as "user", content: "refused" }])
+      yield* store.append(key, [{ role: "user", content: "next" }])
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "first" }, { role: "user", content: "next" }])
+      expect(Option.isNone(yield* store.getThread(other))).toBe(true)
+      expect(yield* store.health).toMatchObject({ status: "up", pending_writes: 0, failed_writes: 1 })
+    })), 30_000)
+})
+
+describe("ConversationStoreSql on SQLite: direct writes", () => {
+  it.effect("a write inside an effect/sql transaction is part of it: rolled back with it", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const sql = yield* SqliteClient.make(join(dir, "history.db"))
+      const store = yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ backend: "sqlite" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+      const key = { user_id: "alice", thread_id: "t" }
+      const run = { run_id: "run_1", user_id: "alice", thread_id: "t", agent_name: "echo", status: "running" as const, started_at: 1000 }
+      const failed = yield* Effect.flip(sql.withTransaction(Effect.andThen(store.recordRun(run, { title: "hi", messages: [{ role: "user", content: "hi" }] }), Effect.fail("abort"))))
+      expect(failed).toBe("abort")
+      expect(Option.isNone(yield* store.getThread(key))).toBe(true)
+      yield* sql.withTransaction(store.recordRun(run, { title: "hi", messages: [{ role: "user", content: "hi" }] }))
+      expect(yield* store.load(key)).toEqual([{ role: "user", content: "hi" }])
+    })))
+
+  it.effect("a write of its own that fails part-way leaves nothing behind", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const sql = yield* SqliteClient.make(join(dir, "history.db"))
+      const store = yield* Effect.andThen(ConversationStoreSql.migrate(), ConversationStoreSql.make({ backend: "sqlite" })).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+      const key = { user_id: "alice", thread_id: "t" }
+      const error = yield* Effect.flip(store.append(key, [{ role: "user", content: "kept?" }, { role: "system" as "user", content: "refused" }]))
+      expect(error).toMatchObject({ _tag: "ConversationStoreError", operation: "append", permanent: true })
+      expect(Option.isNone(yield* store.getThread(key))).toBe(true)
+      expect(yield* store.load(key)).toEqual([])
+    })))
 })
 
 describe("History on SQLite: a database locked by another connection", () => {
