@@ -5,11 +5,12 @@
  *
  * - **Writes from runs** (`append`, `recordRun`) are queued in memory and
  *   return at once; one writer fiber applies them in order. It starts on the
- *   scheduler's next turn, not inside the caller, so the writes queued in one
- *   event-loop turn are applied together: with `transaction` (the SQL stores)
- *   up to `maxBatch` queued writes go in one database transaction, one commit
- *   instead of one per write; a batch that fails is rolled back whole and its
- *   writes are applied one at a time instead, as without `transaction`.
+ *   scheduler's next turn (or after `batchWindowMs`), not inside the caller,
+ *   so the writes queued meanwhile are applied together: with `transaction`
+ *   (the SQL stores) up to `maxBatch` queued writes go in one database
+ *   transaction, one commit instead of one per write; a batch that fails is
+ *   rolled back whole and its writes are applied one at a time instead, as
+ *   without `transaction`.
  * - **A failing write is retried**, in order, with backoff (100 ms doubling to
  *   5 s), for as long as it fails transiently (connection lost, database busy
  *   or locked, timeouts, unclassified errors): nothing behind it is applied
@@ -70,6 +71,13 @@ export interface BufferedOptions {
   readonly transaction?: ((batch: Effect.Effect<void, ConversationStoreError>) => Effect.Effect<void, unknown>) | undefined
   /** Writes applied in one `transaction` at most (default 32). */
   readonly maxBatch?: number | undefined
+  /**
+   * With `transaction`: how long the writer, woken by a write, waits for more
+   * before applying them, ms (default 0: only the rest of the event-loop turn).
+   * A read waiting for the queued writes, or a full batch, ends the wait at once.
+   * Real time (a Node timer), not the Effect clock: it only groups writes.
+   */
+  readonly batchWindowMs?: number | undefined
 }
 
 interface Item {
@@ -92,6 +100,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
     const now = options.now ?? Date.now
     const transaction = options.transaction
     const maxBatch = Math.max(1, options.maxBatch ?? 32)
+    const batchWindowMs = transaction === undefined ? 0 : Math.max(0, options.batchWindowMs ?? 0)
     const backend = (yield* inner.health).backend
 
     const queue: Array<Item> = []
@@ -102,6 +111,8 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
     let failing = false
     let lastError: string | undefined
     let wakeWriter: (() => void) | undefined
+    /** Ends the writer's batch window early (a reader waits, or a batch is full). */
+    let hurryWriter: (() => void) | undefined
     /** Queued writes per user (read-your-writes: a read of a user with writes still queued cannot be answered correctly). */
     const pendingByUser = new Map<string, number>()
     const waiters = new Set<{ readonly seq: number; readonly wake: () => void }>()
@@ -125,6 +136,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       const wake = wakeWriter
       wakeWriter = undefined
       wake?.()
+      if (queue.length >= maxBatch) hurryWriter?.()
       return true
     }
 
@@ -156,6 +168,7 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
         return Effect.callback<void>((resume) => {
           const waiter = { seq, wake: () => resume(Effect.void) }
           waiters.add(waiter)
+          hurryWriter?.()
           return Effect.sync(() => waiters.delete(waiter))
         }).pipe(Effect.timeoutOption(ms), Effect.asVoid)
       })
@@ -164,6 +177,22 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       if (queue.length > 0) return resume(Effect.void)
       wakeWriter = () => resume(Effect.void)
       return Effect.sync(() => void (wakeWriter = undefined))
+    })
+
+    // the writes arriving within the window join the batch
+    const batchWindow = Effect.callback<void>((resume) => {
+      if (waiters.size > 0 || queue.length >= maxBatch) return resume(Effect.void)
+      const done = () => {
+        hurryWriter = undefined
+        clearTimeout(timer)
+        resume(Effect.void)
+      }
+      const timer = setTimeout(done, batchWindowMs)
+      hurryWriter = done
+      return Effect.sync(() => {
+        hurryWriter = undefined
+        clearTimeout(timer)
+      })
     })
 
     /**
@@ -194,8 +223,8 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       while (true) {
         if (queue.length === 0) {
           yield* idle
-          // woken inside the caller: let the writes of this event-loop turn join the batch
-          yield* Effect.yieldNow
+          // woken inside the caller: let the writes of this event-loop turn (or of the window) join the batch
+          yield* batchWindowMs > 0 ? batchWindow : Effect.yieldNow
         }
         if (transaction !== undefined && solo === 0 && queue.length > 1) {
           const count = Math.min(queue.length, maxBatch)

@@ -213,4 +213,26 @@ describe("ConversationStoreBuffered", () => {
       expect(db.batches).toEqual([0])
       expect(yield* store.deleteThread(key)).toBe(false)
     })))
+
+  it.live("with a batch window, the writes arriving within it share one transaction; a read ends the wait at once", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const inner = yield* ConversationStoreMemory.make()
+      const db = transactional()
+      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, {
+        ...fast,
+        transaction: db.transaction,
+        batchWindowMs: 60_000
+      })
+      yield* Effect.sleep("1 millis") // the writer has started and waits for writes
+      for (const n of ["1", "2", "3"]) {
+        yield* store.append(key, say(n))
+        yield* Effect.sleep("2 millis") // separate event-loop turns
+      }
+      expect(db.batches).toEqual([])
+      const started = Date.now()
+      yield* store.listThreads("alice")
+      expect(Date.now() - started).toBeLessThan(30_000)
+      expect(db.committed).toEqual(["1", "2", "3"])
+      expect(db.batches).toEqual([3])
+    })))
 })
