@@ -33,9 +33,11 @@ export const DEFAULT_DATA_DIR = "./data"
 
 /**
  * How long the history writer gathers writes before applying them in one
- * transaction, ms: a commit costs more than the statements of a run's record
- * (`bench/history-writes.ts`: 78–123 µs of CPU per run against 276 applied one by one, 476–530 before both changes). A crash loses at most this much more history;
- * a read waiting for the writes ends the wait at once.
+ * transaction, ms: a commit costs more than the statements of a run's record.
+ * `bench/history-writes.ts` (2026-11-30): 78–123 µs of CPU per run (two
+ * records) batched, 275 with one transaction per write, 365–390 before
+ * (effect/sql statements, one transaction per write). A crash loses at most
+ * this much more history; a read waiting for the writes ends the wait at once.
  */
 export const BATCH_WINDOW_MS = 10
 
