@@ -12,6 +12,7 @@ import { Cause, Console, Effect, Exit, Layer, Logger, Option, References } from 
 import * as Agentwire from "./Agentwire.ts"
 import * as AgentwireConfig from "./layers/AgentwireConfig.ts"
 import * as History from "./layers/History.ts"
+import * as LogOutput from "./layers/LogOutput.ts"
 import { redactTokens } from "./services/Auth.ts"
 
 /** Exit code of a startup failure. */
@@ -22,8 +23,8 @@ const main = Effect.gen(function*() {
   const history = yield* History.settingsFromEnv
   const app = Agentwire.layerApp(settings, history).pipe(
     Layer.provide(AgentwireConfig.layer(settings)),
-    // one logfmt line per log call: greppable, and never spread over several lines
-    Layer.provide(Logger.layer([Logger.consoleLogFmt]))
+    // one logfmt line per log call: greppable, and never spread over several lines; a turn's lines in one write
+    Layer.provide(Logger.layer([LogOutput.logFmt()]))
   )
   return yield* Layer.launch(app).pipe(Effect.provideService(References.MinimumLogLevel, settings.logLevel))
 }).pipe(

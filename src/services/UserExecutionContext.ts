@@ -49,12 +49,16 @@ const check = (field: keyof UserExecutionContext, value: string): Effect.Effect<
 export const generateId = (prefix: "run" | "req" | "thread" | "conn" | "tool" | "epoch"): string =>
   `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
 
+/** A given id is checked; a generated one (`generateId`: a prefix, `_` and 32 hex digits) is valid as made. */
+const given = (field: keyof UserExecutionContext, value: string | undefined, prefix: "thread" | "run" | "req") =>
+  value === undefined ? Effect.succeed(generateId(prefix)) : check(field, value)
+
 /** Validates the input and returns a frozen context. */
 export const make = (input: UserExecutionContextInput): Effect.Effect<UserExecutionContext, InvalidContextError> =>
   Effect.gen(function*() {
     const user_id = yield* check("user_id", input.user_id)
-    const thread_id = yield* check("thread_id", input.thread_id ?? generateId("thread"))
-    const run_id = yield* check("run_id", input.run_id ?? generateId("run"))
-    const request_id = yield* check("request_id", input.request_id ?? generateId("req"))
+    const thread_id = yield* given("thread_id", input.thread_id, "thread")
+    const run_id = yield* given("run_id", input.run_id, "run")
+    const request_id = yield* given("request_id", input.request_id, "req")
     return Object.freeze({ user_id, thread_id, run_id, request_id })
   })

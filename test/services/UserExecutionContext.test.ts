@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Schema } from "effect"
+import { Id } from "../../src/protocol/Protocol.ts"
 import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
 
 describe("UserExecutionContext.make", () => {
@@ -37,6 +38,13 @@ describe("UserExecutionContext.make", () => {
         expect(error.message).toContain(field)
       }))
   }
+
+  it("a generated id is a valid Id (make does not check the ids it generates)", () => {
+    const valid = Schema.is(Id)
+    for (const prefix of ["thread", "run", "req"] as const) {
+      for (let i = 0; i < 100; i++) expect(valid(UserExecutionContext.generateId(prefix))).toBe(true)
+    }
+  })
 
   it.effect("accepts exactly 128 characters of the allowed alphabet", () =>
     Effect.gen(function*() {
