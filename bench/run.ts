@@ -1258,10 +1258,12 @@ const main = async () => {
   if (pinning.client !== undefined) execSync(`taskset -pc ${pinning.client} ${process.pid}`, { stdio: "ignore" })
   if (profile) {
     await profileRun()
+    keepOrRemoveLogs()
     return
   }
   if (pacedOnly) {
     await pacedOnlyRun()
+    keepOrRemoveLogs()
     return
   }
   if (clusterMode) {
