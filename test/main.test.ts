@@ -379,8 +379,10 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       const pid = redis.pid()!
       process.kill(pid, "SIGSTOP")
       yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      const sent = Date.now()
       proc.child.kill("SIGTERM")
       expect(yield* proc.exit).toBe(0)
+      console.log(`exited ${Date.now() - sent} ms after SIGTERM with Redis stopped`)
     }).pipe(Effect.scoped), 60_000)
 
   it.live("Redis refusing connections: exits 3 with exactly one line on any stream (no client warning besides it)", () =>

@@ -213,6 +213,8 @@ const claimScript = script<number>(CLAIM_LUA)
 const takeoverScript = script<ReadonlyArray<string>>(TAKEOVER_LUA)
 const doneScript = script<number>(DONE_LUA)
 const leaveScript = script<number>(LEAVE_LUA)
+/** How long a graceful stop waits for Redis to take the lease back, in ms (then it expires on its own). */
+const LEAVE_TIMEOUT_MS = 1_000
 
 // ---------------------------------------------------------------------------------------------
 // What is open in a run, from its log
@@ -552,7 +554,9 @@ export const make = (options?: InstanceLeaseOptions) =>
 
     // a graceful stop gives the lease back (runs left over: it expires at once, someone closes them)
     yield* Effect.addFinalizer(() =>
-      Effect.suspend(() => (instance.isReady() ? Effect.ignore(run(leaveScript, self)) : Effect.void))
+      // bounded: a Redis that holds the connection but does not answer must not hold shutdown (node-redis
+      // times a command out only until it is written)
+      Effect.suspend(() => (instance.isReady() ? Effect.ignore(Effect.timeout(run(leaveScript, self), LEAVE_TIMEOUT_MS)) : Effect.void))
     )
 
     const onLost = (handler: () => void) =>
