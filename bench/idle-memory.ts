@@ -39,6 +39,7 @@ import {
   firstMessage,
   freePort,
   killAll,
+  killChildrenOnExit,
   newRequestId,
   rssOf,
   spawnNode,
@@ -89,13 +90,7 @@ const workDir = mkdtempSync(join(tmpdir(), "agentwire-idle-"))
 const log = (line: string) => process.stderr.write(`[idle ${((performance.now() - t0) / 1000).toFixed(1)}s] ${line}\n`)
 const t0 = performance.now()
 
-process.on("exit", killAll)
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(signal, () => {
-    killAll()
-    process.exit(130)
-  })
-}
+killChildrenOnExit()
 
 interface Server {
   readonly name: string

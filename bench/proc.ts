@@ -157,6 +157,17 @@ export const killAll = () => {
   children.clear()
 }
 
+/** Every child dies with the process, however it ends: `killAll` on exit and on SIGINT/SIGTERM/SIGHUP (then exit 130). */
+export const killChildrenOnExit = () => {
+  process.on("exit", killAll)
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.on(signal, () => {
+      killAll()
+      process.exit(130)
+    })
+  }
+}
+
 /** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
 export const freePort = () =>
   new Promise<number>((resolve, reject) => {

@@ -65,6 +65,7 @@ import {
   firstMessage,
   freePort,
   killAll,
+  killChildrenOnExit,
   newRequestId,
   openFilesLimit,
   rssOf,
@@ -208,13 +209,7 @@ const t0 = performance.now()
 // ---------------------------------------------------------------------------
 // cleanup: every child dies with the bench, however it ends
 
-process.on("exit", killAll)
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(signal, () => {
-    killAll()
-    process.exit(130)
-  })
-}
+killChildrenOnExit()
 const watchdog = setTimeout(() => {
   log(`watchdog: still running after ${WATCHDOG_MS / 1000}s; killing everything`)
   killAll()

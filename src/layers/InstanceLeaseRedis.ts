@@ -128,10 +128,7 @@ export interface InstanceLeaseOptions {
 
 const PRELUDE = `
 local P = ARGV[1]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${RedisInstance.LUA_NOW_MS}
 local function alive(id, now)
   local score = redis.call('ZSCORE', P .. 'instances', id)
   return score and tonumber(score) > now

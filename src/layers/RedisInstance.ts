@@ -86,6 +86,12 @@ export class RedisInstance extends Context.Service<RedisInstance, {
   readonly stats: RedisStats
 }>()("agentwire/RedisInstance") {}
 
+/** Lua defining `now_ms()`: Redis's own clock in ms, so every instance's scripts agree on time. */
+export const LUA_NOW_MS = `local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end`
+
 /**
  * Publishes written to Redis and not answered yet, at most (per instance);
  * past it a publish is dropped and counted (`stats.dropped`), as during an

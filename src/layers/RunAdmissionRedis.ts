@@ -53,8 +53,8 @@ const ADMIT_TIMEOUT_MS = 2_000
 /** Token buckets kept at most before full ones are swept. */
 const MAX_BUCKETS = 100_000
 
-const NOW = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+const NOW = `${RedisInstance.LUA_NOW_MS}
+local now = now_ms()`
 
 /** KEYS: slots, runs, req, reqs. ARGV: run_id, thread_id, agent, instance, fingerprint|'', threadGiven, maxPerUser, processFull, ttl, window, request_id. */
 const admitScript = Redis.script(

@@ -49,8 +49,8 @@ const STOP_RETRY_AFTER_MS = 1_000
 /** KEYS: slots, runs. The user's live slots as flat (run_id, `instance \t thread \t agent`) pairs. */
 const liveRunsScript = Redis.script((slots: string, runs: string) => [slots, runs], {
   numberOfKeys: 2,
-  lua: `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  lua: `${RedisInstance.LUA_NOW_MS}
+local now = now_ms()
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 local out = {}
 for i = 1, #live do

@@ -183,10 +183,7 @@ export interface RunLogRedisOptions {
 
 const PRELUDE = `
 local P = ARGV[1]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${RedisInstance.LUA_NOW_MS}
 local function split(s)
   local out = {}
   for part in string.gmatch(s, '([^\\n]*)\\n?') do out[#out + 1] = part end
