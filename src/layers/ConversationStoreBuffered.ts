@@ -220,8 +220,11 @@ export const make = (inner: ConversationStore["Service"], options: BufferedOptio
       let attempt = 0
       // after a batch failed, its writes go one at a time
       let solo = 0
+      // writes queued before the writer first ran get the same window as later ones
+      let first = true
       while (true) {
-        if (queue.length === 0) {
+        if (queue.length === 0 || first) {
+          first = false
           yield* idle
           // woken inside the caller: let the writes of this event-loop turn (or of the window) join the batch
           yield* batchWindowMs > 0 ? batchWindow : Effect.yieldNow
