@@ -253,7 +253,9 @@ export const layer: Layer.Layer<
       maxPayload: config.maxMessageBytes,
       perMessageDeflate: false,
       clientTracking: false,
-      handleProtocols: WebSocketConnection.selectProtocol
+      handleProtocols: WebSocketConnection.selectProtocol,
+      // its events go to the connection without per-socket listeners
+      WebSocket: WebSocketConnection.ServerSocket
     })
 
     // what the heartbeat remembers of each connection between sweeps

@@ -21,7 +21,7 @@
 import { Cause, Context, Effect, Exit, FiberMap, Scope, Semaphore, Stream } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
-import type { RawData, WebSocket } from "ws"
+import { type RawData, WebSocket } from "ws"
 import {
   type AgentEvent,
   type ClientMessage,
@@ -39,6 +39,7 @@ import { follow, FOLLOW_PAGE, RunLog, type RunLogReadError } from "../services/R
 import * as UserExecutionContext from "../services/UserExecutionContext.ts"
 import { type BridgeConnection, WebSocketBridge } from "../services/WebSocketBridge.ts"
 import * as TokenBucket from "../layers/TokenBucket.ts"
+import * as Deadlines from "./Deadlines.ts"
 import * as SentSeqs from "./SentSeqs.ts"
 import * as SocketOutput from "./SocketOutput.ts"
 import * as ThreadRequests from "./ThreadRequests.ts"
@@ -113,8 +114,11 @@ export const CLOSE_TOKEN_EXPIRED = 4001
 /** ISO 8601 of a time in ms; never throws (a time a Date cannot hold gives the largest one). */
 const isoOf = (ms: number): string => new Date(Number.isFinite(ms) ? Math.min(Math.max(ms, -8.64e15), 8.64e15) : 8.64e15).toISOString()
 
-/** Longest single sleep of the expiry timer (timers overflow past 2^31-1 ms). */
-const MAX_TIMER_MS = 2 ** 31 - 1
+/**
+ * The origin of a connection's times (epoch ms): kept relative to it, they are small integers, which V8 keeps
+ * inside the object (an epoch-ms field is a 16-byte boxed number of its own, for 24.8 days of uptime).
+ */
+const ORIGIN = Date.now()
 
 /**
  * What the heartbeat needs to judge a connection: the server pings every
@@ -168,6 +172,13 @@ export interface Shared {
   readonly scope: Scope.Scope
   /** Called once a connection's socket closed (before its fiber, if any, ends). */
   readonly onClose: (connection: Connection) => void
+  /** The token expiry of every connection: one timer, not one per connection. */
+  readonly expiries: Deadlines.Deadlines<Expiring>
+}
+
+/** A connection as the expiry queue sees it (deadlines in ms since `ORIGIN`). */
+interface Expiring extends Deadlines.Item {
+  watchExpiry(): void
 }
 
 /**
@@ -204,23 +215,26 @@ export const makeShared = (settings: {
       now: (effect) => void runFork(effect),
       closeLater: (scope) => void runFork(Scope.close(scope, Exit.void)),
       scope: settings.scope,
-      onClose: settings.onClose
+      onClose: settings.onClose,
+      expiries: new Deadlines.Deadlines<Expiring>(fireExpiry, Deadlines.nodeClock(ORIGIN))
     }
   })
 
 /** Where a socket's connection is kept, so that one set of listeners serves every socket. */
 const CONNECTION = Symbol.for("agentwire/connection")
-type Tagged = WebSocket & { [CONNECTION]?: Conn }
+type Tagged = WebSocket & { [CONNECTION]?: Conn | undefined }
 
 // Node callbacks: nothing a client sends may throw out of them
-function onMessage(this: Tagged, data: RawData, isBinary: boolean) {
-  const c = this[CONNECTION]
-  if (c === undefined) return
+const receiveFrom = (c: Conn, data: RawData, isBinary: boolean) => {
   try {
     c.receive(isBinary ? new Uint8Array(data as Buffer) : (data as Buffer).toString("utf8"))
   } catch {
     c.output.destroy("protocol_error")
   }
+}
+function onMessage(this: Tagged, data: RawData, isBinary: boolean) {
+  const c = this[CONNECTION]
+  if (c !== undefined) receiveFrom(c, data, isBinary)
 }
 function onPong(this: Tagged) {
   const c = this[CONNECTION]
@@ -233,9 +247,39 @@ function onError(this: Tagged, error: Error) {
 function onClose(this: Tagged, code: number) {
   this[CONNECTION]?.closed(code)
 }
-const onExpiryTimer = (c: Conn) => {
-  c.expiry = undefined
-  c.watchExpiry()
+const fireExpiry = (c: Expiring) => c.watchExpiry()
+
+/**
+ * The server's sockets (`WebSocketServer`'s `WebSocket` option, see `Server.ts`): the events `ws` emits on a socket
+ * (`message`, `pong`, `error`, `close`) go straight to its connection, as the listeners above would take them, but
+ * without listeners. Four listeners grow the socket's listener table to about 0.25 KiB; this way it stays empty.
+ * Listeners added to such a socket still get every event; an `error` without one is not thrown (the connection
+ * logs it when it closes).
+ */
+export class ServerSocket extends WebSocket {
+  [CONNECTION]: Conn | undefined = undefined
+
+  override emit(event: string | symbol, ...args: Array<unknown>): boolean {
+    const c = this[CONNECTION]
+    if (c !== undefined) {
+      switch (event) {
+        case "message":
+          receiveFrom(c, args[0] as RawData, args[1] === true)
+          break
+        case "pong":
+          c.pong = true
+          break
+        case "error":
+          c.socketError = (args[0] as Error | undefined)?.message ?? "socket error"
+          break
+        case "close":
+          c.closed(args[0] as number)
+          break
+      }
+    }
+    if (this.listenerCount(event) === 0) return c !== undefined
+    return super.emit(event, ...args)
+  }
 }
 
 const withRequestId = (request_id: string | undefined) => (request_id === undefined ? {} : { request_id })
@@ -263,10 +307,15 @@ class Conn implements Connection, BridgeConnection, Liveness {
   handled = 0
   pausedForInbox = false
   socketError: string | undefined = undefined
-  expiry: ReturnType<typeof setTimeout> | undefined = undefined
+  /** When the token's expiry is due, ms since `ORIGIN` (the expiry queue's). */
+  deadline = 0
+  /** The connection's place in the expiry queue (-1: not queued). */
+  slot = -1
   private readonly shared: Shared
+  /** ms since `ORIGIN` */
   private readonly openedAt: number
-  private expiresAt: number
+  /** The token's `exp`, ms since `ORIGIN` (`expiresAt` reads and writes it in epoch ms). */
+  private expiresFromOrigin: number
   /** Frames not handled yet (none: undefined). */
   private inbox: Array<string | Uint8Array> | undefined = undefined
   /** A fiber is handling frames (or registering the connection). */
@@ -288,8 +337,16 @@ class Conn implements Connection, BridgeConnection, Liveness {
     this.output = SocketOutput.make(ws, socket as Duplex & SocketOutput.CorkableSocket, shared.limits, shared.budget)
     this.id = UserExecutionContext.generateId("conn")
     this.user_id = verified.user_id
-    this.openedAt = Date.now()
-    this.expiresAt = verified.expires_at
+    this.openedAt = Date.now() - ORIGIN
+    this.expiresFromOrigin = verified.expires_at - ORIGIN
+  }
+
+  /** The token's `exp`, epoch ms. */
+  private get expiresAt(): number {
+    return this.expiresFromOrigin + ORIGIN
+  }
+  private set expiresAt(ms: number) {
+    this.expiresFromOrigin = ms - ORIGIN
   }
 
   get liveness(): Liveness {
@@ -313,10 +370,13 @@ class Conn implements Connection, BridgeConnection, Liveness {
   open(): void {
     const ws = this.ws as Tagged
     ws[CONNECTION] = this
-    ws.on("message", onMessage)
-    ws.on("pong", onPong)
-    ws.on("error", onError)
-    ws.on("close", onClose)
+    if (!(ws instanceof ServerSocket)) {
+      // any other `ws` socket (or a stand-in): the same handlers, as listeners
+      ws.on("message", onMessage)
+      ws.on("pong", onPong)
+      ws.on("error", onError)
+      ws.on("close", onClose)
+    }
     this.reply({
       type: "connection_established",
       connection_id: this.id,
@@ -422,8 +482,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
   private finish(): void {
     if (this.finished) return
     this.finished = true
-    if (this.expiry !== undefined) clearTimeout(this.expiry)
-    this.expiry = undefined
+    this.shared.expiries.cancel(this)
     this.shared.bridge.unregisterSync?.(this)
     if (this.background !== undefined) this.shared.closeLater(this.background.scope)
     const output = this.output
@@ -441,7 +500,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
           : closeCode === 1000 || closeCode === 1001
           ? "client_closed"
           : "client_gone"),
-        duration_ms: Date.now() - this.openedAt,
+        duration_ms: Date.now() - ORIGIN - this.openedAt,
         ...(limit === undefined ? {} : { limit }),
         ...(socketError === undefined ? {} : { error: socketError })
       })
@@ -450,12 +509,11 @@ class Conn implements Connection, BridgeConnection, Liveness {
 
   /** The token's expiry: without a refresh before it, the connection ends with TOKEN_EXPIRED / 4001. */
   watchExpiry(): void {
-    if (this.expiry !== undefined) clearTimeout(this.expiry)
-    this.expiry = undefined
+    this.shared.expiries.cancel(this)
     if (this.finished) return
-    const left = this.expiresAt + this.shared.options.clockSkewMs - Date.now()
-    if (left > 0) {
-      this.expiry = setTimeout(onExpiryTimer, Math.min(left, MAX_TIMER_MS), this)
+    const due = this.expiresFromOrigin + this.shared.options.clockSkewMs
+    if (due > Date.now() - ORIGIN) {
+      this.shared.expiries.schedule(this, due)
       return
     }
     this.reply({ type: "error", code: "TOKEN_EXPIRED", message: "the connection's token expired; reconnect with a fresh token, or send authenticate before expiry" })
