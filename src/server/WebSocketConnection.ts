@@ -121,6 +121,12 @@ const isoOf = (ms: number): string => new Date(Number.isFinite(ms) ? Math.min(Ma
 const ORIGIN = Date.now()
 
 /**
+ * `ms` itself, as a small integer when it is one: arithmetic on `Date.now()` yields a boxed number even when the
+ * result is small, and a field that once held one stays boxed for every connection.
+ */
+const small = (ms: number): number => ((ms | 0) === ms ? ms | 0 : ms)
+
+/**
  * What the heartbeat needs to judge a connection: the server pings every
  * socket once per interval, and drops one only when it made no progress at
  * all since the previous sweep (see `Liveness.check`).
@@ -337,8 +343,8 @@ class Conn implements Connection, BridgeConnection, Liveness {
     this.output = SocketOutput.make(ws, socket as Duplex & SocketOutput.CorkableSocket, shared.limits, shared.budget)
     this.id = UserExecutionContext.generateId("conn")
     this.user_id = verified.user_id
-    this.openedAt = Date.now() - ORIGIN
-    this.expiresFromOrigin = verified.expires_at - ORIGIN
+    this.openedAt = small(Date.now() - ORIGIN)
+    this.expiresFromOrigin = small(verified.expires_at - ORIGIN)
   }
 
   /** The token's `exp`, epoch ms. */
@@ -346,7 +352,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
     return this.expiresFromOrigin + ORIGIN
   }
   private set expiresAt(ms: number) {
-    this.expiresFromOrigin = ms - ORIGIN
+    this.expiresFromOrigin = small(ms - ORIGIN)
   }
 
   get liveness(): Liveness {
@@ -511,7 +517,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
   watchExpiry(): void {
     this.shared.expiries.cancel(this)
     if (this.finished) return
-    const due = this.expiresFromOrigin + this.shared.options.clockSkewMs
+    const due = small(this.expiresFromOrigin + this.shared.options.clockSkewMs)
     if (due > Date.now() - ORIGIN) {
       this.shared.expiries.schedule(this, due)
       return
