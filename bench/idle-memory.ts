@@ -14,6 +14,14 @@
  * are to the first), measures them one after the other (the order rotated
  * each repetition), then stops them. Prints each repetition and the medians, in KiB per connection.
  *
+ * The summary also gives, per server, RSS growth less the growth of the young
+ * generation's pages (`new_space`, physical): two full GCs leave the young
+ * generation as large as it was (agentwire's startup already grows it to a
+ * 64 MiB semi-space, the baseline's stays at 1 MiB until the connection
+ * burst), and the burst touches however many of its pages it allocates
+ * through, so that part of the RSS figure says how large the young generation
+ * was, not what the connections hold.
+ *
  * `--reduce`: each reading follows V8's memory-reducing ("last-resort") GC
  * instead of the bench's two full GCs. A full GC leaves the young generation
  * as large as the connection burst grew it (tens of MiB, whatever the
@@ -191,6 +199,8 @@ interface Reading {
   /** Heap pages V8 holds (physical), used or not. */
   readonly committedKiB: number
   readonly externalKiB: number
+  /** Growth of the young generation's pages (V8's `new_space`, physical), per connection. */
+  readonly newSpaceKiB: number
 }
 
 const measure = async (s: Server, doSnapshot: boolean): Promise<Reading> => {
@@ -216,7 +226,8 @@ const measure = async (s: Server, doSnapshot: boolean): Promise<Reading> => {
     rssKiB: (after.rss - before.rss) / connections / 1024,
     heapKiB: (after.heapUsed - before.heapUsed) / connections / 1024,
     committedKiB: ((after.heapCommitted ?? Number.NaN) - (before.heapCommitted ?? Number.NaN)) / connections / 1024,
-    externalKiB: (after.external - before.external) / connections / 1024
+    externalKiB: (after.external - before.external) / connections / 1024,
+    newSpaceKiB: ((after.heapSpaces?.["new_space"] ?? Number.NaN) - (before.heapSpaces?.["new_space"] ?? Number.NaN)) / connections / 1024
   }
 }
 
@@ -242,16 +253,24 @@ const main = async () => {
   const base = results.get(baselines[0]!.name)!
   const baseRss = median(base.map((r) => r.rssKiB))
   console.log(`\nper idle connection, KiB (median of ${reps}; ${connections} connections, 4 per user)`)
-  console.log("server                 RSS    heap   RSS / baseline   each RSS (heap)")
+  const baseOld = median(base.map((r) => r.rssKiB - r.newSpaceKiB))
+  console.log("server                 RSS    heap   RSS / baseline   RSS - young gen  / baseline   each RSS (heap) [young gen]")
   for (const name of names) {
     const rs = results.get(name)!
     const rss = median(rs.map((r) => r.rssKiB))
+    const old = median(rs.map((r) => r.rssKiB - r.newSpaceKiB))
     console.log(
       `${name.padEnd(18)} ${rss.toFixed(1).padStart(7)} ${median(rs.map((r) => r.heapKiB)).toFixed(1).padStart(7)} ${
         (rss / baseRss).toFixed(2).padStart(16)
-      }   ${rs.map((r) => `${r.rssKiB.toFixed(1)} (${r.heapKiB.toFixed(1)})`).join(", ")}`
+      } ${old.toFixed(1).padStart(16)} ${(old / baseOld).toFixed(2).padStart(11)}   ${
+        rs.map((r) => `${r.rssKiB.toFixed(1)} (${r.heapKiB.toFixed(1)}) [${r.newSpaceKiB.toFixed(1)}]`).join(", ")
+      }`
     )
   }
+  console.log(
+    "RSS - young gen: the RSS growth less the growth of V8's young-generation pages, which a full GC does not give back\n" +
+      "and which depends on how large the young generation already was, not on what the connections hold"
+  )
 }
 
 main().then(
