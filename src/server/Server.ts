@@ -310,8 +310,9 @@ export const layer: Layer.Layer<
     const accept = (ws: WebSocket, verified: VerifiedToken, socket: Duplex) => {
       const connection = WebSocketConnection.open(shared, ws, socket, verified)
       connections.add(connection)
-      const mine = byUser.get(verified.user_id) ?? []
-      mine.push(connection)
+      // a new array of exactly the user's sockets: a pushed-to array reserves 17 slots (about 0.1 KiB per user)
+      const previous = byUser.get(verified.user_id)
+      const mine = previous === undefined ? [connection] : previous.concat([connection])
       byUser.set(verified.user_id, mine)
       while (mine.length > config.maxConnectionsPerUser) {
         const oldest = mine.shift()!
