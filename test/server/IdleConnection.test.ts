@@ -1,0 +1,103 @@
+/**
+ * What an idle connection no longer holds, end to end over a real server: its
+ * socket's events reach it without per-socket listeners (`ServerSocket`), and
+ * its token expiry is one entry of the server's shared expiry queue
+ * (`Deadlines`), not a timer of its own.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Logger, Option, Redacted, References } from "effect"
+import { SignJWT } from "jose"
+import * as Agentwire from "../../src/Agentwire.ts"
+import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
+import type { AgentwireSettings } from "../../src/services/AgentwireConfig.ts"
+import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
+import { connect } from "../fixtures/client.ts"
+import { registry } from "../fixtures/runtime.ts"
+
+const SECRET = "idle-connection-suite-secret-0123456789"
+
+/** Info log lines of the server, as logfmt; `line` waits for one that matches. */
+const makeLogs = () => {
+  const lines: Array<string> = []
+  const waiters = new Set<() => void>()
+  const layer = Layer.mergeAll(
+    Logger.layer([Logger.map(Logger.formatLogFmt, (line) => {
+      lines.push(line)
+      for (const w of waiters) w()
+    })]),
+    Layer.succeed(References.MinimumLogLevel, "Info")
+  )
+  const line = (predicate: (line: string) => boolean) =>
+    Effect.callback<string>((resume) => {
+      const check = () => {
+        const found = lines.find(predicate)
+        if (found !== undefined) {
+          waiters.delete(check)
+          resume(Effect.succeed(found))
+        }
+      }
+      waiters.add(check)
+      check()
+      return Effect.sync(() => waiters.delete(check))
+    })
+  return { layer, line }
+}
+
+const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
+  Agentwire.layerServer(registry).pipe(
+    Layer.provide(logs.layer),
+    Layer.provideMerge(AgentwireConfig.layer({ port: 0, jwtSecret: Option.some(Redacted.make(SECRET)), ...settings }))
+  )
+
+const wsUrl = AgentwireServer.useSync((s) => `${s.url.replace(/^http/, "ws")}/ws`)
+
+/** A token of `user` that expires `seconds` from now (whole seconds, as JWT `exp`). */
+const tokenFor = (user: string, seconds: number) =>
+  Effect.promise(() =>
+    new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject(user).setExpirationTime(Math.floor(Date.now() / 1000) + seconds)
+      .sign(new TextEncoder().encode(SECRET))
+  )
+
+const connectWith = (token: string) =>
+  Effect.gen(function*() {
+    const client = yield* connect(yield* wsUrl, { headers: { authorization: `Bearer ${token}` } })
+    yield* client.next("connection_established")
+    return client
+  })
+
+describe("an idle connection", () => {
+  it.live("tokens expiring at different times close their own connections, in order; a refreshed one stays", () =>
+    Effect.gen(function*() {
+      const later = yield* connectWith(yield* tokenFor("later", 3))
+      const sooner = yield* connectWith(yield* tokenFor("sooner", 1))
+      const refreshed = yield* connectWith(yield* tokenFor("refreshed", 1))
+      refreshed.send({ type: "authenticate", token: yield* tokenFor("refreshed", 60), request_id: "auth-1" })
+      yield* refreshed.next("authenticated")
+      const expired = (client: typeof later) =>
+        Effect.gen(function*() {
+          expect(yield* client.next("error")).toMatchObject({ code: "TOKEN_EXPIRED" })
+          expect(yield* client.closed).toMatchObject({ code: 4001 })
+        })
+      yield* expired(sooner)
+      // the later token has a second or more to go: its connection still answers
+      later.send({ type: "ping", request_id: "p-1" })
+      yield* later.next("pong")
+      expect(later.received.some((m) => m.type === "error")).toBe(false)
+      yield* expired(later)
+      // past both expiries, the refreshed connection still answers
+      refreshed.send({ type: "ping" })
+      yield* refreshed.next("pong")
+      expect(refreshed.received.some((m) => m.type === "error")).toBe(false)
+    }).pipe(Effect.provide(serverLayer({ jwtClockSkewSeconds: 0 })), Effect.scoped), 15_000)
+
+  it.live("a frame over max_message_bytes: close 1009, and the close log names it (the socket's error reached the connection)", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const client = yield* connectWith(yield* tokenFor("big-sender", 300))
+      client.sendRaw("x".repeat(2048))
+      expect((yield* client.closed).code).toBe(1009)
+      const line = yield* logs.line((l) => l.includes("connection closed") && l.includes("user_id=big-sender"))
+      expect(line).toContain("reason=message_too_big")
+    }).pipe(Effect.provide(serverLayer({ maxMessageBytes: 1024 }, logs)), Effect.scoped)
+  })
+})
