@@ -315,8 +315,12 @@ const startLoadgen = async (name: string, port: number | string, sourcePrefix: s
   return loadgen
 }
 
-const probe = async (target: { readonly server: Child }, gc: boolean, resetLoopDelay = false): Promise<ProbeReply> => {
-  const message: ProbeCommand = { probe: "stats", id: newRequestId(), gc, resetLoopDelay }
+/**
+ * The server's stats; with `gc`, after two full collections, or with `reduce` after V8's memory-reducing
+ * ("last resort") collection, which also shrinks the young generation: what is left is what the process keeps.
+ */
+const probe = async (target: { readonly server: Child }, gc: boolean, resetLoopDelay = false, reduce = false): Promise<ProbeReply> => {
+  const message: ProbeCommand = { probe: "stats", id: newRequestId(), gc, resetLoopDelay, ...(reduce ? { reduce } : {}) }
   const reply = await target.server.request<ProbeReply>(message, 30_000)
   // RSS read from outside: inside, it needs a free file descriptor
   return { ...reply, rss: rssOf(target.server.pid) }
@@ -562,11 +566,18 @@ const holdPhase = async (target: Target) => {
 const IDLE_USER_BASE = 100_000
 const IDLE_SOCKETS_PER_USER = 4
 
+/**
+ * RSS per idle connection after V8's memory-reducing collection on both servers: after two plain full GCs, RSS
+ * still holds the young generation as the handshake burst left it, which swung the figure by 4-10 KiB per
+ * connection between repetitions of one build (agentwire's startup already grows its semi-space) while the JS
+ * heap per connection moved by 0.1 KiB; the memory-reducing collection shrinks it, so what is left is what the
+ * connections keep.
+ */
 const idlePhase = async (target: Target) => {
-  const before = await probe(target, true)
+  const before = await probe(target, true, false, true)
   const reply = await connect(target, params.idleConnections, params.idleConnections / IDLE_SOCKETS_PER_USER, IDLE_USER_BASE, "idle")
   if (!reply.ok) throw new Error(`${target.name}: idle connections: ${reply.error ?? "failed"}`)
-  const after = await probe(target, true)
+  const after = await probe(target, true, false, true)
   return {
     connections: params.idleConnections,
     connectMs: reply.ms,
