@@ -82,7 +82,8 @@ const makeLog = (tree: Tree) => {
 }
 const noLog = { append: () => Effect.succeed("ok" as const), appendSync: () => "ok" as const }
 
-const round = (tree: Tree): number => {
+/** One tree's log, bridge and sockets for a round; `run(i)` emits run `i` and answers its process CPU µs. */
+const setup = (tree: Tree) => {
   let made = kept.get(tree)
   if (made === undefined) {
     made = makeLog(tree)
@@ -124,11 +125,9 @@ const round = (tree: Tree): number => {
     run_id: `run_${r}_${Math.random().toString(36).slice(2)}`,
     request_id: `req_${r}`
   }))
-  // each round starts from a collected heap: the previous round's garbage is not this round's cost
-  ;(globalThis as { gc?: () => void }).gc?.()
-  const cpu0 = process.cpuUsage()
-  let delivered = 0
-  for (const context of contexts) {
+  const run = (i: number): number => {
+    const context = contexts[i]!
+    const cpu0 = process.cpuUsage()
     const emitter = tree.RunEmitter.make(context, { log, bridge })
     Effect.runSync(Effect.gen(function*() {
       yield* emitter.emit("ticker", 0, { type: "agent_started", task_description: `steps=${steps} interval_ms=0`, request_id: context.request_id })
@@ -137,11 +136,43 @@ const round = (tree: Tree): number => {
       }
       yield* emitter.emit("ticker", 0, { type: "agent_completed", status: "completed", final_response: `ticked ${steps} times`, duration_ms: 1.5 })
     }))
-    delivered += (steps + 2) * sockets
+    const cpu = process.cpuUsage(cpu0)
+    return cpu.user + cpu.system
   }
-  const cpu = process.cpuUsage(cpu0)
-  if (!keepLog) Effect.runSync(Scope.close(scope, Exit.void))
-  return (cpu.user + cpu.system) / delivered
+  const close = () => {
+    if (!keepLog) Effect.runSync(Scope.close(scope, Exit.void))
+  }
+  return { run, close }
+}
+
+const gc = () => (globalThis as { gc?: () => void }).gc?.()
+const perRun = (steps + 2) * sockets
+
+/**
+ * One round of `tree`: process CPU µs per delivered event. With EP_INTERLEAVE=1 a round runs both
+ * trees' runs one after the other (old, new, new, old, …), so that load from other processes falls
+ * on both alike; otherwise each tree runs its whole round alone.
+ */
+const round = (tree: Tree): number => {
+  const made = setup(tree)
+  // each round starts from a collected heap: the previous round's garbage is not this round's cost
+  gc()
+  let cpu = 0
+  for (let i = 0; i < runs; i++) cpu += made.run(i)
+  made.close()
+  return cpu / (runs * perRun)
+}
+
+const interleaved = (): [number, number] => {
+  const made = trees.map(setup)
+  gc()
+  const cpu = [0, 0]
+  for (let i = 0; i < runs; i++) {
+    const order = i % 2 === 0 ? [0, 1] : [1, 0]
+    for (const t of order) cpu[t]! += made[t]!.run(i)
+  }
+  for (const m of made) m.close()
+  return [cpu[0]! / (runs * perRun), cpu[1]! / (runs * perRun)]
 }
 
 const median = (xs: ReadonlyArray<number>) => {
@@ -150,15 +181,25 @@ const median = (xs: ReadonlyArray<number>) => {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
+const interleave = process.env.EP_INTERLEAVE === "1"
 // warm-up: both trees, twice
-for (let i = 0; i < 2; i++) for (const tree of trees) round(tree)
+for (let i = 0; i < 2; i++) {
+  if (interleave) interleaved()
+  else for (const tree of trees) round(tree)
+}
 const results = trees.map(() => [] as Array<number>)
 for (let i = 0; i < rounds; i++) {
+  if (interleave) {
+    const [a, b] = interleaved()
+    results[0]!.push(a)
+    results[1]!.push(b)
+    continue
+  }
   // alternate which goes first
   const order = i % 2 === 0 ? [0, 1] : [1, 0]
   for (const t of order) results[t]!.push(round(trees[t]!))
 }
-console.log(`emit path: ${runs} runs x ${steps + 2} events, ${users} users x ${sockets} sockets, ${rounds} alternated rounds`)
+console.log(`emit path: ${runs} runs x ${steps + 2} events, ${users} users x ${sockets} sockets, ${rounds} alternated rounds${interleave ? " (runs interleaved)" : ""}`)
 for (let t = 0; t < trees.length; t++) {
   const r = results[t]!
   const s = [...r].sort((a, b) => a - b)

@@ -132,12 +132,17 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
   // stamp has eight). Byte for byte `JSON.stringify(event)`; a body that carries a stamp field or a
   // `toJSON` is encoded whole instead (the stamp must win, as in `stamp`).
   const runText = JSON.stringify(context.run_id).slice(1, -1)
+  const openHead = `{"event_id":"${runText}:`
+  const commaHead = `,"event_id":"${runText}:`
   const runPart = `","run_id":${JSON.stringify(context.run_id)},"thread_id":${JSON.stringify(context.thread_id)},"user_id":${
     JSON.stringify(context.user_id)
   },"agent_name":`
+  // the parts between the two seqs and after the second, remembered while they do not change
   let agentOf = ""
   let depthOf = Number.NaN
-  let agentPart = ""
+  let middle = ""
+  let timestampOf = ""
+  let tail = ""
   const encode = (event: AgentEvent, body: object): string => {
     if ("toJSON" in body) return JSON.stringify(event)
     const text = JSON.stringify(body)
@@ -145,10 +150,14 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
     if (event.agent_name !== agentOf || event.depth !== depthOf) {
       agentOf = event.agent_name
       depthOf = event.depth
-      agentPart = `${JSON.stringify(agentOf)},"depth":${JSON.stringify(depthOf)},"seq":`
+      middle = `${runPart}${JSON.stringify(agentOf)},"depth":${JSON.stringify(depthOf)},"seq":`
+    }
+    if (event.timestamp !== timestampOf) {
+      timestampOf = event.timestamp
+      tail = `,"timestamp":${JSON.stringify(timestampOf)}}`
     }
     const seq = event.seq
-    return `${text.length === 2 ? "{" : `${text.slice(0, -1)},`}"event_id":"${runText}:${seq}${runPart}${agentPart}${seq},"timestamp":"${event.timestamp}"}`
+    return (text.length === 2 ? openHead : text.slice(0, -1) + commaHead) + seq + middle + seq + tail
   }
 
   const { appendSync } = sinks.log
