@@ -36,6 +36,7 @@ import {
   type RunSummary
 } from "../services/RunLog.ts"
 import { generateId } from "../services/UserExecutionContext.ts"
+import { utf8Length } from "../protocol/FrameBytes.ts"
 import { DEFAULT_RUN_LOG_SETTINGS } from "./AgentwireConfig.ts"
 
 /**
@@ -54,8 +55,16 @@ export const RUN_OVERHEAD_BYTES = 800
 
 const TWO_BYTE = /[^\u0000-\u00ff]/
 
-/** Heap bytes of a frame's text: V8 keeps a string one byte per character unless one is past U+00FF. */
-export const frameBytes = (frame: string): number => (TWO_BYTE.test(frame) ? 2 * frame.length : frame.length)
+/**
+ * Heap bytes of a frame's text: V8 keeps a string one byte per character unless one is past U+00FF.
+ * A frame whose UTF-8 length is its length is ASCII: that length, with no scan of its own (the
+ * sockets need the UTF-8 length too, and `utf8Length` computes it once per frame).
+ */
+export const frameBytes = (frame: string): number => {
+  const length = frame.length
+  if (utf8Length(frame) === length) return length
+  return TWO_BYTE.test(frame) ? 2 * length : length
+}
 
 /** Tombstones kept at most (about 190 bytes of heap each, measured; not counted in the byte budget), oldest dropped first. */
 export const MAX_TOMBSTONES = 100_000
@@ -72,9 +81,17 @@ export const SWEEP_INTERVAL_MS = 1000
 /** Events kept beyond the soft cap so that a run stopped there can still log its terminal events (see `RunLog`). */
 export const terminalReserve = RunLogContract.terminalReserve
 
+/** A user's runs (insertion order = start order, newest last) and their bytes, against the user's share of the budget. */
+interface UserRecord {
+  readonly runs: Set<string>
+  bytes: number
+}
+
 interface RunRecord {
   readonly run_id: string
   readonly user_id: string
+  /** The user's record while the run is retained: its appends count against the share without a lookup. */
+  readonly user: UserRecord
   readonly thread_id: string
   agent_name: string
   readonly started_at: string
@@ -115,19 +132,13 @@ export const make = (settings: RunLogSettings) =>
     const epoch = generateId("epoch")
     const softCap = settings.maxEventsPerRun - terminalReserve(settings.maxEventsPerRun)
     const runs = new Map<string, RunRecord>()
-    // insertion order = start order (newest last)
-    const byUser = new Map<string, Set<string>>()
+    const byUser = new Map<string, UserRecord>()
     // insertion order = end order: the first entries expire (and are evicted) first
     const ended = new Set<string>()
     const tombstones = new Map<string, Tombstone>()
     let totalBytes = 0
-    // bytes per user, against the user's share of the budget
-    const userBytes = new Map<string, number>()
-    const addUserBytes = (user_id: string, bytes: number) => {
-      const next = (userBytes.get(user_id) ?? 0) + bytes
-      if (next <= 0) userBytes.delete(user_id)
-      else userBytes.set(user_id, next)
-    }
+    // the run appended to last: a run's events mostly come in a row (a burst), then no lookup is needed
+    let lastRun: RunRecord | undefined
     const beingRead = (run: RunRecord, now: number) => run.lastReadAtMs + REPLAY_GRACE_MS > now
     const expired = (run: RunRecord, now: number) =>
       run.status !== "running" && run.endedAtMs + settings.retentionMs <= now && !beingRead(run, now)
@@ -142,12 +153,13 @@ export const make = (settings: RunLogSettings) =>
 
     const forget = (run: RunRecord, now: number) => {
       runs.delete(run.run_id)
+      if (lastRun === run) lastRun = undefined
       ended.delete(run.run_id)
-      const mine = byUser.get(run.user_id)
-      mine?.delete(run.run_id)
-      if (mine !== undefined && mine.size === 0) byUser.delete(run.user_id)
+      const mine = run.user
+      mine.runs.delete(run.run_id)
+      mine.bytes -= run.bytes
+      if (mine.runs.size === 0 && byUser.get(run.user_id) === mine) byUser.delete(run.user_id)
       totalBytes -= run.bytes
-      addUserBytes(run.user_id, -run.bytes)
       tombstones.set(run.run_id, { user_id: run.user_id, thread_id: run.thread_id, last_seq: run.frames.length, expiresAt: now + settings.tombstoneMs })
       if (tombstones.size > MAX_TOMBSTONES) tombstones.delete(tombstones.keys().next().value!)
       wake(run)
@@ -175,16 +187,19 @@ export const make = (settings: RunLogSettings) =>
     }
 
     const appendSync = (event: AgentEvent, frame: string): AppendResult => {
-      let run = runs.get(event.run_id)
+      let run = lastRun !== undefined && lastRun.run_id === event.run_id ? lastRun : runs.get(event.run_id)
       if (run !== undefined && event.seq === 1 && run.frames.length > 0) {
         // a run id used again (embedders choosing their own): the new run replaces the old
         forget(run, clock.currentTimeMillisUnsafe())
         run = undefined
       }
       if (run === undefined) {
+        let user = byUser.get(event.user_id)
+        if (user === undefined) byUser.set(event.user_id, user = { runs: new Set(), bytes: 0 })
         run = {
           run_id: event.run_id,
           user_id: event.user_id,
+          user,
           thread_id: event.thread_id,
           agent_name: event.depth === 0 ? event.agent_name : "",
           started_at: event.timestamp,
@@ -199,12 +214,11 @@ export const make = (settings: RunLogSettings) =>
         }
         runs.set(run.run_id, run)
         totalBytes += RUN_OVERHEAD_BYTES
-        addUserBytes(run.user_id, RUN_OVERHEAD_BYTES)
+        user.bytes += RUN_OVERHEAD_BYTES
         tombstones.delete(run.run_id)
-        let mine = byUser.get(run.user_id)
-        if (mine === undefined) byUser.set(run.user_id, mine = new Set())
-        mine.add(run.run_id)
+        user.runs.add(run.run_id)
       }
+      lastRun = run
       if (run.frames.length >= settings.maxEventsPerRun) return "refused"
       if (run.status !== "running") {
         // more root runs on one context (embedders running an engine twice): the run is open again
@@ -218,27 +232,25 @@ export const make = (settings: RunLogSettings) =>
       run.types.push(event.type)
       run.bytes += bytes
       totalBytes += bytes
-      addUserBytes(run.user_id, bytes)
+      const user = run.user
+      user.bytes += bytes
       if (event.type === "agent_completed" && event.depth === 0) end(run, event.status, event.timestamp)
       else wake(run)
       // the budget: the oldest finished runs go first; active runs alone over it must end
       // a user over their share loses their own oldest finished runs first: one busy user cannot
       // push everyone else's runs out of retention
-      if ((userBytes.get(run.user_id) ?? 0) > settings.maxBytesPerUser) {
+      if (user.bytes > settings.maxBytesPerUser) {
         const now = clock.currentTimeMillisUnsafe()
-        const mine = byUser.get(run.user_id)
-        if (mine !== undefined) {
-          for (const pass of [false, true]) {
-            for (const run_id of mine) {
-              if ((userBytes.get(run.user_id) ?? 0) <= settings.maxBytesPerUser) break
-              const other = runs.get(run_id)!
-              if (other.status === "running" || (!pass && beingRead(other, now))) continue
-              forget(other, now)
-              evicted++
-            }
+        for (const pass of [false, true]) {
+          for (const run_id of user.runs) {
+            if (user.bytes <= settings.maxBytesPerUser) break
+            const other = runs.get(run_id)!
+            if (other.status === "running" || (!pass && beingRead(other, now))) continue
+            forget(other, now)
+            evicted++
           }
         }
-        if ((userBytes.get(run.user_id) ?? 0) > settings.maxBytesPerUser && run.status === "running") return "log_full"
+        if (user.bytes > settings.maxBytesPerUser && run.status === "running") return "log_full"
       }
       // the whole budget: the oldest finished runs go first, those being replayed last
       if (totalBytes > settings.maxBytes) {
@@ -279,7 +291,7 @@ export const make = (settings: RunLogSettings) =>
 
     const list = (user_id: string, options?: ListOptions): ReadonlyArray<RunSummary> => {
       sweep(clock.currentTimeMillisUnsafe())
-      const mine = byUser.get(user_id)
+      const mine = byUser.get(user_id)?.runs
       if (mine === undefined) return []
       const limit = Math.max(1, Math.min(options?.limit ?? MAX_LIST_RUNS, MAX_LIST_RUNS))
       const ids = Array.from(mine)
@@ -302,7 +314,7 @@ export const make = (settings: RunLogSettings) =>
     /** Ended runs and tombstones of the user (of one thread when `thread_id` is given) go without a trace; a run still running keeps its log. */
     const erase = (user_id: string, thread_id: string | undefined): number => {
       let erased = 0
-      for (const run_id of Array.from(byUser.get(user_id) ?? [])) {
+      for (const run_id of Array.from(byUser.get(user_id)?.runs ?? [])) {
         const run = runs.get(run_id)!
         if (run.status === "running" || (thread_id !== undefined && run.thread_id !== thread_id)) continue
         forget(run, 0)

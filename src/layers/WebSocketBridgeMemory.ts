@@ -17,9 +17,10 @@ import * as ConnectionRegistry from "./ConnectionRegistry.ts"
 export const make = Effect.sync(() => {
   const local = ConnectionRegistry.make()
 
-  // no connection of the user here: nothing to encode
+  // encoded already (the run emitter's frames): one lookup; otherwise no connection of the user here: nothing to encode
   const deliver = (event: AgentEvent, encoded?: string) => {
-    if (local.has(event.user_id)) local.deliver(event, encoded ?? JSON.stringify(event))
+    if (encoded !== undefined) local.deliver(event, encoded)
+    else if (local.has(event.user_id)) local.deliver(event, JSON.stringify(event))
   }
 
   return WebSocketBridge.of({

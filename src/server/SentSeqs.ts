@@ -17,6 +17,12 @@ export interface SentSeqs {
   readonly has: (seq: number) => boolean
   /** Records `seq` as sent. */
   readonly add: (seq: number) => void
+  /**
+   * Records `seq` as sent and answers true, or answers false when it already
+   * was: `!has(seq)` then `add(seq)` in one step. The next `seq` of live
+   * delivery (one above the top range) extends that range without a search.
+   */
+  readonly claim: (seq: number) => boolean
   /** The number of disjoint ranges held. */
   readonly ranges: () => number
   /** The ranges, lowest first, as `[low, high]` (inclusive); for tests and logs. */
@@ -68,9 +74,22 @@ export const make = (): SentSeqs => {
     }
   }
 
+  const claim = (seq: number): boolean => {
+    const top = highs.length - 1
+    // in-order live delivery: nothing lies above the top range, so it grows by one
+    if (top >= 0 && seq === highs[top]! + 1) {
+      highs[top] = seq
+      return true
+    }
+    if (has(seq)) return false
+    add(seq)
+    return true
+  }
+
   return {
     has,
     add,
+    claim,
     ranges: () => lows.length,
     toArray: () => lows.map((low, i) => [low, highs[i]!] as const)
   }

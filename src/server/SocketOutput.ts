@@ -27,6 +27,7 @@
  * @module
  */
 import { Effect } from "effect"
+import { utf8Length } from "../protocol/FrameBytes.ts"
 
 /** Why the server ended a connection (logged as `reason`). */
 export type CloseReason =
@@ -203,18 +204,6 @@ export const makeBudget = (maxProcessBytes: number): OutputBudget => {
   }
 }
 
-// The byte length of the frame last sent: the bridge hands one string to all of a user's
-// sockets, so all but the first reuse it (compared by identity first, which is one pointer check).
-let lastFrame = ""
-let lastFrameBytes = 0
-const byteLengthOf = (frame: string): number => {
-  if (frame !== lastFrame) {
-    lastFrame = frame
-    lastFrameBytes = Buffer.byteLength(frame)
-  }
-  return lastFrameBytes
-}
-
 /** Uncorks on the next tick (one function for every socket: no closure per connection). */
 const uncorkLater = (output: Output) => output.uncorkNow()
 
@@ -298,7 +287,8 @@ class Output implements SocketOutput, BudgetEntry {
       this.queuedFrames = 0
       this.queuedBytes = 0
     }
-    const size = byteLengthOf(frame)
+    // the bridge hands one string to all of a user's sockets, after the run log measured it: computed once
+    const size = utf8Length(frame)
     // the bound counts the frame about to be written: nothing is queued past it
     if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes) {
       this.limitHit ??= "socket"

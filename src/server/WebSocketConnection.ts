@@ -410,8 +410,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
   send(frame: string, event?: AgentEvent): void {
     if (event === undefined) return this.output.send(frame)
     const t = this.track(event.run_id)
-    if (t.follower !== 0 || t.sent.has(event.seq)) return
-    t.sent.add(event.seq)
+    if (t.follower !== 0 || !t.sent.claim(event.seq)) return
     this.output.send(frame)
   }
 

@@ -33,4 +33,30 @@ describe("SentSeqs", () => {
       { numRuns: 500, verbose: 1 }
     )
   })
+
+  it("property: claim() answers !has() then adds, in order (the live fast path) or not, mixed with add()", () => {
+    fc.assert(
+      fc.property(
+        // "next" is live delivery: one above the highest seq so far
+        fc.array(fc.tuple(fc.oneof(fc.integer({ min: 1, max: 120 }), fc.constant("next" as const)), fc.boolean()), { maxLength: 300 }),
+        (ops) => {
+          const sent = SentSeqs.make()
+          const model = new Set<number>()
+          let highest = 0
+          for (const [op, viaClaim] of ops) {
+            const seq = op === "next" ? highest + 1 : op
+            highest = Math.max(highest, seq)
+            if (viaClaim) expect(sent.claim(seq)).toBe(!model.has(seq))
+            else sent.add(seq)
+            model.add(seq)
+          }
+          for (let seq = 0; seq <= highest + 1; seq++) expect(sent.has(seq)).toBe(model.has(seq))
+          const ranges = sent.toArray()
+          for (let i = 1; i < ranges.length; i++) expect(ranges[i]![0]).toBeGreaterThan(ranges[i - 1]![1] + 1)
+          expect(ranges.reduce((n, [lo, hi]) => n + hi - lo + 1, 0)).toBe(model.size)
+        }
+      ),
+      { numRuns: 500, verbose: 1 }
+    )
+  })
 })
