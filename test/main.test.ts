@@ -405,3 +405,53 @@ describe("src/main.ts startup mode", () => {
       expect(yield* proc.exit).toBe(0)
     }).pipe(Effect.scoped), 30_000)
 })
+
+describe("npm start", () => {
+  const ROOT = fileURLToPath(new URL("..", import.meta.url))
+  // a container whose PID 1 is `npm start` stops it with SIGTERM to npm alone: the server must get it
+  // (reviewer's F2 at stop 18: `sh -c "node src/main.ts"` stood between them; npm died, the server was orphaned and kept serving)
+  it.live("SIGTERM to npm's own pid reaches the server: it drains and exits, nothing is left serving", () =>
+    Effect.gen(function*() {
+      const child = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          spawn("npm", ["start", "--silent"], {
+            cwd: ROOT,
+            detached: true, // its own process group, so that the release can kill whatever is left
+            env: {
+              PATH: process.env.PATH ?? "",
+              HOME: process.env.HOME ?? "",
+              AGENTWIRE_PORT: "0",
+              AGENTWIRE_DATA_DIR: mkdtempSync(join(tmpdir(), "agentwire-npm-start-")),
+              AGENTWIRE_JWT_SECRET: "npm-start-test-secret-0123456789abcdef"
+            },
+            stdio: ["ignore", "pipe", "pipe"]
+          })
+        ),
+        (c) =>
+          Effect.sync(() => {
+            try {
+              process.kill(-c.pid!, "SIGKILL")
+            } catch {
+              // the group is gone already
+            }
+          })
+      )
+      let out = ""
+      const listening = Effect.callback<void>((resume) => {
+        const check = () => {
+          if (/listening on http/.test(out)) resume(Effect.void)
+        }
+        child.stdout!.on("data", (c: Buffer) => {
+          out += c.toString()
+          check()
+        })
+        child.stderr!.on("data", (c: Buffer) => void (out += c.toString()))
+      })
+      // the server holds the pipe's write end: it closes when the server itself has exited
+      const closed = Effect.callback<void>((resume) => void child.stdout!.on("close", () => resume(Effect.void)))
+      yield* listening
+      process.kill(child.pid!, "SIGTERM")
+      const ended = yield* closed.pipe(Effect.timeoutOption("15 seconds"))
+      expect(ended._tag, `the server still holds its stdout 15 s after SIGTERM to npm; output:\n${out}`).toBe("Some")
+    }).pipe(Effect.scoped), 30_000)
+})
