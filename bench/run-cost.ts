@@ -1,5 +1,5 @@
 /**
- * `npm exec -- node bench/run-cost.ts --old=<checkout> [--rounds=12] [--runs=400] [--request=hello] [--agent=echo] [--history=1]`:
+ * `npm exec -- node bench/run-cost.ts --old=<checkout> [--rounds=12] [--runs=400] [--request=hello] [--agent=echo] [--history=1] [--prefill=0]`:
  * the CPU one run costs the runtime beyond its events (issue 9), A/B in one
  * process: the `src/` of `--old` (e.g. a `git archive` of the base commit) and
  * this checkout's, each built once (`AgentRuntime.layer`, the built-in agents,
@@ -10,7 +10,8 @@
  * spread over 100 users with one registered connection each (its `send`
  * drops the frame), awaits them all, then waits for their history writes
  * (a read behind them). Prints process CPU µs per run (user + system) per
- * round, and the median and spread per side. Asserts nothing.
+ * round, and the median and spread per side. `--prefill=N` makes N runs on
+ * each side first (a history database that is not new). Asserts nothing.
  *
  * @module
  */
@@ -29,6 +30,8 @@ const RUNS = Number(flag("runs", "400"))
 const AGENT = flag("agent", "echo")
 const REQUEST = flag("request", "hello")
 const HISTORY = flag("history", "1") === "1"
+/** Runs made on each side before the warm-up (a history database that is not empty). */
+const PREFILL = Number(flag("prefill", "0"))
 const USERS = 100
 
 const cpuMicros = () => {
@@ -110,6 +113,7 @@ const program = Effect.gen(function*() {
     const d = mkdtempSync(join(tmpdir(), "agentwire-run-cost-"))
     dirs.push(d)
     sides.push(yield* side("new", ".", scope, d))
+    for (const s of sides) for (let i = 0; i < PREFILL / RUNS; i++) yield* s.round
     // warm-up
     for (const s of sides) for (let i = 0; i < 3; i++) yield* s.round
     const results = new Map<string, Array<number>>(sides.map((s) => [s.name, []]))
