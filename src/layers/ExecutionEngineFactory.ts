@@ -124,26 +124,26 @@ export const make = Effect.gen(function*() {
   const clock: Clock.Clock = yield* Effect.clockWith(Effect.succeed)
   const nowMs = () => Number(clock.monotonicTimeNanosUnsafe() / 1_000_000n)
   const timer: Effect.Effect<never> = Effect.forever(Effect.suspend(() => {
-      const now = nowMs()
-      let next: number | undefined
-      for (const run of active.values()) {
-        if (run.timedOut) continue
-        if (run.deadline > now) {
-          next = run.deadline
-          break
-        }
-        run.timedOut = true
-        requestStop(run, "timeout")
+    const now = nowMs()
+    let next: number | undefined
+    for (const run of active.values()) {
+      if (run.timedOut) continue
+      if (run.deadline > now) {
+        next = run.deadline
+        break
       }
-      if (next !== undefined) return Effect.sleep(next - now)
-      return Effect.callback<void>((resume) => {
-        wakeTimer = () => {
-          wakeTimer = undefined
-          resume(Effect.void)
-        }
-        return Effect.sync(() => void (wakeTimer = undefined))
-      })
-    }))
+      run.timedOut = true
+      requestStop(run, "timeout")
+    }
+    if (next !== undefined) return Effect.sleep(next - now)
+    return Effect.callback<void>((resume) => {
+      wakeTimer = () => {
+        wakeTimer = undefined
+        resume(Effect.void)
+      }
+      return Effect.sync(() => void (wakeTimer = undefined))
+    })
+  }))
   yield* Effect.forkScoped(timer)
 
   // stop every run before the FiberMap's own finalizer interrupts them: their cause is shutdown
@@ -303,7 +303,7 @@ export const make = Effect.gen(function*() {
         timedOut: false
       }
       active.set(context.run_id, entry)
-      // the timer waits for a run to time
+      // a timer waiting for runs (none was running) starts timing this one
       wakeTimer?.()
       const info = { run_id: context.run_id, thread_id: context.thread_id, request_id: context.request_id, agent_name: resolved, duplicate: false }
 
