@@ -40,6 +40,43 @@ describe("on the TestClock", () => {
       expect(yield* engines.activeRuns).toBe(0)
     }).pipe(Effect.provide(RecordingRuntime.pipe(Layer.provide(AgentwireConfig.layer({ runTimeoutMs: 1000 }))))))
 
+  it.effect("each run times out at its own deadline: runs started apart time out apart, a run that ended early holds no one up, and a run started after a quiet time still times out (one timer for all runs)", () =>
+    Effect.gen(function*() {
+      const engines = yield* ExecutionEngineFactory
+      const recorded = yield* RecordedEvents
+      const start = (user_id: string, request: string) =>
+        Effect.gen(function*() {
+          const context = yield* UserExecutionContext.make({ user_id })
+          const handle = yield* engines.start(context, "ticker", request)
+          yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_thinking")
+          return { context, waiting: yield* Effect.forkChild(handle.await) }
+        })
+      // a short run first: it ends long before its deadline
+      const short = yield* start("early", "steps=2 interval_ms=100")
+      const a = yield* start("a", "steps=5 interval_ms=60000")
+      yield* TestClock.adjust("100 millis")
+      expect((yield* Fiber.join(short.waiting)).status).toBe("completed")
+      yield* TestClock.adjust("400 millis")
+      const b = yield* start("b", "steps=5 interval_ms=60000")
+      // t = 1000: a is due (started at 0), b (started at 500) is not
+      yield* TestClock.adjust("500 millis")
+      expect(yield* Fiber.join(a.waiting)).toMatchObject({ status: "timed_out", error: { code: "RUN_TIMEOUT" } })
+      expect(yield* engines.activeRuns).toBe(1)
+      yield* TestClock.adjust("499 millis")
+      expect(yield* engines.activeRuns).toBe(1)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* Fiber.join(b.waiting)).toMatchObject({ status: "timed_out", error: { code: "RUN_TIMEOUT" } })
+      expect(yield* engines.activeRuns).toBe(0)
+      // nothing runs for a while, then a run starts: the timer, idle meanwhile, times it out too
+      yield* TestClock.adjust("10 seconds")
+      const c = yield* start("c", "steps=5 interval_ms=60000")
+      yield* TestClock.adjust("999 millis")
+      expect(yield* engines.activeRuns).toBe(1)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* Fiber.join(c.waiting)).toMatchObject({ status: "timed_out", error: { code: "RUN_TIMEOUT" } })
+      for (const run of [a, b, c]) expect(runInvariants(yield* recorded.ofRun(run.context.run_id))).toEqual([])
+    }).pipe(Effect.provide(RecordingRuntime.pipe(Layer.provide(AgentwireConfig.layer({ runTimeoutMs: 1000 }))))))
+
   it.effect("an ended run is remembered small: a duplicate's outcome keeps at most 256 characters of a 60 KB answer (review finding)", () =>
     Effect.gen(function*() {
       const engines = yield* ExecutionEngineFactory

@@ -232,6 +232,8 @@ export const make = Effect.gen(function*() {
       (emitter) => Effect.suspend(() => releaseEmitter(emitter.context.run_id) ? log.release(emitter.context.run_id) : Effect.void)
     )
 
+  const releaseRoot = (run_id: string) => Effect.suspend(() => releaseEmitter(run_id) ? log.release(run_id) : Effect.void)
+
   // a sub-agent shares its parent's emitter; a root instance holds the run's emitter while it runs
   const create = (agent_name: string | undefined, context: UserExecutionContext, parent?: { readonly emitter: RunEmitter; readonly depth: number }) =>
     Effect.map(registry.get(agent_name), (agent): AgentInstance => {
@@ -240,7 +242,12 @@ export const make = Effect.gen(function*() {
         agent_name: agent.name,
         depth: 0,
         context,
-        run: (request) => Effect.scoped(Effect.flatMap(emitterFor(context), (emitter) => instance(agent, context, emitter, 0).run(request)))
+        // the emitter is held for the run without a scope of its own (a scope per run costs more than this)
+        run: (request) =>
+          Effect.uninterruptible(Effect.suspend(() => {
+            const emitter = acquireEmitter(context)
+            return Effect.ensuring(instance(agent, context, emitter, 0).run(request), releaseRoot(context.run_id))
+          }))
       }
     })
 

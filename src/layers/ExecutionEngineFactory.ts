@@ -32,7 +32,7 @@
  *
  * @module
  */
-import { Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option, Result } from "effect"
+import { Clock, Deferred, Effect, Exit, Fiber, FiberMap, Layer, Option, Result } from "effect"
 import { ConversationStore, titleOf } from "../services/ConversationStore.ts"
 import { createHash } from "node:crypto"
 import { AgentInstanceFactory, type AgentOutcome } from "../services/AgentInstanceFactory.ts"
@@ -78,6 +78,10 @@ interface ActiveRun {
   emitter: RunEmitter | undefined
   cause: StopCause | undefined
   readonly done: Deferred.Deferred<AgentOutcome>
+  /** When the run times out: the clock's monotonic time, ms. */
+  readonly deadline: number
+  /** Its timeout was asked for (the timer does not ask twice). */
+  timedOut: boolean
 }
 
 /** Builds the factory from its dependencies; exposed for hand wiring. */
@@ -111,6 +115,36 @@ export const make = Effect.gen(function*() {
     run.emitter?.setStopCause(run.cause)
     run.fiber?.interruptUnsafe()
   }
+
+  // The runs' timeouts: one timer fiber for all runs, not a fiber and a timer per run. Every run has
+  // the same timeout and `active` keeps start order, so deadlines come in `active`'s order: the timer
+  // sleeps until the first pending one, stops the runs that are due, and waits for a start when none runs.
+  let wakeTimer: (() => void) | undefined
+  // the clock of the layer (a test's TestClock): deadlines and the timer's sleeps on the same one
+  const clock: Clock.Clock = yield* Effect.clockWith(Effect.succeed)
+  const nowMs = () => Number(clock.monotonicTimeNanosUnsafe() / 1_000_000n)
+  const timer: Effect.Effect<never> = Effect.forever(Effect.suspend(() => {
+    const now = nowMs()
+    let next: number | undefined
+    for (const run of active.values()) {
+      if (run.timedOut) continue
+      if (run.deadline > now) {
+        next = run.deadline
+        break
+      }
+      run.timedOut = true
+      requestStop(run, "timeout")
+    }
+    if (next !== undefined) return Effect.sleep(next - now)
+    return Effect.callback<void>((resume) => {
+      wakeTimer = () => {
+        wakeTimer = undefined
+        resume(Effect.void)
+      }
+      return Effect.sync(() => void (wakeTimer = undefined))
+    })
+  }))
+  yield* Effect.forkScoped(timer)
 
   // stop every run before the FiberMap's own finalizer interrupts them: their cause is shutdown
   yield* Effect.addFinalizer(() =>
@@ -264,9 +298,13 @@ export const make = Effect.gen(function*() {
         fiber: undefined,
         emitter: undefined,
         cause: undefined,
-        done: Deferred.makeUnsafe<AgentOutcome>()
+        done: Deferred.makeUnsafe<AgentOutcome>(),
+        deadline: nowMs() + runTimeoutMs,
+        timedOut: false
       }
       active.set(context.run_id, entry)
+      // a timer waiting for runs (none was running) starts timing this one
+      wakeTimer?.()
       const info = { run_id: context.run_id, thread_id: context.thread_id, request_id: context.request_id, agent_name: resolved, duplicate: false }
 
       const body = Effect.gen(function*() {
@@ -275,10 +313,7 @@ export const make = Effect.gen(function*() {
           entry.fiber = fiber as Fiber.Fiber<AgentOutcome>
         }))
         if (options?.onAccepted !== undefined) yield* options.onAccepted(info)
-        // the run's timer: a child fiber, gone with the run
-        yield* Effect.forkChild(
-          Effect.interruptible(Effect.sleep(runTimeoutMs)).pipe(Effect.andThen(Effect.sync(() => requestStop(entry, "timeout"))))
-        )
+        // the run's timeout is the engine's one timer (above)
         return yield* Effect.scoped(Effect.flatMap(createForUser(context), (engine) => {
           entry.emitter = engine.emitter
           if (entry.cause !== undefined) engine.emitter.setStopCause(entry.cause)

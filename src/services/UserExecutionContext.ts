@@ -45,9 +45,20 @@ const check = (field: keyof UserExecutionContext, value: string): Effect.Effect<
     : Effect.fail(new InvalidContextError({ field, value, reason: result.failure.message.split("\n")[0] ?? "invalid" }))
 }
 
-/** Generates an id with a readable prefix, e.g. `run_3f2a…`. */
-export const generateId = (prefix: "run" | "req" | "thread" | "conn" | "tool" | "epoch"): string =>
-  `${prefix}_${crypto.randomUUID().replaceAll("-", "")}`
+/**
+ * Generates an id with a readable prefix and 32 hex digits, e.g. `run_3f2a…`.
+ * Run and thread ids (the keys of history rows) start with the time in ms
+ * (12 hex digits), then 20 random ones (74 random bits): ids made later sort
+ * later, so the database's indexes on them grow at one end (a run's history
+ * write dirties a shared page, not one random page per index: fewer pages per
+ * commit). Other ids are 32 random hex digits.
+ */
+export const generateId = (prefix: "run" | "req" | "thread" | "conn" | "tool" | "epoch"): string => {
+  const random = crypto.randomUUID().replaceAll("-", "")
+  return prefix === "run" || prefix === "thread"
+    ? `${prefix}_${Date.now().toString(16).padStart(12, "0").slice(-12)}${random.slice(0, 20)}`
+    : `${prefix}_${random}`
+}
 
 /** A given id is checked; a generated one (`generateId`: a prefix, `_` and 32 hex digits) is valid as made. */
 const given = (field: keyof UserExecutionContext, value: string | undefined, prefix: "thread" | "run" | "req") =>

@@ -18,6 +18,26 @@ describe("UserExecutionContext.make", () => {
       expect(a.run_id).not.toBe(b.run_id)
     }))
 
+  it("run and thread ids made later sort later (history indexes grow at one end); other ids stay random", () => {
+    const ids = (prefix: "run" | "thread") => {
+      const out: Array<string> = []
+      const t0 = Date.now()
+      // ids from different milliseconds: the time prefix orders them
+      while (out.length < 3) {
+        const id = UserExecutionContext.generateId(prefix)
+        if (out.length === 0 || Date.now() > t0 + out.length * 2) out.push(id)
+      }
+      return out
+    }
+    for (const prefix of ["run", "thread"] as const) {
+      const made = ids(prefix)
+      expect([...made].sort()).toEqual(made)
+      for (const id of made) expect(id).toMatch(new RegExp(`^${prefix}_[0-9a-f]{32}$`))
+      expect(Number.parseInt(made[0]!.slice(prefix.length + 1, prefix.length + 13), 16)).toBeGreaterThan(Date.now() - 60_000)
+    }
+    expect(UserExecutionContext.generateId("conn")).toMatch(/^conn_[0-9a-f]{32}$/)
+  })
+
   const bad: ReadonlyArray<[string, Record<string, string>, string]> = [
     ["empty user", { user_id: "" }, "user_id"],
     ["placeholder user", { user_id: "none" }, "user_id"],
