@@ -188,6 +188,12 @@ export interface Connection {
   readonly liveness: Liveness
   /** The connection's user (from its token). */
   readonly user_id: string
+  /**
+   * Waits until this connection's followers (`resume_run`) of runs that have ended sent those runs to their last
+   * event (at shutdown, before the socket is closed: the terminal events of the runs stopped then reach it). A
+   * follower of a run still running (on another instance) is not waited for. Never fails.
+   */
+  readonly followersSettled: () => Effect.Effect<void>
 }
 
 /** The services every connection of a server uses. */
@@ -459,6 +465,24 @@ class Conn implements Connection, BridgeConnection, Liveness {
   private track(run_id: string): Tracked {
     const tracking = (this.tracked ??= new Tracking())
     return tracking.lastId === run_id && tracking.last !== undefined ? tracking.last : tracking.touch(run_id)
+  }
+
+  followersSettled(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const runs = this.tracked?.runs
+      if (runs === undefined || this.followers === 0) return Effect.void
+      const followed: Array<string> = []
+      for (const [id, t] of runs) if (t.follower !== 0) followed.push(id)
+      return Effect.flatMap(
+        Effect.filter(followed, (id) =>
+          this.shared.log.summary(this.user_id, id).pipe(
+            Effect.map((summary) => summary.status !== "running"),
+            // a run the log cannot tell about: its follower ends on the same error
+            Effect.orElseSucceed(() => false)
+          ), { concurrency: "unbounded" }),
+        (ended) => this.afterFollowers(ended)
+      )
+    })
   }
 
   /**

@@ -6,7 +6,7 @@
  * a connection that follows the run through the log (`resume_run`).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Exit, Fiber, Layer, Scope } from "effect"
 import type { ServerMessage } from "../../src/protocol/Protocol.ts"
 import { MAX_TRACKED_RUNS } from "../../src/server/WebSocketConnection.ts"
 import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
@@ -80,4 +80,27 @@ describe("run_stopped on a connection that follows the run (resume_run)", () => 
       const seqs = seqsOf(client.received, run_id)
       expect(duplicates(seqs)).toEqual([])
     }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer())), 30_000)
+})
+
+describe("shutdown, on a connection that follows a run (resume_run)", () => {
+  it.live("the run's terminal events (server_shutdown) reach the socket before it is closed with 1001", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const server = yield* Layer.buildWithScope(TestServer.serverLayer(), scope)
+      yield* Effect.gen(function*() {
+        const client = yield* connectAs("follower-shutdown")
+        const run_id = yield* start(client, "ticker", "steps=5000 interval_ms=20", "tick")
+        yield* nextEventOf(client, run_id, 2)
+        client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "follow" })
+        yield* client.next("run_resumed", (m) => m.request_id === "follow")
+        const seen = Math.max(...seqsOf(client.received, run_id))
+        yield* nextEventOf(client, run_id, seen)
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        const events = yield* client.runEvents(run_id)
+        expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_stopped", "agent_completed"])
+        expect(events.at(-2)).toMatchObject({ reason: "server_shutdown" })
+        expect(yield* client.closed).toMatchObject({ code: 1001 })
+        yield* Fiber.join(closing)
+      }).pipe(Effect.scoped, Effect.provide(server))
+    }), 30_000)
 })
