@@ -153,7 +153,7 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
       ),
       markRunLost: Effect.fn("ConversationStore.markRunLost")((key: ConversationKey & { readonly run_id: string }, at: number) =>
         Effect.sync(() => {
-          const thread = threads.get(keyOf(key))
+          const thread = touch(keyOf(key))
           const i = thread?.runs.findIndex((r) => r.run_id === key.run_id) ?? -1
           if (thread === undefined || i < 0 || thread.runs[i]!.status !== "running") return
           thread.runs[i] = { ...thread.runs[i]!, status: "failed", ended_at: at, error_code: "INSTANCE_LOST", final_response: "the server stopped before the run ended" }
@@ -204,7 +204,8 @@ export const make = (options: ConversationStoreMemoryOptions = {}) =>
       ),
       getThread: Effect.fn("ConversationStore.getThread")((key) =>
         Effect.sync(() => {
-          const thread = threads.get(keyOf(key))
+          // a read: the thread becomes the most recently used
+          const thread = touch(keyOf(key))
           if (thread === undefined) return Option.none()
           return Option.some(boundThread({ ...summaryOf(thread), messages: thread.messages, runs: thread.runs }))
         })

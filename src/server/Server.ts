@@ -69,6 +69,12 @@ const CLOSE_GRACE = "1 second"
 /** At shutdown, how long stopped runs get to send their terminal events (an agent ignoring interruption is not waited for longer). */
 const STOP_DEADLINE = "5 seconds"
 
+/**
+ * At shutdown, how long connections' followers (`resume_run`) of ended runs get to send them to their end before the
+ * sockets are closed (a reader that does not read paces its follower: it is not waited for longer).
+ */
+const FOLLOWERS_DEADLINE = "1 second"
+
 /** Close code for a user's oldest connection when a new one goes over `AGENTWIRE_MAX_CONNECTIONS_PER_USER`. */
 export const CLOSE_REPLACED = 4009
 
@@ -406,6 +412,10 @@ export const layer: Layer.Layer<
             yield* Effect.logWarning("runs ignored their stop; shutting down without them").pipe(Effect.annotateLogs({ active_runs: yield* engines.activeRuns }))
           }
           if (connections.size > 0) {
+            // a connection following a run gets its terminal events from the log, through its follower: they are sent first
+            yield* Effect.forEach(connections, (connection) => connection.followersSettled(), { concurrency: "unbounded", discard: true }).pipe(
+              Effect.timeoutOption(FOLLOWERS_DEADLINE)
+            )
             for (const connection of connections) connection.output.close(1001, "server shutting down", "server_shutdown")
             yield* Deferred.await(allClosed).pipe(Effect.timeoutOption(CLOSE_GRACE))
             for (const connection of connections) connection.output.destroy("server_shutdown")

@@ -51,7 +51,10 @@ const INBOX_LOW_WATER = 8
 
 const TOKEN_PROTOCOL_PREFIX = "jwt."
 
-/** Runs whose sent `seq` range one connection remembers (oldest forgotten first; followed runs are kept). */
+/**
+ * Runs whose sent `seq`s one connection remembers: the run that received an event least recently is forgotten
+ * first (never one the connection follows).
+ */
 export const MAX_TRACKED_RUNS = 256
 
 /** Bytes of one replay page at most: what a replay to a reader that is away holds in the server. */
@@ -69,6 +72,42 @@ interface Tracked {
   readonly sent: SentSeqs.SentSeqs
   follower: number
   replaced: (() => void) | undefined
+}
+
+/**
+ * The runs one connection sent events of, least recently received first (a `Map` keeps insertion order: a run that
+ * receives an event moves to the end). Made on the connection's first run event.
+ */
+class Tracking {
+  readonly runs = new Map<string, Tracked>()
+  /** The run that received last, which is the Map's last entry: its next event moves nothing. */
+  lastId = ""
+  last: Tracked | undefined = undefined
+
+  /** The run's record, made the most recently received (evicting the least recently received run past the bound). */
+  touch(run_id: string): Tracked {
+    if (this.lastId === run_id && this.last !== undefined) return this.last
+    const runs = this.runs
+    let t = runs.get(run_id)
+    if (t !== undefined) {
+      runs.delete(run_id)
+    } else {
+      if (runs.size >= MAX_TRACKED_RUNS) {
+        // least recently received first; a followed run is kept (at most MAX_FOLLOWED_RUNS of them)
+        for (const [id, old] of runs) {
+          if (old.follower === 0) {
+            runs.delete(id)
+            break
+          }
+        }
+      }
+      t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
+    }
+    runs.set(run_id, t)
+    this.lastId = run_id
+    this.last = t
+    return t
+  }
 }
 
 const offeredProtocols = (request: IncomingMessage): Array<string> =>
@@ -149,6 +188,12 @@ export interface Connection {
   readonly liveness: Liveness
   /** The connection's user (from its token). */
   readonly user_id: string
+  /**
+   * Waits until this connection's followers (`resume_run`) of runs that have ended sent those runs to their last
+   * event (at shutdown, before the socket is closed: the terminal events of the runs stopped then reach it). A
+   * follower of a run still running (on another instance) is not waited for. Never fails.
+   */
+  readonly followersSettled: () => Effect.Effect<void>
 }
 
 /** The services every connection of a server uses. */
@@ -297,6 +342,8 @@ interface Background {
   followed: FiberMap.FiberMap<string> | undefined
   pages: Semaphore.Semaphore | undefined
   followerIds: number
+  /** Per run, what waits until the connection's follower of that run ended (`run_stopped`, see `afterFollowers`). */
+  followerEnds: Map<string, Array<() => void>> | undefined
 }
 
 /**
@@ -330,7 +377,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
   private isClosed = false
   private finished = false
   /** Per run, what this connection sent: each event reaches the connection at most once. */
-  private tracked: Map<string, Tracked> | undefined = undefined
+  private tracked: Tracking | undefined = undefined
   private followers = 0
   private frames: TokenBucket.TokenBucket | undefined = undefined
   private background: Background | undefined = undefined
@@ -414,21 +461,63 @@ class Conn implements Connection, BridgeConnection, Liveness {
     this.output.send(frame)
   }
 
+  /** The run's record, made the most recently received one (the same run as last time: no Map lookup). */
   private track(run_id: string): Tracked {
-    const tracked = (this.tracked ??= new Map())
-    let t = tracked.get(run_id)
-    if (t !== undefined) return t
-    if (tracked.size >= MAX_TRACKED_RUNS) {
-      for (const [id, old] of tracked) {
-        if (old.follower === 0) {
-          tracked.delete(id)
-          break
+    const tracking = (this.tracked ??= new Tracking())
+    return tracking.lastId === run_id && tracking.last !== undefined ? tracking.last : tracking.touch(run_id)
+  }
+
+  followersSettled(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const runs = this.tracked?.runs
+      if (runs === undefined || this.followers === 0) return Effect.void
+      const followed: Array<string> = []
+      for (const [id, t] of runs) if (t.follower !== 0) followed.push(id)
+      return Effect.flatMap(
+        Effect.filter(followed, (id) =>
+          this.shared.log.summary(this.user_id, id).pipe(
+            Effect.map((summary) => summary.status !== "running"),
+            // a run the log cannot tell about: its follower ends on the same error
+            Effect.orElseSucceed(() => false)
+          ), { concurrency: "unbounded" }),
+        (ended) => this.afterFollowers(ended)
+      )
+    })
+  }
+
+  /**
+   * Waits until this connection's followers (`resume_run`) of `run_ids`, if any, ended: a followed run's events
+   * reach the socket through its follower, from the log, later than a reply sent at once would. A run followed
+   * to its end ends its follower once its last event was sent. Nothing followed: no wait.
+   */
+  private afterFollowers(run_ids: ReadonlyArray<string>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const runs = this.tracked?.runs
+      const background = this.background
+      if (runs === undefined || background === undefined) return Effect.void
+      const pending = run_ids.filter((id) => (runs.get(id)?.follower ?? 0) !== 0)
+      if (pending.length === 0) return Effect.void
+      return Effect.callback<void>((resume) => {
+        let left = pending.length
+        const done = () => {
+          if (--left === 0) resume(Effect.void)
         }
-      }
-    }
-    t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
-    tracked.set(run_id, t)
-    return t
+        const ends = (background.followerEnds ??= new Map())
+        for (const id of pending) {
+          const waiting = ends.get(id)
+          if (waiting === undefined) ends.set(id, [done])
+          else waiting.push(done)
+        }
+        return Effect.sync(() => {
+          for (const id of pending) {
+            const waiting = ends.get(id)
+            const at = waiting?.indexOf(done) ?? -1
+            if (at >= 0) waiting!.splice(at, 1)
+            if (waiting?.length === 0) ends.delete(id)
+          }
+        })
+      })
+    })
   }
 
   // ---------------------------------------------------------------------------
@@ -532,7 +621,8 @@ class Conn implements Connection, BridgeConnection, Liveness {
       scope: Scope.forkUnsafe(this.shared.scope),
       followed: undefined,
       pages: undefined,
-      followerIds: 0
+      followerIds: 0,
+      followerEnds: undefined
     }
   }
 
@@ -693,7 +783,13 @@ class Conn implements Connection, BridgeConnection, Liveness {
   private stopRuns(selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) {
     return Effect.asVoid(Effect.forkIn(
       this.shared.engines.stop({ user_id: this.user_id, ...selector }).pipe(
-        Effect.flatMap((run_ids) => Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) }))),
+        // after the terminal events this connection gets: a run it follows sends them through its follower
+        Effect.flatMap((run_ids) =>
+          Effect.andThen(
+            this.afterFollowers(run_ids),
+            Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) }))
+          )
+        ),
         // runs on another instance that cannot be reached now (Redis down): not a false "nothing to stop"
         Effect.catchTag("RunControlUnavailableError", (e) => this.refusal("SERVER_BUSY", e.message, request_id, { retry_after_ms: e.retry_after_ms }))
       ),
@@ -729,7 +825,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
           { run_id, last_seq: summary.success.last_seq }
         )
       }
-      const t = c.tracked?.get(run_id)
+      const t = c.tracked?.runs.get(run_id)
       if ((t === undefined || t.follower === 0) && c.followers >= MAX_FOLLOWED_RUNS) {
         return yield* c.refusal("RATE_LIMITED", `at most ${MAX_FOLLOWED_RUNS} runs can be resumed at once on one connection`, request_id, {
           retry_after_ms: 1000
@@ -764,6 +860,8 @@ class Conn implements Connection, BridgeConnection, Liveness {
         pages.withPermit(Effect.andThen(
           c.output.flushed,
           Effect.sync(() => {
+            // replaced (and answered RESUME_REPLACED): the later follower sends the run from now on
+            if (state.follower !== id) return
             for (const item of items) {
               if (item._tag === "Idle") continue
               if (item._tag === "CaughtUp") {
@@ -791,6 +889,13 @@ class Conn implements Connection, BridgeConnection, Liveness {
             state.follower = 0
             state.replaced = undefined
             c.followers--
+            // the run received events until now (it was kept while followed)
+            c.track(run_id)
+            const waiting = background.followerEnds?.get(run_id)
+            if (waiting !== undefined) {
+              background.followerEnds!.delete(run_id)
+              for (const done of waiting) done()
+            }
           }))
         )
       yield* FiberMap.run(followed, run_id, body)

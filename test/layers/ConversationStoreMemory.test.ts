@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import * as ConversationStoreMemory from "../../src/layers/ConversationStoreMemory.ts"
 import type { ConversationMessage } from "../../src/services/ConversationStore.ts"
 
@@ -53,5 +53,16 @@ describe("ConversationStoreMemory", () => {
       expect(yield* store.load(alice("t2"))).toEqual([])
       expect(yield* store.load(alice("t1"))).toEqual([user("1")])
       expect(yield* store.load(alice("t3"))).toEqual([user("3")])
+    }))
+
+  it.effect("getThread is a use too: the thread read last is not the one forgotten", () =>
+    Effect.gen(function*() {
+      const store = yield* ConversationStoreMemory.make({ maxThreads: 2 })
+      yield* store.append(alice("t1"), [user("1")])
+      yield* store.append(alice("t2"), [user("2")])
+      expect(Option.isSome(yield* store.getThread(alice("t1")))).toBe(true) // t1 is now the most recently used
+      yield* store.append(alice("t3"), [user("3")])
+      expect(Option.isNone(yield* store.getThread(alice("t2")))).toBe(true)
+      expect(yield* store.load(alice("t1"))).toEqual([user("1")])
     }))
 })
