@@ -591,7 +591,7 @@ class Conn implements Connection, BridgeConnection, Liveness {
           ? "message_too_big"
           : socketError !== undefined
           ? "protocol_error"
-          : closeCode === 1000 || closeCode === 1001
+          : closeCode === 1000 || closeCode === 1001 || closeCode === 1005 // 1005: a close frame without a code
           ? "client_closed"
           : "client_gone"),
         duration_ms: Date.now() - ORIGIN - this.openedAt,

@@ -100,4 +100,15 @@ describe("an idle connection", () => {
       expect(line).toContain("reason=message_too_big")
     }).pipe(Effect.provide(serverLayer({ maxMessageBytes: 1024 }, logs)), Effect.scoped)
   })
+
+  it.live("a client's close frame without a code (1005) is logged as the client closing, not as the client gone", () => {
+    const logs = makeLogs()
+    return Effect.gen(function*() {
+      const client = yield* connectWith(yield* tokenFor("plain-closer", 300))
+      client.ws.close()
+      const line = yield* logs.line((l) => l.includes("connection closed") && l.includes("user_id=plain-closer"))
+      expect(line).toContain("code=1005")
+      expect(line).toContain("reason=client_closed")
+    }).pipe(Effect.provide(serverLayer({}, logs)), Effect.scoped)
+  })
 })
