@@ -17,7 +17,9 @@
  *   (`slow_consumer`, limit `process`), until the total fits.
  * - **corking**: the TCP socket is corked on the first frame of a tick and
  *   uncorked on the next tick, so a tick's frames leave in one write (flushed
- *   early every 64 KiB).
+ *   early once 64 KiB wait, or a quarter of the per-socket bound when that is
+ *   smaller, per-frame overhead included: a burst to a reader that keeps up
+ *   never holds its socket near the bound).
  * - **backpressure on the reader**: `backedUp()` is true while more than
  *   `HIGH_WATER_BYTES` wait (per-frame overhead included); the connection stops
  *   handling that socket's frames until `drained` resumes.
@@ -59,8 +61,21 @@ export const TRACK_BYTES = 64 * 1024
  */
 export const HIGH_WATER_BYTES = 256 * 1024
 
-/** Frames queued in one tick are written together, in writes of at most about this many bytes. */
-const CORK_FLUSH_BYTES = 64 * 1024
+/**
+ * Frames queued in one tick are written together, in writes of at most about
+ * this many bytes (per-frame overhead counted; a quarter of the per-socket
+ * bound when that is smaller, see `corkFlushBytes`).
+ */
+export const CORK_FLUSH_BYTES = 64 * 1024
+
+/**
+ * Memory (bytes plus `FRAME_OVERHEAD_BYTES` per queued frame) at which a corked
+ * socket is flushed early: `CORK_FLUSH_BYTES`, or a quarter of `maxSocketBytes`
+ * when that is smaller, so that what a tick holds back stays well under the
+ * bound (at the smallest bound, 64 KiB, frames of a few hundred bytes crossed
+ * it before 64 KiB of bytes were held).
+ */
+export const corkFlushBytes = (maxSocketBytes: number): number => Math.min(CORK_FLUSH_BYTES, Math.floor(maxSocketBytes / 4))
 
 const EMPTY = new Uint8Array(0)
 
@@ -226,12 +241,15 @@ class Output implements SocketOutput, BudgetEntry {
   private readonly socket: CorkableSocket | undefined
   private readonly limits: OutputLimits
   private readonly budget: OutputBudget | undefined
+  // corkFlushBytes(limits.maxSocketBytes), computed once: `send` compares against it
+  private readonly flushAt: number
 
   constructor(ws: SendTarget, socket: CorkableSocket | undefined, limits: OutputLimits, budget: OutputBudget | undefined) {
     this.ws = ws
     this.socket = socket
     this.limits = limits
     this.budget = budget
+    this.flushAt = corkFlushBytes(limits.maxSocketBytes)
   }
 
   /** `bytes` unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
@@ -304,8 +322,10 @@ class Output implements SocketOutput, BudgetEntry {
       ws.send(frame)
       this.queuedFrames++
       this.queuedBytes += size
-      // never hold more than this back: a long burst still leaves in 64 KiB writes
-      if (this.corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+      // never hold more than this back (as the bound counts it, per-frame overhead included): a long
+      // burst still leaves in writes of at most 64 KiB, and one to a reader that keeps up stays far
+      // under the per-socket bound
+      if (this.corked && socket !== undefined && socket.writableLength + this.queuedFrames * FRAME_OVERHEAD_BYTES >= this.flushAt) {
         socket.uncork()
         socket.cork()
       }

@@ -2,7 +2,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { EventEmitter } from "node:events"
+import WebSocket from "ws"
 import * as SocketOutput from "../../src/server/SocketOutput.ts"
+import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
+import { Auth } from "../../src/services/Auth.ts"
+import { connect } from "../fixtures/client.ts"
+import * as TestServer from "../fixtures/testServer.ts"
 
 const KiB = 1024
 
@@ -142,6 +147,23 @@ describe("SocketOutput: corking and draining", () => {
     expect(t.sent).toEqual(["1", "2", "3", "4"])
   })
 
+  it("under a small per-socket bound, flushes once a quarter of it waits, per-frame overhead included (review finding: 64 KiB of bytes were held past a 64 KiB bound)", () => {
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
+    const t = fakeWs()
+    const tcp = fakeSocket(() => t.ws.bufferedAmount)
+    const out = SocketOutput.make(t.ws, tcp.socket, { maxSocketBytes: 64 * KiB })
+    expect(SocketOutput.corkFlushBytes(64 * KiB)).toBe(16 * KiB)
+    expect(SocketOutput.corkFlushBytes(8 * 1024 * KiB)).toBe(SocketOutput.CORK_FLUSH_BYTES)
+    const frame = "f".repeat(200)
+    // 36 frames of 200 bytes hold 36 × (200 + O) = 16,416 bytes as the bound counts them: the 36th flushes
+    for (let i = 0; i < 35; i++) out.send(frame)
+    expect(tcp.calls).toEqual(["cork"])
+    out.send(frame)
+    expect(tcp.calls).toEqual(["cork", "uncork", "cork"])
+    expect(36 * (200 + O)).toBeGreaterThanOrEqual(16 * KiB)
+    expect(t.terminated()).toBe(0)
+  })
+
   it.effect("drained waits while more than the high-water mark is unsent, and resumes on drain", () =>
     Effect.gen(function*() {
       const t = fakeWs()
@@ -178,4 +200,21 @@ describe("SocketOutput: corking and draining", () => {
       yield* Fiber.join(waiting)
       expect(tcp.events.listenerCount("drain")).toBe(0)
     }))
+})
+
+describe("SocketOutput: the smallest socket bound over a real server", () => {
+  it.live("a normal reader on a server with AGENTWIRE_SOCKET_BUFFER_BYTES=65536 gets a burst of a few hundred events without being dropped (review finding: corked frames were held past the bound, 1006 after 0 events)", () =>
+    Effect.gen(function*() {
+      const server = yield* AgentwireServer
+      const token = yield* Auth.use((auth) => auth.issue("burst-reader", 600))
+      const client = yield* connect(`${server.url.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${token}` } })
+      yield* client.next("connection_established")
+      // 400 steps with no pause: the run's events reach the socket within a tick or a few
+      client.send({ type: "start_agent", agent: "ticker", user_request: "steps=400 interval_ms=0", request_id: "burst" })
+      const { run_id } = yield* client.next("run_accepted", (m) => m.request_id === "burst")
+      const events = yield* client.runEvents(run_id)
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", depth: 0 })
+      expect(events.map((m) => ("seq" in m ? m.seq : 0))).toEqual(Array.from({ length: 402 }, (_, i) => i + 1))
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 65_536 }))), 30_000)
 })
