@@ -110,6 +110,20 @@ export interface OutputLimits {
   readonly maxSocketBytes: number
 }
 
+/**
+ * The write path's bounds for a server whose sockets may hold `maxSocketBytes`
+ * each and `maxProcessBytes` together: one socket's bound is at most the
+ * process budget. A bound above the budget is never reached (the budget drops
+ * the socket first), while the marks derived from it (the high-water mark, the
+ * cork flush, the replay page) would sit above the budget: with
+ * `AGENTWIRE_PROCESS_BUFFER_BYTES=65536` and the default 8 MiB socket bound, a
+ * client flooding without reading was dropped (`limit=process`) before the
+ * 256 KiB high-water mark could slow it down.
+ */
+export const limitsFor = (maxSocketBytes: number, maxProcessBytes: number): OutputLimits => ({
+  maxSocketBytes: Math.min(maxSocketBytes, maxProcessBytes)
+})
+
 /** One connection's write path. */
 export interface SocketOutput {
   /** Writes one encoded frame, or drops it when the socket is not open or over its bound. */

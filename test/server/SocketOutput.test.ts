@@ -119,6 +119,21 @@ describe("SocketOutput: process budget", () => {
     expect(budget.tracked()).toBe(200 * KiB + SocketOutput.FRAME_OVERHEAD_BYTES)
   })
 
+  it("a socket's bound is at most the process budget, so that a lone socket backs up (the client is slowed) before the budget would drop it", () => {
+    const budgetBytes = 64 * KiB
+    expect(SocketOutput.limitsFor(8 * 1024 * KiB, budgetBytes)).toEqual({ maxSocketBytes: budgetBytes })
+    expect(SocketOutput.limitsFor(64 * KiB, 256 * 1024 * KiB)).toEqual({ maxSocketBytes: 64 * KiB })
+    const budget = SocketOutput.makeBudget(budgetBytes)
+    const t = fakeWs()
+    const tcp = fakeSocket(() => t.ws.bufferedAmount)
+    const out = SocketOutput.make(t.ws, tcp.socket, SocketOutput.limitsFor(8 * 1024 * KiB, budgetBytes), budget)
+    // replies to a client that does not read: the connection stops handling its frames at backedUp()
+    while (!out.backedUp() && t.terminated() === 0) out.send("r".repeat(100))
+    expect(t.terminated()).toBe(0)
+    expect(out.buffered()).toBeLessThan(budgetBytes)
+    expect(budget.dropped()).toBe(0)
+  })
+
   it("small sockets are not tracked", () => {
     const budget = SocketOutput.makeBudget(300 * KiB)
     const t = fakeWs()
