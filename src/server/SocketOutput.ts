@@ -7,8 +7,9 @@
  * every policy:
  * - **per-socket bound**: when the memory already waiting plus the frame about to
  *   be written exceed `maxSocketBytes` (bytes plus `FRAME_OVERHEAD_BYTES` per
- *   queued frame), the socket is destroyed at once
- *   (`slow_consumer`): its buffers are released, the frame is dropped, and the
+ *   queued frame), even once what the tick held back (corked) was flushed, the
+ *   socket is destroyed at once (`slow_consumer`; a frame bigger than the
+ *   bound itself is written when nothing else waits): its buffers are released, the frame is dropped, and the
  *   client sees the connection drop (1006) and recovers by reconnecting. A
  *   close frame would wait behind the megabytes the client is not reading.
  * - **process budget**: sockets holding more than `TRACK_BYTES` unsent are
@@ -311,6 +312,33 @@ class Output implements SocketOutput, BudgetEntry {
     this.destroy("slow_consumer")
   }
 
+  /**
+   * The frame of `size` bytes would cross the bound: whether it still does once
+   * the frames this tick held back (corked) were handed to the kernel. A reader
+   * that keeps up takes them, and then nothing waits; a frame bigger than the
+   * bound itself (an event echoing a request of `max_message_bytes`, at the
+   * smallest bound) is written when nothing else waits. A reader that is
+   * behind leaves them waiting: over the bound, as before.
+   */
+  private overBound(size: number): boolean {
+    const socket = this.socket
+    if (this.corked && socket !== undefined) {
+      try {
+        socket.uncork()
+        socket.cork()
+      } catch {
+        // a destroyed socket: what waits is looked at below
+      }
+    }
+    const unsent = this.ws.bufferedAmount
+    if (unsent === 0) {
+      this.queuedFrames = 0
+      this.queuedBytes = 0
+      return false
+    }
+    return this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes
+  }
+
   send(frame: string): void {
     const ws = this.ws
     if (ws.readyState !== OPEN) return
@@ -321,8 +349,9 @@ class Output implements SocketOutput, BudgetEntry {
     }
     // the bridge hands one string to all of a user's sockets, after the run log measured it: computed once
     const size = utf8Length(frame)
-    // the bound counts the frame about to be written: nothing is queued past it
-    if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes) {
+    // the bound counts the frame about to be written: nothing is queued past it (looked at again
+    // once what this tick held back was flushed: see overBound)
+    if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes && this.overBound(size)) {
       this.limitHit ??= "socket"
       return this.destroy("slow_consumer")
     }

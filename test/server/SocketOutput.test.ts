@@ -179,6 +179,23 @@ describe("SocketOutput: corking and draining", () => {
     expect(t.terminated()).toBe(0)
   })
 
+  it("a frame that would cross the bound is looked at again once the corked frames were flushed: a reader that keeps up took them; one that is behind did not", () => {
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
+    for (const keepsUp of [true, false]) {
+      const t = fakeWs()
+      const tcp = fakeSocket(() => t.ws.bufferedAmount)
+      // a reader that keeps up: the kernel takes whatever an uncork hands it
+      const socket = { ...tcp.socket, uncork: () => void (tcp.calls.push("uncork"), keepsUp && (t.ws.bufferedAmount = 0)) }
+      Object.defineProperty(socket, "writableLength", { get: () => t.ws.bufferedAmount })
+      const out = SocketOutput.make(t.ws, socket, { maxSocketBytes: 64 * KiB })
+      out.send("a".repeat(100))
+      // bigger than the bound itself: written only when nothing else waits
+      out.send("b".repeat(64 * KiB - O))
+      expect(t.terminated(), `keepsUp ${keepsUp}`).toBe(keepsUp ? 0 : 1)
+      expect(t.sent.length).toBe(keepsUp ? 2 : 1)
+    }
+  })
+
   it.effect("drained waits while more than the high-water mark is unsent, and resumes on drain", () =>
     Effect.gen(function*() {
       const t = fakeWs()
@@ -230,6 +247,19 @@ describe("SocketOutput: the smallest socket bound over a real server", () => {
       const events = yield* client.runEvents(run_id)
       expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", depth: 0 })
       expect(events.map((m) => ("seq" in m ? m.seq : 0))).toEqual(Array.from({ length: 402 }, (_, i) => i + 1))
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 65_536 }))), 30_000)
+
+  it.live("an event bigger than the bound itself (an echo of a request of max_message_bytes) still reaches a reader that keeps up: a frame is dropped only when others wait", () =>
+    Effect.gen(function*() {
+      const server = yield* AgentwireServer
+      const token = yield* Auth.use((auth) => auth.issue("big-frame", 600))
+      const client = yield* connect(`${server.url.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${token}` } })
+      yield* client.next("connection_established")
+      client.send({ type: "start_agent", agent: "echo", user_request: "e".repeat(65_000), request_id: "big" })
+      const { run_id } = yield* client.next("run_accepted", (m) => m.request_id === "big")
+      const events = yield* client.runEvents(run_id)
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", depth: 0 })
       expect(client.ws.readyState).toBe(WebSocket.OPEN)
     }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 65_536 }))), 30_000)
 })
