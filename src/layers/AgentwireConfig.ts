@@ -14,7 +14,7 @@
  * | `AGENTWIRE_MAX_MESSAGE_BYTES` | `65536` | largest client frame |
  * | `AGENTWIRE_LOG_LEVEL` | `info` | trace, debug, info, warn, error, fatal, none |
  * | `AGENTWIRE_HEARTBEAT_MS` | `30000` | ping interval; a socket that made no progress for one interval is dropped (0 = off) |
- * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped |
+ * | `AGENTWIRE_SOCKET_BUFFER_BYTES` | `8388608` (8 MiB) | unsent bytes one socket may hold before it is dropped (when `AGENTWIRE_PROCESS_BUFFER_BYTES` is smaller, that applies) |
  * | `AGENTWIRE_PROCESS_BUFFER_BYTES` | `268435456` (256 MiB) | unsent bytes all sockets may hold; the largest is dropped first |
  * | `AGENTWIRE_MAX_RUNS_PER_USER` | `5` | concurrent runs per user (`RUN_LIMIT_EXCEEDED`, HTTP 429) |
  * | `AGENTWIRE_MAX_RUNS` | `1000` × CPU cores | concurrent runs per process (`SERVER_BUSY`, HTTP 503) |

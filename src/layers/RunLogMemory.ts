@@ -5,8 +5,8 @@
  * array indexed by `seq - 1`; a run's summary is derived from its events (the
  * first depth-0 event names the agent, the root `agent_completed` ends it).
  * Finished runs are kept in end order: they expire `retentionMs` after their
- * end, and when the byte budget is spent the oldest finished run is evicted
- * first. Either way the run leaves a tombstone (run, user, last seq) for
+ * end, and when the byte budget (or the user's share) is spent the oldest
+ * finished run is evicted first, never the run whose append it is. Either way the run leaves a tombstone (run, user, last seq) for
  * `tombstoneMs`, at most `MAX_TOMBSTONES` of them, oldest dropped first.
  *
  * Bytes are counted as each frame's heap size (`frameBytes`) plus
@@ -239,13 +239,15 @@ export const make = (settings: RunLogSettings) =>
       // the budget: the oldest finished runs go first; active runs alone over it must end
       // a user over their share loses their own oldest finished runs first: one busy user cannot
       // push everyone else's runs out of retention
+      // neither eviction takes this run: a run is not evicted by its own events (one that ended over
+      // the share, by its terminal events or as a LOG_FULL failure, stays until another run needs the room)
       if (user.bytes > settings.maxBytesPerUser) {
         const now = clock.currentTimeMillisUnsafe()
         for (const pass of [false, true]) {
           for (const run_id of user.runs) {
             if (user.bytes <= settings.maxBytesPerUser) break
             const other = runs.get(run_id)!
-            if (other.status === "running" || (!pass && beingRead(other, now))) continue
+            if (other === run || other.status === "running" || (!pass && beingRead(other, now))) continue
             forget(other, now)
             evicted++
           }
@@ -259,7 +261,7 @@ export const make = (settings: RunLogSettings) =>
           for (const run_id of ended) {
             if (totalBytes <= settings.maxBytes) break
             const other = runs.get(run_id)!
-            if (!pass && beingRead(other, now)) continue
+            if (other === run || (!pass && beingRead(other, now))) continue
             forget(other, now)
             evicted++
           }

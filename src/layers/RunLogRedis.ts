@@ -33,7 +33,10 @@
  *
  * **As in memory:** a user past `maxBytesPerUser` loses their own oldest
  * finished runs first (then their run still over it is told `log_full`);
- * past `maxBytes` the oldest finished runs of anyone go. A finished run read
+ * past `maxBytes` the oldest finished runs of anyone go. Neither eviction
+ * takes the run whose append it is: a run that ended over the share (its
+ * terminal events, or the end of a `LOG_FULL` run) stays resumable until
+ * another run's events need the room. A finished run read
  * by a replay is kept `replayGraceMs` (30 s) past each read even when its
  * retention ends (its keys' expiry is pushed out), and both evictions take it
  * only after every other finished run. `eraseUser` / `eraseThread` remove
@@ -271,9 +274,9 @@ local function end_run(id, h, status, ended_at, now, ret_ms, grace)
   redis.call('PEXPIRE', h .. ':s', ttl)
 end
 -- evicts the finished runs of the sorted set zkey, oldest first (those being read only in a second
--- pass), while over() holds; true when the run self was one of them
+-- pass), while over() holds; never the run self that appends: a run is not evicted by its own
+-- events (one that ended over the share stays until another run needs the room)
 local function evict(zkey, self, now, tomb_ms, grace, over)
-  local gone = false
   for pass = 1, 2 do
     local skip = 0
     while over() do
@@ -281,8 +284,7 @@ local function evict(zkey, self, now, tomb_ms, grace, over)
       if #batch == 0 then break end
       for _, other in ipairs(batch) do
         if not over() then break end
-        if redis.call('HEXISTS', P .. 'endinfo', other) == 1 and (pass == 2 or not being_read(other, now, grace)) then
-          if other == self then gone = true end
+        if other ~= self and redis.call('HEXISTS', P .. 'endinfo', other) == 1 and (pass == 2 or not being_read(other, now, grace)) then
           forget_ended(other, now, tomb_ms)
           redis.call('INCR', P .. 'evicted')
         else
@@ -291,7 +293,6 @@ local function evict(zkey, self, now, tomb_ms, grace, over)
       end
     end
   end
-  return gone
 end
 local function sweep(now, ret_ms, tomb_ms, max_tombs, grace)
   local skip = 0
@@ -420,13 +421,13 @@ local function user_over()
   return tonumber(redis.call('HGET', P .. 'ubytes', user) or '0') > max_user
 end
 if user_over() then
-  if evict(P .. 'user:' .. user, id, now, tomb_ms, grace, user_over) then running = false end
+  evict(P .. 'user:' .. user, id, now, tomb_ms, grace, user_over)
   if user_over() and running then return 'log_full' end
 end
 -- the whole budget: the oldest finished runs go first, those being replayed last; active runs alone over it must end
 if total > max_bytes then
   local function over() return tonumber(redis.call('GET', P .. 'bytes') or '0') > max_bytes end
-  if evict(P .. 'ended', id, now, tomb_ms, grace, over) then running = false end
+  evict(P .. 'ended', id, now, tomb_ms, grace, over)
   if over() and running then return 'log_full' end
 end
 if seq > soft_cap and running then return 'event_limit' end

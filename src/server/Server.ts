@@ -157,7 +157,7 @@ export const layer: Layer.Layer<
     let server: ReturnType<typeof createServer> | undefined
 
     const budget = SocketOutput.makeBudget(config.maxProcessBufferBytes)
-    const limits: SocketOutput.OutputLimits = { maxSocketBytes: config.maxSocketBufferBytes }
+    const limits = SocketOutput.limitsFor(config.maxSocketBufferBytes, config.maxProcessBufferBytes)
 
     // event-loop delay: how late a 100 ms timer fires; the worst of the current and the last full second
     const loopDelay = yield* Effect.acquireRelease(

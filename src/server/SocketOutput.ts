@@ -7,8 +7,9 @@
  * every policy:
  * - **per-socket bound**: when the memory already waiting plus the frame about to
  *   be written exceed `maxSocketBytes` (bytes plus `FRAME_OVERHEAD_BYTES` per
- *   queued frame), the socket is destroyed at once
- *   (`slow_consumer`): its buffers are released, the frame is dropped, and the
+ *   queued frame), even once what the tick held back (corked) was flushed, the
+ *   socket is destroyed at once (`slow_consumer`; a frame bigger than the
+ *   bound itself is written when nothing else waits): its buffers are released, the frame is dropped, and the
  *   client sees the connection drop (1006) and recovers by reconnecting. A
  *   close frame would wait behind the megabytes the client is not reading.
  * - **process budget**: sockets holding more than `TRACK_BYTES` unsent are
@@ -17,7 +18,9 @@
  *   (`slow_consumer`, limit `process`), until the total fits.
  * - **corking**: the TCP socket is corked on the first frame of a tick and
  *   uncorked on the next tick, so a tick's frames leave in one write (flushed
- *   early every 64 KiB).
+ *   early once 64 KiB wait, or a quarter of the per-socket bound when that is
+ *   smaller, per-frame overhead included: a burst to a reader that keeps up
+ *   never holds its socket near the bound).
  * - **backpressure on the reader**: `backedUp()` is true while more than
  *   `HIGH_WATER_BYTES` wait (per-frame overhead included); the connection stops
  *   handling that socket's frames until `drained` resumes.
@@ -59,8 +62,21 @@ export const TRACK_BYTES = 64 * 1024
  */
 export const HIGH_WATER_BYTES = 256 * 1024
 
-/** Frames queued in one tick are written together, in writes of at most about this many bytes. */
-const CORK_FLUSH_BYTES = 64 * 1024
+/**
+ * Frames queued in one tick are written together, in writes of at most about
+ * this many bytes (per-frame overhead counted; a quarter of the per-socket
+ * bound when that is smaller, see `corkFlushBytes`).
+ */
+export const CORK_FLUSH_BYTES = 64 * 1024
+
+/**
+ * Memory (bytes plus `FRAME_OVERHEAD_BYTES` per queued frame) at which a corked
+ * socket is flushed early: `CORK_FLUSH_BYTES`, or a quarter of `maxSocketBytes`
+ * when that is smaller, so that what a tick holds back stays well under the
+ * bound (at the smallest bound, 64 KiB, frames of a few hundred bytes crossed
+ * it before 64 KiB of bytes were held).
+ */
+export const corkFlushBytes = (maxSocketBytes: number): number => Math.min(CORK_FLUSH_BYTES, Math.floor(maxSocketBytes / 4))
 
 const EMPTY = new Uint8Array(0)
 
@@ -94,6 +110,20 @@ export interface OutputLimits {
   /** Unsent bytes one socket may hold (frame about to be written included). */
   readonly maxSocketBytes: number
 }
+
+/**
+ * The write path's bounds for a server whose sockets may hold `maxSocketBytes`
+ * each and `maxProcessBytes` together: one socket's bound is at most the
+ * process budget. A bound above the budget is never reached (the budget drops
+ * the socket first), while the marks derived from it (the high-water mark, the
+ * cork flush, the replay page) would sit above the budget: with
+ * `AGENTWIRE_PROCESS_BUFFER_BYTES=65536` and the default 8 MiB socket bound, a
+ * client flooding without reading was dropped (`limit=process`) before the
+ * 256 KiB high-water mark could slow it down.
+ */
+export const limitsFor = (maxSocketBytes: number, maxProcessBytes: number): OutputLimits => ({
+  maxSocketBytes: Math.min(maxSocketBytes, maxProcessBytes)
+})
 
 /** One connection's write path. */
 export interface SocketOutput {
@@ -226,12 +256,15 @@ class Output implements SocketOutput, BudgetEntry {
   private readonly socket: CorkableSocket | undefined
   private readonly limits: OutputLimits
   private readonly budget: OutputBudget | undefined
+  // corkFlushBytes(limits.maxSocketBytes), computed once: `send` compares against it
+  private readonly flushAt: number
 
   constructor(ws: SendTarget, socket: CorkableSocket | undefined, limits: OutputLimits, budget: OutputBudget | undefined) {
     this.ws = ws
     this.socket = socket
     this.limits = limits
     this.budget = budget
+    this.flushAt = corkFlushBytes(limits.maxSocketBytes)
   }
 
   /** `bytes` unsent bytes plus the overhead of the frames still queued (assumed spread evenly over the bytes). */
@@ -279,6 +312,33 @@ class Output implements SocketOutput, BudgetEntry {
     this.destroy("slow_consumer")
   }
 
+  /**
+   * The frame of `size` bytes would cross the bound: whether it still does once
+   * the frames this tick held back (corked) were handed to the kernel. A reader
+   * that keeps up takes them, and then nothing waits; a frame bigger than the
+   * bound itself (an event echoing a request of `max_message_bytes`, at the
+   * smallest bound) is written when nothing else waits. A reader that is
+   * behind leaves them waiting: over the bound, as before.
+   */
+  private overBound(size: number): boolean {
+    const socket = this.socket
+    if (this.corked && socket !== undefined) {
+      try {
+        socket.uncork()
+        socket.cork()
+      } catch {
+        // a destroyed socket: what waits is looked at below
+      }
+    }
+    const unsent = this.ws.bufferedAmount
+    if (unsent === 0) {
+      this.queuedFrames = 0
+      this.queuedBytes = 0
+      return false
+    }
+    return this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes
+  }
+
   send(frame: string): void {
     const ws = this.ws
     if (ws.readyState !== OPEN) return
@@ -289,8 +349,9 @@ class Output implements SocketOutput, BudgetEntry {
     }
     // the bridge hands one string to all of a user's sockets, after the run log measured it: computed once
     const size = utf8Length(frame)
-    // the bound counts the frame about to be written: nothing is queued past it
-    if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes) {
+    // the bound counts the frame about to be written: nothing is queued past it (looked at again
+    // once what this tick held back was flushed: see overBound)
+    if (this.withOverhead(unsent) + size + FRAME_OVERHEAD_BYTES > this.limits.maxSocketBytes && this.overBound(size)) {
       this.limitHit ??= "socket"
       return this.destroy("slow_consumer")
     }
@@ -304,8 +365,10 @@ class Output implements SocketOutput, BudgetEntry {
       ws.send(frame)
       this.queuedFrames++
       this.queuedBytes += size
-      // never hold more than this back: a long burst still leaves in 64 KiB writes
-      if (this.corked && socket !== undefined && socket.writableLength >= CORK_FLUSH_BYTES) {
+      // never hold more than this back (as the bound counts it, per-frame overhead included): a long
+      // burst still leaves in writes of at most 64 KiB, and one to a reader that keeps up stays far
+      // under the per-socket bound
+      if (this.corked && socket !== undefined && socket.writableLength + this.queuedFrames * FRAME_OVERHEAD_BYTES >= this.flushAt) {
         socket.uncork()
         socket.cork()
       }

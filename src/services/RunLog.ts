@@ -85,7 +85,9 @@ export interface RunLogSettings {
   /**
    * Bytes one user's runs may hold: past it that user's own oldest finished
    * runs are evicted first, and a run of theirs that would still exceed it
-   * fails with `LOG_FULL`; other users' runs are untouched.
+   * fails with `LOG_FULL`; other users' runs are untouched. No eviction takes
+   * the run whose append it is: a run that ended over the share stays until
+   * another run's events need the room.
    */
   readonly maxBytesPerUser: number
   /** How long an evicted or expired run is remembered as expired, in milliseconds. */

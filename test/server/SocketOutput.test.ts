@@ -2,7 +2,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { EventEmitter } from "node:events"
+import WebSocket from "ws"
 import * as SocketOutput from "../../src/server/SocketOutput.ts"
+import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
+import { Auth } from "../../src/services/Auth.ts"
+import { connect } from "../fixtures/client.ts"
+import * as TestServer from "../fixtures/testServer.ts"
 
 const KiB = 1024
 
@@ -114,6 +119,21 @@ describe("SocketOutput: process budget", () => {
     expect(budget.tracked()).toBe(200 * KiB + SocketOutput.FRAME_OVERHEAD_BYTES)
   })
 
+  it("a socket's bound is at most the process budget, so that a lone socket backs up (the client is slowed) before the budget would drop it", () => {
+    const budgetBytes = 64 * KiB
+    expect(SocketOutput.limitsFor(8 * 1024 * KiB, budgetBytes)).toEqual({ maxSocketBytes: budgetBytes })
+    expect(SocketOutput.limitsFor(64 * KiB, 256 * 1024 * KiB)).toEqual({ maxSocketBytes: 64 * KiB })
+    const budget = SocketOutput.makeBudget(budgetBytes)
+    const t = fakeWs()
+    const tcp = fakeSocket(() => t.ws.bufferedAmount)
+    const out = SocketOutput.make(t.ws, tcp.socket, SocketOutput.limitsFor(8 * 1024 * KiB, budgetBytes), budget)
+    // replies to a client that does not read: the connection stops handling its frames at backedUp()
+    while (!out.backedUp() && t.terminated() === 0) out.send("r".repeat(100))
+    expect(t.terminated()).toBe(0)
+    expect(out.buffered()).toBeLessThan(budgetBytes)
+    expect(budget.dropped()).toBe(0)
+  })
+
   it("small sockets are not tracked", () => {
     const budget = SocketOutput.makeBudget(300 * KiB)
     const t = fakeWs()
@@ -140,6 +160,40 @@ describe("SocketOutput: corking and draining", () => {
     out.send("4")
     expect(tcp.calls.at(-1)).toBe("cork")
     expect(t.sent).toEqual(["1", "2", "3", "4"])
+  })
+
+  it("under a small per-socket bound, flushes once a quarter of it waits, per-frame overhead included (review finding: 64 KiB of bytes were held past a 64 KiB bound)", () => {
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
+    const t = fakeWs()
+    const tcp = fakeSocket(() => t.ws.bufferedAmount)
+    const out = SocketOutput.make(t.ws, tcp.socket, { maxSocketBytes: 64 * KiB })
+    expect(SocketOutput.corkFlushBytes(64 * KiB)).toBe(16 * KiB)
+    expect(SocketOutput.corkFlushBytes(8 * 1024 * KiB)).toBe(SocketOutput.CORK_FLUSH_BYTES)
+    const frame = "f".repeat(200)
+    // 36 frames of 200 bytes hold 36 × (200 + O) = 16,416 bytes as the bound counts them: the 36th flushes
+    for (let i = 0; i < 35; i++) out.send(frame)
+    expect(tcp.calls).toEqual(["cork"])
+    out.send(frame)
+    expect(tcp.calls).toEqual(["cork", "uncork", "cork"])
+    expect(36 * (200 + O)).toBeGreaterThanOrEqual(16 * KiB)
+    expect(t.terminated()).toBe(0)
+  })
+
+  it("a frame that would cross the bound is looked at again once the corked frames were flushed: a reader that keeps up took them; one that is behind did not", () => {
+    const O = SocketOutput.FRAME_OVERHEAD_BYTES
+    for (const keepsUp of [true, false]) {
+      const t = fakeWs()
+      const tcp = fakeSocket(() => t.ws.bufferedAmount)
+      // a reader that keeps up: the kernel takes whatever an uncork hands it
+      const socket = { ...tcp.socket, uncork: () => void (tcp.calls.push("uncork"), keepsUp && (t.ws.bufferedAmount = 0)) }
+      Object.defineProperty(socket, "writableLength", { get: () => t.ws.bufferedAmount })
+      const out = SocketOutput.make(t.ws, socket, { maxSocketBytes: 64 * KiB })
+      out.send("a".repeat(100))
+      // bigger than the bound itself: written only when nothing else waits
+      out.send("b".repeat(64 * KiB - O))
+      expect(t.terminated(), `keepsUp ${keepsUp}`).toBe(keepsUp ? 0 : 1)
+      expect(t.sent.length).toBe(keepsUp ? 2 : 1)
+    }
   })
 
   it.effect("drained waits while more than the high-water mark is unsent, and resumes on drain", () =>
@@ -178,4 +232,34 @@ describe("SocketOutput: corking and draining", () => {
       yield* Fiber.join(waiting)
       expect(tcp.events.listenerCount("drain")).toBe(0)
     }))
+})
+
+describe("SocketOutput: the smallest socket bound over a real server", () => {
+  it.live("a normal reader on a server with AGENTWIRE_SOCKET_BUFFER_BYTES=65536 gets a burst of a few hundred events without being dropped (review finding: corked frames were held past the bound, 1006 after 0 events)", () =>
+    Effect.gen(function*() {
+      const server = yield* AgentwireServer
+      const token = yield* Auth.use((auth) => auth.issue("burst-reader", 600))
+      const client = yield* connect(`${server.url.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${token}` } })
+      yield* client.next("connection_established")
+      // 400 steps with no pause: the run's events reach the socket within a tick or a few
+      client.send({ type: "start_agent", agent: "ticker", user_request: "steps=400 interval_ms=0", request_id: "burst" })
+      const { run_id } = yield* client.next("run_accepted", (m) => m.request_id === "burst")
+      const events = yield* client.runEvents(run_id)
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", depth: 0 })
+      expect(events.map((m) => ("seq" in m ? m.seq : 0))).toEqual(Array.from({ length: 402 }, (_, i) => i + 1))
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 65_536 }))), 30_000)
+
+  it.live("an event bigger than the bound itself (an echo of a request of max_message_bytes) still reaches a reader that keeps up: a frame is dropped only when others wait", () =>
+    Effect.gen(function*() {
+      const server = yield* AgentwireServer
+      const token = yield* Auth.use((auth) => auth.issue("big-frame", 600))
+      const client = yield* connect(`${server.url.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${token}` } })
+      yield* client.next("connection_established")
+      client.send({ type: "start_agent", agent: "echo", user_request: "e".repeat(65_000), request_id: "big" })
+      const { run_id } = yield* client.next("run_accepted", (m) => m.request_id === "big")
+      const events = yield* client.runEvents(run_id)
+      expect(events.at(-1)).toMatchObject({ type: "agent_completed", status: "completed", depth: 0 })
+      expect(client.ws.readyState).toBe(WebSocket.OPEN)
+    }).pipe(Effect.scoped, Effect.provide(TestServer.serverLayer({ heartbeatIntervalMs: 0, maxSocketBufferBytes: 65_536 }))), 30_000)
 })
