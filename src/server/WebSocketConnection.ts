@@ -72,41 +72,58 @@ interface Tracked {
   readonly sent: SentSeqs.SentSeqs
   follower: number
   replaced: (() => void) | undefined
+  /** When the run last became the most recently received one (the connection's own counter). */
+  at: number
 }
 
 /**
- * The runs one connection sent events of, least recently received first (a `Map` keeps insertion order: a run that
- * receives an event moves to the end). Made on the connection's first run event.
+ * Runs past `MAX_TRACKED_RUNS` kept before the least recently received are dropped, in one pass: the bound is
+ * exceeded by at most this many, and the pass is paid once per this many new runs, not per run.
+ */
+const TRACKED_SLACK = 32
+
+/**
+ * The runs one connection sent events of, each stamped with when it last became the most recently received run.
+ * Made on the connection's first run event. Stamping (not reordering the `Map`) keeps a live event at one string
+ * compare for the same run as last time and one lookup otherwise: a `Map` reordered by delete+set on every event
+ * of interleaved runs left its deleted slots to every later scan (5 % of a paced server's samples).
  */
 class Tracking {
   readonly runs = new Map<string, Tracked>()
-  /** The run that received last, which is the Map's last entry: its next event moves nothing. */
+  /** The run that received last: its next event changes nothing. */
   lastId = ""
   last: Tracked | undefined = undefined
+  private clock = 0
 
-  /** The run's record, made the most recently received (evicting the least recently received run past the bound). */
+  /** The run's record, made the most recently received (dropping the least recently received runs past the bound). */
   touch(run_id: string): Tracked {
     if (this.lastId === run_id && this.last !== undefined) return this.last
     const runs = this.runs
     let t = runs.get(run_id)
-    if (t !== undefined) {
-      runs.delete(run_id)
-    } else {
-      if (runs.size >= MAX_TRACKED_RUNS) {
-        // least recently received first; a followed run is kept (at most MAX_FOLLOWED_RUNS of them)
-        for (const [id, old] of runs) {
-          if (old.follower === 0) {
-            runs.delete(id)
-            break
-          }
-        }
-      }
-      t = { sent: SentSeqs.make(), follower: 0, replaced: undefined }
+    if (t === undefined) {
+      t = { sent: SentSeqs.make(), follower: 0, replaced: undefined, at: 0 }
+      runs.set(run_id, t)
+      if (runs.size > MAX_TRACKED_RUNS + TRACKED_SLACK) this.evict()
     }
-    runs.set(run_id, t)
+    t.at = ++this.clock
     this.lastId = run_id
     this.last = t
     return t
+  }
+
+  /** Keeps the `MAX_TRACKED_RUNS` most recently received runs, and every followed run (at most `MAX_FOLLOWED_RUNS`). */
+  private evict(): void {
+    const candidates: Array<[string, Tracked]> = []
+    for (const entry of this.runs) if (entry[1].follower === 0) candidates.push(entry)
+    candidates.sort((a, b) => a[1].at - b[1].at)
+    // the newest run (just added, at 0 until stamped) is never a candidate to drop
+    let excess = this.runs.size - MAX_TRACKED_RUNS
+    for (const [id, t] of candidates) {
+      if (excess <= 0) break
+      if (t.at === 0) continue
+      this.runs.delete(id)
+      excess--
+    }
   }
 }
 
