@@ -3,7 +3,7 @@
  * that showed it, over a real server on a free loopback port.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Logger, Option, Redacted, References, Schedule, Scope } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, Redacted, Schedule, Scope } from "effect"
 import { SignJWT } from "jose"
 import { connect as netConnect } from "node:net"
 import WebSocket from "ws"
@@ -17,6 +17,7 @@ import { builtinAgents } from "../src/agents/BuiltinAgents.ts"
 import * as AgentRegistryLayer from "../src/layers/AgentRegistry.ts"
 import * as Agent from "../src/services/Agent.ts"
 import { testAgents } from "./fixtures/runtime.ts"
+import { makeLogs } from "./fixtures/logs.ts"
 
 /** Takes 300 ms to stop: shutdown is slow enough for starts to race it. */
 const slowToStop = Agent.make("slow-to-stop", {
@@ -29,32 +30,6 @@ const registry = AgentRegistryLayer.layer([...builtinAgents, ...testAgents, slow
 
 const SECRET = "hardening-suite-secret-0123456789abcdef"
 
-/** Info log lines of the server under test, as logfmt; `line` waits for one that matches. */
-const makeLogs = () => {
-  const lines: Array<string> = []
-  const waiters = new Set<() => void>()
-  const layer = Layer.mergeAll(
-    Logger.layer([Logger.map(Logger.formatLogFmt, (line) => {
-      lines.push(line)
-      for (const w of waiters) w()
-    })]),
-    Layer.succeed(References.MinimumLogLevel, "Info")
-  )
-  const line = (predicate: (line: string) => boolean) =>
-    Effect.callback<string>((resume) => {
-      const check = () => {
-        const found = lines.find(predicate)
-        if (found !== undefined) {
-          waiters.delete(check)
-          resume(Effect.succeed(found))
-        }
-      }
-      waiters.add(check)
-      check()
-      return Effect.sync(() => waiters.delete(check))
-    })
-  return { lines, layer, line }
-}
 
 const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
   Agentwire.layerServer(registry).pipe(

@@ -5,7 +5,7 @@
  * (`Deadlines`), not a timer of its own.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, Option, Redacted, References } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { SignJWT } from "jose"
 import * as Agentwire from "../../src/Agentwire.ts"
 import * as AgentwireConfig from "../../src/layers/AgentwireConfig.ts"
@@ -13,35 +13,10 @@ import type { AgentwireSettings } from "../../src/services/AgentwireConfig.ts"
 import { AgentwireServer } from "../../src/services/AgentwireServer.ts"
 import { connect } from "../fixtures/client.ts"
 import { registry } from "../fixtures/runtime.ts"
+import { makeLogs } from "../fixtures/logs.ts"
 
 const SECRET = "idle-connection-suite-secret-0123456789"
 
-/** Info log lines of the server, as logfmt; `line` waits for one that matches. */
-const makeLogs = () => {
-  const lines: Array<string> = []
-  const waiters = new Set<() => void>()
-  const layer = Layer.mergeAll(
-    Logger.layer([Logger.map(Logger.formatLogFmt, (line) => {
-      lines.push(line)
-      for (const w of waiters) w()
-    })]),
-    Layer.succeed(References.MinimumLogLevel, "Info")
-  )
-  const line = (predicate: (line: string) => boolean) =>
-    Effect.callback<string>((resume) => {
-      const check = () => {
-        const found = lines.find(predicate)
-        if (found !== undefined) {
-          waiters.delete(check)
-          resume(Effect.succeed(found))
-        }
-      }
-      waiters.add(check)
-      check()
-      return Effect.sync(() => waiters.delete(check))
-    })
-  return { layer, line }
-}
 
 const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
   Agentwire.layerServer(registry).pipe(
