@@ -176,11 +176,22 @@ describe("ConversationStoreBuffered", () => {
     return { committed, batches, apply, transaction }
   }
 
-  it.live("writes queued in one event-loop turn are applied in one transaction, in order", () =>
-    Effect.scoped(Effect.gen(function*() {
+  /** A buffered store over the memory store whose appends go through `transactional()`'s staging. */
+  const stagedStore = (options: Partial<ConversationStoreBuffered.BufferedOptions> = {}) =>
+    Effect.gen(function*() {
       const inner = yield* ConversationStoreMemory.make()
       const db = transactional()
-      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, { ...fast, transaction: db.transaction })
+      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, {
+        ...fast,
+        transaction: db.transaction,
+        ...options
+      })
+      return { db, store }
+    })
+
+  it.live("writes queued in one event-loop turn are applied in one transaction, in order", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const { db, store } = yield* stagedStore()
       for (const n of ["1", "2", "3"]) yield* store.append(key, say(n))
       yield* store.listThreads("alice") // the read barrier: every write above is applied
       expect(db.committed).toEqual(["1", "2", "3"])
@@ -190,9 +201,7 @@ describe("ConversationStoreBuffered", () => {
 
   it.live("a batch that fails is rolled back whole; its writes are then applied one at a time and only the refused one is set aside", () =>
     Effect.scoped(Effect.gen(function*() {
-      const inner = yield* ConversationStoreMemory.make()
-      const db = transactional()
-      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, { ...fast, transaction: db.transaction })
+      const { db, store } = yield* stagedStore()
       for (const n of ["1", "bad", "3", "4"]) yield* store.append(key, say(n))
       yield* store.listThreads("alice")
       expect(db.committed).toEqual(["1", "3", "4"])
@@ -216,13 +225,7 @@ describe("ConversationStoreBuffered", () => {
 
   it.live("with a batch window, writes queued before the writer first runs share the window too (CI flake at stop 17: the first went alone)", () =>
     Effect.scoped(Effect.gen(function*() {
-      const inner = yield* ConversationStoreMemory.make()
-      const db = transactional()
-      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, {
-        ...fast,
-        transaction: db.transaction,
-        batchWindowMs: 60_000
-      })
+      const { db, store } = yield* stagedStore({ batchWindowMs: 60_000 })
       // no pause after make: the writer fiber may not have run yet
       yield* store.append(key, say("1"))
       yield* Effect.sleep("2 millis")
@@ -235,13 +238,7 @@ describe("ConversationStoreBuffered", () => {
 
   it.live("with a batch window, the writes arriving within it share one transaction; a read ends the wait at once", () =>
     Effect.scoped(Effect.gen(function*() {
-      const inner = yield* ConversationStoreMemory.make()
-      const db = transactional()
-      const store = yield* ConversationStoreBuffered.make({ ...inner, append: (_k, m) => db.apply(m[0]!.content) }, {
-        ...fast,
-        transaction: db.transaction,
-        batchWindowMs: 60_000
-      })
+      const { db, store } = yield* stagedStore({ batchWindowMs: 60_000 })
       for (const n of ["1", "2", "3"]) {
         yield* store.append(key, say(n))
         yield* Effect.sleep("2 millis") // separate event-loop turns
