@@ -21,11 +21,14 @@ describe("UserExecutionContext.make", () => {
   it("run and thread ids made later sort later (history indexes grow at one end); other ids stay random", () => {
     const ids = (prefix: "run" | "thread") => {
       const out: Array<string> = []
-      const t0 = Date.now()
-      // ids from different milliseconds: the time prefix orders them
+      // ids from different milliseconds: the time prefix orders them. Each id is made in a
+      // millisecond after the one in which the previous id was known to be made (CI once made
+      // two in one millisecond when "later" was measured from the start of the loop instead).
+      let previousMadeBy = -1
       while (out.length < 3) {
-        const id = UserExecutionContext.generateId(prefix)
-        if (out.length === 0 || Date.now() > t0 + out.length * 2) out.push(id)
+        if (Date.now() <= previousMadeBy) continue
+        out.push(UserExecutionContext.generateId(prefix))
+        previousMadeBy = Date.now()
       }
       return out
     }
