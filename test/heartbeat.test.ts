@@ -12,7 +12,9 @@ const FastHeartbeat = Agentwire.layerServer(registry).pipe(
   Layer.provide(QuietLogs),
   Layer.provideMerge(AgentwireConfig.layer({
     port: 0,
-    heartbeatIntervalMs: 200,
+    // the live socket's pong must be read within one interval of its ping (the client runs in this process, so a
+    // loop stalled for an interval, GC or a loaded machine, looked like a dead client at 200 ms): 500 ms
+    heartbeatIntervalMs: 500,
     jwtSecret: Option.some(Redacted.make("heartbeat-suite-secret-0123456789abcdef"))
   }))
 )

@@ -7,6 +7,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Layer } from "effect"
+import * as AgentInstanceFactoryLayer from "../src/layers/AgentInstanceFactory.ts"
+import * as ExecutionEngineFactoryLayer from "../src/layers/ExecutionEngineFactory.ts"
+import * as RunLogMemory from "../src/layers/RunLogMemory.ts"
+import * as WebSocketBridgeRecording from "../src/layers/WebSocketBridgeRecording.ts"
 import { TestClock } from "effect/testing"
 import * as AgentwireConfig from "../src/layers/AgentwireConfig.ts"
 import * as RunAdmissionMemory from "../src/layers/RunAdmissionMemory.ts"
@@ -15,7 +19,7 @@ import { ExecutionEngineFactory } from "../src/services/ExecutionEngineFactory.t
 import { RunAdmission } from "../src/services/RunAdmission.ts"
 import * as UserExecutionContext from "../src/services/UserExecutionContext.ts"
 import { lifecycleRegistry, lifecycleSuite } from "./fixtures/lifecycle-suite.ts"
-import { RecordingRuntime, runInvariants } from "./fixtures/runtime.ts"
+import { QuietLogs, RecordingRuntime, runInvariants } from "./fixtures/runtime.ts"
 import * as TestServer from "./fixtures/testServer.ts"
 
 lifecycleSuite("memory", (settings) => TestServer.serverLayer(settings, { registry: lifecycleRegistry }))
@@ -138,4 +142,47 @@ describe("on the TestClock", () => {
       yield* TestClock.adjust("60 seconds")
       expect((yield* admission.admit({ ...context, run_id: "run_3" }, "echo", idem(false)))._tag).toBe("Admitted")
     }).pipe(Effect.provide(RunAdmissionMemory.layer({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, idempotencyWindowMs: 60_000 }))))
+})
+
+// ---------------------------------------------------------------------------
+/**
+ * The in-memory admission with a release that takes a while, as a release on
+ * Redis does (a round trip, two when the script is not loaded yet).
+ */
+const slowReleaseAdmission = (delayMs: number) =>
+  Layer.effect(
+    RunAdmission,
+    Effect.map(RunAdmissionMemory.make({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 0, maxRunsPerUser: 1 }), (inner) =>
+      RunAdmission.of({
+        ...inner,
+        admit: (context, agent_name, options) =>
+          Effect.map(inner.admit(context, agent_name, options), (admission) =>
+            admission._tag === "Admitted" ? { ...admission, release: Effect.andThen(Effect.sleep(delayMs), admission.release) } : admission)
+      }))
+  )
+
+describe("a stop and the run's admission slot", () => {
+  it.live("the stop returns once the stopped run's slot is free: a start right after it is admitted, however long the release takes (before: run_stopped came first, and on Redis under load the next start met RUN_LIMIT_EXCEEDED)", () =>
+    Effect.gen(function*() {
+      const engines = yield* ExecutionEngineFactory
+      const admission = yield* RunAdmission
+      const recorded = yield* RecordedEvents
+      const context = yield* UserExecutionContext.make({ user_id: "slow-release" })
+      yield* engines.start(context, "holder", "x")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "tool_executing")
+      expect(yield* engines.stop({ user_id: "slow-release", run_id: context.run_id })).toEqual([context.run_id])
+      expect(yield* admission.activeRuns("slow-release")).toBe(0)
+      const next = yield* engines.start(yield* UserExecutionContext.make({ user_id: "slow-release" }), "echo", "after the stop")
+      expect((yield* next.await).status).toBe("completed")
+    }).pipe(Effect.provide(
+      ExecutionEngineFactoryLayer.layer.pipe(
+        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+        Layer.provideMerge(slowReleaseAdmission(200)),
+        Layer.provideMerge(RunLogMemory.layerConfig),
+        Layer.provideMerge(WebSocketBridgeRecording.layer),
+        Layer.provide(lifecycleRegistry),
+        Layer.provide(QuietLogs),
+        Layer.provide(AgentwireConfig.layer({}))
+      )
+    )))
 })

@@ -11,7 +11,8 @@
  * interrupt (first cause wins): `user_request` (`stop`, `interrupt`),
  * `timeout` (the run's timer, `runTimeoutMs`), `server_shutdown`
  * (`interruptAll`, and closing the layer). A run's admission slot is released
- * when its fiber ends.
+ * when its fiber ends; a stop answers only once the slots of the runs it
+ * stopped are free again.
  *
  * History (when a `ConversationStore` is provided around the layer): each root
  * run is recorded when it starts (status `running` and its request; the
@@ -78,6 +79,8 @@ interface ActiveRun {
   emitter: RunEmitter | undefined
   cause: StopCause | undefined
   readonly done: Deferred.Deferred<AgentOutcome>
+  /** Done once the run's admission slot was given back (after `done`): what a stop waits for before it answers. */
+  readonly released: Deferred.Deferred<void>
   /** When the run times out: the clock's monotonic time, ms. */
   readonly deadline: number
   /** Its timeout was asked for (the timer does not ask twice). */
@@ -299,6 +302,7 @@ export const make = Effect.gen(function*() {
         emitter: undefined,
         cause: undefined,
         done: Deferred.makeUnsafe<AgentOutcome>(),
+        released: Deferred.makeUnsafe<void>(),
         deadline: nowMs() + runTimeoutMs,
         timedOut: false
       }
@@ -333,6 +337,7 @@ export const make = Effect.gen(function*() {
             // idle once its slot is given back too (drain: nothing of the run is left)
             releasing++
             return Effect.ensuring(admitted.release, Effect.sync(() => {
+              Deferred.doneUnsafe(entry.released, Exit.void)
               releasing--
               if (active.size === 0 && releasing === 0) for (const wake of Array.from(idleWaiters)) wake()
             }))
@@ -348,10 +353,12 @@ export const make = Effect.gen(function*() {
       return handle
     })
 
+  // a stop answers once each run ended and gave its slot back (on Redis a round trip or two after its end): a start
+  // sent on the answer must not meet the stopped run's slot still taken
   const stopAll = (runsToStop: ReadonlyArray<ActiveRun>, cause: StopCause) =>
     Effect.suspend(() => {
       for (const run of runsToStop) requestStop(run, cause)
-      return Effect.forEach(runsToStop, (run) => Deferred.await(run.done))
+      return Effect.forEach(runsToStop, (run) => Effect.tap(Deferred.await(run.done), () => Deferred.await(run.released)))
     })
 
   // repeated until empty: a run forked while the previous round was stopping is stopped too

@@ -82,7 +82,7 @@ export class ExecutionEngineFactory extends Context.Service<ExecutionEngineFacto
   ) => Effect.Effect<RunHandle, UnknownAgentError | AdmissionError>
   /**
    * Stops the selected runs of the user (cause `user_request`), waits for their
-   * terminal events, and returns the ids of the runs that were actually stopped
+   * terminal events and for their admission slots to be free again, and returns the ids of the runs that were actually stopped
    * (a run that ended on its own meanwhile is not listed). Runs of other users
    * are never touched. A run executing on this instance is stopped here
    * whatever the other instances or Redis do. Fails with

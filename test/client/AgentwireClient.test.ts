@@ -197,11 +197,14 @@ describe("agentwire/client", () => {
     let issued = 0
     const c = client({
       url: `${s.url.replace("http", "ws")}/ws`,
+      // `exp` is whole seconds, so a 5 s token lives 4 to 5 s; the client refreshes at least 1 s after the last
+      // answer (its floor) and here 3.5 s before exp: every 1 to 1.5 s, each with 2.5 s or more to spare (with 3 s
+      // and 1.5 s before, a token made at x.999 s left 1 s for the refresh's round trip on a loaded machine)
       token: () => {
         issued++
-        return s.issue("fresh", 3)
+        return s.issue("fresh", 5)
       },
-      refreshBeforeExpiryMs: 1500,
+      refreshBeforeExpiryMs: 3500,
       ...fast
     })
     const states: Array<string> = []

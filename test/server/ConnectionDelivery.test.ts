@@ -65,7 +65,8 @@ describe("run_stopped on a connection that follows the run (resume_run)", () => 
   it.live("comes after the run's terminal events, which the follower reads from the log", () =>
     Effect.gen(function*() {
       const client = yield* connectAs("follower-stop")
-      const run_id = yield* start(client, "ticker", "steps=50 interval_ms=20", "tick")
+      // long enough to be still running when the stop lands (steps=50, 1 s, could end first on a loaded machine: the stop then finds nothing)
+      const run_id = yield* start(client, "ticker", "steps=5000 interval_ms=20", "tick")
       yield* nextEventOf(client, run_id, 2)
       client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "follow" })
       yield* client.next("run_resumed", (m) => m.request_id === "follow")

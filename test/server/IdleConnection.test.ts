@@ -26,12 +26,14 @@ const serverLayer = (settings: Partial<AgentwireSettings>, logs = makeLogs()) =>
 
 const wsUrl = AgentwireServer.useSync((s) => `${s.url.replace(/^http/, "ws")}/ws`)
 
-/** A token of `user` that expires `seconds` from now (whole seconds, as JWT `exp`). */
-const tokenFor = (user: string, seconds: number) =>
+/** A token of `user` whose JWT `exp` is `exp` (whole seconds since the epoch). */
+const tokenUntil = (user: string, exp: number) =>
   Effect.promise(() =>
-    new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject(user).setExpirationTime(Math.floor(Date.now() / 1000) + seconds)
-      .sign(new TextEncoder().encode(SECRET))
+    new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject(user).setExpirationTime(exp).sign(new TextEncoder().encode(SECRET))
   )
+
+/** A token of `user` that expires `seconds` from now, rounded down to the whole second (for long-lived tokens). */
+const tokenFor = (user: string, seconds: number) => tokenUntil(user, Math.floor(Date.now() / 1000) + seconds)
 
 const connectWith = (token: string) =>
   Effect.gen(function*() {
@@ -43,10 +45,14 @@ const connectWith = (token: string) =>
 describe("an idle connection", () => {
   it.live("tokens expiring at different times close their own connections, in order; a refreshed one stays", () =>
     Effect.gen(function*() {
-      const later = yield* connectWith(yield* tokenFor("later", 3))
-      const sooner = yield* connectWith(yield* tokenFor("sooner", 1))
-      const refreshed = yield* connectWith(yield* tokenFor("refreshed", 1))
-      refreshed.send({ type: "authenticate", token: yield* tokenFor("refreshed", 60), request_id: "auth-1" })
+      // `exp` is whole seconds: `floor(now) + 1` leaves 0 to 1 s, and a token made at x.999 s expired before its
+      // connection (or its refresh) was through. All from one base, the next whole second: each 1 s token has
+      // 1 to 2 s left, and the later one expires exactly 2 s after them.
+      const base = Math.ceil(Date.now() / 1000)
+      const later = yield* connectWith(yield* tokenUntil("later", base + 3))
+      const sooner = yield* connectWith(yield* tokenUntil("sooner", base + 1))
+      const refreshed = yield* connectWith(yield* tokenUntil("refreshed", base + 1))
+      refreshed.send({ type: "authenticate", token: yield* tokenUntil("refreshed", base + 60), request_id: "auth-1" })
       yield* refreshed.next("authenticated")
       const expired = (client: typeof later) =>
         Effect.gen(function*() {
@@ -54,7 +60,7 @@ describe("an idle connection", () => {
           expect(yield* client.closed).toMatchObject({ code: 4001 })
         })
       yield* expired(sooner)
-      // the later token has a second or more to go: its connection still answers
+      // the later token has two seconds more: its connection still answers
       later.send({ type: "ping", request_id: "p-1" })
       yield* later.next("pong")
       expect(later.received.some((m) => m.type === "error")).toBe(false)

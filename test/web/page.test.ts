@@ -168,8 +168,13 @@ describe("web page in Chromium", () => {
     const seqs = await seqsOf(page, run!)
     expect(seqs).toEqual(Array.from({ length: 5002 }, (_, i) => i + 1))
     const calls = await page.evaluate(() => (window as unknown as { scrollCalls: { calls: number } }).scrollCalls.calls)
-    // once per rendered frame at most (plus the turn's own), never once per event
-    expect(calls).toBeLessThan(5002 / 10)
+    const stats = await page.evaluate(() => (window as unknown as { agentwire: { renderStats: { frames: number; events: number } } }).agentwire.renderStats)
+    expect(stats.events).toBe(5002)
+    // once per rendered frame at most (plus the turn's own), never once per event. Counted against the frames
+    // the page rendered, not against a fixed number: at 60 frames a second, a run streamed for more than 8 s (a
+    // loaded machine) had 500 frames with something new, and the old bound (calls < 5002 / 10) failed.
+    expect(calls).toBeLessThanOrEqual(stats.frames + 1)
+    expect(calls).toBeLessThan(5002 / 2)
     await page.close()
   }, 150_000)
 
