@@ -300,8 +300,10 @@ describe("fault 7: the auth policy on live sockets", () => {
 
   it.live("a socket whose token expires without a refresh gets TOKEN_EXPIRED, then close 4001", () =>
     Effect.gen(function*() {
+      // at least 2 s of life (exp is in whole seconds: floor(now) + 2 left as little as 1 s when signed at .999,
+      // and a handshake later than that is refused instead of reaching the expiry under test)
       const token = yield* Effect.promise(() =>
-        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("expiring").setExpirationTime(Math.floor(Date.now() / 1000) + 2)
+        new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("expiring").setExpirationTime(Math.ceil((Date.now() + 2000) / 1000))
           .sign(new TextEncoder().encode(SECRET))
       )
       const client = yield* connect(yield* wsUrl, { headers: { authorization: `Bearer ${token}` } })
