@@ -17,6 +17,12 @@ import * as Fake from "./fixtures/fakeOpenAi.ts"
 import { INSTALL_HINT, redisServerPath, startRedis } from "./fixtures/redisServer.ts"
 
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url))
+/**
+ * Every test here starts Node 24 on src/main.ts (type stripping, module loading) at least once:
+ * 1.5-7.5 s each on an idle machine, several times that on a loaded 2-core CI machine, so the
+ * default 20 s (and the former 30 s for the 5 s Redis timeout) left too little room.
+ */
+const SPAWN_TIMEOUT_MS = 90_000
 
 interface Started {
   readonly child: ChildProcess
@@ -46,7 +52,8 @@ const start = (env: Record<string, string>) =>
         err += c.toString()
         for (const l of listeners) l()
       })
-      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+      // 'close', not 'exit': 'exit' may come before the last of stdout/stderr has been read, and the tests read them right after
+      const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)))
       return {
         child,
         stdout: () => out,
@@ -103,7 +110,7 @@ describe("src/main.ts", () => {
         expect(lines[0]).toMatch(/^agentwire: cannot start: /)
         expect(lines[0]).toMatch(message)
         expect(proc.stdout()).toBe("")
-      }).pipe(Effect.scoped))
+      }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
   }
 
   it.live("exits 3 naming the history database, never its password, when it cannot be reached", () =>
@@ -118,7 +125,7 @@ describe("src/main.ts", () => {
       expect(lines).toHaveLength(1)
       expect(lines[0]).toMatch(new RegExp(`^agentwire: cannot start: history database postgres://agent@127\\.0\\.0\\.1:${port}/history cannot be used`))
       expect(proc.stderr() + proc.stdout()).not.toContain(password)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("history survives a restart: SIGTERM, start again on the same data dir; the thread is listed and the assistant's next run sees it", () =>
     Effect.gen(function*() {
@@ -170,7 +177,7 @@ describe("src/main.ts", () => {
       ])
       second.child.kill("SIGTERM")
       expect(yield* second.exit).toBe(0)
-    }).pipe(Effect.scoped), 60_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("exits 3 naming the port when it is already in use", () =>
     Effect.gen(function*() {
@@ -180,7 +187,7 @@ describe("src/main.ts", () => {
       expect(proc.stderr().trim()).toBe(
         `agentwire: cannot start: port ${port} on 127.0.0.1 is already in use (set AGENTWIRE_PORT to another port)`
       )
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("SIGINT: a run that finishes within the grace period completes normally; one that does not is stopped (server_shutdown); 1001; exit 0", () =>
     Effect.gen(function*() {
@@ -209,7 +216,7 @@ describe("src/main.ts", () => {
       expect(events.map((e) => ("seq" in e ? e.seq : 0))).toEqual(events.map((_, i) => i + 1))
       expect(yield* client.closed).toMatchObject({ code: 1001, reason: "server shutting down" })
       expect(yield* proc.exit).toBe(0)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("raw upgrades with unparsable targets get 400; the process lives on and no output carries the token", () =>
     Effect.gen(function*() {
@@ -235,7 +242,7 @@ describe("src/main.ts", () => {
       expect((proc.stdout() + proc.stderr()).split(token).length - 1).toBe(4)
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("without a secret it prints a usable demo token and URL; logs never carry the token; SIGINT exits 0", () =>
     Effect.gen(function*() {
@@ -254,7 +261,7 @@ describe("src/main.ts", () => {
       expect(logLines.some((l) => l.includes(token))).toBe(false)
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("with AGENTWIRE_LLM_* set, assistant is the default agent: the answer streams as partial_result; the key is in no output or frame", () =>
     Effect.gen(function*() {
@@ -283,7 +290,7 @@ describe("src/main.ts", () => {
       expect(output).toContain("run ended")
       expect(output).not.toContain("7f3a9c5e1d")
       expect(client.received.map((m) => JSON.stringify(m)).some((f) => f.includes("7f3a9c5e1d"))).toBe(false)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("without AGENTWIRE_LLM_*, starting assistant answers UNKNOWN_AGENT naming the variables to set", () =>
     Effect.gen(function*() {
@@ -297,7 +304,7 @@ describe("src/main.ts", () => {
       expect(error.message).toContain("AGENTWIRE_LLM_MODEL")
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 })
 
 const redisInstalled = redisServerPath() !== undefined
@@ -347,7 +354,7 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       const lines = proc.stderr().trim().split("\n")
       expect(lines).toEqual([`agentwire: cannot start: cannot reach Redis at 127.0.0.1:${redis.port} (AGENTWIRE_REDIS_URL): did not answer within 5 s`])
       expect(proc.stderr() + proc.stdout()).not.toContain(password)
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("SIGTERM while startup waits for a Redis that never answers: the process exits", () =>
     Effect.gen(function*() {
@@ -357,7 +364,7 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       proc.child.kill("SIGTERM")
       expect(yield* proc.exit).toBe(0)
       expect(proc.stderr()).toBe("")
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("a good start says it runs on Redis (host:port, instance id, never the password); SIGTERM exits 0", () =>
     Effect.gen(function*() {
@@ -368,7 +375,7 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       proc.child.kill("SIGTERM")
       expect(yield* proc.exit).toBe(0)
       expect(proc.stdout() + proc.stderr()).not.toContain("mode-line-pass")
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   // every Redis wait at shutdown is bounded (acknowledgements 1 s, commands node-redis' 5 s, closes 1 s): about 13 s here
   it.live("SIGTERM while Redis has stopped answering (SIGSTOP) after a good start: the process still exits", () =>
@@ -383,7 +390,7 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       proc.child.kill("SIGTERM")
       expect(yield* proc.exit).toBe(0)
       console.log(`exited ${Date.now() - sent} ms after SIGTERM with Redis stopped`)
-    }).pipe(Effect.scoped), 60_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 
   it.live("Redis refusing connections: exits 3 with exactly one line on any stream (no client warning besides it)", () =>
     Effect.gen(function*() {
@@ -393,7 +400,7 @@ describe.skipIf(!redisInstalled)("src/main.ts with AGENTWIRE_REDIS_URL", () => {
       expect(yield* proc.exit).toBe(3)
       expect(proc.stderr().trim()).toBe(`agentwire: cannot start: cannot reach Redis at 127.0.0.1:${port} (AGENTWIRE_REDIS_URL): connection refused`)
       expect(proc.stdout()).toBe("")
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 })
 
 describe("src/main.ts startup mode", () => {
@@ -403,7 +410,7 @@ describe("src/main.ts startup mode", () => {
       yield* proc.printed(/running in memory, one instance \(AGENTWIRE_REDIS_URL unset or empty\)/)
       proc.child.kill("SIGINT")
       expect(yield* proc.exit).toBe(0)
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 })
 
 describe("npm start", () => {
@@ -453,5 +460,5 @@ describe("npm start", () => {
       process.kill(child.pid!, "SIGTERM")
       const ended = yield* closed.pipe(Effect.timeoutOption("15 seconds"))
       expect(ended._tag, `the server still holds its stdout 15 s after SIGTERM to npm; output:\n${out}`).toBe("Some")
-    }).pipe(Effect.scoped), 30_000)
+    }).pipe(Effect.scoped), SPAWN_TIMEOUT_MS)
 })

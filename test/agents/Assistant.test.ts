@@ -462,10 +462,13 @@ describe("assistant: stop, secrets, conversations, coalescing", () => {
       const partials = Harness.partials(events)
       expect(partials.length).toBeLessThan(deltas.length)
       expect(partials.map((p) => p.delta).join("")).toBe(deltas.join(""))
-      // consecutive sends are 40 ms apart or more, except the final flush (timestamps are whole
-      // milliseconds of another clock than the coalescer's, hence the 2 ms of slack)
+      // consecutive sends are 40 ms apart or more, except the final flush. The timestamps are whole
+      // milliseconds of another clock than the coalescer's, stamped by the emitter after the coalescer
+      // noted its send: a pause between the two (a preemption on a loaded machine) makes one gap look
+      // shorter by that much (gaps of 38 ms, at the old 2 ms slack, were seen under load). 10 ms of
+      // slack still tells coalescing at 40 ms from chunks passed through (5 ms apart here)
       const times = partials.slice(0, -1).map((p) => Date.parse(p.timestamp))
-      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(38)
+      for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(30)
     }).pipe(Effect.scoped))
 
   it.live("property: final_response is exactly the concatenation of the last message_id's deltas", () =>

@@ -21,14 +21,17 @@ describe("UserExecutionContext.make", () => {
   it("run and thread ids made later sort later (history indexes grow at one end); other ids stay random", () => {
     const ids = (prefix: "run" | "thread") => {
       const out: Array<string> = []
-      // ids from different milliseconds: the time prefix orders them. Each id is made in a
-      // millisecond after the one in which the previous id was known to be made (CI once made
-      // two in one millisecond when "later" was measured from the start of the loop instead).
-      let previousMadeBy = -1
+      // ids from different milliseconds: the time prefix orders them. An id is kept when its own
+      // time prefix is later than the last kept one's (CI flake: a pause of a few ms before the first
+      // id made the old wall-clock check keep two ids of the same millisecond, ordered at random)
+      const millis = (id: string) => Number.parseInt(id.slice(prefix.length + 1, prefix.length + 13), 16)
       while (out.length < 3) {
-        if (Date.now() <= previousMadeBy) continue
-        out.push(UserExecutionContext.generateId(prefix))
-        previousMadeBy = Date.now()
+        const before = Date.now()
+        const id = UserExecutionContext.generateId(prefix)
+        const after = Date.now()
+        // the prefix is the time the id was made (so keeping later prefixes is keeping later ids)
+        if (millis(id) < before || millis(id) > after) expect.fail(`${id}: time prefix ${millis(id)} is not within [${before}, ${after}]`)
+        if (out.length === 0 || millis(id) > millis(out.at(-1)!)) out.push(id)
       }
       return out
     }
