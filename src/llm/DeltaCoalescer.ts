@@ -7,10 +7,11 @@
  * timer fiber in the surrounding scope) or when `flush` is called (end of the
  * message). `intervalMs` 0 sends every delta as it comes. The concatenation of
  * everything sent is always exactly the concatenation of everything pushed.
+ * Time is read from Effect's monotonic `Clock` (so `TestClock` drives it in tests).
  *
  * @module
  */
-import { Effect, Fiber, type Scope, Semaphore } from "effect"
+import { Clock, Effect, Fiber, type Scope, Semaphore } from "effect"
 
 export interface DeltaCoalescer {
   /** Adds a delta; sends now or within `intervalMs`. Empty deltas are ignored. */
@@ -29,6 +30,8 @@ export const make = (
       return { push: (delta) => (delta === "" ? Effect.void : send(delta)), flush: Effect.void }
     }
     const scope = yield* Effect.scope
+    const clock = yield* Clock.Clock
+    const nowMs = () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6
     // one sender at a time: the buffer is taken and sent as one step, so order is kept
     const lock = yield* Semaphore.make(1)
     let buffer = ""
@@ -40,7 +43,7 @@ export const make = (
       if (buffer === "") return Effect.void
       const text = buffer
       buffer = ""
-      lastSent = performance.now()
+      lastSent = nowMs()
       return send(text)
     })
 
@@ -48,7 +51,7 @@ export const make = (
       delta === ""
         ? Effect.void
         : lock.withPermits(1)(Effect.suspend(() => {
-          const now = performance.now()
+          const now = nowMs()
           if (timer === undefined && now - lastSent >= intervalMs) {
             lastSent = now
             const text = buffer + delta

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect } from "effect"
+import { Clock, Deferred, Effect } from "effect"
+import { TestClock } from "effect/testing"
 import * as DeltaCoalescer from "../../src/llm/DeltaCoalescer.ts"
 
 /** A coalescer whose sends are recorded with their time; `sent(n)` waits for the nth send. */
@@ -9,7 +10,7 @@ const recording = (intervalMs: number) =>
     const waiting: Array<{ n: number; done: Deferred.Deferred<void> }> = []
     const coalescer = yield* DeltaCoalescer.make(intervalMs, (text) =>
       Effect.gen(function*() {
-        sends.push({ text, at: performance.now() })
+        sends.push({ text, at: yield* Clock.currentTimeMillis })
         for (const w of waiting) if (sends.length >= w.n) yield* Deferred.succeed(w.done, undefined)
       }))
     const sent = (n: number) =>
@@ -23,21 +24,29 @@ const recording = (intervalMs: number) =>
   })
 
 describe("DeltaCoalescer", () => {
-  it.live("sends the first delta at once, buffers the next ones, sends them together after the interval", () =>
+  // on the TestClock: under load, real time between two pushes can exceed the interval (CI saw
+  // "b" sent at once after a stall), so the test sets the time itself
+  it.effect("sends the first delta at once, buffers the next ones, sends them together after the interval", () =>
     Effect.gen(function*() {
       const { coalescer, sends, sent } = yield* recording(50)
-      const start = performance.now()
       yield* coalescer.push("a")
       expect(sends.map((s) => s.text)).toEqual(["a"])
+      yield* TestClock.adjust("30 millis")
       yield* coalescer.push("b")
       yield* coalescer.push("")
       yield* coalescer.push("c")
       expect(sends).toHaveLength(1)
+      yield* TestClock.adjust("19 millis")
+      expect(sends).toHaveLength(1)
+      yield* TestClock.adjust("1 millis")
       yield* sent(2)
-      expect(sends.map((s) => s.text)).toEqual(["a", "bc"])
-      expect(sends[1]!.at - start).toBeGreaterThanOrEqual(49)
+      expect(sends).toEqual([{ text: "a", at: 0 }, { text: "bc", at: 50 }])
       yield* coalescer.flush
       expect(sends).toHaveLength(2)
+      // a delta after a quiet interval goes out at once again (leading edge)
+      yield* TestClock.adjust("60 millis")
+      yield* coalescer.push("d")
+      expect(sends.map((s) => s.text)).toEqual(["a", "bc", "d"])
     }).pipe(Effect.scoped))
 
   it.live("flush sends what is buffered at once and cancels the timer", () =>
