@@ -6,7 +6,7 @@
  * in-memory admission's rate limit and idempotency window on the TestClock.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Layer } from "effect"
+import { Deferred, Effect, Fiber, Layer } from "effect"
 import * as AgentInstanceFactoryLayer from "../src/layers/AgentInstanceFactory.ts"
 import * as ExecutionEngineFactoryLayer from "../src/layers/ExecutionEngineFactory.ts"
 import * as RunLogMemory from "../src/layers/RunLogMemory.ts"
@@ -185,4 +185,66 @@ describe("a stop and the run's admission slot", () => {
         Layer.provide(AgentwireConfig.layer({}))
       )
     )))
+})
+
+// ---------------------------------------------------------------------------
+/** The in-memory admission with `release` replaced: `started` is completed when a run's release begins. */
+const releaseAdmission = (release: (inner: Effect.Effect<void>) => Effect.Effect<void>) =>
+  Layer.effect(
+    RunAdmission,
+    Effect.map(RunAdmissionMemory.make({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 0, maxRunsPerUser: 1 }), (inner) =>
+      RunAdmission.of({
+        ...inner,
+        admit: (context, agent_name, options) =>
+          Effect.map(inner.admit(context, agent_name, options), (admission) =>
+            admission._tag === "Admitted" ? { ...admission, release: release(admission.release) } : admission)
+      }))
+  )
+const engineOver = (admission: Layer.Layer<RunAdmission>) =>
+  ExecutionEngineFactoryLayer.layer.pipe(
+    Layer.provideMerge(AgentInstanceFactoryLayer.layer),
+    Layer.provideMerge(admission),
+    Layer.provideMerge(RunLogMemory.layerConfig),
+    Layer.provideMerge(WebSocketBridgeRecording.layer),
+    Layer.provide(lifecycleRegistry),
+    Layer.provide(QuietLogs),
+    Layer.provide(AgentwireConfig.layer({}))
+  )
+
+describe("a run's end and its admission slot", () => {
+  it.live("the slot is free before the root agent_completed is sent: a start sent on seeing it is admitted, however long the release takes (before: the release came after, and on Redis a client starting its next message on completion met RUN_LIMIT_EXCEEDED)", () =>
+    Effect.gen(function*() {
+      const engines = yield* ExecutionEngineFactory
+      const admission = yield* RunAdmission
+      const recorded = yield* RecordedEvents
+      for (let i = 0; i < 3; i++) {
+        const context = yield* UserExecutionContext.make({ user_id: "next-on-end" })
+        yield* engines.start(context, "echo", `message ${i}`)
+        yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0)
+        expect(yield* admission.activeRuns("next-on-end")).toBe(0)
+      }
+    }).pipe(Effect.provide(engineOver(releaseAdmission((release) => Effect.andThen(Effect.sleep(200), release))))))
+
+  it.effect("a release that hangs (Redis paused) holds the root agent_completed back at most RELEASE_BEFORE_END_MS", () =>
+    Effect.gen(function*() {
+      const started = yield* Deferred.make<void>()
+      yield* Effect.gen(function*() {
+        const engines = yield* ExecutionEngineFactory
+        const recorded = yield* RecordedEvents
+        const context = yield* UserExecutionContext.make({ user_id: "hung-release" })
+        const completions = Effect.map(recorded.all, (all) => all.filter((e) => e.run_id === context.run_id && e.type === "agent_completed").length)
+        const run = yield* engines.start(context, "echo", "hello")
+        yield* Deferred.await(started)
+        expect(yield* completions).toBe(0)
+        yield* TestClock.adjust(ExecutionEngineFactoryLayer.RELEASE_BEFORE_END_MS - 1)
+        expect(yield* completions).toBe(0)
+        yield* TestClock.adjust(1)
+        expect((yield* run.await).status).toBe("completed")
+        expect(yield* completions).toBe(1)
+      }).pipe(Effect.provide(engineOver(releaseAdmission(() => {
+        // the first release hangs; later ones do nothing (a release runs once: RunAdmission's contract)
+        let ran = false
+        return Effect.suspend(() => ran ? Effect.void : (ran = true, Effect.andThen(Deferred.succeed(started, undefined), Effect.never)))
+      }))))
+    }))
 })

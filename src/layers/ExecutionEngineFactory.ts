@@ -11,8 +11,10 @@
  * interrupt (first cause wins): `user_request` (`stop`, `interrupt`),
  * `timeout` (the run's timer, `runTimeoutMs`), `server_shutdown`
  * (`interruptAll`, and closing the layer). A run's admission slot is released
- * when its fiber ends; a stop answers only once the slots of the runs it
- * stopped are free again.
+ * just before its root `agent_completed` (waiting at most
+ * `RELEASE_BEFORE_END_MS` for it), or when its fiber ends if it never sent
+ * one; a stop answers only once the slots of the runs it stopped are free
+ * again.
  *
  * History (when a `ConversationStore` is provided around the layer): each root
  * run is recorded when it starts (status `running` and its request; the
@@ -70,6 +72,9 @@ const cancelledOutcome: AgentOutcome = {
 
 /** How long a start waits for the store to say whose a named thread is. */
 export const THREAD_CHECK_TIMEOUT = "500 millis"
+
+/** Longest wait for a run's admission slot to be given back before its root `agent_completed` is sent. */
+export const RELEASE_BEFORE_END_MS = 1_000
 
 /** A run in flight, as the engine tracks it. */
 interface ActiveRun {
@@ -323,6 +328,12 @@ export const make = Effect.gen(function*() {
           if (entry.cause !== undefined) engine.emitter.setStopCause(entry.cause)
           // a run whose log is full is ended by its emitter, through the same stop as any other
           engine.emitter.onStopRequest((cause) => requestStop(entry, cause))
+          // the slot is given back just before the root's agent_completed, so a client that starts its
+          // next run on seeing that event does not meet this run's slot still taken (on Redis the release
+          // is a round trip). At most RELEASE_BEFORE_END_MS of waiting (Redis paused): past it the
+          // release goes on without holding the event back, and the slot expires by itself if it fails
+          // (interruptible: the run's fiber is not, and the timeout must be able to end the wait)
+          engine.emitter.beforeEnd(Effect.asVoid(Effect.timeoutOption(Effect.interruptible(admitted.release), RELEASE_BEFORE_END_MS)))
           return engine.run(resolved, request)
         }))
       }).pipe(

@@ -162,7 +162,7 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
 
   const { appendSync } = sinks.log
   const { deliverSync } = sinks.bridge
-  const emit: RunEmitter["emit"] = appendSync !== undefined && deliverSync !== undefined
+  const emitNow: RunEmitter["emit"] = appendSync !== undefined && deliverSync !== undefined
     ? (agent_name, depth, body) =>
       Effect.suspend(() => {
         const event = stamp(agent_name, depth, body)
@@ -183,6 +183,17 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
         })
       })))
 
+  // run once before the root's agent_completed (the engine frees the run's admission slot there)
+  let beforeEnd: Effect.Effect<void> | undefined
+  const emit: RunEmitter["emit"] = (agent_name, depth, body) =>
+    depth !== 0 || body.type !== "agent_completed"
+      ? emitNow(agent_name, depth, body)
+      : Effect.suspend(() => {
+        const first = beforeEnd
+        beforeEnd = undefined
+        return first === undefined ? emitNow(agent_name, depth, body) : Effect.andThen(first, emitNow(agent_name, depth, body))
+      })
+
   return {
     context,
     lastSeq: () => seq,
@@ -191,6 +202,9 @@ export const make = (context: UserExecutionContext, sinks: EmitterSinks): RunEmi
     setStopCause,
     onStopRequest: (handler) => {
       stopHandler = handler
+    },
+    beforeEnd: (effect) => {
+      beforeEnd = effect
     },
     emit
   }

@@ -96,7 +96,11 @@ export interface AdmitOptions {
   readonly rateLimited?: boolean | undefined
 }
 
-/** The result of `admit`: a slot to release when the run ends, or the run a duplicate refers to. */
+/**
+ * The result of `admit`: a slot to release when the run ends, or the run a duplicate refers to.
+ * `release` gives the slot back the first time it runs (also when that first run is interrupted:
+ * the slot is then freed later, or expires); running it again does nothing.
+ */
 export type Admission =
   | { readonly _tag: "Admitted"; readonly release: Effect.Effect<void> }
   | { readonly _tag: "Duplicate"; readonly run: AdmittedRun }

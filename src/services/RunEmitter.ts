@@ -51,4 +51,11 @@ export interface RunEmitter {
    * runs it registers here. The emitter records the cause, then calls it.
    */
   readonly onStopRequest: (handler: (cause: StopCause) => void) => void
+  /**
+   * An effect run once, just before the root (depth 0) `agent_completed` is
+   * stamped: the engine gives the run's admission slot back there, so a
+   * client that starts its next run on seeing the run end is not refused for
+   * the slot of the run that just ended. A later call replaces an earlier one.
+   */
+  readonly beforeEnd: (effect: Effect.Effect<void>) => void
 }
