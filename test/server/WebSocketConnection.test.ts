@@ -11,6 +11,8 @@ import * as WebSocketBridgeMemory from "../../src/layers/WebSocketBridgeMemory.t
 import { decodeServerMessage, type ServerMessage } from "../../src/protocol/Protocol.ts"
 import * as WebSocketConnection from "../../src/server/WebSocketConnection.ts"
 import { selectProtocol, tokenOf } from "../../src/server/WebSocketConnection.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import { RunLog } from "../../src/services/RunLog.ts"
 import { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
 import { QuietLogs, registry } from "../fixtures/runtime.ts"
 
@@ -167,4 +169,81 @@ describe("an idle connection", () => {
       expect(closed).toEqual([connection])
       expect(yield* bridge.connectionCount("idle")).toBe(0)
     }).pipe(Effect.scoped), 10_000)
+})
+
+// ---------------------------------------------------------------------------
+// a command that changes state, received just before the socket closed, is carried out (only its answer is lost)
+
+/**
+ * The engine of `context` with a `stop` that says when it was called (`entered`), then waits for `gate` before it
+ * stops anything; `interrupted` is done when such a stop was interrupted before it got there.
+ */
+const gatedStop = (real: ExecutionEngineFactory["Service"], gate: Deferred.Deferred<void>) =>
+  Effect.gen(function*() {
+    const entered = yield* Deferred.make<void>()
+    const interrupted = yield* Deferred.make<void>()
+    const engine = ExecutionEngineFactory.of({
+      ...real,
+      stop: (selector) =>
+        Effect.andThen(
+          Effect.andThen(Deferred.succeed(entered, undefined), Deferred.await(gate)),
+          real.stop(selector)
+        ).pipe(Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined)))
+    })
+    return { engine, entered, interrupted }
+  })
+
+describe("a stop_agent received just before the socket closed", () => {
+  it.live("is carried out: the run stops, though the connection's background work ends with the socket", () =>
+    Effect.gen(function*() {
+      const built = yield* Layer.build(
+        AuthJwt.layer.pipe(
+          Layer.provideMerge(AgentRuntime.layer),
+          Layer.provide(registry),
+          Layer.provide(QuietLogs),
+          Layer.provideMerge(AgentwireConfig.layer({ jwtSecret: Option.some(Redacted.make("stop-close-suite-secret-0123456789abc")) }))
+        )
+      )
+      const real = Context.get(built, ExecutionEngineFactory)
+      const gate = yield* Deferred.make<void>()
+      const { engine, entered, interrupted } = yield* gatedStop(real, gate)
+      const context = Context.add(built, ExecutionEngineFactory, engine)
+      const fibers: Array<Fiber.Fiber<void>> = []
+      const shared = yield* WebSocketConnection.makeShared({
+        options: { maxMessageBytes: 65536, clockSkewMs: 0, maxFramesPerSecond: 0 },
+        limits: { maxSocketBytes: 8 * 1024 * 1024 },
+        fork: (effect) => void fibers.push(Effect.runFork(effect)),
+        scope: yield* Effect.scope,
+        onClose: () => {}
+      }).pipe(Effect.provide(context))
+      /** Waits until no frame handler of the connection runs (its frames handled, the handler ended). */
+      const idle = Effect.suspend(() => Effect.forEach(fibers, Fiber.await, { discard: true }))
+      const t = fakeSocket()
+      WebSocketConnection.open(shared, t.ws as unknown as WebSocket, t.socket as unknown as Duplex, { user_id: "stop-close", expires_at: Date.now() + 60_000 })
+      // a run that would last 100 s on its own
+      t.receive({ type: "start_agent", agent: "ticker", user_request: "steps=1000 interval_ms=100", request_id: "r-1" })
+      yield* t.sentCount("run_accepted", 1)
+      const accepted = t.ws.sent.find((m) => m.type === "run_accepted")
+      const run_id = accepted?.type === "run_accepted" ? accepted.run_id : ""
+      expect(yield* real.runState("stop-close", run_id)).toBe("active")
+      t.receive({ type: "stop_agent", run_id, request_id: "s-1" })
+      // the stop reached the engine and every frame was handled: the socket closes now, before the stop is carried out
+      yield* Deferred.await(entered)
+      yield* idle
+      t.ws.readyState = 3
+      t.ws.emit("close", 1006)
+      yield* Deferred.succeed(gate, undefined)
+      // either the stop was dropped with the connection's background work, or the run ends (stopped)
+      const outcome = yield* Effect.raceFirst(
+        Effect.as(Deferred.await(interrupted), "stop interrupted" as const),
+        Effect.as(real.drain(60_000), "run ended" as const)
+      )
+      expect(outcome).toBe("run ended")
+      expect(yield* real.runState("stop-close", run_id)).toBe("ended")
+      expect(yield* Deferred.isDone(interrupted)).toBe(false)
+      const log = Context.get(built, RunLog)
+      expect((yield* log.summary("stop-close", run_id)).status).toBe("cancelled")
+      // the answer is what was dropped: the socket had closed
+      expect(t.ws.sent.some((m) => m.type === "run_stopped")).toBe(false)
+    }).pipe(Effect.scoped), 20_000)
 })
