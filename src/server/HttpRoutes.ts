@@ -11,6 +11,8 @@
  * - `POST /api/runs/{run_id}/stop` with a bearer token: 200 `{run_ids}` (the
  *   run if it was stopped, `[]` if it had already ended); 404 `RUN_NOT_FOUND`
  *   for unknown runs and other users' runs alike.
+ * - A start or a stop the server received is carried out even when the client
+ *   goes away before the answer (`UNINTERRUPTIBLE`).
  * - Start refusals by admission: 429 `RUN_LIMIT_EXCEEDED` / `RATE_LIMITED`,
  *   503 `SERVER_BUSY` / `SHUTTING_DOWN` (with `Retry-After`), 409
  *   `REQUEST_ID_CONFLICT`; a repeated `request_id` with the same payload
@@ -122,6 +124,14 @@ const stopUnavailable = (message: string, retry_after_ms: number) =>
     { status: 503, headers: { "retry-after": String(Math.max(1, Math.ceil(retry_after_ms / 1000))) } }
   )
 
+/**
+ * Route option of the routes that change state (`POST /api/runs`, `POST /api/runs/{run_id}/stop`): Effect's HTTP
+ * server interrupts a handler when its client goes away (Node's `close` before the response ended), so a stop or a
+ * start the server received would be dropped halfway; these handlers run to their end (each step is bounded: Redis
+ * calls by their timeouts, a stop by the engine's), and only the answer is lost.
+ */
+export const UNINTERRUPTIBLE = { uninterruptible: true } as const
+
 /** The request's query parameters (none when its target cannot be parsed). */
 const searchParams = (request: HttpServerRequest.HttpServerRequest): URLSearchParams =>
   URL.parse(request.url, "http://localhost")?.searchParams ?? new URLSearchParams()
@@ -206,9 +216,10 @@ export const make = (options: RouteOptions) =>
           return problem(413, "PAYLOAD_TOO_LARGE", `body is larger than ${options.maxMessageBytes} bytes`)
         }
         // counted in bytes while reading, so a chunked body cannot exceed the limit either
-        const read = yield* Effect.result(
+        // the only part a client that goes away interrupts: a start whose body was received is carried out
+        const read = yield* Effect.result(Effect.interruptible(
           request.arrayBuffer.pipe(Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(options.maxMessageBytes)))
-        )
+        ))
         if (read._tag === "Failure") {
           return problem(413, "PAYLOAD_TOO_LARGE", `body is larger than ${options.maxMessageBytes} bytes`)
         }
@@ -240,7 +251,7 @@ export const make = (options: RouteOptions) =>
         const { duplicate, request_id, run_id, thread_id } = started.success
         // a repeated request_id answers with the run it started the first time, and starts nothing
         return HttpServerResponse.jsonUnsafe({ run_id, thread_id, request_id }, { status: duplicate ? 200 : 202 })
-      }))
+      }), UNINTERRUPTIBLE)
 
     const stopRun = HttpRouter.add("POST", "/api/runs/:run_id/stop", (request) =>
       Effect.gen(function*() {
@@ -261,7 +272,7 @@ export const make = (options: RouteOptions) =>
         const stopped = state === "active" ? yield* Effect.result(engines.stop({ user_id, run_id })) : Result.succeed([])
         if (Result.isFailure(stopped)) return stopUnavailable(stopped.failure.message, stopped.failure.retry_after_ms)
         return HttpServerResponse.jsonUnsafe({ run_ids: stopped.success })
-      }))
+      }), UNINTERRUPTIBLE)
 
     // one user's queries in flight at once are bounded (they line up on the store every instance shares)
     const perUser = UserQueryLimit.make()

@@ -96,8 +96,12 @@ export interface ThreadApi {
     options: { readonly before?: string | undefined; readonly limit?: number | undefined }
   ) => Effect.Effect<{ readonly threads: ReadonlyArray<ThreadInfo>; readonly next_before?: string }, ThreadRequestError>
   readonly get: (user_id: string, thread_id: string) => Effect.Effect<Omit<Thread, "type" | "request_id">, ThreadRequestError>
+  /** Deletes the thread (stopping its runs first). Uninterruptible: once called, carried out even if its caller goes away. */
   readonly remove: (user_id: string, thread_id: string) => Effect.Effect<void, ThreadRequestError>
-  /** Erases everything of the user; returns what was removed (`events`: retained runs of the run log). */
+  /**
+   * Erases everything of the user; returns what was removed (`events`: retained runs of the run log).
+   * Uninterruptible, as `remove`.
+   */
   readonly erase: (user_id: string) => Effect.Effect<
     { readonly threads: number; readonly messages: number; readonly runs: number; readonly events: number },
     ThreadRequestError
@@ -140,8 +144,10 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           Effect.flatMap(Option.match({ onNone: () => Effect.fail(notFound(thread_id)), onSome: (t) => Effect.succeed(threadBody(boundThread(t))) }))
         )
       ),
+    // a deletion or an erase the server received is carried out even when the socket or the request goes away
+    // meanwhile (bounded all the same: each step is, the stop by the engine and the store's calls by their timeouts)
     remove: (user_id, thread_id) =>
-      withStore((store) =>
+      Effect.uninterruptible(withStore((store) =>
         Effect.gen(function*() {
           // ownership first: stopping runs of a thread that is not the caller's must not happen
           const access = yield* store.threadAccess({ user_id, thread_id }).pipe(Effect.mapError(unavailable))
@@ -154,9 +160,9 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           if (log?.eraseThread !== undefined) yield* log.eraseThread(user_id, thread_id).pipe(Effect.mapError(unavailable))
           if (!deleted) return yield* notFound(thread_id)
         })
-      ),
+      )),
     erase: (user_id) =>
-      withStore((store) =>
+      Effect.uninterruptible(withStore((store) =>
         Effect.gen(function*() {
           if (engines !== undefined) yield* Effect.ignore(engines.stop({ user_id }))
           const counts = yield* store.eraseUser(user_id).pipe(Effect.mapError(unavailable))
@@ -166,7 +172,7 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
           yield* Effect.logInfo("user data erased").pipe(Effect.annotateLogs({ user_id, ...counts, event_logs: events }))
           return { ...counts, events }
         })
-      )
+      ))
   }
 })
 
@@ -174,7 +180,8 @@ export const makeApi: Effect.Effect<ThreadApi> = Effect.gen(function*() {
  * The WebSocket side: a handler for one connection. Each request runs in the
  * background (a slow database never holds up the connection's other frames);
  * the answer or the `error` frame goes out through `reply`. The fibers end
- * with the connection's scope.
+ * with the connection's scope; a `delete_thread` received is carried out
+ * first (`remove` is uninterruptible, and its fiber enters it as it starts).
  */
 export const makeHandler = (user_id: string, reply: (message: ServerMessage) => void) =>
   Effect.gen(function*() {

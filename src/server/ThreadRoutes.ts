@@ -14,6 +14,9 @@
  *   messages, run summaries, retained run events; runs in flight are stopped):
  *   200 `{erased: {threads, messages, runs, events}}`.
  *
+ * A deletion or an erase the server received is carried out even when the
+ * client goes away before the answer (the routes are uninterruptible).
+ *
  * Errors are `{error: {code, message}}`: 400 `INVALID_MESSAGE` (also for a
  * `{thread_id}` that is not an id, as on the WebSocket), 401
  * `UNAUTHORIZED`, 404 `THREAD_NOT_FOUND`, 503 `HISTORY_UNAVAILABLE` (the
@@ -26,6 +29,7 @@ import { Effect, Layer, Option, Result, Schema } from "effect"
 import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Auth, bearerToken } from "../services/Auth.ts"
 import { Id } from "../protocol/Protocol.ts"
+import { UNINTERRUPTIBLE } from "./HttpRoutes.ts"
 import { makeApi, ThreadRequestError } from "./ThreadRequests.ts"
 import * as UserQueryLimit from "./UserQueryLimit.ts"
 
@@ -100,10 +104,10 @@ export const make = Effect.gen(function*() {
       const thread_id = yield* threadIdParam
       yield* api.remove(user_id, thread_id)
       return HttpServerResponse.jsonUnsafe({ thread_id, deleted: true })
-    })))
+    })), UNINTERRUPTIBLE)
 
   const erase = HttpRouter.add("DELETE", "/api/users/me/data", authed((user_id) =>
-    Effect.map(api.erase(user_id), (erased) => HttpServerResponse.jsonUnsafe({ erased }))))
+    Effect.map(api.erase(user_id), (erased) => HttpServerResponse.jsonUnsafe({ erased }))), UNINTERRUPTIBLE)
 
   return Layer.mergeAll(list, get, remove, erase)
 })

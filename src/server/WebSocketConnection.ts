@@ -4,7 +4,10 @@
  * Sends `connection_established`, registers with the bridge (so the user's run
  * events reach it), then decodes client frames one at a time, in order. A bad
  * frame gets an `error` frame and the connection lives on. When the socket
- * closes, the bridge forgets the connection and its background work ends.
+ * closes, the bridge forgets the connection and its background work ends; a
+ * command received before the close that changes state (`start_agent`,
+ * `user_message`, `stop_agent`, `delete_thread`) is carried out all the same,
+ * only its answer is dropped.
  *
  * An idle connection holds one object (`Conn`) and its socket: no fiber, no
  * queue, no scope. Its listeners, methods and settings are shared by every
@@ -354,7 +357,10 @@ const withRequestId = (request_id: string | undefined) => (request_id === undefi
 
 /** What a connection makes on first use, and keeps until it closes. */
 interface Background {
-  /** Stops waiting for terminal events, resumes, thread requests: interrupted when the connection closes. */
+  /**
+   * Stops waiting for terminal events, resumes, thread requests: interrupted when the connection closes (what
+   * changes state, a stop or a thread's deletion, is carried out first; only its answer is dropped).
+   */
   readonly scope: Scope.Closeable
   followed: FiberMap.FiberMap<string> | undefined
   pages: Semaphore.Semaphore | undefined
@@ -796,21 +802,28 @@ class Conn implements Connection, BridgeConnection, Liveness {
     )
   }
 
-  /** Stops wait for the stopped runs' terminal events in the background: the socket's other frames go on. */
+  /**
+   * Stops wait for the stopped runs' terminal events in the background: the socket's other frames go on. A stop
+   * received is carried out even when the socket closes right after: the fiber starts uninterruptible, so closing
+   * the connection's background scope waits for the engine's stop (bounded by the engine: local runs end, remote
+   * owners answer or time out) and interrupts only what follows it, the answer.
+   */
   private stopRuns(selector: { readonly run_id?: string | undefined; readonly thread_id?: string | undefined }, request_id: string | undefined) {
     return Effect.asVoid(Effect.forkIn(
       this.shared.engines.stop({ user_id: this.user_id, ...selector }).pipe(
         // after the terminal events this connection gets: a run it follows sends them through its follower
+        // (interruptible: a closing connection ends its followers, and this wait with them)
         Effect.flatMap((run_ids) =>
-          Effect.andThen(
+          Effect.interruptible(Effect.andThen(
             this.afterFollowers(run_ids),
             Effect.sync(() => this.reply({ type: "run_stopped", run_ids: [...run_ids], ...withRequestId(request_id) }))
-          )
+          ))
         ),
         // runs on another instance that cannot be reached now (Redis down): not a false "nothing to stop"
         Effect.catchTag("RunControlUnavailableError", (e) => this.refusal("SERVER_BUSY", e.message, request_id, { retry_after_ms: e.retry_after_ms }))
       ),
-      this.backgroundScope().scope
+      this.backgroundScope().scope,
+      { uninterruptible: true }
     ))
   }
 

@@ -11,7 +11,13 @@ import * as WebSocketBridgeMemory from "../../src/layers/WebSocketBridgeMemory.t
 import { decodeServerMessage, type ServerMessage } from "../../src/protocol/Protocol.ts"
 import * as WebSocketConnection from "../../src/server/WebSocketConnection.ts"
 import { selectProtocol, tokenOf } from "../../src/server/WebSocketConnection.ts"
+import type { Auth } from "../../src/services/Auth.ts"
+import { ExecutionEngineFactory } from "../../src/services/ExecutionEngineFactory.ts"
+import * as UserExecutionContext from "../../src/services/UserExecutionContext.ts"
+import { RunLog } from "../../src/services/RunLog.ts"
 import { WebSocketBridge } from "../../src/services/WebSocketBridge.ts"
+import * as RedisLayers from "../fixtures/redisLayers.ts"
+import { describeRedis } from "../fixtures/redisLayers.ts"
 import { QuietLogs, registry } from "../fixtures/runtime.ts"
 
 const request = (headers: Record<string, string>) => ({ headers }) as unknown as IncomingMessage
@@ -167,4 +173,108 @@ describe("an idle connection", () => {
       expect(closed).toEqual([connection])
       expect(yield* bridge.connectionCount("idle")).toBe(0)
     }).pipe(Effect.scoped), 10_000)
+})
+
+// ---------------------------------------------------------------------------
+// a command that changes state, received just before the socket closed, is carried out (only its answer is lost)
+
+/**
+ * The engine of `context` with a `stop` that says when it was called (`entered`), then waits for `gate` before it
+ * stops anything; `interrupted` is done when such a stop was interrupted before it got there.
+ */
+const gatedStop = (real: ExecutionEngineFactory["Service"], gate: Deferred.Deferred<void>) =>
+  Effect.gen(function*() {
+    const entered = yield* Deferred.make<void>()
+    const interrupted = yield* Deferred.make<void>()
+    const engine = ExecutionEngineFactory.of({
+      ...real,
+      stop: (selector) =>
+        Effect.andThen(
+          Effect.andThen(Deferred.succeed(entered, undefined), Deferred.await(gate)),
+          real.stop(selector)
+        ).pipe(Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined)))
+    })
+    return { engine, entered, interrupted }
+  })
+
+/** Services an instance of these tests has (in memory, or on Redis). */
+type Instance = Context.Context<ExecutionEngineFactory | RunLog | WebSocketBridge | Auth>
+
+/**
+ * A run of `user_id` on `runOn` (100 s on its own), a `stop_agent` of it received by a connection on `stopOn`, whose
+ * socket closes once the engine's stop was called and every frame was handled, before the stop is carried out: the
+ * run must stop all the same. The connection's answer is what is lost.
+ */
+const stopThenClose = (runOn: Instance, stopOn: Instance, user_id: string) =>
+  Effect.gen(function*() {
+    const runner = Context.get(runOn, ExecutionEngineFactory)
+    const run = yield* runner.start(yield* UserExecutionContext.make({ user_id }), "ticker", "steps=1000 interval_ms=100")
+    expect(yield* runner.runState(user_id, run.run_id)).toBe("active")
+    const gate = yield* Deferred.make<void>()
+    const { engine, entered, interrupted } = yield* gatedStop(Context.get(stopOn, ExecutionEngineFactory), gate)
+    const fibers: Array<Fiber.Fiber<void>> = []
+    const shared = yield* WebSocketConnection.makeShared({
+      options: { maxMessageBytes: 65536, clockSkewMs: 0, maxFramesPerSecond: 0 },
+      limits: { maxSocketBytes: 8 * 1024 * 1024 },
+      fork: (effect) => void fibers.push(Effect.runFork(effect)),
+      scope: yield* Effect.scope,
+      onClose: () => {}
+    }).pipe(Effect.provide(Context.add(stopOn, ExecutionEngineFactory, engine)))
+    /** Waits until no frame handler of the connection runs (its frames handled, the handler ended). */
+    const idle = Effect.suspend(() => Effect.forEach(fibers, Fiber.await, { discard: true }))
+    const t = fakeSocket()
+    WebSocketConnection.open(shared, t.ws as unknown as WebSocket, t.socket as unknown as Duplex, { user_id, expires_at: Date.now() + 60_000 })
+    t.receive({ type: "stop_agent", run_id: run.run_id, request_id: "s-1" })
+    // the stop reached the engine and every frame was handled: the socket closes now, before the stop is carried out
+    yield* Deferred.await(entered)
+    yield* idle
+    t.ws.readyState = 3
+    t.ws.emit("close", 1006)
+    yield* Deferred.succeed(gate, undefined)
+    // either the stop was dropped with the connection's background work, or the run ends (stopped)
+    const outcome = yield* Effect.raceFirst(
+      Effect.as(Deferred.await(interrupted), "stop interrupted" as const),
+      Effect.as(runner.drain(60_000), "run ended" as const)
+    )
+    expect(outcome).toBe("run ended")
+    expect(yield* runner.runState(user_id, run.run_id)).toBe("ended")
+    expect(yield* Deferred.isDone(interrupted)).toBe(false)
+    expect((yield* Context.get(runOn, RunLog).summary(user_id, run.run_id)).status).toBe("cancelled")
+    // the answer is what was dropped: the socket had closed
+    expect(t.ws.sent.some((m) => m.type === "run_stopped")).toBe(false)
+  })
+
+const SECRET = Option.some(Redacted.make("stop-close-suite-secret-0123456789abc"))
+
+describe("a stop_agent received just before the socket closed", () => {
+  it.live("is carried out: the run stops, though the connection's background work ends with the socket", () =>
+    Effect.gen(function*() {
+      const built = yield* Layer.build(
+        AuthJwt.layer.pipe(
+          Layer.provideMerge(AgentRuntime.layer),
+          Layer.provide(registry),
+          Layer.provide(QuietLogs),
+          Layer.provideMerge(AgentwireConfig.layer({ jwtSecret: SECRET }))
+        )
+      )
+      yield* stopThenClose(built, built, "stop-close")
+    }).pipe(Effect.scoped), 20_000)
+})
+
+describeRedis("a stop_agent received by another instance just before the socket closed", () => {
+  it.live("is carried out: the run stops on the instance that runs it", () =>
+    Effect.gen(function*() {
+      const url = Redacted.make(RedisLayers.url())
+      const scope = yield* Effect.scope
+      const instance = AuthJwt.layer.pipe(
+        Layer.provideMerge(AgentRuntime.layerRedis(url)),
+        Layer.provide(registry),
+        Layer.provide(QuietLogs),
+        Layer.provideMerge(AgentwireConfig.layer({ jwtSecret: SECRET }))
+      )
+      // a memo map each: no layer is shared between the two instances
+      const a = yield* Layer.buildWithMemoMap(instance, yield* Layer.makeMemoMap, scope)
+      const b = yield* Layer.buildWithMemoMap(instance, yield* Layer.makeMemoMap, scope)
+      yield* stopThenClose(a, b, "stop-close-redis")
+    }).pipe(Effect.scoped), 30_000)
 })
