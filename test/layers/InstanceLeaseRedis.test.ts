@@ -263,7 +263,7 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
       yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
       const dead = yield* build(paused("inst-lost-answer"))
-      const user_id = `t${process.pid}`
+      const user_id = `lost-answer-${process.pid}`
       const context = yield* UserExecutionContext.make({ user_id, thread_id: "th" })
       const events = nestedRun(context.run_id, user_id)
       for (const event of events) expect(yield* Context.get(dead, RunLog).append(event, JSON.stringify(event))).toBe("ok")
