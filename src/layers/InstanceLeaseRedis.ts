@@ -31,7 +31,9 @@
  * left, its lease entry and index are removed.
  *
  * A run taken over but not closed (Redis went away meanwhile) is retried on
- * the next pass; if the survivor dies too, the run sits in its own index and
+ * the next pass, and so is a takeover Redis did not answer in time (it may
+ * still run, moving the run out of the lost instance's index: asked again,
+ * the script answers `ok` for a run this instance already took); if the survivor dies too, the run sits in its own index and
  * the next survivor recovers it. Closing is idempotent: it is computed from
  * the log each time.
  *
@@ -166,12 +168,17 @@ end
 return 0
 `
 
-// ARGV: prefix, dead, self, run_id → {'ok', user} | {'alive'} | {'gone'}
+// ARGV: prefix, dead, self, run_id → {'ok', user} | {'alive'} | {'gone'}. Idempotent for self: a run self
+// already took over (an earlier takeover whose answer was lost) answers 'ok' again, even if dead is back
 const TAKEOVER_LUA = PRELUDE + `
 local dead, self, id = ARGV[2], ARGV[3], ARGV[4]
-if alive(dead, now_ms()) then return {'alive'} end
 local h = P .. 'run:' .. id
 local f = redis.call('HMGET', h, 'o', 'st', 'u')
+if f[1] == self and f[2] == 'running' then
+  redis.call('HDEL', P .. 'instance:' .. dead .. ':runs', id)
+  return {'ok', f[3]}
+end
+if alive(dead, now_ms()) then return {'alive'} end
 redis.call('HDEL', P .. 'instance:' .. dead .. ':runs', id)
 if f[1] ~= dead or f[2] ~= 'running' then return {'gone'} end
 redis.call('HSET', h, 'o', self)
@@ -504,6 +511,24 @@ export const make = (options?: InstanceLeaseOptions) =>
 
     // runs taken over and not closed yet (retried each pass): run → [user, lost instance]
     const taken = new Map<string, readonly [string, string]>()
+    // runs whose takeover was given up on (Redis did not answer within leaseMs) → lost instance. The script
+    // may still run: it then moves the run to this instance and out of the lost one's index, where no pass
+    // would find it again, and the run would stay open for ever. Each pass asks again (the script answers
+    // 'ok' for a run this instance already took), until Redis answers
+    const uncertain = new Map<string, string>()
+    const settleUncertain = Effect.suspend(() =>
+      Effect.forEach(Array.from(uncertain), ([run_id, lost]) =>
+        run(takeoverScript, lost, self, run_id).pipe(
+          Effect.tap((answer) =>
+            Effect.sync(() => {
+              uncertain.delete(run_id)
+              if (answer[0] === "ok") taken.set(run_id, [answer[1]!, lost])
+            })
+          ),
+          Effect.catchCause((cause) => Effect.logWarning("could not settle the takeover of a lost instance's run yet; retried", cause)),
+          Effect.annotateLogs({ run_id, lost_instance: lost })
+        ), { discard: true })
+    )
 
     const closeTaken = Effect.suspend(() =>
       Effect.forEach(Array.from(taken), ([run_id, [user_id, lost]]) =>
@@ -521,7 +546,9 @@ export const make = (options?: InstanceLeaseOptions) =>
         if ((yield* run(claimScript, lost, self, leaseMs)) !== 1) return
         const index = yield* redis.send<ReadonlyArray<string>>("HKEYS", `${P}instance:${lost}:runs`).pipe(Effect.timeout(leaseMs))
         for (const run_id of index) {
+          uncertain.set(run_id, lost)
           const answer = yield* run(takeoverScript, lost, self, run_id)
+          uncertain.delete(run_id)
           if (answer[0] === "alive") return
           if (answer[0] === "ok") taken.set(run_id, [answer[1]!, lost])
         }
@@ -539,6 +566,7 @@ export const make = (options?: InstanceLeaseOptions) =>
     // one pass at a time (the loop's and a caller's): a run is closed by one fiber only
     const passLock = Semaphore.makeUnsafe(1)
     const recover: Effect.Effect<ReadonlyArray<string>> = Effect.gen(function*() {
+      yield* settleUncertain
       const lost = yield* run(expiredScript, self).pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))
       yield* Effect.forEach(lost, recoverInstance, { discard: true })
       return yield* closeTaken

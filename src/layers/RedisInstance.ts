@@ -111,6 +111,8 @@ export const keys = {
   userRequest: (user_id: string, request_id: string) => `agentwire:{u:${user_id}}:req:${request_id}`,
   /** ZSET request_id → expiry (ms, Redis clock): the user's remembered request_ids (an erase forgets them). */
   userRequests: (user_id: string) => `agentwire:{u:${user_id}}:reqs`,
+  /** STRING with a TTL: a start this instance gave up on (`run_id`); its admission is undone and refused should it still reach Redis. */
+  userCancelled: (user_id: string, run_id: string) => `agentwire:{u:${user_id}}:cancelled:${run_id}`,
   /** Channel of control messages to one instance (stop requests and their replies). */
   instanceControl: (instance_id: string) => `agentwire:instance:${instance_id}:control`
 }

@@ -29,7 +29,14 @@
  *
  * While Redis is unreachable a start is refused at once with `server_busy`
  * (`retry_after_ms` 1000, no `limit`); runs already admitted go on, and a
- * release that cannot reach Redis leaves the slot to expire.
+ * release that cannot reach Redis leaves the slot to expire. A start whose
+ * script Redis did not answer within `ADMIT_TIMEOUT_MS` (stalled, or the
+ * connection lost after it was written) is refused the same way, and since
+ * the script may still run later, an undo (`undoAdmit`) is queued behind it
+ * on the same connection: it frees that start's slot, forgets its request_id
+ * and leaves a tombstone (`…:cancelled:<run_id>`) that the admit script
+ * refuses. So a `server_busy` start never holds a slot nor answers a later
+ * repeat of its request_id with `Duplicate`.
  *
  * Requires `RedisInstance`.
  *
@@ -56,10 +63,13 @@ const MAX_BUCKETS = 100_000
 const NOW = `${RedisInstance.LUA_NOW_MS}
 local now = now_ms()`
 
-/** KEYS: slots, runs, req, reqs. ARGV: run_id, thread_id, agent, instance, fingerprint|'', threadGiven, maxPerUser, processFull, ttl, window, request_id. */
+/**
+ * KEYS: slots, runs, req, reqs, cancelled. ARGV: run_id, thread_id, agent, instance, fingerprint|'', threadGiven,
+ * maxPerUser, processFull, ttl, window, request_id. A start given up on (`cancelled` exists) answers `cancelled`.
+ */
 const admitScript = Redis.script(
   (
-    keys: readonly [string, string, string, string],
+    keys: readonly [string, string, string, string, string],
     run_id: string,
     thread_id: string,
     agent: string,
@@ -73,8 +83,9 @@ const admitScript = Redis.script(
     request_id: string
   ) => [...keys, run_id, thread_id, agent, instance, fingerprint, threadGiven ? "1" : "0", maxPerUser, processFull ? "1" : "0", ttlMs, windowMs, request_id],
   {
-    numberOfKeys: 4,
+    numberOfKeys: 5,
     lua: `${NOW}
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'cancelled'} end
 if ARGV[5] ~= '' then
   local seen = redis.call('HMGET', KEYS[3], 'fp', 'run_id', 'thread_id', 'agent')
   if seen[1] then
@@ -104,6 +115,57 @@ end
 return {'admitted'}`
   }
 ).withReturnType<ReadonlyArray<string>>()
+
+/**
+ * KEYS: slots, runs, req, reqs, cancelled. ARGV: run_id, request_id, tombstone ms. Undoes a start whose admit
+ * script was given up on (timed out, interrupted, its connection lost) but may still run: frees its slot,
+ * forgets its request_id if that start recorded it, and leaves a tombstone that makes the admit script refuse
+ * that run_id should it arrive later still. Idempotent.
+ */
+export const UNDO_ADMIT_LUA = `redis.call('SET', KEYS[5], '1', 'PX', tonumber(ARGV[3]))
+local freed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[3], 'run_id') == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+end
+return freed`
+
+/** How long the tombstone of a start given up on lives at least, in ms (it outlives any late copy of its admit). */
+export const UNDO_TOMBSTONE_MIN_MS = 60_000
+/** Attempts to deliver an undo whose reply was lost (connection dropped after it was written), 1 s apart. */
+const UNDO_ATTEMPTS = 30
+const UNDO_RETRY_MS = 1_000
+
+/**
+ * Queues the undo of a start (`UNDO_ADMIT_LUA`) on `client` at once, with no
+ * command timeout: node-redis writes a connection's commands in call order
+ * (kept across a reconnect while not yet written), and Redis runs them in
+ * that order, so an admit still queued or in flight on the same connection
+ * runs first and is undone; one that reaches Redis later by another way
+ * (a connection replaced meanwhile) finds the tombstone and is refused.
+ * Returns the reply (1 when a slot was freed).
+ */
+export const undoAdmit = (
+  client: RedisInstance.RedisClient,
+  user_id: string,
+  run_id: string,
+  request_id: string,
+  tombstoneMs: number
+): Promise<unknown> =>
+  client.sendCommand([
+    "EVAL",
+    UNDO_ADMIT_LUA,
+    "5",
+    RedisInstance.keys.userSlots(user_id),
+    RedisInstance.keys.userRuns(user_id),
+    RedisInstance.keys.userRequest(user_id, request_id),
+    RedisInstance.keys.userRequests(user_id),
+    RedisInstance.keys.userCancelled(user_id, run_id),
+    run_id,
+    request_id,
+    String(Math.max(1, Math.ceil(tombstoneMs)))
+  ], { timeout: 0 })
 
 /** KEYS: slots, runs, req. ARGV: run_id, forgetRequest. Frees a slot (and, when asked, the request it remembered). */
 const releaseScript = Redis.script(
@@ -193,7 +255,36 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
 
     const slotKeys = (user_id: string, request_id: string) =>
       [RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id), RedisInstance.keys.userRequest(user_id, request_id)] as const
-    const admitKeys = (user_id: string, request_id: string) => [...slotKeys(user_id, request_id), RedisInstance.keys.userRequests(user_id)] as const
+    const admitKeys = (user_id: string, run_id: string, request_id: string) =>
+      [...slotKeys(user_id, request_id), RedisInstance.keys.userRequests(user_id), RedisInstance.keys.userCancelled(user_id, run_id)] as const
+
+    // a start given up on while its admit script may still run (Redis stalled past ADMIT_TIMEOUT_MS, the fiber
+    // interrupted, the connection lost after it was written): it was refused, so it must hold nothing, whenever
+    // the script runs. Its undo is queued behind it on the same connection, at once (see `undoAdmit`)
+    let scopeOpen = true
+    yield* Effect.addFinalizer(() => Effect.sync(() => void (scopeOpen = false)))
+    const runSync = Effect.runSyncWith(yield* Effect.context<never>())
+    const tombstoneMs = Math.max(UNDO_TOMBSTONE_MIN_MS, limits.idempotencyWindowMs, 3 * slotTtlMs)
+    const undo = (context: UserExecutionContext) => {
+      let attempts = 0
+      const attempt = () => {
+        undoAdmit(instance.client, context.user_id, context.run_id, context.request_id, tombstoneMs).then(
+          () => undefined,
+          (cause: unknown) => {
+            // written, then the connection dropped before the reply (or refused while closing): sent again,
+            // it is idempotent; queued commands survive a reconnect, so this is rare
+            if (!scopeOpen || ++attempts >= UNDO_ATTEMPTS) {
+              runSync(Effect.logWarning("could not undo a refused start in Redis; its slot expires by itself", String(cause)).pipe(
+                Effect.annotateLogs({ run_id: context.run_id, user_id: context.user_id })
+              ))
+              return
+            }
+            setTimeout(attempt, UNDO_RETRY_MS).unref()
+          }
+        )
+      }
+      attempt()
+    }
 
     const unavailable = new AdmissionError({ reason: "server_busy", retry_after_ms: 1000 })
 
@@ -243,7 +334,7 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
           total++
         }
         const answer = yield* redis.eval(admitScript)(
-          admitKeys(context.user_id, context.request_id),
+          admitKeys(context.user_id, context.run_id, context.request_id),
           context.run_id,
           context.thread_id,
           agent_name,
@@ -258,7 +349,13 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
         ).pipe(
           Effect.timeout(ADMIT_TIMEOUT_MS),
           Effect.tapCause((cause) => Effect.logWarning("admission could not reach Redis; start refused", cause)),
-          Effect.onError(() => Effect.sync(() => void forget(context))),
+          // the script may still run (or have run) in Redis: undone, whatever the order
+          Effect.onError(() =>
+            Effect.sync(() => {
+              forget(context)
+              undo(context)
+            })
+          ),
           Effect.orElseSucceed(() => ["unavailable"] as ReadonlyArray<string>)
         )
         const verdict = answer[0]

@@ -98,12 +98,12 @@ describe("openParts / closingBodies", () => {
 
 describeRedis("InstanceLeaseRedis on a real redis-server", () => {
   /** An instance: its RedisInstance, a fenced run log, a recording bridge, the lease (leaseMs 300). */
-  const survivor = (instanceId: string) =>
+  const survivor = (instanceId: string, commandUrl?: string) =>
     InstanceLeaseRedis.layer({ leaseMs: 300 }).pipe(
       Layer.provideMerge(WebSocketBridgeRecording.layer),
       Layer.provideMerge(Layer.unwrap(Effect.sync(() => RunLogRedis.layer({ url: Redacted.make(url()), settings: SETTINGS, instanceId })))),
       Layer.provideMerge(RunAdmissionRedis.layer(LIMITS, { slotTtlMs: 60_000 })),
-      Layer.provideMerge(instanceLayer(instanceId))
+      Layer.provideMerge(commandUrl === undefined ? instanceLayer(instanceId) : RedisInstance.layer({ url: commandUrl, instanceId }))
     )
   /** A "paused" instance: a fenced log and admission, a lease entry that is never renewed. */
   const paused = (instanceId: string) =>
@@ -256,6 +256,39 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       yield* handle.await
       const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
       expect(summary.status).toBe("failed")
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
+  it.live("a takeover Redis ran but whose answer was lost (the connection dropped) is asked again: the run is closed, not left open", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.promise(() => startProxy(server.current!.port))
+      yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
+      const dead = yield* build(paused("inst-lost-answer"))
+      const user_id = `lost-answer-${process.pid}`
+      const context = yield* UserExecutionContext.make({ user_id, thread_id: "th" })
+      const events = nestedRun(context.run_id, user_id)
+      for (const event of events) expect(yield* Context.get(dead, RunLog).append(event, JSON.stringify(event))).toBe("ok")
+      // the survivor's command connection (lease, recovery) goes through the proxy: the takeover of the run
+      // reaches Redis, which runs it; its answer ({'ok', user}) is swallowed and the connection then dies
+      let cut = false
+      proxy.setTap((direction, chunk, mute) => {
+        if (cut) return
+        const text = chunk.toString("latin1")
+        if (direction === "up" && text.includes("EVALSHA") && text.includes(context.run_id)) mute()
+        if (direction === "down" && text.includes(user_id)) {
+          cut = true
+          proxy.cutAll()
+        }
+      })
+      const live = yield* build(survivor("inst-lost-answer-survivor", `redis://127.0.0.1:${proxy.port}`))
+      yield* pausedLease(Context.get(dead, Redis.Redis), "inst-lost-answer")
+      // reconnected, the survivor's own passes close the run
+      const closed = yield* Context.get(live, WebSocketBridgeRecording.RecordedEvents).waitFor((e) =>
+        e.run_id === context.run_id && e.type === "agent_completed" && e.depth === 0
+      ).pipe(Effect.timeoutOption("10 seconds"))
+      expect(cut).toBe(true)
+      expect(Option.isSome(closed)).toBe(true)
+      const summary = yield* Context.get(live, RunLog).summary(user_id, context.run_id)
+      expect([summary.status, summary.last_seq]).toEqual(["failed", events.length + 6])
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
   it.live("an instance cut off from Redis whose run was closed meanwhile: its buffered events are dropped at the flush (fenced), and the run's next append is answered fenced", () =>

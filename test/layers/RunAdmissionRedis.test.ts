@@ -168,6 +168,61 @@ describeRedis("RunAdmissionRedis", () => {
       expect(runs).toEqual({ [context.run_id]: "adm-owner\tthread-9\techo" })
     }).pipe(Effect.scoped))
 
+  it.live("a start refused with server_busy while Redis is stalled (SIGSTOP) holds nothing once Redis answers: no slot, its request_id not remembered", () =>
+    Effect.gen(function*() {
+      const built = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Layer.buildWithScope(RunAdmissionRedis.layer(limits).pipe(Layer.provideMerge(instanceLayer("adm-stall"))), scope))
+      const a = Context.get(built, RunAdmission)
+      const instance = Context.get(built, RedisInstance.RedisInstance)
+      const b = yield* admission("adm-stall-b")
+      const idem = { idempotency: { fingerprint: "fp", threadGiven: false } }
+      // a start before the stall: the admit script is loaded, so the stalled starts send it (EVALSHA) at once
+      const warm = yield* a.admit(yield* ctx("u11-warm"), "echo")
+      if (warm._tag === "Admitted") yield* warm.release
+      const pid = server.current!.pid()!
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      const starts = [yield* ctx("u11", "req-s1"), yield* ctx("u11", "req-s2")]
+      process.kill(pid, "SIGSTOP")
+      const refused = yield* Effect.forEach(starts, (c) => Effect.flip(a.admit(c, "echo", idem)), { concurrency: "unbounded" })
+      process.kill(pid, "SIGCONT")
+      expect(refused.map((e) => [e.reason, e.code])).toEqual([["server_busy", "SERVER_BUSY"], ["server_busy", "SERVER_BUSY"]])
+      // one connection runs its commands in order: once this PING is answered, the stalled scripts (and
+      // whatever undoes them) have run
+      yield* Effect.promise(() => instance.client.sendCommand(["PING"]))
+      // no slot held, cluster-wide
+      expect(yield* b.activeRuns("u11")).toBe(0)
+      expect(yield* a.activeRuns()).toBe(0)
+      // the refused request_ids are not remembered: a retry is a new run (not a Duplicate of a run that never ran)
+      const retried = yield* b.admit(yield* ctx("u11", "req-s1"), "echo", idem)
+      expect(tagOf(retried)).toBe("Admitted")
+      expect(yield* Effect.promise(() => instance.client.sendCommand(["EXISTS", RedisInstance.keys.userRequest("u11", "req-s2")]))).toBe(0)
+      // and the user's whole limit (2) is theirs
+      expect(tagOf(yield* b.admit(yield* ctx("u11"), "echo"))).toBe("Admitted")
+    }).pipe(Effect.scoped), { timeout: 20_000 })
+
+  it.live("an admit that reaches Redis after its undo (undoAdmit first) is refused and takes nothing", () =>
+    Effect.gen(function*() {
+      const built = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Layer.buildWithScope(RunAdmissionRedis.layer(limits).pipe(Layer.provideMerge(instanceLayer("adm-undo"))), scope))
+      const a = Context.get(built, RunAdmission)
+      const instance = Context.get(built, RedisInstance.RedisInstance)
+      const idem = { idempotency: { fingerprint: "fp", threadGiven: false } }
+      const late = yield* ctx("u12", "req-t")
+      expect(yield* Effect.promise(() => RunAdmissionRedis.undoAdmit(instance.client, "u12", late.run_id, "req-t", 60_000))).toBe(0)
+      const refused = yield* Effect.flip(a.admit(late, "echo", idem))
+      expect(refused.reason).toBe("server_busy")
+      expect([yield* a.activeRuns("u12"), yield* a.activeRuns()]).toEqual([0, 0])
+      // its request_id was not recorded: a start with it is a new run
+      expect(tagOf(yield* a.admit(yield* ctx("u12", "req-t"), "echo", idem))).toBe("Admitted")
+      // an admitted start undone afterwards gives its slot and request_id back (the undo is idempotent)
+      const taken = yield* ctx("u12", "req-u")
+      expect(tagOf(yield* a.admit(taken, "echo", idem))).toBe("Admitted")
+      expect(yield* a.activeRuns("u12")).toBe(2)
+      for (let i = 0; i < 2; i++) yield* Effect.promise(() => RunAdmissionRedis.undoAdmit(instance.client, "u12", taken.run_id, "req-u", 60_000))
+      expect(yield* a.activeRuns("u12")).toBe(1)
+      expect(yield* Effect.promise(() => instance.client.sendCommand(["EXISTS", RedisInstance.keys.userRequest("u12", "req-u")]))).toBe(0)
+    }).pipe(Effect.scoped))
+
   it.live("Redis down: a start is refused (at once once the loss is known, else within 2 s) with server_busy (no limit, retry in 1 s); it comes back after a restart", () =>
     Effect.gen(function*() {
       const a = yield* admission("adm-a")
