@@ -146,49 +146,9 @@ describe("on the TestClock", () => {
 
 // ---------------------------------------------------------------------------
 /**
- * The in-memory admission with a release that takes a while, as a release on
- * Redis does (a round trip, two when the script is not loaded yet).
+ * The in-memory admission (limit 1 per user) with each run's `release` wrapped, e.g. to take a while as a
+ * release on Redis does (a round trip, two when the script is not loaded yet), or to hang (Redis paused).
  */
-const slowReleaseAdmission = (delayMs: number) =>
-  Layer.effect(
-    RunAdmission,
-    Effect.map(RunAdmissionMemory.make({ ...AgentwireConfig.DEFAULT_RUN_LIMITS, runStartsPerSecond: 0, maxRunsPerUser: 1 }), (inner) =>
-      RunAdmission.of({
-        ...inner,
-        admit: (context, agent_name, options) =>
-          Effect.map(inner.admit(context, agent_name, options), (admission) =>
-            admission._tag === "Admitted" ? { ...admission, release: Effect.andThen(Effect.sleep(delayMs), admission.release) } : admission)
-      }))
-  )
-
-describe("a stop and the run's admission slot", () => {
-  it.live("the stop returns once the stopped run's slot is free: a start right after it is admitted, however long the release takes (before: run_stopped came first, and on Redis under load the next start met RUN_LIMIT_EXCEEDED)", () =>
-    Effect.gen(function*() {
-      const engines = yield* ExecutionEngineFactory
-      const admission = yield* RunAdmission
-      const recorded = yield* RecordedEvents
-      const context = yield* UserExecutionContext.make({ user_id: "slow-release" })
-      yield* engines.start(context, "holder", "x")
-      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "tool_executing")
-      expect(yield* engines.stop({ user_id: "slow-release", run_id: context.run_id })).toEqual([context.run_id])
-      expect(yield* admission.activeRuns("slow-release")).toBe(0)
-      const next = yield* engines.start(yield* UserExecutionContext.make({ user_id: "slow-release" }), "echo", "after the stop")
-      expect((yield* next.await).status).toBe("completed")
-    }).pipe(Effect.provide(
-      ExecutionEngineFactoryLayer.layer.pipe(
-        Layer.provideMerge(AgentInstanceFactoryLayer.layer),
-        Layer.provideMerge(slowReleaseAdmission(200)),
-        Layer.provideMerge(RunLogMemory.layerConfig),
-        Layer.provideMerge(WebSocketBridgeRecording.layer),
-        Layer.provide(lifecycleRegistry),
-        Layer.provide(QuietLogs),
-        Layer.provide(AgentwireConfig.layer({}))
-      )
-    )))
-})
-
-// ---------------------------------------------------------------------------
-/** The in-memory admission with `release` replaced: `started` is completed when a run's release begins. */
 const releaseAdmission = (release: (inner: Effect.Effect<void>) => Effect.Effect<void>) =>
   Layer.effect(
     RunAdmission,
@@ -210,6 +170,23 @@ const engineOver = (admission: Layer.Layer<RunAdmission>) =>
     Layer.provide(QuietLogs),
     Layer.provide(AgentwireConfig.layer({}))
   )
+
+describe("a stop and the run's admission slot", () => {
+  it.live("the stop returns once the stopped run's slot is free: a start right after it is admitted, however long the release takes (before: run_stopped came first, and on Redis under load the next start met RUN_LIMIT_EXCEEDED)", () =>
+    Effect.gen(function*() {
+      const engines = yield* ExecutionEngineFactory
+      const admission = yield* RunAdmission
+      const recorded = yield* RecordedEvents
+      const context = yield* UserExecutionContext.make({ user_id: "slow-release" })
+      yield* engines.start(context, "holder", "x")
+      yield* recorded.waitFor((e) => e.run_id === context.run_id && e.type === "tool_executing")
+      expect(yield* engines.stop({ user_id: "slow-release", run_id: context.run_id })).toEqual([context.run_id])
+      expect(yield* admission.activeRuns("slow-release")).toBe(0)
+      const next = yield* engines.start(yield* UserExecutionContext.make({ user_id: "slow-release" }), "echo", "after the stop")
+      expect((yield* next.await).status).toBe("completed")
+    }).pipe(Effect.provide(engineOver(releaseAdmission((release) => Effect.andThen(Effect.sleep(200), release))))))
+})
+
 
 describe("a run's end and its admission slot", () => {
   it.live("the slot is free before the root agent_completed is sent: a start sent on seeing it is admitted, however long the release takes (before: the release came after, and on Redis a client starting its next message on completion met RUN_LIMIT_EXCEEDED)", () =>
