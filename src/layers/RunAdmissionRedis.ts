@@ -179,21 +179,32 @@ return 1`
   }
 )
 
-/** KEYS: slots, runs. ARGV: ttl, instance, then (run_id, thread_id, agent) triples. Pushes the expiry of this instance's slots. */
-const renewScript = Redis.script(
-  (keys: readonly [string, string], ttlMs: number, instance: string, runs: ReadonlyArray<readonly [string, string, string]>) => [
-    ...keys,
+/**
+ * KEYS: slots, runs, then each run's tombstone (`userCancelled`). ARGV: ttl, instance, then (run_id, thread_id,
+ * agent) triples. Pushes the expiry of this instance's slots. A run with a tombstone is skipped: its admit was
+ * given up on and undone, and a renewal built while that admit was pending may reach Redis after the undo (its
+ * script loaded first, after an outage), where it would take the slot back for a whole ttl.
+ */
+export const renewScript = Redis.script(
+  (user_id: string, ttlMs: number, instance: string, runs: ReadonlyArray<readonly [string, string, string]>) => [
+    RedisInstance.keys.userSlots(user_id),
+    RedisInstance.keys.userRuns(user_id),
+    ...runs.map(([run_id]) => RedisInstance.keys.userCancelled(user_id, run_id)),
     ttlMs,
     instance,
     ...runs.flat()
   ],
   {
-    numberOfKeys: 2,
+    numberOfKeys: (_user_id, _ttlMs, _instance, runs) => 2 + runs.length,
     lua: `${NOW}
 local ttl = tonumber(ARGV[1])
+local run = 0
 for i = 3, #ARGV, 3 do
-  redis.call('ZADD', KEYS[1], 'GT', now + ttl, ARGV[i])
-  redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[2] .. '\\t' .. ARGV[i + 1] .. '\\t' .. ARGV[i + 2])
+  run = run + 1
+  if redis.call('EXISTS', KEYS[2 + run]) == 0 then
+    redis.call('ZADD', KEYS[1], 'GT', now + ttl, ARGV[i])
+    redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[2] .. '\t' .. ARGV[i + 1] .. '\t' .. ARGV[i + 2])
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -403,7 +414,7 @@ export const makeWithRenew = (limits: RunLimits, options?: RedisAdmissionOptions
     const renew: Effect.Effect<void> = Effect.suspend(() =>
       Effect.forEach(Array.from(owned), ([user_id, runs]) =>
         redis.eval(renewScript)(
-          [RedisInstance.keys.userSlots(user_id), RedisInstance.keys.userRuns(user_id)],
+          user_id,
           slotTtlMs,
           instance.instance_id,
           Array.from(runs.values(), (o) => [o.context.run_id, o.context.thread_id, o.agent_name] as const)

@@ -223,6 +223,30 @@ describeRedis("RunAdmissionRedis", () => {
       expect(yield* Effect.promise(() => instance.client.sendCommand(["EXISTS", RedisInstance.keys.userRequest("u12", "req-u")]))).toBe(0)
     }).pipe(Effect.scoped))
 
+  it.live("a renewal that reaches Redis after its run's admit was undone does not take the slot back (reviewer: after an outage, a renewal built while a stalled admit was pending was sent behind its script's load, after the undo, and held the slot a whole ttl)", () =>
+    Effect.gen(function*() {
+      const built = yield* Effect.flatMap(Effect.scope, (scope) =>
+        Layer.buildWithScope(RunAdmissionRedis.layer(limits).pipe(Layer.provideMerge(instanceLayer("adm-renew"))), scope))
+      const a = Context.get(built, RunAdmission)
+      const instance = Context.get(built, RedisInstance.RedisInstance)
+      const renew = (run: UserExecutionContext.UserExecutionContext) =>
+        Effect.orDie(instance.redis.eval(RunAdmissionRedis.renewScript)("u13", 10_000, "adm-renew", [[run.run_id, run.thread_id, "echo"]]))
+      const undone = yield* ctx("u13", "req-r")
+      expect(tagOf(yield* a.admit(undone, "echo"))).toBe("Admitted")
+      yield* Effect.promise(() => RunAdmissionRedis.undoAdmit(instance.client, "u13", undone.run_id, "req-r", 60_000))
+      expect(yield* a.activeRuns("u13")).toBe(0)
+      // the late renewal, built while that run was still held
+      yield* renew(undone)
+      expect(yield* a.activeRuns("u13")).toBe(0)
+      // a run without a tombstone is renewed as before, its slot put back if it had lapsed
+      const live = yield* ctx("u13")
+      expect(tagOf(yield* a.admit(live, "echo"))).toBe("Admitted")
+      yield* Effect.promise(() => instance.client.sendCommand(["ZREM", RedisInstance.keys.userSlots("u13"), live.run_id]))
+      expect(yield* a.activeRuns("u13")).toBe(0)
+      yield* renew(live)
+      expect(yield* a.activeRuns("u13")).toBe(1)
+    }).pipe(Effect.scoped))
+
   it.live("Redis down: a start is refused (at once once the loss is known, else within 2 s) with server_busy (no limit, retry in 1 s); it comes back after a restart", () =>
     Effect.gen(function*() {
       const a = yield* admission("adm-a")
