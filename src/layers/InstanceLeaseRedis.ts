@@ -3,8 +3,10 @@
  *
  * **Lease.** Each instance holds a lease: its score in the sorted set
  * `agentwire:instances` (instance id → lease expiry, ms, Redis clock),
- * renewed every third of `leaseMs` (`AGENTWIRE_INSTANCE_LEASE_MS`) and at
- * once when its Redis connection comes back. An instance that stops renewing
+ * renewed every third of `leaseMs` (`AGENTWIRE_INSTANCE_LEASE_MS`), at
+ * once when its Redis connection comes back, and at once again after a
+ * renewal answered more than `leaseMs / 10` after it was sent (it proves the
+ * lease only from when it was sent). An instance that stops renewing
  * (killed, hung, paused, cut off from Redis) loses its lease `leaseMs` after
  * its last renewal at the latest.
  *
@@ -389,11 +391,17 @@ export const make = (options?: InstanceLeaseOptions) =>
             renewFailureLogged = false
             const first = firstRenewal
             firstRenewal = false
-            if (first || answer === 1) return Effect.void
+            // a renewal answered late (sent into an outage) only proves the lease from when it was sent: renew
+            // again at once, so that back-to-back outages each shorter than the lease do not add up to it
+            const again = Date.now() - sentAt > leaseMs / 10 ? renew : Effect.void
+            if (first || answer === 1) return again
             stats.lapses++
-            return Effect.logWarning(
-              "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
-                "its runs end with INSTANCE_LOST (stopped here, or fenced where another instance closed them)"
+            return Effect.andThen(
+              Effect.logWarning(
+                "this instance's lease had expired (paused, or cut off from Redis longer than AGENTWIRE_INSTANCE_LEASE_MS): " +
+                  "its runs end with INSTANCE_LOST (stopped here, or fenced where another instance closed them)"
+              ),
+              again
             )
           })
         ),

@@ -97,9 +97,9 @@ describe("openParts / closingBodies", () => {
 })
 
 describeRedis("InstanceLeaseRedis on a real redis-server", () => {
-  /** An instance: its RedisInstance, a fenced run log, a recording bridge, the lease (leaseMs 300). */
-  const survivor = (instanceId: string, commandUrl?: string) =>
-    InstanceLeaseRedis.layer({ leaseMs: 300 }).pipe(
+  /** An instance: its RedisInstance, a fenced run log, a recording bridge, the lease (leaseMs 300 unless given). */
+  const survivor = (instanceId: string, commandUrl?: string, leaseMs = 300) =>
+    InstanceLeaseRedis.layer({ leaseMs }).pipe(
       Layer.provideMerge(WebSocketBridgeRecording.layer),
       Layer.provideMerge(Layer.unwrap(Effect.sync(() => RunLogRedis.layer({ url: Redacted.make(url()), settings: SETTINGS, instanceId })))),
       Layer.provideMerge(RunAdmissionRedis.layer(LIMITS, { slotTtlMs: 60_000 })),
@@ -381,6 +381,34 @@ describeRedis("InstanceLeaseRedis on a real redis-server", () => {
       const lastLocal = local.at(-1)!.seq
       expect(yield* cutRecorded.ofRun(context.run_id).pipe(Effect.map((all) => all.at(-1)!.seq))).toBe(lastLocal)
       expect(yield* Context.get(live, RunAdmission).activeRuns(user_id)).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
+
+  it.live("two Redis stalls in a row, each shorter than the lease, do not lose it (reviewer: a renewal sent into the first stall proved the lease only from when it was sent; the next one fell into the second stall, and runs ended INSTANCE_LOST)", () =>
+    Effect.gen(function*() {
+      // leaseMs 4000: renewals every 1333 ms; stalls of 3 s and 2 s, the gap between them at most 1 s
+      const built = yield* build(survivor("inst-stalls", undefined, 4000))
+      const lease = Context.get(built, InstanceLeaseRedis.InstanceLease)
+      let lost = 0
+      yield* lease.onLost(() => void lost++)
+      const pid = server.current!.pid()!
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.kill(pid, "SIGCONT")))
+      const renewed = (more: number) => {
+        const target = lease.stats.renewals + more
+        return Effect.repeat(Effect.sync(() => lease.stats.renewals), { until: (n) => n >= target, schedule: Schedule.spaced(5) })
+      }
+      // the stalls begin right after a renewal, so a scheduled one is sent into the first
+      yield* renewed(1)
+      process.kill(pid, "SIGSTOP")
+      yield* Effect.sleep("3 seconds")
+      process.kill(pid, "SIGCONT")
+      // the late answer, then the renewal it calls for at once (given up after 1 s: the old code waited 1333 ms)
+      yield* renewed(2).pipe(Effect.timeoutOption("1 second"))
+      // 2 s: the old code's lease (from the renewal sent into the first stall) ends within it; the new one's 2 s after
+      process.kill(pid, "SIGSTOP")
+      yield* Effect.sleep("2 seconds")
+      process.kill(pid, "SIGCONT")
+      yield* renewed(1)
+      expect([lost, lease.expired()]).toEqual([0, false])
     }).pipe(Effect.scoped, Effect.provide(QuietLogs)), 30_000)
 
   it.live("a graceful stop gives the lease back; an instance's own renewal keeps it", () =>
