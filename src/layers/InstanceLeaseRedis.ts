@@ -35,8 +35,9 @@
  * A run taken over but not closed (Redis went away meanwhile) is retried on
  * the next pass, and so is a takeover Redis did not answer in time (it may
  * still run, moving the run out of the lost instance's index: asked again,
- * the script answers `ok` for a run this instance already took); if the survivor dies too, the run sits in its own index and
- * the next survivor recovers it. Closing is idempotent: it is computed from
+ * the script answers `ok` for a run this instance already took); if the
+ * survivor dies too, the run sits in its own index and the next survivor
+ * recovers it. Closing is idempotent: it is computed from
  * the log each time.
  *
  * **Outage.** Nothing is recovered while this instance's Redis connection is

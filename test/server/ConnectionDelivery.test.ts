@@ -38,6 +38,21 @@ const duplicates = (seqs: ReadonlyArray<number>) => seqs.filter((s, i) => seqs.i
 const nextEventOf = (client: Client, run_id: string, seq: number) =>
   client.next("agent_thinking", (m) => m.run_id === run_id && m.seq > seq)
 
+/**
+ * A long `ticker` run (100 s unless stopped: still running when the test acts on it, on a loaded machine too) that
+ * `client` started and follows live through `resume_run {after_seq: 0}`: resumes once the follower sent an event.
+ */
+const startFollowed = (client: Client) =>
+  Effect.gen(function*() {
+    const run_id = yield* start(client, "ticker", "steps=5000 interval_ms=20", "tick")
+    yield* nextEventOf(client, run_id, 2)
+    client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "follow" })
+    yield* client.next("run_resumed", (m) => m.request_id === "follow")
+    // the follower sends the run's next event: it follows the run live now
+    yield* nextEventOf(client, run_id, Math.max(...seqsOf(client.received, run_id)))
+    return run_id
+  })
+
 describe("the runs a connection remembers (MAX_TRACKED_RUNS)", () => {
   it.live("a run still streaming is kept while more short runs than the bound start after it: resume(0) sends none of its events again", () =>
     Effect.gen(function*() {
@@ -66,13 +81,7 @@ describe("run_stopped on a connection that follows the run (resume_run)", () => 
     Effect.gen(function*() {
       const client = yield* connectAs("follower-stop")
       // long enough to be still running when the stop lands (steps=50, 1 s, could end first on a loaded machine: the stop then finds nothing)
-      const run_id = yield* start(client, "ticker", "steps=5000 interval_ms=20", "tick")
-      yield* nextEventOf(client, run_id, 2)
-      client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "follow" })
-      yield* client.next("run_resumed", (m) => m.request_id === "follow")
-      // the follower sends the run's next event: it follows the run live now
-      const seen = Math.max(...seqsOf(client.received, run_id))
-      yield* nextEventOf(client, run_id, seen)
+      const run_id = yield* startFollowed(client)
       client.send({ type: "stop_agent", run_id, request_id: "stop" })
       const stopped = yield* client.next("run_stopped", (m) => m.request_id === "stop")
       expect(stopped.run_ids).toEqual([run_id])
@@ -90,12 +99,7 @@ describe("shutdown, on a connection that follows a run (resume_run)", () => {
       const server = yield* Layer.buildWithScope(TestServer.serverLayer(), scope)
       yield* Effect.gen(function*() {
         const client = yield* connectAs("follower-shutdown")
-        const run_id = yield* start(client, "ticker", "steps=5000 interval_ms=20", "tick")
-        yield* nextEventOf(client, run_id, 2)
-        client.send({ type: "resume_run", run_id, after_seq: 0, request_id: "follow" })
-        yield* client.next("run_resumed", (m) => m.request_id === "follow")
-        const seen = Math.max(...seqsOf(client.received, run_id))
-        yield* nextEventOf(client, run_id, seen)
+        const run_id = yield* startFollowed(client)
         const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
         const events = yield* client.runEvents(run_id)
         expect(events.slice(-2).map((e) => e.type)).toEqual(["agent_stopped", "agent_completed"])
